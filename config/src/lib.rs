@@ -1,0 +1,334 @@
+//! Ember's configuration: the documented defaults in `ember.toml`, overlaid by a file, by
+//! `EMBER_<SECTION>_<KEY>` environment variables and by command-line flags, then checked.
+//!
+//! ```text
+//!  ember.toml (defaults) ─► --config FILE ─► EMBER_* env ─► flags ─► EmberConfig (validated)
+//! ```
+//! Every layer may only set keys that the defaults define; a misspelt or ill-typed key is an
+//! error that names it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The defaults, with every key documented.
+pub const DEFAULT_CONFIG: &str = include_str!("../ember.toml");
+
+/// Result with the config crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config in {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("unknown config key `{key}` in {origin}")]
+    UnknownKey { key: String, origin: String },
+    #[error("invalid value for config key `{key}` in {origin}: {message}")]
+    InvalidValue {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmberConfig {
+    pub coordinator: CoordinatorConfig,
+    pub executor: ExecutorConfig,
+    pub local: LocalConfig,
+    pub tpch: TpchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub bind_host: String,
+    pub port: u16,
+    pub pg_port: u16,
+    pub data_dir: PathBuf,
+    pub executor_timeout_ms: u64,
+    pub history_size: usize,
+    pub max_message_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    pub bind_host: String,
+    pub flight_port: u16,
+    pub work_dir: PathBuf,
+    pub slots: usize,
+    pub memory: u64,
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    pub executors: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpchConfig {
+    pub scale: f64,
+}
+
+/// Builds an [`EmberConfig`] layer by layer.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    table: Table,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigBuilder {
+    /// Starts from the documented defaults.
+    pub fn new() -> Self {
+        let table = DEFAULT_CONFIG
+            .parse::<Table>()
+            .expect("the bundled ember.toml is valid TOML (checked by a unit test)");
+        Self { table }
+    }
+
+    /// Overlays a TOML file.
+    pub fn file(self, path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.toml(&text, &path.display().to_string())
+    }
+
+    /// Overlays TOML text; `origin` names it in errors.
+    pub fn toml(mut self, text: &str, origin: &str) -> Result<Self> {
+        let overlay = text.parse::<Table>().map_err(|e| Error::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        for (section, values) in overlay {
+            let Value::Table(values) = values else {
+                return Err(Error::UnknownKey {
+                    key: section,
+                    origin: origin.to_string(),
+                });
+            };
+            for (key, value) in values {
+                self.set_value(&format!("{section}.{key}"), value, origin)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Overlays `EMBER_<SECTION>_<KEY>` variables from the given environment.
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let known: Vec<String> = self.keys();
+        for (name, raw) in vars {
+            let Some(rest) = name.strip_prefix("EMBER_") else {
+                continue;
+            };
+            let Some(key) = known
+                .iter()
+                .find(|k| k.replace('.', "_").eq_ignore_ascii_case(rest))
+            else {
+                // EMBER_* variables that are not settings (EMBER_LOG, say) are left alone.
+                continue;
+            };
+            let key = key.clone();
+            self.set_str(&key, &raw, &format!("environment variable {name}"))?;
+        }
+        Ok(self)
+    }
+
+    /// Sets one key from a string, typed like its default (flags and environment variables).
+    pub fn set_str(&mut self, key: &str, raw: &str, origin: &str) -> Result<()> {
+        let default = self.get(key).ok_or_else(|| Error::UnknownKey {
+            key: key.to_string(),
+            origin: origin.to_string(),
+        })?;
+        let invalid = |message: String| Error::InvalidValue {
+            key: key.to_string(),
+            origin: origin.to_string(),
+            message,
+        };
+        let value = match default {
+            Value::String(_) => Value::String(raw.to_string()),
+            Value::Integer(_) => Value::Integer(
+                raw.trim()
+                    .parse()
+                    .map_err(|e| invalid(format!("{raw:?} is not an integer ({e})")))?,
+            ),
+            Value::Float(_) => Value::Float(
+                raw.trim()
+                    .parse()
+                    .map_err(|e| invalid(format!("{raw:?} is not a number ({e})")))?,
+            ),
+            Value::Boolean(_) => Value::Boolean(
+                raw.trim()
+                    .parse()
+                    .map_err(|_| invalid(format!("{raw:?} is not true or false")))?,
+            ),
+            other => return Err(invalid(format!("cannot set a {} from text", other.type_str()))),
+        };
+        self.set_value(key, value, origin)
+    }
+
+    fn set_value(&mut self, key: &str, value: Value, origin: &str) -> Result<()> {
+        let unknown = || Error::UnknownKey {
+            key: key.to_string(),
+            origin: origin.to_string(),
+        };
+        let (section, name) = key.split_once('.').ok_or_else(unknown)?;
+        let slot = self
+            .table
+            .get_mut(section)
+            .and_then(Value::as_table_mut)
+            .and_then(|t| t.get_mut(name))
+            .ok_or_else(unknown)?;
+        // Integers are accepted where a float is expected (`scale = 1`).
+        let value = match (&*slot, value) {
+            (Value::Float(_), Value::Integer(i)) => Value::Float(i as f64),
+            (_, value) => value,
+        };
+        if slot.type_str() != value.type_str() {
+            return Err(Error::InvalidValue {
+                key: key.to_string(),
+                origin: origin.to_string(),
+                message: format!("expected a {}, got a {}", slot.type_str(), value.type_str()),
+            });
+        }
+        *slot = value;
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        let (section, name) = key.split_once('.')?;
+        self.table.get(section)?.as_table()?.get(name)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let mut keys = vec![];
+        for (section, values) in &self.table {
+            if let Some(values) = values.as_table() {
+                keys.extend(values.keys().map(|k| format!("{section}.{k}")));
+            }
+        }
+        keys
+    }
+
+    /// Checks the merged settings and produces the typed config.
+    pub fn build(self) -> Result<EmberConfig> {
+        let config: EmberConfig =
+            Value::Table(self.table)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Parse {
+                    origin: "merged configuration".to_string(),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl EmberConfig {
+    fn validate(&self) -> Result<()> {
+        let invalid = |key: &str, message: &str| Error::InvalidValue {
+            key: key.to_string(),
+            origin: "configuration".to_string(),
+            message: message.to_string(),
+        };
+        if self.coordinator.max_message_size < 4 << 20 {
+            return Err(invalid(
+                "coordinator.max_message_size",
+                "must be at least 4194304 bytes",
+            ));
+        }
+        if self.executor.heartbeat_interval_ms == 0 {
+            return Err(invalid("executor.heartbeat_interval_ms", "must be positive"));
+        }
+        if self.coordinator.executor_timeout_ms <= self.executor.heartbeat_interval_ms {
+            return Err(invalid(
+                "coordinator.executor_timeout_ms",
+                "must be longer than executor.heartbeat_interval_ms",
+            ));
+        }
+        if !(self.tpch.scale >= 0.0 && self.tpch.scale <= 1000.0) {
+            return Err(invalid("tpch.scale", "must be between 0 and 1000"));
+        }
+        Ok(())
+    }
+
+    /// The defaults alone.
+    pub fn defaults() -> Self {
+        ConfigBuilder::new()
+            .build()
+            .expect("the bundled defaults are valid (checked by a unit test)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = EmberConfig::defaults();
+        assert_eq!(config.coordinator.pg_port, 5433);
+        assert_eq!(config.coordinator.port, 50050);
+        assert_eq!(config.local.executors, 2);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut builder = ConfigBuilder::new()
+            .toml("[coordinator]\npg_port = 6000\n[tpch]\nscale = 1", "test")
+            .unwrap()
+            .env([
+                ("EMBER_COORDINATOR_PG_PORT".to_string(), "6001".to_string()),
+                ("EMBER_LOG".to_string(), "debug".to_string()),
+                ("HOME".to_string(), "/root".to_string()),
+            ])
+            .unwrap();
+        let config = builder.clone().build().unwrap();
+        assert_eq!(config.coordinator.pg_port, 6001);
+        assert_eq!(config.tpch.scale, 1.0);
+        builder.set_str("coordinator.pg_port", "6002", "flag").unwrap();
+        assert_eq!(builder.build().unwrap().coordinator.pg_port, 6002);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = ConfigBuilder::new()
+            .toml("[coordinator]\npgport = 1", "f.toml")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown config key `coordinator.pgport` in f.toml"
+        );
+        let err = ConfigBuilder::new()
+            .toml("[coordinator]\npg_port = \"x\"", "f.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("`coordinator.pg_port`"), "{err}");
+        let err = ConfigBuilder::new()
+            .env([("EMBER_EXECUTOR_SLOTS".to_string(), "many".to_string())])
+            .unwrap_err();
+        assert!(err.to_string().contains("`executor.slots`"), "{err}");
+        let err = ConfigBuilder::new()
+            .toml("[coordinator]\npg_port = 70000", "f.toml")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("pg_port"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! The executor process: its session with the coordinator, its slots and its Flight service.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionContext;
+use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
+use ember_planner::shuffle::query_dir;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tracing::{debug, info, warn};
+
+use crate::cpu_runtime::CpuRuntime;
+use crate::fetcher::FlightShuffleFetcher;
+use crate::flight::ShuffleFlightService;
+use crate::proto::cluster_service_client::ClusterServiceClient;
+use crate::proto::{
+    CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor,
+    coordinator_message, executor_message,
+};
+use crate::task_runner::{TaskRunner, cancelled};
+use crate::{Error, Result};
+
+/// How an executor is set up.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// `host:port` of the coordinator's gRPC service.
+    pub coordinator: String,
+    /// The host peers and the coordinator use to reach this executor's Flight service.
+    pub advertise_host: String,
+    /// Shuffle files live under `<work_dir>/shuffle`; spills under `<work_dir>/tmp`.
+    pub work_dir: PathBuf,
+    pub slots: usize,
+    /// Bytes of memory shared by the slots; 0 means unbounded.
+    pub memory: u64,
+    pub heartbeat_interval: Duration,
+    pub max_message_size: usize,
+}
+
+/// One executor. `run` serves until `shutdown` completes.
+#[derive(Debug)]
+pub struct Executor {
+    id: ExecutorId,
+    options: ExecutorOptions,
+    flight_listener: TcpListener,
+}
+
+type RunningTasks = Arc<Mutex<HashMap<TaskAttempt, tokio::task::AbortHandle>>>;
+
+impl Executor {
+    /// An executor whose Flight service will use the already-bound `flight_listener`.
+    pub fn new(options: ExecutorOptions, flight_listener: TcpListener) -> Self {
+        let id = ExecutorId(format!("exec-{}", &QueryId::random().as_str()[..12]));
+        Self {
+            id,
+            options,
+            flight_listener,
+        }
+    }
+
+    pub fn id(&self) -> &ExecutorId {
+        &self.id
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Self {
+            id,
+            options,
+            flight_listener,
+        } = self;
+        let flight_port = flight_listener.local_addr()?.port();
+        // A new incarnation owns nothing that an earlier one left behind.
+        let shuffle_root = options.work_dir.join("shuffle");
+        if shuffle_root.exists() {
+            info!(path = %shuffle_root.display(), "removing orphaned shuffle files");
+            let _ = std::fs::remove_dir_all(&shuffle_root);
+        }
+        std::fs::create_dir_all(&shuffle_root)?;
+        let tmp_dir = options.work_dir.join("tmp");
+        std::fs::create_dir_all(&tmp_dir)?;
+
+        let mut runtime = RuntimeEnvBuilder::new().with_temp_file_path(&tmp_dir);
+        if options.memory > 0 {
+            runtime = runtime.with_memory_limit(options.memory as usize, 1.0);
+        }
+        let base_state = SessionContext::new_with_config_rt(
+            Default::default(),
+            runtime.build_arc()?,
+        )
+        .state();
+        let runner = Arc::new(TaskRunner {
+            base: base_state,
+            work_dir: options.work_dir.clone(),
+            executor_id: id.clone(),
+            fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
+        });
+        let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
+
+        let (flight_stop_tx, flight_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let flight = FlightServiceServer::new(ShuffleFlightService::new(options.work_dir.clone()))
+            .max_decoding_message_size(options.max_message_size)
+            .max_encoding_message_size(options.max_message_size);
+        let flight_server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(flight)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(flight_listener),
+                    async {
+                        let _ = flight_stop_rx.await;
+                    },
+                ),
+        );
+        info!(executor_id = %id, flight_port, slots = options.slots, "executor started");
+
+        let session = Session {
+            id: id.clone(),
+            options: options.clone(),
+            flight_port,
+            runner,
+            cpu,
+        };
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                result = session.serve() => {
+                    match result {
+                        Ok(()) => {
+                            info!(executor_id = %id, "coordinator closed the session");
+                            backoff = Duration::from_millis(100);
+                        }
+                        Err(error) => debug!(executor_id = %id, %error, "cannot reach coordinator"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        let _ = flight_stop_tx.send(());
+        let _ = flight_server.await;
+        let _ = std::fs::remove_dir_all(&shuffle_root);
+        info!(executor_id = %id, "executor stopped");
+        Ok(())
+    }
+}
+
+/// One connection to the coordinator.
+struct Session {
+    id: ExecutorId,
+    options: ExecutorOptions,
+    flight_port: u16,
+    runner: Arc<TaskRunner>,
+    cpu: Arc<CpuRuntime>,
+}
+
+impl Session {
+    async fn serve(&self) -> Result<()> {
+        let endpoint = format!("http://{}", self.options.coordinator);
+        let mut client = ClusterServiceClient::connect(endpoint)
+            .await?
+            .max_decoding_message_size(self.options.max_message_size)
+            .max_encoding_message_size(self.options.max_message_size);
+        let (tx, rx) = mpsc::channel::<ExecutorMessage>(1024);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tx.send(message(executor_message::Message::Register(RegisterExecutor {
+            executor_id: self.id.0.clone(),
+            host: self.options.advertise_host.clone(),
+            flight_port: u32::from(self.flight_port),
+            slots: self.options.slots as u32,
+            cores: cores as u32,
+            memory: self.options.memory,
+        })))
+        .await
+        .map_err(|_| Error::Protocol("session closed before registering".into()))?;
+        let mut inbound = client.open_session(ReceiverStream::new(rx)).await?.into_inner();
+        info!(executor_id = %self.id, coordinator = %self.options.coordinator, "registered");
+
+        let running: RunningTasks = Arc::default();
+        let slots = Arc::new(Semaphore::new(self.options.slots.max(1)));
+        let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
+        let result = loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let running_tasks = lock(&running).len() as u32;
+                    let beat = executor_message::Message::Heartbeat(Heartbeat { running_tasks });
+                    if tx.send(message(beat)).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                received = inbound.message() => match received {
+                    Ok(Some(msg)) => self.handle(msg, &tx, &running, &slots),
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(Error::Status(status)),
+                },
+            }
+        };
+        // Without a coordinator no result can be reported: stop everything that still runs.
+        for (_, handle) in lock(&running).drain() {
+            handle.abort();
+        }
+        result
+    }
+
+    fn handle(
+        &self,
+        msg: CoordinatorMessage,
+        tx: &mpsc::Sender<ExecutorMessage>,
+        running: &RunningTasks,
+        slots: &Arc<Semaphore>,
+    ) {
+        match msg.message {
+            Some(coordinator_message::Message::LaunchTask(launch)) => {
+                self.launch(launch, tx.clone(), Arc::clone(running), Arc::clone(slots));
+            }
+            Some(coordinator_message::Message::CancelQuery(cancel)) => {
+                abort_query(running, &cancel.query_id);
+            }
+            Some(coordinator_message::Message::ReleaseQuery(release)) => {
+                abort_query(running, &release.query_id);
+                if let Some(query_id) = QueryId::parse(&release.query_id) {
+                    let dir = query_dir(&self.options.work_dir, &query_id);
+                    tokio::task::spawn_blocking(move || {
+                        if dir.exists()
+                            && let Err(error) = std::fs::remove_dir_all(&dir)
+                        {
+                            warn!(path = %dir.display(), %error, "cannot remove shuffle files");
+                        }
+                    });
+                }
+            }
+            Some(coordinator_message::Message::Registered(_)) | None => {}
+        }
+    }
+
+    fn launch(
+        &self,
+        launch: LaunchTask,
+        tx: mpsc::Sender<ExecutorMessage>,
+        running: RunningTasks,
+        slots: Arc<Semaphore>,
+    ) {
+        let Some(task_id) = launch.task.clone() else {
+            warn!("launch without a task id");
+            return;
+        };
+        let Some(attempt) = task_id.to_attempt() else {
+            warn!(?task_id, "launch with a malformed task id");
+            return;
+        };
+        let runner = Arc::clone(&self.runner);
+        let cpu = Arc::clone(&self.cpu);
+        tokio::spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let handle = cpu.spawn(async move { runner.run(launch).await });
+            lock(&running).insert(attempt.clone(), handle.abort_handle());
+            let status = match handle.await {
+                Ok(status) => status,
+                Err(error) if error.is_cancelled() => cancelled(task_id),
+                Err(error) => {
+                    warn!(task = %attempt, %error, "task panicked");
+                    crate::task_runner::TaskRunner::panicked(task_id, &error.to_string())
+                }
+            };
+            lock(&running).remove(&attempt);
+            let _ = tx
+                .send(message(executor_message::Message::TaskStatus(status)))
+                .await;
+        });
+    }
+}
+
+fn abort_query(running: &RunningTasks, query_id: &str) {
+    for (attempt, handle) in lock(running).iter() {
+        if attempt.query_id.as_str() == query_id {
+            handle.abort();
+        }
+    }
+}
+
+fn message(message: executor_message::Message) -> ExecutorMessage {
+    ExecutorMessage {
+        message: Some(message),
+    }
+}
+
+/// Locks the running-task map; it holds plain data, so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

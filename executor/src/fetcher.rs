@@ -1,0 +1,89 @@
+//! Fetching shuffle blocks from peer executors through Arrow Flight.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use ember_planner::shuffle::{MapOutputLocation, ShuffleBlock, ShuffleError, ShuffleFetcher};
+use futures::TryStreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::flight::encode_ticket;
+
+/// A Flight client per peer, connected lazily and reused.
+#[derive(Debug)]
+pub struct FlightShuffleFetcher {
+    max_message_size: usize,
+    // A std Mutex: held only to look up or insert a channel, never across an await.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl FlightShuffleFetcher {
+    pub fn new(max_message_size: usize) -> Self {
+        Self {
+            max_message_size,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, address: &str) -> std::result::Result<FlightServiceClient<Channel>, String> {
+        let mut channels = self.channels.lock().map_err(|e| e.to_string())?;
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| e.to_string())?
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(address.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(FlightServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size))
+    }
+}
+
+#[async_trait]
+impl ShuffleFetcher for FlightShuffleFetcher {
+    async fn fetch(
+        &self,
+        location: &MapOutputLocation,
+        block: ShuffleBlock,
+        schema: SchemaRef,
+    ) -> Result<SendableRecordBatchStream> {
+        let failed = {
+            let executor_id = location.executor_id.clone();
+            let stage_id = block.stage_id;
+            let map_partition = block.map_partition;
+            move |message: String| {
+                DataFusionError::External(Box::new(ShuffleError::FetchFailed {
+                    executor_id: executor_id.clone(),
+                    stage_id,
+                    map_partition,
+                    message,
+                }))
+            }
+        };
+        let mut client = self
+            .client(&location.flight_address)
+            .map_err(|e| failed(e.clone()))?;
+        let response = client
+            .do_get(encode_ticket(&block))
+            .await
+            .map_err(|status| failed(status.message().to_string()))?;
+        let stream = FlightRecordBatchStream::new_from_flight_data(
+            response.into_inner().map_err(FlightError::from),
+        )
+        .map_err(move |e| failed(e.to_string()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}

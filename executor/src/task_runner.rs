@@ -1,0 +1,155 @@
+//! Runs one task attempt: decode its fragment, execute its partition, report what it wrote.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionState;
+use datafusion::prelude::SessionConfig;
+use ember_planner::codec::decode_plan;
+use ember_planner::ids::{ExecutorId, TaskAttempt};
+use ember_planner::shuffle::{ShuffleEnv, ShuffleError, ShuffleFetcher};
+use futures::TryStreamExt;
+
+use crate::proto::{
+    ErrorKind, ExecutionError, FetchFailed, LaunchTask, PartitionStats, TaskFailed, TaskId,
+    TaskStatus, TaskSucceeded, task_failed, task_status,
+};
+
+/// Everything a task needs from its executor.
+#[derive(Debug)]
+pub(crate) struct TaskRunner {
+    /// Function registry and runtime (memory pool, spill dir) shared by all tasks.
+    pub(crate) base: SessionState,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) executor_id: ExecutorId,
+    pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
+}
+
+impl TaskRunner {
+    /// Runs the task to completion and describes the outcome. Never panics on bad input: a
+    /// malformed launch becomes a failed status.
+    pub(crate) async fn run(&self, launch: LaunchTask) -> TaskStatus {
+        let started = Instant::now();
+        let task_id = launch.task.clone().unwrap_or_default();
+        let result = match task_id.to_attempt() {
+            Some(attempt) => self.execute(&attempt, &launch).await,
+            None => Err(DataFusionError::Internal(format!(
+                "malformed task id {task_id:?}"
+            ))),
+        };
+        TaskStatus {
+            task: Some(task_id),
+            elapsed_us: started.elapsed().as_micros() as u64,
+            result: Some(match result {
+                Ok(succeeded) => task_status::Result::Succeeded(succeeded),
+                Err(error) => task_status::Result::Failed(failure(&error)),
+            }),
+        }
+    }
+
+    async fn execute(
+        &self,
+        attempt: &TaskAttempt,
+        launch: &LaunchTask,
+    ) -> datafusion::error::Result<TaskSucceeded> {
+        let mut config = SessionConfig::new();
+        for (key, value) in &launch.settings {
+            config.options_mut().set(key, value)?;
+        }
+        let config = config.with_extension(Arc::new(ShuffleEnv {
+            work_dir: self.work_dir.clone(),
+            executor_id: self.executor_id.clone(),
+            attempt: attempt.attempt,
+            fetcher: Arc::clone(&self.fetcher),
+        }));
+        let ctx = Arc::new(
+            TaskContext::from(&self.base)
+                .with_session_config(config)
+                .with_task_id(attempt.to_string()),
+        );
+        let plan = decode_plan(&launch.plan, &ctx)?;
+        let batches: Vec<RecordBatch> = plan
+            .execute(attempt.partition as usize, ctx)?
+            .try_collect()
+            .await?;
+        let mut partitions = vec![];
+        for batch in batches {
+            let ids = batch.column(0).as_primitive::<UInt32Type>();
+            let rows = batch.column(1).as_primitive::<UInt64Type>();
+            let bytes = batch.column(2).as_primitive::<UInt64Type>();
+            for i in 0..batch.num_rows() {
+                partitions.push(PartitionStats {
+                    partition: ids.value(i),
+                    num_rows: rows.value(i),
+                    num_bytes: bytes.value(i),
+                });
+            }
+        }
+        Ok(TaskSucceeded { partitions })
+    }
+}
+
+/// Sorts an error into what the scheduler needs to decide: recompute a lost map output, fail the
+/// query at once, or retry.
+pub(crate) fn failure(error: &DataFusionError) -> TaskFailed {
+    if let Some(ShuffleError::FetchFailed {
+        executor_id,
+        stage_id,
+        map_partition,
+        message,
+    }) = ShuffleError::find(error)
+    {
+        return TaskFailed {
+            reason: Some(task_failed::Reason::FetchFailed(FetchFailed {
+                executor_id: executor_id.0.clone(),
+                stage_id: stage_id.0,
+                map_partition: *map_partition,
+                message: message.clone(),
+            })),
+        };
+    }
+    let kind = match error.find_root() {
+        DataFusionError::ResourcesExhausted(_) => ErrorKind::Resources,
+        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::Io,
+        DataFusionError::Internal(_) | DataFusionError::External(_) => ErrorKind::Internal,
+        _ => ErrorKind::User,
+    };
+    TaskFailed {
+        reason: Some(task_failed::Reason::Execution(ExecutionError {
+            kind: kind as i32,
+            message: error.strip_backtrace(),
+        })),
+    }
+}
+
+impl TaskRunner {
+    /// The status of a task whose code panicked.
+    pub(crate) fn panicked(task: TaskId, message: &str) -> TaskStatus {
+        TaskStatus {
+            task: Some(task),
+            elapsed_us: 0,
+            result: Some(task_status::Result::Failed(TaskFailed {
+                reason: Some(task_failed::Reason::Execution(ExecutionError {
+                    kind: ErrorKind::Internal as i32,
+                    message: format!("task panicked: {message}"),
+                })),
+            })),
+        }
+    }
+}
+
+/// The status of a task stopped by a cancel or a release.
+pub(crate) fn cancelled(task: TaskId) -> TaskStatus {
+    TaskStatus {
+        task: Some(task),
+        elapsed_us: 0,
+        result: Some(task_status::Result::Failed(TaskFailed {
+            reason: Some(task_failed::Reason::Cancelled(Default::default())),
+        })),
+    }
+}

@@ -1,0 +1,200 @@
+//! Task encoding: datafusion-proto plus one extension codec for Ember's operators.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::from_proto::parse_protobuf_partitioning;
+use datafusion_proto::physical_plan::to_proto::serialize_partitioning;
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf;
+use prost::Message;
+
+use crate::ids::{ExecutorId, QueryId, StageId};
+use crate::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+
+/// The one extension codec: knows [`ShuffleWriterExec`] and [`ShuffleReaderExec`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EmberCodec;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EmberNode {
+    #[prost(message, optional, tag = "1")]
+    writer: Option<WriterNode>,
+    #[prost(message, optional, tag = "2")]
+    reader: Option<ReaderNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WriterNode {
+    #[prost(string, tag = "1")]
+    query_id: String,
+    #[prost(uint32, tag = "2")]
+    stage_id: u32,
+    #[prost(message, optional, tag = "3")]
+    partitioning: Option<protobuf::Partitioning>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReaderNode {
+    #[prost(string, tag = "1")]
+    query_id: String,
+    #[prost(uint32, tag = "2")]
+    stage_id: u32,
+    #[prost(message, optional, tag = "3")]
+    schema: Option<protobuf::Schema>,
+    /// 0 when reading one map output per partition, else the number of shuffle partitions.
+    #[prost(uint32, tag = "4")]
+    shuffle_partitions: u32,
+    #[prost(uint32, tag = "5")]
+    num_maps: u32,
+    #[prost(message, repeated, tag = "6")]
+    locations: Vec<LocationNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LocationNode {
+    #[prost(uint32, tag = "1")]
+    map_partition: u32,
+    #[prost(uint32, tag = "2")]
+    attempt: u32,
+    #[prost(string, tag = "3")]
+    executor_id: String,
+    #[prost(string, tag = "4")]
+    flight_address: String,
+}
+
+fn proto_err(what: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("ember codec: {what}"))
+}
+
+fn query_id(id: &str) -> Result<QueryId> {
+    QueryId::parse(id).ok_or_else(|| proto_err(format!("invalid query id {id:?}")))
+}
+
+impl PhysicalExtensionCodec for EmberCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node = EmberNode::decode(buf).map_err(proto_err)?;
+        if let Some(writer) = node.writer {
+            let [input] = inputs else {
+                return Err(proto_err("shuffle writer needs one input"));
+            };
+            let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+            let partitioning = parse_protobuf_partitioning(
+                writer.partitioning.as_ref(),
+                &decode_ctx,
+                &input.schema(),
+                proto_converter,
+            )?;
+            return Ok(Arc::new(ShuffleWriterExec::try_new(
+                Arc::clone(input),
+                query_id(&writer.query_id)?,
+                StageId(writer.stage_id),
+                partitioning,
+            )?));
+        }
+        if let Some(reader) = node.reader {
+            let schema: Schema = reader
+                .schema
+                .as_ref()
+                .ok_or_else(|| proto_err("shuffle reader without schema"))?
+                .try_into()?;
+            let mode = match reader.shuffle_partitions {
+                0 => ReadMode::PerMap,
+                n => ReadMode::Shuffle {
+                    num_partitions: n as usize,
+                },
+            };
+            let locations = reader
+                .locations
+                .into_iter()
+                .map(|l| MapOutputLocation {
+                    map_partition: l.map_partition,
+                    attempt: l.attempt,
+                    executor_id: ExecutorId(l.executor_id),
+                    flight_address: l.flight_address,
+                })
+                .collect();
+            return Ok(Arc::new(ShuffleReaderExec::decoded(
+                query_id(&reader.query_id)?,
+                StageId(reader.stage_id),
+                Arc::new(schema),
+                mode,
+                reader.num_maps as usize,
+                locations,
+            )));
+        }
+        Err(proto_err("unknown extension node"))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let message = if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
+            let partitioning = writer
+                .output_partitioning()
+                .map(|p| serialize_partitioning(p, self, proto_converter))
+                .transpose()?;
+            EmberNode {
+                writer: Some(WriterNode {
+                    query_id: writer.query_id().to_string(),
+                    stage_id: writer.stage_id().0,
+                    partitioning,
+                }),
+                reader: None,
+            }
+        } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            let shuffle_partitions = match reader.mode() {
+                ReadMode::Shuffle { num_partitions } => num_partitions as u32,
+                ReadMode::PerMap => 0,
+            };
+            EmberNode {
+                writer: None,
+                reader: Some(ReaderNode {
+                    query_id: reader.query_id().to_string(),
+                    stage_id: reader.stage_id().0,
+                    schema: Some(reader.schema().as_ref().try_into()?),
+                    shuffle_partitions,
+                    num_maps: reader.num_maps() as u32,
+                    locations: reader
+                        .locations()
+                        .iter()
+                        .map(|l| LocationNode {
+                            map_partition: l.map_partition,
+                            attempt: l.attempt,
+                            executor_id: l.executor_id.0.clone(),
+                            flight_address: l.flight_address.clone(),
+                        })
+                        .collect(),
+                }),
+            }
+        } else {
+            return Err(proto_err(format!("cannot encode {}", node.name())));
+        };
+        message.encode(buf).map_err(proto_err)
+    }
+}
+
+/// Encodes a task's fragment.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
+    Ok(datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &EmberCodec)?
+        .to_vec())
+}
+
+/// Decodes a task's fragment in the context it will run in.
+pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &EmberCodec)
+}

@@ -1,0 +1,25 @@
+//! Ember's planner: turns DataFusion physical plans into distributed stage graphs and task
+//! fragments. It owns the shuffle operators and the task encoding; it knows no network.
+//!
+//! ```text
+//!  SQL ──DataFusion──► physical plan ──StageGraph::try_new──► stages (ShuffleWriterExec roots)
+//!                                                               │
+//!                           task_fragment(stage, partition) ◄───┘
+//!                                  │ encode_plan (datafusion-proto + EmberCodec)
+//!                                  ▼
+//!                             bytes shipped to an executor ──decode_plan──► runnable fragment
+//! ```
+//!
+//! What it does not own: where tasks run (the coordinator's scheduler), how shuffle blocks travel
+//! between machines (the executor's Flight service, behind [`shuffle::ShuffleFetcher`]).
+
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod session;
+pub mod shuffle;
+pub mod stage;
+pub mod task;
+pub mod tpch;
+
+pub use error::{Error, Result};

@@ -1,0 +1,157 @@
+//! Shuffle: the operators at stage boundaries and the on-disk layout of map outputs.
+//!
+//! A map task's [`ShuffleWriterExec`] writes one Arrow IPC file per output partition under the
+//! executor's work dir; a downstream task's [`ShuffleReaderExec`] reads them back, straight from
+//! disk when co-located and through a [`ShuffleFetcher`] (Arrow Flight, provided by the executor)
+//! otherwise. The planner knows no network: the fetcher is injected through the task's
+//! [`ShuffleEnv`] session extension.
+
+mod reader;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+pub use reader::{ReadMode, ShuffleReaderExec};
+pub use writer::{ShuffleWriterExec, map_output_schema};
+
+use crate::ids::{ExecutorId, QueryId, StageId};
+
+/// Where one map task's committed output lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOutputLocation {
+    pub map_partition: u32,
+    pub attempt: u32,
+    pub executor_id: ExecutorId,
+    /// `host:port` of the executor's Flight service.
+    pub flight_address: String,
+}
+
+/// Identifies one output partition of one map attempt; doubles as the Flight ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShuffleBlock {
+    pub query_id: QueryId,
+    pub stage_id: StageId,
+    pub map_partition: u32,
+    pub attempt: u32,
+    pub output_partition: u32,
+}
+
+impl ShuffleBlock {
+    /// The file holding this block under `work_dir`. Every component is numeric or a validated
+    /// [`QueryId`], so the path cannot leave the work dir.
+    pub fn path(&self, work_dir: &Path) -> PathBuf {
+        map_attempt_dir(
+            work_dir,
+            &self.query_id,
+            self.stage_id,
+            self.map_partition,
+            self.attempt,
+        )
+        .join(format!("part-{}.arrow", self.output_partition))
+    }
+}
+
+/// The directory of all shuffle files of a query on one executor.
+pub fn query_dir(work_dir: &Path, query_id: &QueryId) -> PathBuf {
+    work_dir.join("shuffle").join(query_id.as_str())
+}
+
+/// The directory holding the output files of one map attempt.
+pub fn map_attempt_dir(
+    work_dir: &Path,
+    query_id: &QueryId,
+    stage_id: StageId,
+    map_partition: u32,
+    attempt: u32,
+) -> PathBuf {
+    query_dir(work_dir, query_id)
+        .join(format!("stage-{stage_id}"))
+        .join(format!("map-{map_partition}.{attempt}"))
+}
+
+/// Why a shuffle block could not be read. Kept typed so the scheduler can tell a lost map output
+/// (recompute it) from a failing query.
+#[derive(Debug, thiserror::Error)]
+pub enum ShuffleError {
+    #[error(
+        "fetch of stage {stage_id} map {map_partition} from executor {executor_id} failed: {message}"
+    )]
+    FetchFailed {
+        executor_id: ExecutorId,
+        stage_id: StageId,
+        map_partition: u32,
+        message: String,
+    },
+}
+
+impl ShuffleError {
+    /// Finds a typed shuffle error inside a DataFusion error chain.
+    pub fn find(error: &DataFusionError) -> Option<&ShuffleError> {
+        match error {
+            DataFusionError::External(e) => e.downcast_ref::<ShuffleError>(),
+            DataFusionError::Shared(e) => Self::find(e),
+            DataFusionError::Context(_, e) => Self::find(e),
+            DataFusionError::ArrowError(e, _) => match e.as_ref() {
+                datafusion::arrow::error::ArrowError::ExternalError(e) => {
+                    e.downcast_ref::<ShuffleError>()
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Fetches shuffle blocks that live on other executors.
+#[async_trait]
+pub trait ShuffleFetcher: fmt::Debug + Send + Sync {
+    /// Streams `block` from the executor at `location`. Errors, also those inside the stream,
+    /// carry a [`ShuffleError::FetchFailed`].
+    async fn fetch(
+        &self,
+        location: &MapOutputLocation,
+        block: ShuffleBlock,
+        schema: SchemaRef,
+    ) -> Result<SendableRecordBatchStream>;
+}
+
+/// Per-task environment that the executor puts into the session config of a task, read by the
+/// shuffle operators at `execute` time.
+#[derive(Debug)]
+pub struct ShuffleEnv {
+    pub work_dir: PathBuf,
+    pub executor_id: ExecutorId,
+    pub attempt: u32,
+    pub fetcher: Arc<dyn ShuffleFetcher>,
+}
+
+/// Streams a local shuffle file. The read happens on a blocking thread, batch by batch.
+pub fn read_local_block(path: &Path) -> Result<SendableRecordBatchStream> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| DataFusionError::Execution(format!("open {}: {e}", path.display())))?;
+    let reader = FileReader::try_new(std::io::BufReader::new(file), None)?;
+    let schema = reader.schema();
+    let (tx, rx) = futures::channel::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut tx = tx;
+        for batch in reader {
+            let item = batch.map_err(DataFusionError::from);
+            let failed = item.is_err();
+            if futures::executor::block_on(futures::SinkExt::send(&mut tx, item)).is_err()
+                || failed
+            {
+                break;
+            }
+        }
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rx)))
+}

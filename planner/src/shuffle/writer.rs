@@ -1,0 +1,279 @@
+//! `ShuffleWriterExec`: the root of every stage; writes one task's output to local IPC files.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::repartition::BatchPartitioner;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use futures::TryStreamExt;
+
+use super::{ShuffleBlock, ShuffleEnv, map_attempt_dir};
+use crate::ids::{QueryId, StageId};
+
+static MAP_OUTPUT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("output_partition", DataType::UInt32, false),
+        Field::new("num_rows", DataType::UInt64, false),
+        Field::new("num_bytes", DataType::UInt64, false),
+    ]))
+});
+
+/// The schema of what a [`ShuffleWriterExec`] returns: one row per output partition written.
+pub fn map_output_schema() -> SchemaRef {
+    Arc::clone(&MAP_OUTPUT_SCHEMA)
+}
+
+/// Runs one partition of its input and writes the rows to `num_output_partitions` Arrow IPC files,
+/// hash- or round-robin-partitioned as the downstream stage needs (or all in one file).
+#[derive(Debug)]
+pub struct ShuffleWriterExec {
+    input: Arc<dyn ExecutionPlan>,
+    query_id: QueryId,
+    stage_id: StageId,
+    /// `None`: each task writes a single output partition (gather, broadcast and result stages).
+    output_partitioning: Option<Partitioning>,
+    metrics: ExecutionPlanMetricsSet,
+    cache: Arc<PlanProperties>,
+}
+
+impl ShuffleWriterExec {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        query_id: QueryId,
+        stage_id: StageId,
+        output_partitioning: Option<Partitioning>,
+    ) -> Result<Self> {
+        if let Some(p) = &output_partitioning
+            && !matches!(p, Partitioning::Hash(..) | Partitioning::RoundRobinBatch(_))
+        {
+            return Err(DataFusionError::Plan(format!(
+                "shuffle writer cannot partition by {p}"
+            )));
+        }
+        let cache = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(map_output_schema()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            input,
+            query_id,
+            stage_id,
+            output_partitioning,
+            metrics: ExecutionPlanMetricsSet::new(),
+            cache,
+        })
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    pub fn query_id(&self) -> &QueryId {
+        &self.query_id
+    }
+
+    pub fn stage_id(&self) -> StageId {
+        self.stage_id
+    }
+
+    pub fn output_partitioning(&self) -> Option<&Partitioning> {
+        self.output_partitioning.as_ref()
+    }
+
+    /// How many files each task of this stage writes.
+    pub fn num_output_partitions(&self) -> usize {
+        self.output_partitioning
+            .as_ref()
+            .map_or(1, |p| p.partition_count())
+    }
+}
+
+impl DisplayAs for ShuffleWriterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match &self.output_partitioning {
+            Some(p) => write!(f, "ShuffleWriterExec: stage={}, partitioning={p}", self.stage_id),
+            None => write!(f, "ShuffleWriterExec: stage={}, single", self.stage_id),
+        }
+    }
+}
+
+impl ExecutionPlan for ShuffleWriterExec {
+    fn name(&self) -> &str {
+        "ShuffleWriterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let mut recursion = TreeNodeRecursion::Continue;
+        if let Some(Partitioning::Hash(exprs, _)) = &self.output_partitioning {
+            for expr in exprs {
+                recursion = f(expr)?;
+                if recursion == TreeNodeRecursion::Stop {
+                    break;
+                }
+            }
+        }
+        Ok(recursion)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(
+                "ShuffleWriterExec takes exactly one child".into(),
+            ));
+        }
+        Ok(Arc::new(Self::try_new(
+            children.swap_remove(0),
+            self.query_id.clone(),
+            self.stage_id,
+            self.output_partitioning.clone(),
+        )?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let env = context
+            .session_config()
+            .get_extension::<ShuffleEnv>()
+            .ok_or_else(|| {
+                DataFusionError::Internal("shuffle writer runs without a ShuffleEnv".into())
+            })?;
+        let num_input_partitions = self.input.output_partitioning().partition_count();
+        let partitioner = match &self.output_partitioning {
+            Some(p) => Some(BatchPartitioner::try_new(
+                p.clone(),
+                MetricBuilder::new(&self.metrics).subset_time("repart_time", partition),
+                partition,
+                num_input_partitions,
+            )?),
+            None => None,
+        };
+        let dir = map_attempt_dir(
+            &env.work_dir,
+            &self.query_id,
+            self.stage_id,
+            partition as u32,
+            env.attempt,
+        );
+        let output = MapOutput {
+            block: ShuffleBlock {
+                query_id: self.query_id.clone(),
+                stage_id: self.stage_id,
+                map_partition: partition as u32,
+                attempt: env.attempt,
+                output_partition: 0,
+            },
+            work_dir: env.work_dir.clone(),
+            dir,
+            num_outputs: self.num_output_partitions(),
+        };
+        let input = self.input.execute(partition, context)?;
+        let fut = output.write(input, partitioner);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            map_output_schema(),
+            futures::stream::once(fut),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// The files of one map attempt while they are written.
+struct MapOutput {
+    block: ShuffleBlock,
+    work_dir: PathBuf,
+    dir: PathBuf,
+    num_outputs: usize,
+}
+
+impl MapOutput {
+    async fn write(
+        self,
+        mut input: SendableRecordBatchStream,
+        mut partitioner: Option<BatchPartitioner>,
+    ) -> Result<RecordBatch> {
+        let schema = input.schema();
+        std::fs::create_dir_all(&self.dir)?;
+        let mut files = Vec::with_capacity(self.num_outputs);
+        for output_partition in 0..self.num_outputs {
+            let final_path = self.block_path(output_partition);
+            let tmp_path = final_path.with_extension("arrow.inprogress");
+            let writer = FileWriter::try_new(BufWriter::new(File::create(&tmp_path)?), &schema)?;
+            files.push((writer, tmp_path, final_path, 0u64));
+        }
+        while let Some(batch) = input.try_next().await? {
+            match partitioner.as_mut() {
+                Some(partitioner) => partitioner.partition(batch, |i, part| {
+                    files[i].3 += part.num_rows() as u64;
+                    Ok(files[i].0.write(&part)?)
+                })?,
+                None => {
+                    files[0].3 += batch.num_rows() as u64;
+                    files[0].0.write(&batch)?;
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(files.len());
+        let mut bytes = Vec::with_capacity(files.len());
+        for (mut writer, tmp_path, final_path, num_rows) in files {
+            writer.finish()?;
+            drop(writer);
+            // A reader only ever sees complete files: the rename commits this output partition.
+            std::fs::rename(&tmp_path, &final_path)?;
+            rows.push(num_rows);
+            bytes.push(std::fs::metadata(&final_path)?.len());
+        }
+        let partitions: UInt32Array = (0..self.num_outputs as u32).collect();
+        Ok(RecordBatch::try_new(
+            map_output_schema(),
+            vec![
+                Arc::new(partitions),
+                Arc::new(UInt64Array::from(rows)),
+                Arc::new(UInt64Array::from(bytes)),
+            ],
+        )?)
+    }
+
+    fn block_path(&self, output_partition: usize) -> PathBuf {
+        let block = ShuffleBlock {
+            output_partition: output_partition as u32,
+            ..self.block.clone()
+        };
+        block.path(&self.work_dir)
+    }
+}
+

@@ -1,0 +1,238 @@
+//! The `ember` command line: roles and flags, layered onto the configuration.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ember_config::{ConfigBuilder, EmberConfig};
+use ember_executor::Executor;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::local::{LocalCluster, executor_options};
+
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about = "Ember: a distributed SQL engine on DataFusion")]
+pub struct Cli {
+    /// TOML file overlaying the defaults (see config/ember.toml for every key).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator: catalog, scheduler, cluster manager and client frontends.
+    Coordinator(CoordinatorArgs),
+    /// Run an executor that registers with a coordinator.
+    Executor(ExecutorArgs),
+    /// Run a coordinator and executors in one process (the quickest start).
+    Local(LocalArgs),
+    /// Benchmarks comparing Ember with single-node DataFusion.
+    Bench {
+        #[command(subcommand)]
+        bench: crate::bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Directory for catalog and sample data.
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Postgres wire protocol port.
+    #[arg(long)]
+    pub pg_port: Option<String>,
+    /// gRPC port that executors dial.
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Address to bind the listeners to.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Generate TPC-H at this scale factor and register it as schema `tpch`.
+    #[arg(long)]
+    pub tpch: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The coordinator's gRPC address, HOST:PORT.
+    #[arg(long)]
+    pub coordinator: String,
+    /// Arrow Flight port for shuffle data (0: any free port).
+    #[arg(long)]
+    pub flight_port: Option<String>,
+    /// Directory for shuffle and spill files.
+    #[arg(long)]
+    pub work_dir: Option<String>,
+    /// Concurrent task slots (default: CPU cores).
+    #[arg(long)]
+    pub slots: Option<String>,
+    /// Memory for tasks, in bytes or with a unit (512MiB, 4GiB).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Address to bind the Flight service to; also advertised to peers.
+    #[arg(long)]
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+    /// Executors to start in-process.
+    #[arg(long)]
+    pub executors: Option<String>,
+    /// Task slots per executor.
+    #[arg(long)]
+    pub slots: Option<String>,
+    /// Memory per executor, in bytes or with a unit (512MiB, 4GiB).
+    #[arg(long)]
+    pub memory: Option<String>,
+}
+
+/// Builds the configuration: defaults, file, environment, then flags.
+pub fn load_config(file: Option<&PathBuf>, flags: &[(&str, Option<&String>)]) -> anyhow::Result<EmberConfig> {
+    let mut builder = ConfigBuilder::new();
+    if let Some(path) = file {
+        builder = builder.file(path)?;
+    }
+    builder = builder.env(std::env::vars())?;
+    for (key, value) in flags {
+        if let Some(value) = value {
+            let value = if key.ends_with(".memory") {
+                parse_bytes(value)?.to_string()
+            } else {
+                value.to_string()
+            };
+            builder.set_str(key, &value, &format!("flag for {key}"))?;
+        }
+    }
+    Ok(builder.build()?)
+}
+
+/// `4GiB`, `512MB`, `1024` → bytes.
+fn parse_bytes(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size {text:?}"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => anyhow::bail!("unknown size unit {other:?} in {text:?}"),
+    };
+    Ok((number * multiplier as f64) as u64)
+}
+
+fn coordinator_flags(args: &CoordinatorArgs) -> Vec<(&'static str, Option<&String>)> {
+    vec![
+        ("coordinator.data_dir", args.data_dir.as_ref()),
+        ("coordinator.pg_port", args.pg_port.as_ref()),
+        ("coordinator.port", args.port.as_ref()),
+        ("coordinator.bind_host", args.bind.as_ref()),
+        ("tpch.scale", args.tpch.as_ref()),
+    ]
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Terminates on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c().await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Coordinator(args) => {
+            let config = load_config(cli.config.as_ref(), &coordinator_flags(&args))?;
+            let host = config.coordinator.bind_host.as_str();
+            let grpc = TcpListener::bind((host, config.coordinator.port)).await?;
+            let pg = TcpListener::bind((host, config.coordinator.pg_port)).await?;
+            let coordinator = crate::Coordinator::new(&config, grpc, pg).await?;
+            coordinator.run(shutdown_signal()).await?;
+        }
+        Command::Executor(args) => {
+            let flags = vec![
+                ("executor.flight_port", args.flight_port.as_ref()),
+                ("executor.work_dir", args.work_dir.as_ref()),
+                ("executor.slots", args.slots.as_ref()),
+                ("executor.memory", args.memory.as_ref()),
+                ("executor.bind_host", args.bind.as_ref()),
+            ];
+            let config = load_config(cli.config.as_ref(), &flags)?;
+            let listener = TcpListener::bind((
+                config.executor.bind_host.as_str(),
+                config.executor.flight_port,
+            ))
+            .await?;
+            let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
+                config
+                    .coordinator
+                    .data_dir
+                    .join("work")
+                    .join(format!("executor-{}", listener.local_addr()?.port()))
+            } else {
+                config.executor.work_dir.clone()
+            };
+            let options = executor_options(&config, args.coordinator.clone(), work_dir);
+            let executor = Executor::new(options, listener);
+            info!(executor_id = %executor.id(), coordinator = %args.coordinator, "starting executor");
+            executor.run(shutdown_signal()).await?;
+        }
+        Command::Local(args) => {
+            let mut flags = coordinator_flags(&args.coordinator);
+            flags.push(("local.executors", args.executors.as_ref()));
+            flags.push(("executor.slots", args.slots.as_ref()));
+            flags.push(("executor.memory", args.memory.as_ref()));
+            let config = load_config(cli.config.as_ref(), &flags)?;
+            let cluster = LocalCluster::start(&config).await?;
+            println!(
+                "ember local: {} executors; connect with psql -h {} -p {} -U ember -d ember",
+                config.local.executors,
+                cluster.pg_addr.ip(),
+                cluster.pg_addr.port()
+            );
+            cluster.run(shutdown_signal()).await?;
+        }
+        Command::Bench { bench } => crate::bench::run(bench, cli.config.as_ref()).await?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! The coordinator (Spark's driver): catalog, query engine, scheduler, cluster manager and the
+//! client frontends, wired together.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::prelude::SessionContext;
+use ember_config::EmberConfig;
+use ember_executor::fetcher::FlightShuffleFetcher;
+use ember_executor::proto::cluster_service_server::ClusterServiceServer;
+use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::cluster::ClusterManagerService;
+use crate::engine::QueryEngine;
+use crate::error::{Error, Result};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
+use crate::system_tables::{SYSTEM_SCHEMA, SystemSchema};
+
+/// A running coordinator's parts, before `run` starts serving.
+pub struct Coordinator {
+    engine: Arc<QueryEngine>,
+    scheduler: Scheduler,
+    handle: SchedulerHandle,
+    grpc_listener: TcpListener,
+    pg_listener: TcpListener,
+    max_message_size: usize,
+}
+
+impl Coordinator {
+    /// Builds the catalog (generating TPC-H sample data if configured) and the scheduler. The
+    /// listeners are bound by the caller so tests can use ephemeral ports.
+    pub async fn new(
+        config: &EmberConfig,
+        grpc_listener: TcpListener,
+        pg_listener: TcpListener,
+    ) -> Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let ctx = SessionContext::new_with_config(distributed_config(cores));
+        let (scheduler, handle) = Scheduler::new(SchedulerConfig {
+            executor_timeout: Duration::from_millis(config.coordinator.executor_timeout_ms),
+            executor_wait: Duration::from_secs(30),
+            task_max_attempts: 4,
+            history_size: config.coordinator.history_size,
+        });
+        let catalog = ctx
+            .catalog(DEFAULT_CATALOG)
+            .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
+        catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(handle.clone())))?;
+        if config.tpch.scale > 0.0 {
+            register_tpch(&ctx, &config.coordinator.data_dir, config.tpch.scale).await?;
+        }
+        let fetcher = Arc::new(FlightShuffleFetcher::new(
+            config.coordinator.max_message_size,
+        ));
+        let engine = Arc::new(QueryEngine::new(ctx.state(), handle.clone(), fetcher));
+        Ok(Self {
+            engine,
+            scheduler,
+            handle,
+            grpc_listener,
+            pg_listener,
+            max_message_size: config.coordinator.max_message_size,
+        })
+    }
+
+    pub fn engine(&self) -> Arc<QueryEngine> {
+        Arc::clone(&self.engine)
+    }
+
+    /// Serves executors and clients until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(self.scheduler.run(stopped(stop_rx.clone())));
+        let cluster = ClusterServiceServer::new(ClusterManagerService::new(self.handle.clone()))
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
+        info!(addr = %self.grpc_listener.local_addr()?, "coordinator gRPC listening");
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(cluster)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.grpc_listener),
+                    stopped(stop_rx.clone()),
+                ),
+        );
+        let pg = tokio::spawn(crate::pgwire::serve(
+            self.pg_listener,
+            Arc::clone(&self.engine),
+            stopped(stop_rx.clone()),
+        ));
+        shutdown.await;
+        info!("coordinator shutting down");
+        let _ = stop_tx.send(true);
+        let _ = pg.await;
+        let _ = grpc.await;
+        let _ = scheduler.await;
+        Ok(())
+    }
+}
+
+/// Resolves once the watch flips to `true` (or its sender is gone).
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn register_tpch(ctx: &SessionContext, data_dir: &std::path::Path, scale: f64) -> Result<()> {
+    let base: PathBuf = data_dir.join("tpch");
+    info!(scale, path = %base.display(), "preparing TPC-H sample data");
+    let dir = tokio::task::spawn_blocking(move || ember_planner::tpch::generate(&base, scale))
+        .await
+        .map_err(|e| Error::Unavailable(format!("tpch generation panicked: {e}")))??;
+    let dir = std::fs::canonicalize(&dir)?;
+    ember_planner::tpch::register(ctx, "tpch", &dir).await?;
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The query engine: SQL text in, statements planned with DataFusion, queries cut into stages and
+//! run on the executors, answers streamed back. Shared by every frontend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::config::ConfigOptions;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use ember_executor::fetcher::FlightShuffleFetcher;
+use ember_planner::ids::QueryId;
+use ember_planner::stage::StageGraph;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::results::result_stream;
+use crate::scheduler::{Event, SchedulerHandle};
+
+/// What a statement produced.
+pub enum QueryOutput {
+    /// Rows, streamed as the final stage produces them.
+    Rows(SendableRecordBatchStream),
+    /// A command tag such as `SET` or `CREATE VIEW`.
+    Command(String),
+}
+
+/// One client's session: its DataFusion context and the Postgres-style variables it set.
+pub struct ClientSession {
+    ctx: SessionContext,
+    /// Variables that are not DataFusion options (application_name, ...), shown by SHOW.
+    // A std Mutex: only touched briefly, never across an await.
+    variables: Mutex<HashMap<String, String>>,
+}
+
+impl ClientSession {
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    fn current_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config_options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+}
+
+/// Plans and runs statements; holds the shared catalog.
+pub struct QueryEngine {
+    base_state: SessionState,
+    scheduler: SchedulerHandle,
+    fetcher: Arc<FlightShuffleFetcher>,
+}
+
+impl QueryEngine {
+    pub(crate) fn new(
+        base_state: SessionState,
+        scheduler: SchedulerHandle,
+        fetcher: Arc<FlightShuffleFetcher>,
+    ) -> Self {
+        Self {
+            base_state,
+            scheduler,
+            fetcher,
+        }
+    }
+
+    /// A new session sharing the server's catalog.
+    pub fn new_session(&self) -> ClientSession {
+        ClientSession {
+            ctx: SessionContext::new_with_state(self.base_state.clone()),
+            variables: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Splits `sql` into statements (Postgres dialect).
+    pub fn parse(&self, sql: &str) -> Result<Vec<DFStatement>> {
+        let dialect = PostgreSqlDialect {};
+        let mut parser = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
+        Ok(parser.parse_statements()?.into_iter().collect())
+    }
+
+    /// Runs every statement of `sql`, stopping at the first error.
+    pub async fn execute_sql(&self, session: &ClientSession, sql: &str) -> Result<Vec<QueryOutput>> {
+        let mut outputs = vec![];
+        for statement in self.parse(sql)? {
+            outputs.push(self.execute(session, statement).await?);
+        }
+        Ok(outputs)
+    }
+
+    /// Runs one statement.
+    pub async fn execute(
+        &self,
+        session: &ClientSession,
+        statement: DFStatement,
+    ) -> Result<QueryOutput> {
+        let text = statement.to_string();
+        if let Some(output) = self.session_command(session, &text)? {
+            return Ok(output);
+        }
+        let explain_distributed = strip_explain_distributed(&text);
+        let statement = match &explain_distributed {
+            Some(inner) => self
+                .parse(inner)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotSupported("EXPLAIN DISTRIBUTED needs a query".into()))?,
+            None => statement,
+        };
+        self.fit_partitions(session);
+        let state = session.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        if explain_distributed.is_some() {
+            let physical = state.create_physical_plan(&plan).await?;
+            let graph = StageGraph::try_new(QueryId::random(), physical)?;
+            return Ok(QueryOutput::Rows(explain_rows(vec![(
+                "distributed_plan".into(),
+                graph.display(),
+            )])));
+        }
+        match &plan {
+            LogicalPlan::Explain(explain) => {
+                let physical = state.create_physical_plan(&explain.plan).await?;
+                let graph = StageGraph::try_new(QueryId::random(), physical)?;
+                let df = session.ctx.execute_logical_plan(plan.clone()).await?;
+                let mut rows = collect_explain(df.collect().await?);
+                rows.push(("distributed_plan".into(), graph.display()));
+                Ok(QueryOutput::Rows(explain_rows(rows)))
+            }
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_) => {
+                let tag = command_tag(&text);
+                let df = session.ctx.execute_logical_plan(plan).await?;
+                df.collect().await?;
+                Ok(QueryOutput::Command(tag))
+            }
+            _ => self.run_query(session, &text, plan).await,
+        }
+    }
+
+    async fn run_query(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: LogicalPlan,
+    ) -> Result<QueryOutput> {
+        let state = session.ctx.state();
+        let physical = state.create_physical_plan(&plan).await?;
+        if !scans_files(&physical)? {
+            // Nothing to distribute (constants, VALUES, system tables): answer here.
+            let stream = execute_stream(physical, session.ctx.task_ctx())?;
+            return Ok(QueryOutput::Rows(stream));
+        }
+        let query_id = QueryId::random();
+        let graph = StageGraph::try_new(query_id.clone(), physical)?;
+        let result_stage = graph.result_stage();
+        let schema = result_stage.writer().input().schema();
+        let num_partitions = result_stage.num_tasks();
+        let result_stage_id = result_stage.id;
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        self.scheduler.send(Event::Submit {
+            query_id: query_id.clone(),
+            sql: sql.to_string(),
+            graph,
+            settings: changed_settings(state.config_options()),
+            results_tx,
+        });
+        Ok(QueryOutput::Rows(result_stream(
+            schema,
+            query_id,
+            result_stage_id,
+            num_partitions,
+            results_rx,
+            Arc::clone(&self.fetcher),
+            self.scheduler.clone(),
+        )))
+    }
+
+    /// Plans for as many partitions as the cluster has slots, unless the session chose.
+    fn fit_partitions(&self, session: &ClientSession) {
+        let explicit = session
+            .variables
+            .lock()
+            .map(|v| v.contains_key("datafusion.execution.target_partitions"))
+            .unwrap_or(false);
+        let slots = self.scheduler.total_slots();
+        if !explicit && slots > 0 {
+            let state = session.ctx.state_ref();
+            let mut state = state.write();
+            state.config_mut().options_mut().execution.target_partitions = slots;
+        }
+    }
+
+    /// Handles the Postgres session commands DataFusion does not know.
+    fn session_command(&self, session: &ClientSession, text: &str) -> Result<Option<QueryOutput>> {
+        let Some((name, value)) = parse_set(text) else {
+            return Ok(self.show(session, text));
+        };
+        if name == "search_path" {
+            let schema = value
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').trim_matches('\''))
+                .find(|s| !s.is_empty() && *s != "$user")
+                .unwrap_or(ember_planner::session::DEFAULT_SCHEMA)
+                .to_string();
+            let state = session.ctx.state_ref();
+            state.write().config_mut().options_mut().catalog.default_schema = schema;
+            return Ok(Some(QueryOutput::Command("SET".into())));
+        }
+        if name.starts_with("datafusion.") {
+            if let Ok(mut vars) = session.variables.lock() {
+                vars.insert(name, value);
+            }
+            return Ok(None); // DataFusion applies and validates it
+        }
+        if let Ok(mut vars) = session.variables.lock() {
+            vars.insert(name, value.trim_matches('\'').to_string());
+        }
+        Ok(Some(QueryOutput::Command("SET".into())))
+    }
+
+    fn show(&self, session: &ClientSession, text: &str) -> Option<QueryOutput> {
+        let lower = text.trim().to_ascii_lowercase();
+        let name = lower.strip_prefix("show ")?.trim().trim_end_matches(';');
+        if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
+            return None;
+        }
+        let value = if name == "search_path" {
+            session.current_schema()
+        } else {
+            let known = session.variables.lock().ok()?.get(name).cloned();
+            known.or_else(|| default_variable(name).map(str::to_string))?
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(vec![value]))],
+        )
+        .ok()?;
+        Some(QueryOutput::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(vec![Ok(batch)]),
+        ))))
+    }
+}
+
+/// Values `SHOW` reports for variables a session has not set, as Postgres would.
+fn default_variable(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => "16.0",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "timezone" => "UTC",
+        "integer_datetimes" => "on",
+        "standard_conforming_strings" => "on",
+        "intervalstyle" => "postgres",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "application_name" => "",
+        "extra_float_digits" => "1",
+        "statement_timeout" => "0",
+        _ => return None,
+    })
+}
+
+/// `SET [SESSION|LOCAL] name {=|TO} value` → (lower-case name, value text).
+fn parse_set(text: &str) -> Option<(String, String)> {
+    let trimmed = text.trim().trim_end_matches(';');
+    let lower = trimmed.to_ascii_lowercase();
+    let mut rest = lower.strip_prefix("set ")?.trim_start();
+    let mut offset = trimmed.len() - rest.len();
+    for prefix in ["session ", "local "] {
+        if let Some(r) = rest.strip_prefix(prefix) {
+            offset += rest.len() - r.trim_start().len();
+            rest = r.trim_start();
+        }
+    }
+    let name_end = rest.find(|c: char| c.is_whitespace() || c == '=')?;
+    let name = rest[..name_end].to_string();
+    let after = &trimmed[offset + name_end..];
+    let after_lower = after.trim_start().to_ascii_lowercase();
+    let value = if after_lower.starts_with('=') {
+        after.trim_start()[1..].trim()
+    } else if after_lower.starts_with("to ") {
+        after.trim_start()[3..].trim()
+    } else {
+        return None;
+    };
+    Some((name, value.to_string()))
+}
+
+fn strip_explain_distributed(text: &str) -> Option<String> {
+    let trimmed = text.trim_start();
+    let lower = trimmed.to_ascii_lowercase();
+    let rest = lower.strip_prefix("explain")?;
+    let rest_trimmed = rest.trim_start();
+    let rest = rest_trimmed.strip_prefix("distributed")?;
+    let start = trimmed.len() - rest.len();
+    Some(trimmed[start..].to_string())
+}
+
+fn command_tag(text: &str) -> String {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    match first {
+        "CREATE" | "DROP" | "ALTER" => {
+            let object = match words.get(1).map(String::as_str) {
+                Some("EXTERNAL") | Some("UNBOUNDED") => "TABLE",
+                Some("OR") => words.get(2).map_or("VIEW", |_| "VIEW"),
+                Some(other) => other,
+                None => "",
+            };
+            format!("{first} {object}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Settings of this session that differ from DataFusion's defaults, shipped with every task.
+fn changed_settings(options: &ConfigOptions) -> HashMap<String, String> {
+    let defaults: HashMap<String, Option<String>> = ConfigOptions::default()
+        .entries()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    options
+        .entries()
+        .into_iter()
+        .filter_map(|e| {
+            let value = e.value?;
+            let changed = defaults.get(&e.key) != Some(&Some(value.clone()));
+            // Catalog settings only matter to the planner.
+            (changed && !e.key.starts_with("datafusion.catalog.")).then_some((e.key, value))
+        })
+        .collect()
+}
+
+fn scans_files(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    Ok(plan.exists(|node| {
+        Ok(node
+            .downcast_ref::<DataSourceExec>()
+            .is_some_and(|s| s.data_source().downcast_ref::<FileScanConfig>().is_some()))
+    })?)
+}
+
+fn collect_explain(batches: Vec<RecordBatch>) -> Vec<(String, String)> {
+    use datafusion::arrow::array::AsArray;
+    let mut rows = vec![];
+    for batch in batches {
+        if batch.num_columns() < 2 {
+            continue;
+        }
+        let (Some(kinds), Some(plans)) = (
+            batch.column(0).as_string_opt::<i32>(),
+            batch.column(1).as_string_opt::<i32>(),
+        ) else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            rows.push((kinds.value(i).to_string(), plans.value(i).to_string()));
+        }
+    }
+    rows
+}
+
+fn explain_rows(rows: Vec<(String, String)>) -> SendableRecordBatchStream {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]));
+    let (kinds, plans): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(kinds)),
+            Arc::new(StringArray::from(plans)),
+        ],
+    );
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::iter(vec![batch.map_err(Into::into)]),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_statements_are_recognised() {
+        assert_eq!(
+            parse_set("SET search_path TO tpch"),
+            Some(("search_path".into(), "tpch".into()))
+        );
+        assert_eq!(
+            parse_set("set session application_name = 'psql'"),
+            Some(("application_name".into(), "'psql'".into()))
+        );
+        assert_eq!(parse_set("SELECT 1"), None);
+        assert_eq!(
+            strip_explain_distributed("EXPLAIN DISTRIBUTED SELECT 1").as_deref(),
+            Some(" SELECT 1")
+        );
+        assert_eq!(command_tag("create external table t ..."), "CREATE TABLE");
+        assert_eq!(command_tag("CREATE VIEW v AS SELECT 1"), "CREATE VIEW");
+    }
+}

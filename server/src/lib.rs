@@ -1,0 +1,28 @@
+//! Ember's server: the coordinator (Spark's driver), its built-in cluster manager, the client
+//! frontends and the `ember` binary's roles.
+//!
+//! ```text
+//!  psql / JDBC ──pgwire──► QueryEngine ── DataFusion plan ──► StageGraph ──► Scheduler
+//!                              ▲                                              │ launch tasks
+//!                              │ result batches (Flight)                      ▼
+//!                         result relay ◄──────────────── executors (ClusterService sessions)
+//!  system.* tables ◄── scheduler snapshots
+//! ```
+//! The server owns query state and client sessions; planning primitives live in `ember-planner`
+//! and task execution in `ember-executor`.
+
+pub mod bench;
+pub mod cli;
+mod cluster;
+pub mod coordinator;
+pub mod engine;
+pub mod error;
+pub mod local;
+mod pgwire;
+mod results;
+mod scheduler;
+mod system_tables;
+
+pub use coordinator::Coordinator;
+pub use error::{Error, Result};
+pub use local::LocalCluster;

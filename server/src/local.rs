@@ -1,0 +1,97 @@
+//! `ember local`: a coordinator and N executors in one process, talking over loopback through
+//! exactly the same gRPC and Flight code as separate processes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ember_config::EmberConfig;
+use ember_executor::{Executor, ExecutorOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::coordinator::{Coordinator, stopped};
+use crate::error::Result;
+
+/// A running local cluster: the coordinator and its executors, stopped together.
+pub struct LocalCluster {
+    pub pg_addr: std::net::SocketAddr,
+    pub grpc_addr: std::net::SocketAddr,
+    coordinator: Coordinator,
+    executors: Vec<Executor>,
+}
+
+impl LocalCluster {
+    /// Binds every listener and prepares every part; nothing serves until `run`.
+    pub async fn start(config: &EmberConfig) -> Result<Self> {
+        let host = &config.coordinator.bind_host;
+        let grpc_listener = TcpListener::bind((host.as_str(), config.coordinator.port)).await?;
+        let pg_listener = TcpListener::bind((host.as_str(), config.coordinator.pg_port)).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let pg_addr = pg_listener.local_addr()?;
+        let coordinator = Coordinator::new(config, grpc_listener, pg_listener).await?;
+        let mut executors = vec![];
+        for i in 0..config.local.executors {
+            let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
+            let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
+                config.coordinator.data_dir.join("work").join(format!("executor-{i}"))
+            } else {
+                config.executor.work_dir.join(format!("executor-{i}"))
+            };
+            executors.push(Executor::new(
+                executor_options(config, format!("127.0.0.1:{}", grpc_addr.port()), work_dir),
+                listener,
+            ));
+        }
+        Ok(Self {
+            pg_addr,
+            grpc_addr,
+            coordinator,
+            executors,
+        })
+    }
+
+    pub fn engine(&self) -> std::sync::Arc<crate::engine::QueryEngine> {
+        self.coordinator.engine()
+    }
+
+    /// Runs until `shutdown` completes, then stops the executors and the coordinator.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = vec![];
+        for executor in self.executors {
+            tasks.push(tokio::spawn(executor.run(stopped(stop_rx.clone()))));
+        }
+        let coordinator = tokio::spawn(self.coordinator.run(stopped(stop_rx.clone())));
+        info!(pg = %self.pg_addr, grpc = %self.grpc_addr, executors = tasks.len(), "local cluster running");
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        let _ = coordinator.await;
+        Ok(())
+    }
+}
+
+/// Executor options from the config; `slots` 0 means one per core.
+pub fn executor_options(
+    config: &EmberConfig,
+    coordinator: String,
+    work_dir: std::path::PathBuf,
+) -> ExecutorOptions {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ExecutorOptions {
+        coordinator,
+        advertise_host: config.executor.bind_host.clone(),
+        work_dir,
+        slots: if config.executor.slots == 0 {
+            cores
+        } else {
+            config.executor.slots
+        },
+        memory: config.executor.memory,
+        heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
+        max_message_size: config.coordinator.max_message_size,
+    }
+}

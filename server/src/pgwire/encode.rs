@@ -1,0 +1,262 @@
+//! Arrow → Postgres: each Arrow type maps to the Postgres type drivers decode natively, and values
+//! are encoded through pgwire's typed encoders (text format now, binary-ready).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::*;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use pgwire::api::Type;
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use rust_decimal::Decimal;
+
+/// The Postgres type a column of `data_type` is sent as.
+pub(crate) fn pg_type(data_type: &DataType) -> Type {
+    match data_type {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
+        DataType::Int32 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        DataType::UInt64 | DataType::Decimal32(..) | DataType::Decimal64(..) => Type::NUMERIC,
+        DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
+        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Type::TEXT,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
+        DataType::FixedSizeBinary(_) => Type::BYTEA,
+        DataType::Date32 | DataType::Date64 => Type::DATE,
+        DataType::Time32(_) | DataType::Time64(_) => Type::TIME,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Dictionary(_, value) => pg_type(value),
+        _ => Type::TEXT,
+    }
+}
+
+/// Column descriptions for a result schema.
+pub(crate) fn fields(schema: &Schema) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let info = FieldInfo::new(
+                field.name().clone(),
+                None,
+                None,
+                pg_type(field.data_type()),
+                FieldFormat::Text,
+            );
+            match field.data_type() {
+                // Postgres packs numeric(p, s) as ((p << 16) | s) + 4.
+                DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if *s >= 0 => info
+                    .with_type_modifier(((i32::from(*p) << 16) | i32::from(*s as u8)) + 4),
+                _ => info,
+            }
+        })
+        .collect()
+}
+
+/// Encodes every row of `batch` as a DataRow.
+pub(crate) fn encode_batch(
+    batch: &RecordBatch,
+    fields: &Arc<Vec<FieldInfo>>,
+) -> PgWireResult<Vec<DataRow>> {
+    let columns: Vec<Column> = batch
+        .columns()
+        .iter()
+        .map(Column::try_new)
+        .collect::<PgWireResult<_>>()?;
+    let mut encoder = DataRowEncoder::new(Arc::clone(fields));
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        for column in &columns {
+            column.encode(row, &mut encoder)?;
+        }
+        rows.push(encoder.take_row());
+    }
+    Ok(rows)
+}
+
+/// A column prepared for row-wise encoding: casts done once per batch.
+struct Column {
+    array: ArrayRef,
+    formatter_text: Option<Vec<Option<String>>>,
+}
+
+fn arrow_err(e: impl std::fmt::Display) -> PgWireError {
+    PgWireError::ApiError(Box::new(std::io::Error::other(e.to_string())))
+}
+
+impl Column {
+    fn try_new(array: &ArrayRef) -> PgWireResult<Self> {
+        let array = match array.data_type() {
+            DataType::Dictionary(_, value) => cast(array, value).map_err(arrow_err)?,
+            DataType::LargeUtf8 | DataType::Utf8View => {
+                cast(array, &DataType::Utf8).map_err(arrow_err)?
+            }
+            DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+                cast(array, &DataType::Binary).map_err(arrow_err)?
+            }
+            DataType::Date64 => cast(array, &DataType::Date32).map_err(arrow_err)?,
+            DataType::Time32(_) | DataType::Time64(TimeUnit::Nanosecond) => {
+                cast(array, &DataType::Time64(TimeUnit::Microsecond)).map_err(arrow_err)?
+            }
+            DataType::Timestamp(unit, tz) if *unit != TimeUnit::Microsecond => cast(
+                array,
+                &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+            )
+            .map_err(arrow_err)?,
+            DataType::Float16 => cast(array, &DataType::Float32).map_err(arrow_err)?,
+            DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => {
+                cast(array, &DataType::Decimal128(*p, *s)).map_err(arrow_err)?
+            }
+            _ => Arc::clone(array),
+        };
+        let formatter_text = if native(array.data_type()) {
+            None
+        } else {
+            let options = FormatOptions::default().with_null("");
+            let formatter = ArrayFormatter::try_new(array.as_ref(), &options).map_err(arrow_err)?;
+            Some(
+                (0..array.len())
+                    .map(|i| array.is_valid(i).then(|| formatter.value(i).to_string()))
+                    .collect(),
+            )
+        };
+        Ok(Self {
+            array,
+            formatter_text,
+        })
+    }
+
+    fn encode(&self, row: usize, encoder: &mut DataRowEncoder) -> PgWireResult<()> {
+        if let Some(text) = &self.formatter_text {
+            return encoder.encode_field(&text[row]);
+        }
+        let array = &self.array;
+        let valid = array.is_valid(row);
+        macro_rules! prim {
+            ($t:ty, $conv:expr) => {{
+                let values = array.as_primitive::<$t>();
+                let value = valid.then(|| $conv(values.value(row)));
+                encoder.encode_field(&value)
+            }};
+        }
+        match array.data_type() {
+            DataType::Boolean => {
+                let value = valid.then(|| array.as_boolean().value(row));
+                encoder.encode_field(&value)
+            }
+            DataType::Int8 => prim!(Int8Type, i16::from),
+            DataType::Int16 => prim!(Int16Type, |v: i16| v),
+            DataType::UInt8 => prim!(UInt8Type, i16::from),
+            DataType::Int32 => prim!(Int32Type, |v: i32| v),
+            DataType::UInt16 => prim!(UInt16Type, i32::from),
+            DataType::Int64 => prim!(Int64Type, |v: i64| v),
+            DataType::UInt32 => prim!(UInt32Type, i64::from),
+            DataType::UInt64 => prim!(UInt64Type, Decimal::from),
+            DataType::Float32 => prim!(Float32Type, |v: f32| v),
+            DataType::Float64 => prim!(Float64Type, |v: f64| v),
+            DataType::Decimal128(_, scale) => {
+                let values = array.as_primitive::<Decimal128Type>();
+                let value = valid.then(|| decimal(values.value(row), *scale));
+                match value {
+                    Some(Err(text)) => encoder.encode_field(&Some(text)),
+                    Some(Ok(d)) => encoder.encode_field(&Some(d)),
+                    None => encoder.encode_field(&None::<Decimal>),
+                }
+            }
+            DataType::Utf8 => {
+                let value = valid.then(|| array.as_string::<i32>().value(row));
+                encoder.encode_field(&value)
+            }
+            DataType::Binary => {
+                let value = valid.then(|| array.as_binary::<i32>().value(row));
+                encoder.encode_field(&value)
+            }
+            DataType::Date32 => prim!(Date32Type, |v: i32| {
+                NaiveDate::from_num_days_from_ce_opt(v + 719_163).unwrap_or_default()
+            }),
+            DataType::Time64(_) => prim!(Time64MicrosecondType, |v: i64| {
+                NaiveTime::from_num_seconds_from_midnight_opt(
+                    (v / 1_000_000) as u32,
+                    ((v % 1_000_000) * 1000) as u32,
+                )
+                .unwrap_or_default()
+            }),
+            DataType::Timestamp(_, None) => prim!(TimestampMicrosecondType, |v: i64| {
+                DateTime::<Utc>::from_timestamp_micros(v)
+                    .map(|t| t.naive_utc())
+                    .unwrap_or(NaiveDateTime::MIN)
+            }),
+            DataType::Timestamp(_, Some(_)) => prim!(TimestampMicrosecondType, |v: i64| {
+                DateTime::<Utc>::from_timestamp_micros(v).unwrap_or(DateTime::<Utc>::MIN_UTC)
+            }),
+            other => Err(arrow_err(format!("cannot encode {other}"))),
+        }
+    }
+}
+
+/// Types encoded from typed values; everything else goes through Arrow's formatter as text.
+fn native(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(..)
+            | DataType::Utf8
+            | DataType::Binary
+            | DataType::Date32
+            | DataType::Time64(TimeUnit::Microsecond)
+            | DataType::Timestamp(TimeUnit::Microsecond, _)
+    )
+}
+
+/// A Decimal128 as rust_decimal, or as exact text when it does not fit in 96 bits.
+fn decimal(value: i128, scale: i8) -> Result<Decimal, String> {
+    if scale >= 0
+        && let Ok(d) = Decimal::try_from_i128_with_scale(value, scale as u32)
+    {
+        return Ok(d);
+    }
+    Err(Decimal128Type::format_decimal(value, 38, scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_keep_their_scale() {
+        assert_eq!(decimal(12345, 2).unwrap().to_string(), "123.45");
+        assert_eq!(decimal(-5, 3).unwrap().to_string(), "-0.005");
+        assert_eq!(
+            decimal(i128::MAX / 10, 2).unwrap_err(),
+            "170141183460469231731687303715884105.72"
+        );
+    }
+
+    #[test]
+    fn types_map_to_postgres() {
+        assert_eq!(pg_type(&DataType::Int64), Type::INT8);
+        assert_eq!(pg_type(&DataType::Decimal128(15, 2)), Type::NUMERIC);
+        assert_eq!(pg_type(&DataType::Utf8View), Type::TEXT);
+        assert_eq!(
+            pg_type(&DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            Type::TIMESTAMPTZ
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The scheduler's bookkeeping: executors, queries, stages and task attempts.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Instant, SystemTime};
+
+use ember_executor::proto::CoordinatorMessage;
+use ember_planner::ids::{ExecutorId, QueryId, StageId, TaskAttempt};
+use ember_planner::shuffle::MapOutputLocation;
+use ember_planner::stage::StageGraph;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+
+/// The sending half of an executor's session stream.
+pub(crate) type ExecutorTx = mpsc::UnboundedSender<Result<CoordinatorMessage, tonic::Status>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExecutorStatus {
+    Alive,
+    Lost,
+}
+
+impl ExecutorStatus {
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            ExecutorStatus::Alive => "alive",
+            ExecutorStatus::Lost => "lost",
+        }
+    }
+}
+
+/// What an executor told us when it registered.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecutorInfo {
+    pub(crate) id: ExecutorId,
+    pub(crate) host: String,
+    pub(crate) flight_port: u16,
+    pub(crate) slots: usize,
+    pub(crate) cores: usize,
+    pub(crate) memory: u64,
+}
+
+impl ExecutorInfo {
+    pub(crate) fn flight_address(&self) -> String {
+        format!("{}:{}", self.host, self.flight_port)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ExecutorState {
+    pub(crate) info: ExecutorInfo,
+    pub(crate) status: ExecutorStatus,
+    /// Distinguishes this registration from an earlier session of the same executor.
+    pub(crate) session: u64,
+    pub(crate) tx: ExecutorTx,
+    pub(crate) running: HashSet<TaskAttempt>,
+    pub(crate) registered_at: SystemTime,
+    pub(crate) last_heartbeat: Instant,
+    pub(crate) last_heartbeat_wall: SystemTime,
+    pub(crate) tasks_succeeded: u64,
+    pub(crate) tasks_failed: u64,
+    /// Tie-breaker so equal executors take turns.
+    pub(crate) last_assigned: u64,
+}
+
+impl ExecutorState {
+    pub(crate) fn free_slots(&self) -> usize {
+        self.info.slots.saturating_sub(self.running.len())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub(crate) fn is_final(&self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TaskState {
+    pub(crate) partition: u32,
+    /// The current attempt; reports of other attempts are stale and ignored.
+    pub(crate) attempt: u32,
+    pub(crate) status: Status,
+    pub(crate) executor: Option<ExecutorId>,
+    pub(crate) output: Option<MapOutputLocation>,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) finished_at: Option<SystemTime>,
+    pub(crate) elapsed_us: u64,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct StageState {
+    pub(crate) id: StageId,
+    pub(crate) status: Status,
+    pub(crate) tasks: Vec<TaskState>,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) finished_at: Option<SystemTime>,
+}
+
+impl StageState {
+    pub(crate) fn tasks_succeeded(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| t.status == Status::Succeeded)
+            .count()
+    }
+}
+
+/// Where a result partition can be fetched, or why there will be none.
+#[derive(Debug)]
+pub(crate) enum ResultEvent {
+    Partition {
+        partition: usize,
+        location: MapOutputLocation,
+    },
+    Failed(Error),
+}
+
+#[derive(Debug)]
+pub(crate) struct QueryState {
+    pub(crate) id: QueryId,
+    pub(crate) sql: String,
+    pub(crate) graph: StageGraph,
+    pub(crate) settings: HashMap<String, String>,
+    pub(crate) stages: Vec<StageState>,
+    pub(crate) status: Status,
+    pub(crate) error: Option<String>,
+    pub(crate) submitted_at: SystemTime,
+    pub(crate) submitted_instant: Instant,
+    pub(crate) finished_at: Option<SystemTime>,
+    pub(crate) results_tx: Option<mpsc::UnboundedSender<ResultEvent>>,
+    /// Executors that may hold files of this query.
+    pub(crate) executors_used: HashSet<ExecutorId>,
+}
+
+impl QueryState {
+    pub(crate) fn new(
+        id: QueryId,
+        sql: String,
+        graph: StageGraph,
+        settings: HashMap<String, String>,
+        results_tx: mpsc::UnboundedSender<ResultEvent>,
+    ) -> Self {
+        let stages = graph
+            .stages
+            .iter()
+            .map(|stage| StageState {
+                id: stage.id,
+                status: Status::Pending,
+                tasks: (0..stage.num_tasks() as u32)
+                    .map(|partition| TaskState {
+                        partition,
+                        attempt: 0,
+                        status: Status::Pending,
+                        executor: None,
+                        output: None,
+                        rows: 0,
+                        bytes: 0,
+                        started_at: None,
+                        finished_at: None,
+                        elapsed_us: 0,
+                        error: None,
+                    })
+                    .collect(),
+                started_at: None,
+                finished_at: None,
+            })
+            .collect();
+        Self {
+            id,
+            sql,
+            graph,
+            settings,
+            stages,
+            status: Status::Running,
+            error: None,
+            submitted_at: SystemTime::now(),
+            submitted_instant: Instant::now(),
+            finished_at: None,
+            results_tx: Some(results_tx),
+            executors_used: HashSet::new(),
+        }
+    }
+
+    /// A stage may run once every stage it reads has committed all of its outputs.
+    pub(crate) fn is_runnable(&self, stage: StageId) -> bool {
+        self.graph
+            .stage(stage)
+            .inputs
+            .iter()
+            .all(|input| self.stages[input.0 as usize].status == Status::Succeeded)
+    }
+
+    /// The committed outputs of every stage, by map partition.
+    pub(crate) fn map_outputs(&self, stage: StageId) -> Vec<MapOutputLocation> {
+        self.stages[stage.0 as usize]
+            .tasks
+            .iter()
+            .filter_map(|t| t.output.clone())
+            .collect()
+    }
+
+    pub(crate) fn is_result_stage(&self, stage: StageId) -> bool {
+        self.graph.result_stage().id == stage
+    }
+}
