@@ -2,13 +2,23 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
+use datafusion::logical_expr::ColumnarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion_proto::physical_plan::from_proto::parse_protobuf_partitioning;
-use datafusion_proto::physical_plan::to_proto::serialize_partitioning;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_expr_with_converter, parse_protobuf_partitioning,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_partitioning, serialize_physical_expr_with_converter,
+};
 use datafusion_proto::physical_plan::{
+    PhysicalPlanNodeExt,
     PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf;
@@ -188,10 +198,69 @@ impl PhysicalExtensionCodec for EmberCodec {
     }
 }
 
+/// Encodes like datafusion-proto's default converter, except that a scalar subquery whose value
+/// the coordinator has already computed travels as a literal (see [`crate::subquery`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct EmberProtoConverter;
+
+impl PhysicalProtoConverterExtension for EmberProtoConverter {
+    fn proto_to_execution_plan(
+        &self,
+        proto: &protobuf::PhysicalPlanNode,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        proto.try_into_physical_plan_with_context(ctx, self)
+    }
+
+    fn execution_plan_to_proto(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> Result<protobuf::PhysicalPlanNode> {
+        protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
+            Arc::clone(plan),
+            codec,
+            self,
+        )
+    }
+
+    fn proto_to_physical_expr(
+        &self,
+        proto: &protobuf::PhysicalExprNode,
+        input_schema: &Schema,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        parse_physical_expr_with_converter(proto, input_schema, ctx, self)
+    }
+
+    fn physical_expr_to_proto(
+        &self,
+        expr: &Arc<dyn PhysicalExpr>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> Result<protobuf::PhysicalExprNode> {
+        if let Some(subquery) = expr.downcast_ref::<ScalarSubqueryExpr>() {
+            // Evaluating reads the value the coordinator stored; it fails if there is none yet.
+            let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
+            let ColumnarValue::Scalar(value) = subquery.evaluate(&empty)? else {
+                return Err(proto_err("a scalar subquery evaluated to an array"));
+            };
+            let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(value));
+            return serialize_physical_expr_with_converter(&literal, codec, self);
+        }
+        serialize_physical_expr_with_converter(expr, codec, self)
+    }
+}
+
 /// Encodes a task's fragment.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
-    Ok(datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &EmberCodec)?
-        .to_vec())
+    Ok(
+        datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+            plan,
+            &EmberCodec,
+            &EmberProtoConverter,
+        )?
+        .to_vec(),
+    )
 }
 
 /// Decodes a task's fragment in the context it will run in.

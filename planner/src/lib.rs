@@ -16,9 +16,11 @@
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod joins;
 pub mod session;
 pub mod shuffle;
 pub mod stage;
+pub mod subquery;
 pub mod task;
 pub mod tpch;
 

@@ -102,7 +102,7 @@ impl StageGraph {
             query_id: query_id.clone(),
             stages: vec![],
         };
-        let root = cutter.cut(plan)?;
+        let root = cutter.cut(crate::joins::distribute_joins(plan)?)?;
         cutter.add_stage(root, None, StageKind::Result)?;
         Ok(Self {
             query_id,

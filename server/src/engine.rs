@@ -21,11 +21,20 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use ember_executor::fetcher::FlightShuffleFetcher;
 use ember_planner::ids::QueryId;
 use ember_planner::stage::StageGraph;
+use ember_planner::subquery::take_scalar_subqueries;
+use futures::TryStreamExt;
+use datafusion::common::ScalarValue;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::results::result_stream;
 use crate::scheduler::{Event, SchedulerHandle};
+
+/// A parsed statement, with Ember's own `EXPLAIN DISTRIBUTED` prefix noted.
+pub struct ParsedStatement {
+    statement: DFStatement,
+    explain_distributed: bool,
+}
 
 /// What a statement produced.
 pub enum QueryOutput {
@@ -86,11 +95,28 @@ impl QueryEngine {
         }
     }
 
-    /// Splits `sql` into statements (Postgres dialect).
-    pub fn parse(&self, sql: &str) -> Result<Vec<DFStatement>> {
+    /// Splits `sql` into statements (Postgres dialect). `EXPLAIN DISTRIBUTED` is Ember's own
+    /// and only stands alone.
+    pub fn parse(&self, sql: &str) -> Result<Vec<ParsedStatement>> {
+        let (sql, explain_distributed) = match strip_explain_distributed(sql) {
+            Some(inner) => (inner, true),
+            None => (sql.to_string(), false),
+        };
         let dialect = PostgreSqlDialect {};
-        let mut parser = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
-        Ok(parser.parse_statements()?.into_iter().collect())
+        let mut parser = DFParserBuilder::new(sql.as_str()).with_dialect(&dialect).build()?;
+        let statements: Vec<DFStatement> = parser.parse_statements()?.into_iter().collect();
+        if explain_distributed && statements.len() != 1 {
+            return Err(Error::NotSupported(
+                "EXPLAIN DISTRIBUTED takes exactly one query".into(),
+            ));
+        }
+        Ok(statements
+            .into_iter()
+            .map(|statement| ParsedStatement {
+                statement,
+                explain_distributed,
+            })
+            .collect())
     }
 
     /// Runs every statement of `sql`, stopping at the first error.
@@ -106,25 +132,20 @@ impl QueryEngine {
     pub async fn execute(
         &self,
         session: &ClientSession,
-        statement: DFStatement,
+        parsed: ParsedStatement,
     ) -> Result<QueryOutput> {
+        let ParsedStatement {
+            statement,
+            explain_distributed,
+        } = parsed;
         let text = statement.to_string();
-        if let Some(output) = self.session_command(session, &text)? {
+        if !explain_distributed && let Some(output) = self.session_command(session, &text)? {
             return Ok(output);
         }
-        let explain_distributed = strip_explain_distributed(&text);
-        let statement = match &explain_distributed {
-            Some(inner) => self
-                .parse(inner)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::NotSupported("EXPLAIN DISTRIBUTED needs a query".into()))?,
-            None => statement,
-        };
         self.fit_partitions(session);
         let state = session.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
-        if explain_distributed.is_some() {
+        if explain_distributed {
             let physical = state.create_physical_plan(&plan).await?;
             let graph = StageGraph::try_new(QueryId::random(), physical)?;
             return Ok(QueryOutput::Rows(explain_rows(vec![(
@@ -158,12 +179,29 @@ impl QueryEngine {
         sql: &str,
         plan: LogicalPlan,
     ) -> Result<QueryOutput> {
+        let physical = session.ctx.state().create_physical_plan(&plan).await?;
+        Ok(QueryOutput::Rows(
+            self.run_physical(session, sql, physical).await?,
+        ))
+    }
+
+    /// Runs an optimized physical plan: its scalar subqueries first, then the plan itself, on
+    /// the executors when it reads files and here when it does not.
+    async fn run_physical(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        physical: Arc<dyn ExecutionPlan>,
+    ) -> Result<SendableRecordBatchStream> {
+        let (physical, subqueries) = take_scalar_subqueries(physical)?;
+        for subquery in subqueries {
+            let value = Box::pin(self.scalar_value(session, sql, Arc::clone(&subquery.plan))).await?;
+            subquery.resolve(value)?;
+        }
         let state = session.ctx.state();
-        let physical = state.create_physical_plan(&plan).await?;
         if !scans_files(&physical)? {
             // Nothing to distribute (constants, VALUES, system tables): answer here.
-            let stream = execute_stream(physical, session.ctx.task_ctx())?;
-            return Ok(QueryOutput::Rows(stream));
+            return Ok(execute_stream(physical, session.ctx.task_ctx())?);
         }
         let query_id = QueryId::random();
         let graph = StageGraph::try_new(query_id.clone(), physical)?;
@@ -179,7 +217,7 @@ impl QueryEngine {
             settings: changed_settings(state.config_options()),
             results_tx,
         });
-        Ok(QueryOutput::Rows(result_stream(
+        Ok(result_stream(
             schema,
             query_id,
             result_stage_id,
@@ -187,7 +225,36 @@ impl QueryEngine {
             results_rx,
             Arc::clone(&self.fetcher),
             self.scheduler.clone(),
-        )))
+        ))
+    }
+
+    /// The single value of a scalar subquery: NULL without rows, an error with several.
+    async fn scalar_value(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<ScalarValue> {
+        let data_type = plan.schema().field(0).data_type().clone();
+        let batches: Vec<RecordBatch> = self
+            .run_physical(session, sql, plan)
+            .await?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        let mut value = None;
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            if value.is_some() || batch.num_rows() > 1 {
+                return Err(Error::CardinalityViolation(
+                    "more than one row returned by a subquery used as an expression".into(),
+                ));
+            }
+            value = Some(ScalarValue::try_from_array(batch.column(0), 0)?);
+        }
+        match value {
+            Some(value) => Ok(value),
+            None => Ok(ScalarValue::try_from(&data_type)?),
+        }
     }
 
     /// Plans for as many partitions as the cluster has slots, unless the session chose.

@@ -30,6 +30,8 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     NotSupported(String),
+    #[error("{0}")]
+    CardinalityViolation(String),
 }
 
 /// Why a task failed, as reported by its executor.
@@ -59,6 +61,7 @@ impl Error {
             Error::Cancelled => "57014",
             Error::Unavailable(_) => "53000",
             Error::NotSupported(_) => "0A000",
+            Error::CardinalityViolation(_) => "21000",
             Error::Config(_) => "F0000",
             Error::Io(_) => "58030",
             Error::Executor(_) | Error::Transport(_) => "XX000",

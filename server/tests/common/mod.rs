@@ -1,0 +1,262 @@
+//! Test support: a real cluster of `ember` processes on loopback, and single-node DataFusion on
+//! the same files to compare answers with.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// A free loopback port (bound and released; the race with other processes is acceptable here).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A coordinator and executors, each a separate `ember` process; killed on drop.
+pub struct ProcessCluster {
+    pub pg_port: u16,
+    pub grpc_port: u16,
+    pub dir: tempfile::TempDir,
+    pub coordinator: Child,
+    pub executors: Vec<Child>,
+}
+
+impl ProcessCluster {
+    pub fn start(num_executors: usize, tpch_scale: f64, tpch_dir: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg_port = free_port();
+        let grpc_port = free_port();
+        // The coordinator generates nothing if the data is already there: point it at the
+        // shared TPC-H directory through its data dir.
+        let data_dir = tpch_dir.to_path_buf();
+        let log = |name: &str| {
+            std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log file")
+        };
+        let coordinator = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["coordinator", "--pg-port", &pg_port.to_string()])
+            .args(["--port", &grpc_port.to_string()])
+            .args(["--tpch", &tpch_scale.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdout(Stdio::null())
+            .stderr(log("coordinator"))
+            .spawn()
+            .expect("start coordinator");
+        let mut executors = vec![];
+        for i in 0..num_executors {
+            executors.push(
+                Command::new(env!("CARGO_BIN_EXE_ember"))
+                    .args(["executor", "--coordinator", &format!("127.0.0.1:{grpc_port}")])
+                    .args(["--slots", "2"])
+                    .arg("--work-dir")
+                    .arg(dir.path().join(format!("executor-{i}")))
+                    .stdout(Stdio::null())
+                    .stderr(log(&format!("executor-{i}")))
+                    .spawn()
+                    .expect("start executor"),
+            );
+        }
+        Self {
+            pg_port,
+            grpc_port,
+            dir,
+            coordinator,
+            executors,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    out.push_str(&format!("== {}\n", entry.path().display()));
+                    out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    /// Connects once the coordinator answers and `executors` executors are alive.
+    pub async fn connect(&self, executors: usize) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(client) = connect(self.pg_port).await {
+                let alive = client
+                    .simple_query("select count(*) from system.executors where status = 'alive'")
+                    .await
+                    .ok()
+                    .and_then(|m| rows(&m).first().and_then(|r| r[0].clone()));
+                if alive.as_deref() == Some(&executors.to_string()) {
+                    return client;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not come up in time\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain(std::iter::once(&mut self.coordinator)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=ember dbname=ember"),
+        NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The rows of a simple-query response as text cells.
+pub fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where the shared TPC-H test data lives (generated once per test binary run).
+pub fn tpch_data_dir(scale: f64) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tpch-data");
+    let tpch = base.join("tpch");
+    ember_planner::tpch::generate(&tpch, scale).expect("generate tpch");
+    base
+}
+
+/// Single-node DataFusion over the same TPC-H files.
+pub async fn datafusion_tpch(scale: f64, base: &Path) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(2)
+        .with_default_catalog_and_schema("ember", "tpch")
+        .with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    let dir = std::fs::canonicalize(ember_planner::tpch::scale_dir(&base.join("tpch"), scale))
+        .expect("tpch dir");
+    ember_planner::tpch::register(&ctx, "tpch", &dir)
+        .await
+        .expect("register tpch");
+    ctx
+}
+
+/// DataFusion's answer as text cells, formatted like Postgres text values.
+pub fn batches_to_rows(batches: &[RecordBatch]) -> Vec<Vec<Option<String>>> {
+    let options = FormatOptions::default();
+    let mut out = vec![];
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.push(
+                batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(col, f)| col.is_valid(row).then(|| f.value(row).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// A cell normalised for comparison: numbers compare with a relative tolerance.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    Null,
+    Number(f64),
+    Text(String),
+}
+
+impl PartialEq for Cell {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Cell::Null, Cell::Null) => true,
+            (Cell::Number(a), Cell::Number(b)) => {
+                a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+            }
+            (Cell::Text(a), Cell::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+fn cell(value: &Option<String>) -> Cell {
+    match value {
+        None => Cell::Null,
+        Some(text) => match text.as_str() {
+            "t" | "true" => Cell::Text("true".into()),
+            "f" | "false" => Cell::Text("false".into()),
+            other => match other.parse::<f64>() {
+                Ok(n) if !other.is_empty() => Cell::Number(n),
+                _ => Cell::Text(other.replacen('T', " ", 1)),
+            },
+        },
+    }
+}
+
+fn sort_key(row: &[Cell]) -> String {
+    format!("{row:?}")
+}
+
+/// Compares two answers: in order when `ordered`, as multisets otherwise.
+pub fn compare(
+    actual: &[Vec<Option<String>>],
+    expected: &[Vec<Option<String>>],
+    ordered: bool,
+) -> Result<(), String> {
+    if actual.len() != expected.len() {
+        return Err(format!(
+            "row count differs: got {}, expected {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    let normalise = |rows: &[Vec<Option<String>>]| -> Vec<Vec<Cell>> {
+        rows.iter().map(|r| r.iter().map(cell).collect()).collect()
+    };
+    let mut a = normalise(actual);
+    let mut e = normalise(expected);
+    if !ordered {
+        a.sort_by_key(|r| sort_key(r));
+        e.sort_by_key(|r| sort_key(r));
+    }
+    for (i, (ra, re)) in a.iter().zip(&e).enumerate() {
+        if ra != re {
+            return Err(format!("row {i} differs:\n  got      {ra:?}\n  expected {re:?}"));
+        }
+    }
+    Ok(())
+}
