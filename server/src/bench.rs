@@ -1,8 +1,18 @@
-//! Benchmarks: the same queries on a local Ember cluster and on single-node DataFusion, in one run.
+//! Benchmarks: the same queries on a local Ember cluster and on single-node DataFusion, in one
+//! run on the same files, with per-query times and the ratio.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use clap::Subcommand;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_planner::tpch;
+use futures::TryStreamExt;
+use tokio::sync::watch;
+
+use crate::coordinator::stopped;
+use crate::engine::QueryOutput;
+use crate::local::LocalCluster;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -10,12 +20,125 @@ pub enum BenchCommand {
     Tpch {
         #[arg(long, default_value = "1")]
         scale: f64,
-        /// Runs per query; the fastest counts.
+        /// Runs per query and engine; the fastest counts (the first run also warms caches).
         #[arg(long, default_value = "3")]
         iterations: usize,
+        /// Executors of the local cluster.
+        #[arg(long, default_value = "2")]
+        executors: usize,
+        /// Only these queries, comma-separated (default: all 22).
+        #[arg(long)]
+        queries: Option<String>,
     },
 }
 
-pub async fn run(_bench: BenchCommand, _config: Option<&PathBuf>) -> anyhow::Result<()> {
-    anyhow::bail!("benchmarks are not built yet")
+pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
+    let BenchCommand::Tpch {
+        scale,
+        iterations,
+        executors,
+        queries,
+    } = bench;
+    let queries: Vec<usize> = match queries {
+        Some(list) => list
+            .split(',')
+            .map(|q| q.trim().trim_start_matches('q').parse::<usize>())
+            .collect::<Result<_, _>>()?,
+        None => (1..=22).collect(),
+    };
+    anyhow::ensure!(
+        queries.iter().all(|q| (1..=22).contains(q)),
+        "TPC-H queries are numbered 1 to 22"
+    );
+    let executors_flag = executors.to_string();
+    let scale_flag = scale.to_string();
+    let zero = "0".to_string();
+    let config = crate::cli::load_config(
+        config_file,
+        &[
+            ("local.executors", Some(&executors_flag)),
+            ("tpch.scale", Some(&scale_flag)),
+            ("coordinator.port", Some(&zero)),
+            ("coordinator.pg_port", Some(&zero)),
+        ],
+    )?;
+    eprintln!("preparing TPC-H SF{scale} and a local cluster with {executors} executors");
+    let cluster = LocalCluster::start(&config).await?;
+    let engine = cluster.engine();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(cluster.run(stopped(stop_rx)));
+    engine.wait_for_executors(executors, Duration::from_secs(30)).await?;
+
+    let dir = std::fs::canonicalize(tpch::scale_dir(
+        &config.coordinator.data_dir.join("tpch"),
+        scale,
+    ))?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let datafusion = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(cores)
+            .with_default_catalog_and_schema("ember", "tpch"),
+    );
+    tpch::register(&datafusion, "tpch", &dir).await?;
+    let session = engine.new_session();
+    engine
+        .execute_sql(&session, "SET search_path = tpch")
+        .await?;
+
+    println!("TPC-H SF{scale}, best of {iterations}, {executors} executors, {cores} cores");
+    println!("{:>5} {:>14} {:>12} {:>7} {:>8}", "query", "datafusion_ms", "ember_ms", "ratio", "rows");
+    let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
+    for query in queries {
+        let sql = tpch::QUERIES[query - 1];
+        let mut best_df = Duration::MAX;
+        let mut best_ember = Duration::MAX;
+        let mut rows = (0, 0);
+        for _ in 0..iterations.max(1) {
+            let start = Instant::now();
+            let batches = datafusion.sql(sql).await?.collect().await?;
+            best_df = best_df.min(start.elapsed());
+            rows.0 = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+
+            let start = Instant::now();
+            let mut ember_rows = 0;
+            for output in engine.execute_sql(&session, sql).await? {
+                if let QueryOutput::Rows(stream) = output {
+                    let batches: Vec<_> = stream.try_collect().await?;
+                    ember_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+                }
+            }
+            best_ember = best_ember.min(start.elapsed());
+            rows.1 = ember_rows;
+        }
+        anyhow::ensure!(
+            rows.0 == rows.1,
+            "q{query}: DataFusion returned {} rows, Ember {}",
+            rows.0,
+            rows.1
+        );
+        total_df += best_df;
+        total_ember += best_ember;
+        println!(
+            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8}",
+            format!("q{query}"),
+            ms(best_df),
+            ms(best_ember),
+            ms(best_ember) / ms(best_df),
+            rows.1
+        );
+    }
+    println!(
+        "{:>5} {:>14.1} {:>12.1} {:>7.2}",
+        "total",
+        ms(total_df),
+        ms(total_ember),
+        ms(total_ember) / ms(total_df)
+    );
+    let _ = stop_tx.send(true);
+    running.await??;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

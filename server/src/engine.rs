@@ -87,6 +87,23 @@ impl QueryEngine {
         }
     }
 
+    /// Waits until at least `executors` executors are registered.
+    pub async fn wait_for_executors(&self, executors: usize, timeout: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let alive = self.scheduler.snapshot().await?.executors.num_rows();
+            if alive >= executors {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "{alive} of {executors} executors registered within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A new session sharing the server's catalog.
     pub fn new_session(&self) -> ClientSession {
         ClientSession {
