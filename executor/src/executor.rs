@@ -13,7 +13,8 @@ use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
 use ember_planner::shuffle::query_dir;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
 use crate::cpu_runtime::CpuRuntime;
@@ -110,7 +111,7 @@ impl Executor {
             tonic::transport::Server::builder()
                 .add_service(flight)
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(flight_listener),
+                    TcpIncoming::from(flight_listener).with_nodelay(Some(true)),
                     async {
                         let _ = flight_stop_rx.await;
                     },
@@ -166,8 +167,12 @@ struct Session {
 impl Session {
     async fn serve(&self) -> Result<()> {
         let endpoint = format!("http://{}", self.options.coordinator);
-        let mut client = ClusterServiceClient::connect(endpoint)
-            .await?
+        let channel = tonic::transport::Endpoint::from_shared(endpoint)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let mut client = ClusterServiceClient::new(channel)
             .max_decoding_message_size(self.options.max_message_size)
             .max_encoding_message_size(self.options.max_message_size);
         let (tx, rx) = mpsc::channel::<ExecutorMessage>(1024);

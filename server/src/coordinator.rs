@@ -13,7 +13,7 @@ use ember_executor::proto::cluster_service_server::ClusterServiceServer;
 use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::cluster::ClusterManagerService;
@@ -85,7 +85,8 @@ impl Coordinator {
             tonic::transport::Server::builder()
                 .add_service(cluster)
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(self.grpc_listener),
+                    // Small messages (launches, statuses) must not wait for Nagle's algorithm.
+                    TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),
                 ),
         );

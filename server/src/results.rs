@@ -78,7 +78,12 @@ impl Relay {
                 next += 1;
                 continue;
             }
-            match events_rx.recv().await {
+            let event = tokio::select! {
+                event = events_rx.recv() => event,
+                // The client went away while the query runs: stop waiting, which releases it.
+                _ = batches_tx.closed() => return Ok(()),
+            };
+            match event {
                 Some(ResultEvent::Partition {
                     partition,
                     location,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every Ember test. Installs what the tests need first, so it works on a fresh Debian
+# machine with a Rust toolchain. Each test bounds its own time; the whole run is bounded too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v protoc >/dev/null 2>&1 || true # protoc is vendored by the build; nothing to install
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"
+  fi
+fi
+
+# One build job per core; the test binaries then run one at a time (each starts clusters).
+timeout 5000 cargo test --workspace --no-fail-fast -- --test-threads=2
