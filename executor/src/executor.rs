@@ -10,7 +10,7 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
-use ember_planner::shuffle::query_dir;
+use ember_planner::shuffle::{local_host_key, query_dir};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -83,6 +83,12 @@ impl Executor {
             let _ = std::fs::remove_dir_all(&shuffle_root);
         }
         std::fs::create_dir_all(&shuffle_root)?;
+        // Peers on this machine open our files by this path.
+        let options = ExecutorOptions {
+            work_dir: std::fs::canonicalize(&options.work_dir)?,
+            ..options
+        };
+        let host_key = local_host_key();
         let tmp_dir = options.work_dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
 
@@ -99,6 +105,7 @@ impl Executor {
             base: base_state,
             work_dir: options.work_dir.clone(),
             executor_id: id.clone(),
+            host_key: host_key.clone(),
             fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
         });
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
@@ -123,6 +130,7 @@ impl Executor {
             id: id.clone(),
             options: options.clone(),
             flight_port,
+            host_key,
             runner,
             cpu,
         };
@@ -160,6 +168,7 @@ struct Session {
     id: ExecutorId,
     options: ExecutorOptions,
     flight_port: u16,
+    host_key: String,
     runner: Arc<TaskRunner>,
     cpu: Arc<CpuRuntime>,
 }
@@ -184,6 +193,8 @@ impl Session {
             slots: self.options.slots as u32,
             cores: cores as u32,
             memory: self.options.memory,
+            host_key: self.host_key.clone(),
+            work_dir: self.options.work_dir.display().to_string(),
         })))
         .await
         .map_err(|_| Error::Protocol("session closed before registering".into()))?;

@@ -27,6 +27,7 @@ pub(crate) struct TaskRunner {
     pub(crate) base: SessionState,
     pub(crate) work_dir: PathBuf,
     pub(crate) executor_id: ExecutorId,
+    pub(crate) host_key: String,
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
 }
 
@@ -64,6 +65,7 @@ impl TaskRunner {
         let config = config.with_extension(Arc::new(ShuffleEnv {
             work_dir: self.work_dir.clone(),
             executor_id: self.executor_id.clone(),
+            host_key: self.host_key.clone(),
             attempt: attempt.attempt,
             fetcher: Arc::clone(&self.fetcher),
         }));

@@ -76,6 +76,10 @@ struct LocationNode {
     executor_id: String,
     #[prost(string, tag = "4")]
     flight_address: String,
+    #[prost(string, tag = "5")]
+    host_key: String,
+    #[prost(string, tag = "6")]
+    work_dir: String,
 }
 
 fn proto_err(what: impl std::fmt::Display) -> DataFusionError {
@@ -133,6 +137,8 @@ impl PhysicalExtensionCodec for EmberCodec {
                     attempt: l.attempt,
                     executor_id: ExecutorId(l.executor_id),
                     flight_address: l.flight_address,
+                    host_key: l.host_key,
+                    work_dir: l.work_dir.into(),
                 })
                 .collect();
             return Ok(Arc::new(ShuffleReaderExec::decoded(
@@ -187,6 +193,8 @@ impl PhysicalExtensionCodec for EmberCodec {
                             attempt: l.attempt,
                             executor_id: l.executor_id.0.clone(),
                             flight_address: l.flight_address.clone(),
+                            host_key: l.host_key.clone(),
+                            work_dir: l.work_dir.display().to_string(),
                         })
                         .collect(),
                 }),

@@ -190,6 +190,8 @@ async fn task_fragments_round_trip_and_carry_only_their_files() {
                     attempt: 0,
                     executor_id: ExecutorId(format!("e{}", m % 2)),
                     flight_address: "127.0.0.1:1".into(),
+                    host_key: String::new(),
+                    work_dir: PathBuf::new(),
                 })
                 .collect(),
         );

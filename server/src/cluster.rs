@@ -70,6 +70,8 @@ impl ClusterService for ClusterManagerService {
             slots: (register.slots as usize).max(1),
             cores: register.cores as usize,
             memory: register.memory,
+            host_key: register.host_key,
+            work_dir: register.work_dir.into(),
         };
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();

@@ -33,6 +33,10 @@ pub struct MapOutputLocation {
     pub executor_id: ExecutorId,
     /// `host:port` of the executor's Flight service.
     pub flight_address: String,
+    /// The machine the executor runs on (empty if unknown) and its work dir there: a reader on the
+    /// same machine opens the file instead of fetching it.
+    pub host_key: String,
+    pub work_dir: PathBuf,
 }
 
 /// Identifies one output partition of one map attempt; doubles as the Flight ticket.
@@ -130,8 +134,21 @@ pub trait ShuffleFetcher: fmt::Debug + Send + Sync {
 pub struct ShuffleEnv {
     pub work_dir: PathBuf,
     pub executor_id: ExecutorId,
+    /// This machine's identity, compared with [`MapOutputLocation::host_key`].
+    pub host_key: String,
     pub attempt: u32,
     pub fetcher: Arc<dyn ShuffleFetcher>,
+}
+
+/// An identity of this machine: `/etc/machine-id` where it exists, else the host name.
+pub fn local_host_key() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|id| id.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Streams a local shuffle file. The read happens on a blocking thread, batch by batch.

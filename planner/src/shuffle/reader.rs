@@ -252,15 +252,21 @@ async fn open_block(
 ) -> Result<SendableRecordBatchStream> {
     if location.executor_id == env.executor_id {
         let path = block.path(&env.work_dir);
-        read_local_block(&path).map_err(|e| {
+        return read_local_block(&path).map_err(|e| {
             DataFusionError::External(Box::new(ShuffleError::FetchFailed {
                 executor_id: location.executor_id.clone(),
                 stage_id: block.stage_id,
                 map_partition: block.map_partition,
                 message: e.to_string(),
             }))
-        })
-    } else {
-        env.fetcher.fetch(location, block, schema).await
+        });
     }
+    if !location.host_key.is_empty() && location.host_key == env.host_key {
+        // Another executor on this machine: its committed file is readable here. If it is not
+        // (a different mount namespace, say), Flight still is.
+        if let Ok(stream) = read_local_block(&block.path(&location.work_dir)) {
+            return Ok(stream);
+        }
+    }
+    env.fetcher.fetch(location, block, schema).await
 }

@@ -5,7 +5,9 @@ use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -212,6 +214,31 @@ impl ExecutionPlan for ShuffleWriterExec {
     }
 }
 
+/// String and binary views of a sliced or filtered batch still point into the whole original data
+/// buffers, which IPC would write out in full for every piece; copy out just the referenced bytes.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    let has_views = batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView));
+    if !has_views {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| -> ArrayRef {
+            match column.data_type() {
+                DataType::Utf8View => Arc::new(column.as_string_view().gc()),
+                DataType::BinaryView => Arc::new(column.as_binary_view().gc()),
+                _ => Arc::clone(column),
+            }
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
 /// The files of one map attempt while they are written.
 struct MapOutput {
     block: ShuffleBlock,
@@ -239,11 +266,11 @@ impl MapOutput {
             match partitioner.as_mut() {
                 Some(partitioner) => partitioner.partition(batch, |i, part| {
                     files[i].3 += part.num_rows() as u64;
-                    Ok(files[i].0.write(&part)?)
+                    Ok(files[i].0.write(&compact_views(part)?)?)
                 })?,
                 None => {
                     files[0].3 += batch.num_rows() as u64;
-                    files[0].0.write(&batch)?;
+                    files[0].0.write(&compact_views(batch)?)?;
                 }
             }
         }

@@ -338,16 +338,16 @@ impl Scheduler {
                 task.status = Status::Succeeded;
                 task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
                 task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
-                let flight_address = self
-                    .executors
-                    .get(executor_id)
-                    .map(|e| e.info.flight_address())
-                    .unwrap_or_default();
+                let Some(info) = self.executors.get(executor_id).map(|e| &e.info) else {
+                    return;
+                };
                 let location = MapOutputLocation {
                     map_partition: attempt.partition,
                     attempt: attempt.attempt,
                     executor_id: executor_id.clone(),
-                    flight_address,
+                    flight_address: info.flight_address(),
+                    host_key: info.host_key.clone(),
+                    work_dir: info.work_dir.clone(),
                 };
                 task.output = Some(location.clone());
                 self.task_succeeded(&attempt, location);

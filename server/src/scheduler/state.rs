@@ -38,6 +38,8 @@ pub(crate) struct ExecutorInfo {
     pub(crate) slots: usize,
     pub(crate) cores: usize,
     pub(crate) memory: u64,
+    pub(crate) host_key: String,
+    pub(crate) work_dir: std::path::PathBuf,
 }
 
 impl ExecutorInfo {
