@@ -179,7 +179,12 @@ impl ConfigBuilder {
                     .parse()
                     .map_err(|_| invalid(format!("{raw:?} is not true or false")))?,
             ),
-            other => return Err(invalid(format!("cannot set a {} from text", other.type_str()))),
+            other => {
+                return Err(invalid(format!(
+                    "cannot set a {} from text",
+                    other.type_str()
+                )));
+            }
         };
         self.set_value(key, value, origin)
     }
@@ -255,7 +260,10 @@ impl EmberConfig {
             ));
         }
         if self.executor.heartbeat_interval_ms == 0 {
-            return Err(invalid("executor.heartbeat_interval_ms", "must be positive"));
+            return Err(invalid(
+                "executor.heartbeat_interval_ms",
+                "must be positive",
+            ));
         }
         if self.coordinator.executor_timeout_ms <= self.executor.heartbeat_interval_ms {
             return Err(invalid(
@@ -303,7 +311,9 @@ mod tests {
         let config = builder.clone().build().unwrap();
         assert_eq!(config.coordinator.pg_port, 6001);
         assert_eq!(config.tpch.scale, 1.0);
-        builder.set_str("coordinator.pg_port", "6002", "flag").unwrap();
+        builder
+            .set_str("coordinator.pg_port", "6002", "flag")
+            .unwrap();
         assert_eq!(builder.build().unwrap().coordinator.pg_port, 6002);
     }
 

@@ -96,11 +96,8 @@ impl Executor {
         if options.memory > 0 {
             runtime = runtime.with_memory_limit(options.memory as usize, 1.0);
         }
-        let base_state = SessionContext::new_with_config_rt(
-            Default::default(),
-            runtime.build_arc()?,
-        )
-        .state();
+        let base_state =
+            SessionContext::new_with_config_rt(Default::default(), runtime.build_arc()?).state();
         let runner = Arc::new(TaskRunner {
             base: base_state,
             work_dir: options.work_dir.clone(),
@@ -186,19 +183,24 @@ impl Session {
             .max_encoding_message_size(self.options.max_message_size);
         let (tx, rx) = mpsc::channel::<ExecutorMessage>(1024);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tx.send(message(executor_message::Message::Register(RegisterExecutor {
-            executor_id: self.id.0.clone(),
-            host: self.options.advertise_host.clone(),
-            flight_port: u32::from(self.flight_port),
-            slots: self.options.slots as u32,
-            cores: cores as u32,
-            memory: self.options.memory,
-            host_key: self.host_key.clone(),
-            work_dir: self.options.work_dir.display().to_string(),
-        })))
+        tx.send(message(executor_message::Message::Register(
+            RegisterExecutor {
+                executor_id: self.id.0.clone(),
+                host: self.options.advertise_host.clone(),
+                flight_port: u32::from(self.flight_port),
+                slots: self.options.slots as u32,
+                cores: cores as u32,
+                memory: self.options.memory,
+                host_key: self.host_key.clone(),
+                work_dir: self.options.work_dir.display().to_string(),
+            },
+        )))
         .await
         .map_err(|_| Error::Protocol("session closed before registering".into()))?;
-        let mut inbound = client.open_session(ReceiverStream::new(rx)).await?.into_inner();
+        let mut inbound = client
+            .open_session(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         info!(executor_id = %self.id, coordinator = %self.options.coordinator, "registered");
 
         let running: RunningTasks = Arc::default();

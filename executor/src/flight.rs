@@ -98,49 +98,63 @@ impl FlightService for ShuffleFlightService {
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("the shuffle service needs no handshake"))
+        Err(Status::unimplemented(
+            "the shuffle service needs no handshake",
+        ))
     }
 
     async fn list_flights(
         &self,
         _request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        Err(Status::unimplemented("the shuffle service lists no flights"))
+        Err(Status::unimplemented(
+            "the shuffle service lists no flights",
+        ))
     }
 
     async fn get_flight_info(
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented("the shuffle service only serves do_get"))
+        Err(Status::unimplemented(
+            "the shuffle service only serves do_get",
+        ))
     }
 
     async fn poll_flight_info(
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("the shuffle service only serves do_get"))
+        Err(Status::unimplemented(
+            "the shuffle service only serves do_get",
+        ))
     }
 
     async fn get_schema(
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        Err(Status::unimplemented("the shuffle service only serves do_get"))
+        Err(Status::unimplemented(
+            "the shuffle service only serves do_get",
+        ))
     }
 
     async fn do_put(
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented("the shuffle service only serves do_get"))
+        Err(Status::unimplemented(
+            "the shuffle service only serves do_get",
+        ))
     }
 
     async fn do_exchange(
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("the shuffle service only serves do_get"))
+        Err(Status::unimplemented(
+            "the shuffle service only serves do_get",
+        ))
     }
 
     async fn do_action(

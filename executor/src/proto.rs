@@ -1,6 +1,6 @@
 //! Generated protobuf types and gRPC stubs of the coordinator–executor protocol.
 
-#![allow(missing_docs, unreachable_pub, clippy::all)]
+#![allow(missing_docs, unreachable_pub, clippy::all, clippy::clone_on_ref_ptr)]
 
 tonic::include_proto!("ember.cluster");
 

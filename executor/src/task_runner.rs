@@ -74,11 +74,20 @@ impl TaskRunner {
                 .with_session_config(config)
                 .with_task_id(attempt.to_string()),
         );
+        let started = Instant::now();
         let plan = decode_plan(&launch.plan, &ctx)?;
+        let decoded = started.elapsed();
         let batches: Vec<RecordBatch> = plan
             .execute(attempt.partition as usize, ctx)?
             .try_collect()
             .await?;
+        tracing::debug!(
+            task = %attempt,
+            plan_bytes = launch.plan.len(),
+            decode_us = decoded.as_micros() as u64,
+            execute_us = (started.elapsed() - decoded).as_micros() as u64,
+            "task ran"
+        );
         let mut partitions = vec![];
         for batch in batches {
             let ids = batch.column(0).as_primitive::<UInt32Type>();

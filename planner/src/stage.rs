@@ -22,6 +22,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, Partitioning};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
 };
@@ -29,7 +30,6 @@ use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
-use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 
 use crate::ids::{QueryId, StageId};
@@ -148,7 +148,11 @@ impl StageGraph {
                 output,
                 inputs
             );
-            for line in displayable(stage.plan.as_ref()).indent(false).to_string().lines() {
+            for line in displayable(stage.plan.as_ref())
+                .indent(false)
+                .to_string()
+                .lines()
+            {
                 let _ = writeln!(out, "  {line}");
             }
         }

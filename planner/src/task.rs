@@ -61,9 +61,8 @@ fn specialize(
     let is_union = plan.is::<UnionExec>();
     let mut new_children = Vec::with_capacity(children.len());
     for child in children {
-        let child_aligned = aligned
-            && !is_union
-            && child.output_partitioning().partition_count() == num_partitions;
+        let child_aligned =
+            aligned && !is_union && child.output_partitioning().partition_count() == num_partitions;
         new_children.push(specialize(
             child,
             partition,
@@ -81,9 +80,7 @@ fn trim_scan(
     num_partitions: usize,
 ) -> Option<Arc<dyn ExecutionPlan>> {
     let source = plan.downcast_ref::<DataSourceExec>()?;
-    let config = source
-        .data_source()
-        .downcast_ref::<FileScanConfig>()?;
+    let config = source.data_source().downcast_ref::<FileScanConfig>()?;
     if config.file_groups.len() != num_partitions {
         return None;
     }

@@ -168,7 +168,12 @@ async fn outer_joins_never_split_a_collected_build_side() {
     for stage in &graph.stages {
         let text = displayable(stage.plan.as_ref()).indent(false).to_string();
         for line in text.lines().filter(|l| l.contains("HashJoinExec")) {
-            let global = ["join_type=Left,", "join_type=LeftSemi", "join_type=LeftAnti", "join_type=Full"];
+            let global = [
+                "join_type=Left,",
+                "join_type=LeftSemi",
+                "join_type=LeftAnti",
+                "join_type=Full",
+            ];
             if line.contains("mode=CollectLeft") && global.iter().any(|t| line.contains(t)) {
                 assert_eq!(stage.num_tasks(), 1, "split collect-left join: {line}");
             }

@@ -67,7 +67,9 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     let engine = cluster.engine();
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(cluster.run(stopped(stop_rx)));
-    engine.wait_for_executors(executors, Duration::from_secs(30)).await?;
+    engine
+        .wait_for_executors(executors, Duration::from_secs(30))
+        .await?;
 
     let dir = std::fs::canonicalize(tpch::scale_dir(
         &config.coordinator.data_dir.join("tpch"),
@@ -86,7 +88,10 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
         .await?;
 
     println!("TPC-H SF{scale}, best of {iterations}, {executors} executors, {cores} cores");
-    println!("{:>5} {:>14} {:>12} {:>7} {:>8}", "query", "datafusion_ms", "ember_ms", "ratio", "rows");
+    println!(
+        "{:>5} {:>14} {:>12} {:>7} {:>8}",
+        "query", "datafusion_ms", "ember_ms", "ratio", "rows"
+    );
     let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
     for query in queries {
         let sql = tpch::QUERIES[query - 1];

@@ -11,7 +11,11 @@ use tracing::info;
 use crate::local::{LocalCluster, executor_options};
 
 #[derive(Debug, Parser)]
-#[command(name = "ember", version, about = "Ember: a distributed SQL engine on DataFusion")]
+#[command(
+    name = "ember",
+    version,
+    about = "Ember: a distributed SQL engine on DataFusion"
+)]
 pub struct Cli {
     /// TOML file overlaying the defaults (see config/ember.toml for every key).
     #[arg(long, global = true)]
@@ -92,7 +96,10 @@ pub struct LocalArgs {
 }
 
 /// Builds the configuration: defaults, file, environment, then flags.
-pub fn load_config(file: Option<&PathBuf>, flags: &[(&str, Option<&String>)]) -> anyhow::Result<EmberConfig> {
+pub fn load_config(
+    file: Option<&PathBuf>,
+    flags: &[(&str, Option<&String>)],
+) -> anyhow::Result<EmberConfig> {
     let mut builder = ConfigBuilder::new();
     if let Some(path) = file {
         builder = builder.file(path)?;

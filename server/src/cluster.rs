@@ -45,7 +45,9 @@ impl ClusterService for ClusterManagerService {
         let peer_ip = request.remote_addr().map(|a| a.ip().to_string());
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
-            return Err(Status::invalid_argument("session closed before registering"));
+            return Err(Status::invalid_argument(
+                "session closed before registering",
+            ));
         };
         let Some(executor_message::Message::Register(register)) = first.message else {
             return Err(Status::invalid_argument(
@@ -80,11 +82,8 @@ impl ClusterService for ClusterManagerService {
                 executor_id: register.executor_id,
             })),
         }));
-        self.scheduler.send(Event::ExecutorRegistered {
-            info,
-            session,
-            tx,
-        });
+        self.scheduler
+            .send(Event::ExecutorRegistered { info, session, tx });
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             let reason = loop {

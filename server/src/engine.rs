@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -23,7 +24,6 @@ use ember_planner::ids::QueryId;
 use ember_planner::stage::StageGraph;
 use ember_planner::subquery::take_scalar_subqueries;
 use futures::TryStreamExt;
-use datafusion::common::ScalarValue;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -88,7 +88,11 @@ impl QueryEngine {
     }
 
     /// Waits until at least `executors` executors are registered.
-    pub async fn wait_for_executors(&self, executors: usize, timeout: std::time::Duration) -> Result<()> {
+    pub async fn wait_for_executors(
+        &self,
+        executors: usize,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let alive = self.scheduler.snapshot().await?.executors.num_rows();
@@ -120,7 +124,9 @@ impl QueryEngine {
             None => (sql.to_string(), false),
         };
         let dialect = PostgreSqlDialect {};
-        let mut parser = DFParserBuilder::new(sql.as_str()).with_dialect(&dialect).build()?;
+        let mut parser = DFParserBuilder::new(sql.as_str())
+            .with_dialect(&dialect)
+            .build()?;
         let statements: Vec<DFStatement> = parser.parse_statements()?.into_iter().collect();
         if explain_distributed && statements.len() != 1 {
             return Err(Error::NotSupported(
@@ -137,7 +143,11 @@ impl QueryEngine {
     }
 
     /// Runs every statement of `sql`, stopping at the first error.
-    pub async fn execute_sql(&self, session: &ClientSession, sql: &str) -> Result<Vec<QueryOutput>> {
+    pub async fn execute_sql(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+    ) -> Result<Vec<QueryOutput>> {
         let mut outputs = vec![];
         for statement in self.parse(sql)? {
             outputs.push(self.execute(session, statement).await?);
@@ -179,7 +189,9 @@ impl QueryEngine {
                 rows.push(("distributed_plan".into(), graph.display()));
                 Ok(QueryOutput::Rows(explain_rows(rows)))
             }
-            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Dml(_)
+            LogicalPlan::Ddl(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Dml(_)
             | LogicalPlan::Copy(_) => {
                 let tag = command_tag(&text);
                 let df = session.ctx.execute_logical_plan(plan).await?;
@@ -212,7 +224,8 @@ impl QueryEngine {
     ) -> Result<SendableRecordBatchStream> {
         let (physical, subqueries) = take_scalar_subqueries(physical)?;
         for subquery in subqueries {
-            let value = Box::pin(self.scalar_value(session, sql, Arc::clone(&subquery.plan))).await?;
+            let value =
+                Box::pin(self.scalar_value(session, sql, Arc::clone(&subquery.plan))).await?;
             subquery.resolve(value)?;
         }
         let state = session.ctx.state();
@@ -302,7 +315,12 @@ impl QueryEngine {
                 .unwrap_or(ember_planner::session::DEFAULT_SCHEMA)
                 .to_string();
             let state = session.ctx.state_ref();
-            state.write().config_mut().options_mut().catalog.default_schema = schema;
+            state
+                .write()
+                .config_mut()
+                .options_mut()
+                .catalog
+                .default_schema = schema;
             return Ok(Some(QueryOutput::Command("SET".into())));
         }
         if name.starts_with("datafusion.") {

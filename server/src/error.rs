@@ -23,7 +23,10 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     /// A task failed on an executor; `kind` says whether the input is to blame.
     #[error("{message}")]
-    Task { kind: TaskErrorKind, message: String },
+    Task {
+        kind: TaskErrorKind,
+        message: String,
+    },
     #[error("canceling statement due to user request")]
     Cancelled,
     #[error("{0}")]

@@ -34,7 +34,11 @@ impl LocalCluster {
         for i in 0..config.local.executors {
             let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
             let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
-                config.coordinator.data_dir.join("work").join(format!("executor-{i}"))
+                config
+                    .coordinator
+                    .data_dir
+                    .join("work")
+                    .join(format!("executor-{i}"))
             } else {
                 config.executor.work_dir.join(format!("executor-{i}"))
             };

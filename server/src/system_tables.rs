@@ -10,8 +10,8 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::scheduler::{SchedulerHandle, Snapshot};
 use crate::scheduler::snapshot as schemas;
+use crate::scheduler::{SchedulerHandle, Snapshot};
 
 /// The schema's name.
 pub(crate) const SYSTEM_SCHEMA: &str = "system";
@@ -66,7 +66,10 @@ impl SystemSchema {
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        SystemTable::ALL.iter().map(|(n, _)| n.to_string()).collect()
+        SystemTable::ALL
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {

@@ -31,13 +31,22 @@ fn unknown_key_in_config_file_is_refused() {
         .expect("run ember");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown config key `executor.slotz`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown config key `executor.slotz`"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn invalid_flag_value_names_the_key() {
     let output = ember()
-        .args(["executor", "--coordinator", "127.0.0.1:1", "--slots", "many"])
+        .args([
+            "executor",
+            "--coordinator",
+            "127.0.0.1:1",
+            "--slots",
+            "many",
+        ])
         .output()
         .expect("run ember");
     assert!(!output.status.success());

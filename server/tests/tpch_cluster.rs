@@ -71,7 +71,11 @@ async fn tpch_answers_match_datafusion_and_tasks_spread_over_executors() {
             .await
             .expect("system.tasks"),
     );
-    assert_eq!(spread[0][0].as_deref(), Some("2"), "tasks ran on both executors");
+    assert_eq!(
+        spread[0][0].as_deref(),
+        Some("2"),
+        "tasks ran on both executors"
+    );
     let stages: u32 = spread[0][1].as_deref().unwrap_or("0").parse().unwrap_or(0);
     assert!(stages >= 2, "the query had {stages} stages");
 }

@@ -14,7 +14,11 @@ async fn slt_files_pass_on_a_two_executor_cluster() -> anyhow::Result<()> {
     let mut builder = ConfigBuilder::new();
     builder.set_str("coordinator.port", "0", "test")?;
     builder.set_str("coordinator.pg_port", "0", "test")?;
-    builder.set_str("coordinator.data_dir", &data.path().display().to_string(), "test")?;
+    builder.set_str(
+        "coordinator.data_dir",
+        &data.path().display().to_string(),
+        "test",
+    )?;
     builder.set_str("tpch.scale", "0.01", "test")?;
     builder.set_str("executor.slots", "2", "test")?;
     let config = builder.build()?;
@@ -33,8 +37,10 @@ async fn slt_files_pass_on_a_two_executor_cluster() -> anyhow::Result<()> {
     anyhow::ensure!(!files.is_empty(), "no .slt files found");
     let mut failures = vec![];
     for file in &files {
-        let mut runner = sqllogictest::Runner::new(|| async { PgDb::connect("127.0.0.1", port).await });
-        let outcome = tokio::time::timeout(Duration::from_secs(120), runner.run_file_async(file)).await;
+        let mut runner =
+            sqllogictest::Runner::new(|| async { PgDb::connect("127.0.0.1", port).await });
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(120), runner.run_file_async(file)).await;
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(error)) => failures.push(format!("{}: {error}", file.display())),

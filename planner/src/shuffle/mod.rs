@@ -163,8 +163,7 @@ pub fn read_local_block(path: &Path) -> Result<SendableRecordBatchStream> {
         for batch in reader {
             let item = batch.map_err(DataFusionError::from);
             let failed = item.is_err();
-            if futures::executor::block_on(futures::SinkExt::send(&mut tx, item)).is_err()
-                || failed
+            if futures::executor::block_on(futures::SinkExt::send(&mut tx, item)).is_err() || failed
             {
                 break;
             }

@@ -5,9 +5,7 @@ use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{
-    ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array,
-};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -109,7 +107,11 @@ impl ShuffleWriterExec {
 impl DisplayAs for ShuffleWriterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match &self.output_partitioning {
-            Some(p) => write!(f, "ShuffleWriterExec: stage={}, partitioning={p}", self.stage_id),
+            Some(p) => write!(
+                f,
+                "ShuffleWriterExec: stage={}, partitioning={p}",
+                self.stage_id
+            ),
             None => write!(f, "ShuffleWriterExec: stage={}, single", self.stage_id),
         }
     }
@@ -303,4 +305,3 @@ impl MapOutput {
         block.path(&self.work_dir)
     }
 }
-

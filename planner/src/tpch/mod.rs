@@ -72,7 +72,11 @@ pub fn generate(base: &Path, scale: f64) -> Result<PathBuf> {
         let table_dir = dir.join(table);
         let _ = std::fs::remove_dir_all(&table_dir);
         std::fs::create_dir_all(&table_dir)?;
-        let table_parts = if matches!(table, "nation" | "region") { 1 } else { parts };
+        let table_parts = if matches!(table, "nation" | "region") {
+            1
+        } else {
+            parts
+        };
         for part in 1..=table_parts {
             let path = table_dir.join(format!("part-{part}.parquet"));
             write_parquet(&path, table_reader(table, scale, part, table_parts))?;
@@ -92,11 +96,19 @@ fn table_reader(
         "nation" => Box::new(NationArrow::new(NationGenerator::new(scale, part, parts))),
         "region" => Box::new(RegionArrow::new(RegionGenerator::new(scale, part, parts))),
         "part" => Box::new(PartArrow::new(PartGenerator::new(scale, part, parts))),
-        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(scale, part, parts))),
-        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(scale, part, parts))),
-        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(scale, part, parts))),
+        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(
+            scale, part, parts,
+        ))),
+        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(
+            scale, part, parts,
+        ))),
+        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(
+            scale, part, parts,
+        ))),
         "orders" => Box::new(OrderArrow::new(OrderGenerator::new(scale, part, parts))),
-        _ => Box::new(LineItemArrow::new(LineItemGenerator::new(scale, part, parts))),
+        _ => Box::new(LineItemArrow::new(LineItemGenerator::new(
+            scale, part, parts,
+        ))),
     }
 }
 
@@ -127,7 +139,13 @@ pub async fn register(
         ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
     };
 
-    let catalog_name = ctx.state().config().options().catalog.default_catalog.clone();
+    let catalog_name = ctx
+        .state()
+        .config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone();
     let catalog = ctx.catalog(&catalog_name).ok_or_else(|| {
         DataFusionError::Configuration(format!("no catalog named {catalog_name}"))
     })?;
@@ -141,8 +159,8 @@ pub async fn register(
     };
     for table in TABLES {
         let url = ListingTableUrl::parse(format!("{}/", dir.join(table).display()))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .infer_schema(&ctx.state())

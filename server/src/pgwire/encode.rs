@@ -52,8 +52,9 @@ pub(crate) fn fields(schema: &Schema) -> Vec<FieldInfo> {
             );
             match field.data_type() {
                 // Postgres packs numeric(p, s) as ((p << 16) | s) + 4.
-                DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if *s >= 0 => info
-                    .with_type_modifier(((i32::from(*p) << 16) | i32::from(*s as u8)) + 4),
+                DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if *s >= 0 => {
+                    info.with_type_modifier(((i32::from(*p) << 16) | i32::from(*s as u8)) + 4)
+                }
                 _ => info,
             }
         })
@@ -255,7 +256,10 @@ mod tests {
         assert_eq!(pg_type(&DataType::Decimal128(15, 2)), Type::NUMERIC);
         assert_eq!(pg_type(&DataType::Utf8View), Type::TEXT);
         assert_eq!(
-            pg_type(&DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            pg_type(&DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into())
+            )),
             Type::TIMESTAMPTZ
         );
     }

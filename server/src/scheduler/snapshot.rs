@@ -161,7 +161,10 @@ fn queries_batch(queries: &[&QueryState]) -> RecordBatch {
             u64s(q.iter().map(|q| result_rows(q))),
             times(q.iter().map(|q| Some(q.submitted_at))),
             times(q.iter().map(|q| q.finished_at)),
-            u64s(q.iter().map(|q| millis_between(Some(q.submitted_at), q.finished_at))),
+            u64s(
+                q.iter()
+                    .map(|q| millis_between(Some(q.submitted_at), q.finished_at)),
+            ),
             strings(q.iter().map(|q| q.error.clone())),
         ],
     )
@@ -209,11 +212,20 @@ fn stages_batch(queries: &[&QueryState]) -> RecordBatch {
                     None => "single".to_string(),
                 })
             })),
-            u64s(r.iter().map(|(_, s)| Some(s.tasks.iter().map(|t| t.rows).sum()))),
-            u64s(r.iter().map(|(_, s)| Some(s.tasks.iter().map(|t| t.bytes).sum()))),
+            u64s(
+                r.iter()
+                    .map(|(_, s)| Some(s.tasks.iter().map(|t| t.rows).sum())),
+            ),
+            u64s(
+                r.iter()
+                    .map(|(_, s)| Some(s.tasks.iter().map(|t| t.bytes).sum())),
+            ),
             times(r.iter().map(|(_, s)| s.started_at)),
             times(r.iter().map(|(_, s)| s.finished_at)),
-            u64s(r.iter().map(|(_, s)| millis_between(s.started_at, s.finished_at))),
+            u64s(
+                r.iter()
+                    .map(|(_, s)| millis_between(s.started_at, s.finished_at)),
+            ),
         ],
     )
 }
@@ -235,13 +247,22 @@ fn tasks_batch(queries: &[&QueryState]) -> RecordBatch {
             u32s(r.iter().map(|(_, s, _)| Some(s.0))),
             u32s(r.iter().map(|(_, _, t)| Some(t.partition))),
             u32s(r.iter().map(|(_, _, t)| Some(t.attempt))),
-            strings(r.iter().map(|(_, _, t)| Some(t.status.as_str().to_string()))),
-            strings(r.iter().map(|(_, _, t)| t.executor.as_ref().map(|e| e.to_string()))),
+            strings(
+                r.iter()
+                    .map(|(_, _, t)| Some(t.status.as_str().to_string())),
+            ),
+            strings(
+                r.iter()
+                    .map(|(_, _, t)| t.executor.as_ref().map(|e| e.to_string())),
+            ),
             u64s(r.iter().map(|(_, _, t)| Some(t.rows))),
             u64s(r.iter().map(|(_, _, t)| Some(t.bytes))),
             times(r.iter().map(|(_, _, t)| t.started_at)),
             times(r.iter().map(|(_, _, t)| t.finished_at)),
-            u64s(r.iter().map(|(_, _, t)| millis_between(t.started_at, t.finished_at))),
+            u64s(
+                r.iter()
+                    .map(|(_, _, t)| millis_between(t.started_at, t.finished_at)),
+            ),
             strings(r.iter().map(|(_, _, t)| t.error.clone())),
         ],
     )

@@ -1,7 +1,7 @@
 //! Test support: a real cluster of `ember` processes on loopback, and single-node DataFusion on
 //! the same files to compare answers with.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,11 @@ impl ProcessCluster {
         for i in 0..num_executors {
             executors.push(
                 Command::new(env!("CARGO_BIN_EXE_ember"))
-                    .args(["executor", "--coordinator", &format!("127.0.0.1:{grpc_port}")])
+                    .args([
+                        "executor",
+                        "--coordinator",
+                        &format!("127.0.0.1:{grpc_port}"),
+                    ])
                     .args(["--slots", "2"])
                     .arg("--work-dir")
                     .arg(dir.path().join(format!("executor-{i}")))
@@ -113,7 +117,11 @@ impl ProcessCluster {
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
-        for child in self.executors.iter_mut().chain(std::iter::once(&mut self.coordinator)) {
+        for child in self
+            .executors
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -255,7 +263,9 @@ pub fn compare(
     }
     for (i, (ra, re)) in a.iter().zip(&e).enumerate() {
         if ra != re {
-            return Err(format!("row {i} differs:\n  got      {ra:?}\n  expected {re:?}"));
+            return Err(format!(
+                "row {i} differs:\n  got      {ra:?}\n  expected {re:?}"
+            ));
         }
     }
     Ok(())
