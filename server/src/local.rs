@@ -42,10 +42,14 @@ impl LocalCluster {
             } else {
                 config.executor.work_dir.join(format!("executor-{i}"))
             };
-            executors.push(Executor::new(
-                executor_options(config, format!("127.0.0.1:{}", grpc_addr.port()), work_dir),
-                listener,
-            ));
+            let mut options =
+                executor_options(config, format!("127.0.0.1:{}", grpc_addr.port()), work_dir);
+            if config.executor.slots == 0 {
+                // The executors share this machine: together they get one slot per core, as
+                // single-node DataFusion gets one partition per core.
+                options.slots = (options.slots / config.local.executors.max(1)).max(1);
+            }
+            executors.push(Executor::new(options, listener));
         }
         Ok(Self {
             pg_addr,

@@ -486,6 +486,17 @@ impl Scheduler {
             if self.running[qi].status != Status::Running {
                 continue;
             }
+            if self.running[qi]
+                .stages
+                .iter()
+                .all(|s| s.status == Status::Succeeded)
+            {
+                // Only possible when every stage was empty from the start.
+                let query = &mut self.running[qi];
+                query.status = Status::Succeeded;
+                query.finished_at = Some(SystemTime::now());
+                continue;
+            }
             for si in 0..self.running[qi].stages.len() {
                 let stage_id = StageId(si as u32);
                 let query = &self.running[qi];

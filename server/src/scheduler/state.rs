@@ -170,7 +170,12 @@ impl QueryState {
             .iter()
             .map(|stage| StageState {
                 id: stage.id,
-                status: Status::Pending,
+                // A stage without partitions (a scan of no files) has nothing to wait for.
+                status: if stage.num_tasks() == 0 {
+                    Status::Succeeded
+                } else {
+                    Status::Pending
+                },
                 tasks: (0..stage.num_tasks() as u32)
                     .map(|partition| TaskState {
                         partition,
