@@ -10,7 +10,7 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
-use ember_planner::shuffle::{local_host_key, query_dir};
+use ember_planner::shuffle::{LiveBlocks, local_host_key, query_dir};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -98,17 +98,22 @@ impl Executor {
         }
         let base_state =
             SessionContext::new_with_config_rt(Default::default(), runtime.build_arc()?).state();
+        let live = Arc::new(LiveBlocks::default());
         let runner = Arc::new(TaskRunner {
             base: base_state,
             work_dir: options.work_dir.clone(),
             executor_id: id.clone(),
             host_key: host_key.clone(),
             fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
+            live: Arc::clone(&live),
         });
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
 
         let (flight_stop_tx, flight_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let flight = FlightServiceServer::new(ShuffleFlightService::new(options.work_dir.clone()))
+        let flight = FlightServiceServer::new(ShuffleFlightService::new(
+            options.work_dir.clone(),
+            Arc::clone(&live),
+        ))
             .max_decoding_message_size(options.max_message_size)
             .max_encoding_message_size(options.max_message_size);
         let flight_server = tokio::spawn(
@@ -242,10 +247,14 @@ impl Session {
             }
             Some(coordinator_message::Message::CancelQuery(cancel)) => {
                 abort_query(running, &cancel.query_id);
+                if let Some(query_id) = QueryId::parse(&cancel.query_id) {
+                    self.runner.live.release_query(&query_id);
+                }
             }
             Some(coordinator_message::Message::ReleaseQuery(release)) => {
                 abort_query(running, &release.query_id);
                 if let Some(query_id) = QueryId::parse(&release.query_id) {
+                    self.runner.live.release_query(&query_id);
                     let dir = query_dir(&self.options.work_dir, &query_id);
                     tokio::task::spawn_blocking(move || {
                         if dir.exists()

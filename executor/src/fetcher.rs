@@ -60,6 +60,28 @@ impl ShuffleFetcher for FlightShuffleFetcher {
         block: ShuffleBlock,
         schema: SchemaRef,
     ) -> Result<SendableRecordBatchStream> {
+        self.do_get(location, block, schema, false).await
+    }
+}
+
+impl FlightShuffleFetcher {
+    /// Streams the output of a running (live) result task.
+    pub async fn fetch_live(
+        &self,
+        location: &MapOutputLocation,
+        block: ShuffleBlock,
+        schema: SchemaRef,
+    ) -> Result<SendableRecordBatchStream> {
+        self.do_get(location, block, schema, true).await
+    }
+
+    async fn do_get(
+        &self,
+        location: &MapOutputLocation,
+        block: ShuffleBlock,
+        schema: SchemaRef,
+        live: bool,
+    ) -> Result<SendableRecordBatchStream> {
         let failed = {
             let executor_id = location.executor_id.clone();
             let stage_id = block.stage_id;
@@ -77,7 +99,7 @@ impl ShuffleFetcher for FlightShuffleFetcher {
             .client(&location.flight_address)
             .map_err(|e| failed(e.clone()))?;
         let response = client
-            .do_get(encode_ticket(&block))
+            .do_get(encode_ticket(&block, live))
             .await
             .map_err(|status| failed(status.message().to_string()))?;
         let stream = FlightRecordBatchStream::new_from_flight_data(

@@ -11,7 +11,9 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use ember_planner::ids::{QueryId, StageId};
-use ember_planner::shuffle::{ShuffleBlock, read_local_block};
+use ember_planner::shuffle::{LiveBlocks, ShuffleBlock, read_local_block};
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,42 +22,45 @@ use crate::proto::ShuffleTicket;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Serves the shuffle files under one work dir.
+/// Serves the shuffle files under one work dir, and the live blocks of running result tasks.
 #[derive(Debug, Clone)]
 pub struct ShuffleFlightService {
     work_dir: PathBuf,
+    live: Arc<LiveBlocks>,
 }
 
 impl ShuffleFlightService {
-    pub fn new(work_dir: PathBuf) -> Self {
-        Self { work_dir }
+    pub fn new(work_dir: PathBuf, live: Arc<LiveBlocks>) -> Self {
+        Self { work_dir, live }
     }
 }
 
-/// Encodes a block as a Flight ticket.
-pub fn encode_ticket(block: &ShuffleBlock) -> Ticket {
+/// Encodes a block as a Flight ticket; `live` asks for the stream of a running task.
+pub fn encode_ticket(block: &ShuffleBlock, live: bool) -> Ticket {
     let ticket = ShuffleTicket {
         query_id: block.query_id.to_string(),
         stage_id: block.stage_id.0,
         map_partition: block.map_partition,
         attempt: block.attempt,
         output_partition: block.output_partition,
+        live,
     };
     Ticket::new(ticket.encode_to_vec())
 }
 
-fn decode_ticket(ticket: &Ticket) -> Result<ShuffleBlock, Status> {
+fn decode_ticket(ticket: &Ticket) -> Result<(ShuffleBlock, bool), Status> {
     let ticket = ShuffleTicket::decode(ticket.ticket.as_ref())
         .map_err(|e| Status::invalid_argument(format!("malformed shuffle ticket: {e}")))?;
     let query_id = QueryId::parse(&ticket.query_id)
         .ok_or_else(|| Status::invalid_argument("malformed query id in shuffle ticket"))?;
-    Ok(ShuffleBlock {
+    let block = ShuffleBlock {
         query_id,
         stage_id: StageId(ticket.stage_id),
         map_partition: ticket.map_partition,
         attempt: ticket.attempt,
         output_partition: ticket.output_partition,
-    })
+    };
+    Ok((block, ticket.live))
 }
 
 #[tonic::async_trait]
@@ -72,7 +77,18 @@ impl FlightService for ShuffleFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let block = decode_ticket(request.get_ref())?;
+        let (block, live) = decode_ticket(request.get_ref())?;
+        if live {
+            let receiver = self.live.receiver(&block).ok_or_else(|| {
+                Status::already_exists("this result block is already being read")
+            })?;
+            let batches = ReceiverStream::new(receiver)
+                .map_err(|e| FlightError::ExternalError(Box::new(e)));
+            let stream = FlightDataEncoderBuilder::new()
+                .build(batches)
+                .map_err(|e| Status::internal(e.to_string()));
+            return Ok(Response::new(stream.boxed()));
+        }
         let path = block.path(&self.work_dir);
         if !path.exists() {
             return Err(Status::not_found(format!(
@@ -185,7 +201,10 @@ mod tests {
             attempt: 1,
             output_partition: 7,
         };
-        assert_eq!(decode_ticket(&encode_ticket(&block)).unwrap(), block);
+        assert_eq!(
+            decode_ticket(&encode_ticket(&block, true)).unwrap(),
+            (block, true)
+        );
         let evil = ShuffleTicket {
             query_id: "../../etc".into(),
             ..Default::default()

@@ -12,7 +12,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
-use ember_planner::shuffle::{ShuffleEnv, ShuffleError, ShuffleFetcher};
+use ember_planner::shuffle::{LiveBlocks, ShuffleEnv, ShuffleError, ShuffleFetcher};
 use futures::TryStreamExt;
 
 use crate::proto::{
@@ -29,6 +29,7 @@ pub(crate) struct TaskRunner {
     pub(crate) executor_id: ExecutorId,
     pub(crate) host_key: String,
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
+    pub(crate) live: Arc<LiveBlocks>,
 }
 
 impl TaskRunner {
@@ -68,6 +69,7 @@ impl TaskRunner {
             host_key: self.host_key.clone(),
             attempt: attempt.attempt,
             fetcher: Arc::clone(&self.fetcher),
+            live: Arc::clone(&self.live),
         }));
         let ctx = Arc::new(
             TaskContext::from(&self.base)

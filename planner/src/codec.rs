@@ -47,6 +47,8 @@ struct WriterNode {
     stage_id: u32,
     #[prost(message, optional, tag = "3")]
     partitioning: Option<protobuf::Partitioning>,
+    #[prost(bool, tag = "4")]
+    live: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -110,12 +112,17 @@ impl PhysicalExtensionCodec for EmberCodec {
                 &input.schema(),
                 proto_converter,
             )?;
-            return Ok(Arc::new(ShuffleWriterExec::try_new(
+            let exec = ShuffleWriterExec::try_new(
                 Arc::clone(input),
                 query_id(&writer.query_id)?,
                 StageId(writer.stage_id),
                 partitioning,
-            )?));
+            )?;
+            return Ok(Arc::new(if writer.live {
+                exec.with_live_output()?
+            } else {
+                exec
+            }));
         }
         if let Some(reader) = node.reader {
             let schema: Schema = reader
@@ -169,6 +176,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                     query_id: writer.query_id().to_string(),
                     stage_id: writer.stage_id().0,
                     partitioning,
+                    live: writer.is_live(),
                 }),
                 reader: None,
             }

@@ -264,6 +264,12 @@ impl Cutter {
         let id = StageId(self.stages.len() as u32);
         let inputs = input_stages(&input)?;
         let writer = ShuffleWriterExec::try_new(input, self.query_id.clone(), id, partitioning)?;
+        // The answer streams to the coordinator while it is computed.
+        let writer = if kind == StageKind::Result {
+            writer.with_live_output()?
+        } else {
+            writer
+        };
         self.stages.push(Stage {
             id,
             kind,

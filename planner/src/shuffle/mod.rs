@@ -6,6 +6,7 @@
 //! otherwise. The planner knows no network: the fetcher is injected through the task's
 //! [`ShuffleEnv`] session extension.
 
+mod live;
 mod reader;
 mod writer;
 
@@ -20,6 +21,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
+pub use live::{LiveBlocks, LiveReceiver, LiveSender};
 pub use reader::{ReadMode, ShuffleReaderExec};
 pub use writer::{ShuffleWriterExec, map_output_schema};
 
@@ -40,7 +42,7 @@ pub struct MapOutputLocation {
 }
 
 /// Identifies one output partition of one map attempt; doubles as the Flight ticket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShuffleBlock {
     pub query_id: QueryId,
     pub stage_id: StageId,
@@ -138,6 +140,8 @@ pub struct ShuffleEnv {
     pub host_key: String,
     pub attempt: u32,
     pub fetcher: Arc<dyn ShuffleFetcher>,
+    /// Where a live (streamed) output hands its batches to the reader.
+    pub live: Arc<LiveBlocks>,
 }
 
 /// An identity of this machine: `/etc/machine-id` where it exists, else the host name.

@@ -46,6 +46,8 @@ pub struct ShuffleWriterExec {
     stage_id: StageId,
     /// `None`: each task writes a single output partition (gather, broadcast and result stages).
     output_partitioning: Option<Partitioning>,
+    /// Streams the single output to its reader instead of writing a file (the result stage).
+    live: bool,
     metrics: ExecutionPlanMetricsSet,
     cache: Arc<PlanProperties>,
 }
@@ -75,9 +77,25 @@ impl ShuffleWriterExec {
             query_id,
             stage_id,
             output_partitioning,
+            live: false,
             metrics: ExecutionPlanMetricsSet::new(),
             cache,
         })
+    }
+
+    /// This writer hands its single output to a live reader rather than to a file.
+    pub fn with_live_output(mut self) -> Result<Self> {
+        if self.output_partitioning.is_some() {
+            return Err(DataFusionError::Plan(
+                "only a single-output shuffle writer can stream live".into(),
+            ));
+        }
+        self.live = true;
+        Ok(self)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
     }
 
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
@@ -112,6 +130,7 @@ impl DisplayAs for ShuffleWriterExec {
                 "ShuffleWriterExec: stage={}, partitioning={p}",
                 self.stage_id
             ),
+            None if self.live => write!(f, "ShuffleWriterExec: stage={}, live", self.stage_id),
             None => write!(f, "ShuffleWriterExec: stage={}, single", self.stage_id),
         }
     }
@@ -155,12 +174,17 @@ impl ExecutionPlan for ShuffleWriterExec {
                 "ShuffleWriterExec takes exactly one child".into(),
             ));
         }
-        Ok(Arc::new(Self::try_new(
+        let writer = Self::try_new(
             children.swap_remove(0),
             self.query_id.clone(),
             self.stage_id,
             self.output_partitioning.clone(),
-        )?))
+        )?;
+        Ok(Arc::new(if self.live {
+            writer.with_live_output()?
+        } else {
+            writer
+        }))
     }
 
     fn execute(
@@ -204,6 +228,15 @@ impl ExecutionPlan for ShuffleWriterExec {
             num_outputs: self.num_output_partitions(),
         };
         let input = self.input.execute(partition, context)?;
+        if self.live {
+            let tx = env.live.sender(&output.block).ok_or_else(|| {
+                DataFusionError::Internal(format!("live block {:?} is taken", output.block))
+            })?;
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                map_output_schema(),
+                futures::stream::once(stream_live(input, tx)),
+            )));
+        }
         let fut = output.write(input, partitioner);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             map_output_schema(),
@@ -214,6 +247,41 @@ impl ExecutionPlan for ShuffleWriterExec {
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
+}
+
+/// Hands every batch to the live reader; the reader's pace is the task's pace.
+async fn stream_live(
+    mut input: SendableRecordBatchStream,
+    tx: super::LiveSender,
+) -> Result<RecordBatch> {
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    loop {
+        match input.try_next().await {
+            Ok(Some(batch)) => {
+                rows += batch.num_rows() as u64;
+                bytes += batch.get_array_memory_size() as u64;
+                if tx.send(Ok(batch)).await.is_err() {
+                    return Err(DataFusionError::Execution(
+                        "the reader of the query result went away".into(),
+                    ));
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                let message = error.to_string();
+                let _ = tx.send(Err(DataFusionError::Execution(message))).await;
+                return Err(error);
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(
+        map_output_schema(),
+        vec![
+            Arc::new(UInt32Array::from(vec![0u32])),
+            Arc::new(UInt64Array::from(vec![rows])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+        ],
+    )?)
 }
 
 /// String and binary views of a sliced or filtered batch still point into the whole original data

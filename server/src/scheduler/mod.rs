@@ -316,6 +316,7 @@ impl Scheduler {
         let Some(query) = self.running.iter_mut().find(|q| q.id == attempt.query_id) else {
             return; // the query has ended: a late report
         };
+        let is_result = query.is_result_stage(attempt.stage_id);
         let Some(task) = query
             .stages
             .get_mut(attempt.stage_id.0 as usize)
@@ -349,8 +350,8 @@ impl Scheduler {
                     host_key: info.host_key.clone(),
                     work_dir: info.work_dir.clone(),
                 };
-                task.output = Some(location.clone());
-                self.task_succeeded(&attempt, location);
+                task.output = Some(location);
+                self.task_succeeded(&attempt);
             }
             Some(task_status::Result::Failed(failed)) => {
                 if let Some(executor) = self.executors.get_mut(executor_id) {
@@ -371,7 +372,9 @@ impl Scheduler {
                     None => (TaskErrorKind::Internal, "task failed".to_string()),
                 };
                 task.error = Some(message.clone());
-                let retry = kind != TaskErrorKind::User
+                // Result tasks stream to the client as they run: a retry could repeat rows.
+                let retry = !is_result
+                    && kind != TaskErrorKind::User
                     && kind != TaskErrorKind::ExecutorLost
                     && task.attempt + 1 < self.config.task_max_attempts;
                 if retry {
@@ -389,7 +392,7 @@ impl Scheduler {
         }
     }
 
-    fn task_succeeded(&mut self, attempt: &TaskAttempt, location: MapOutputLocation) {
+    fn task_succeeded(&mut self, attempt: &TaskAttempt) {
         let Some(query) = self.running.iter_mut().find(|q| q.id == attempt.query_id) else {
             return;
         };
@@ -400,9 +403,8 @@ impl Scheduler {
             stage.finished_at = Some(SystemTime::now());
         }
         if is_result && let Some(tx) = &query.results_tx {
-            let _ = tx.send(ResultEvent::Partition {
+            let _ = tx.send(ResultEvent::Committed {
                 partition: attempt.partition as usize,
-                location,
             });
         }
         if query.stages.iter().all(|s| s.status == Status::Succeeded) {
@@ -579,7 +581,23 @@ impl Scheduler {
         }
         executor.running.insert(attempt.clone());
         executor.last_assigned = self.assignments;
+        let location = MapOutputLocation {
+            map_partition: attempt.partition,
+            attempt: attempt.attempt,
+            executor_id: executor_id.clone(),
+            flight_address: executor.info.flight_address(),
+            host_key: executor.info.host_key.clone(),
+            work_dir: executor.info.work_dir.clone(),
+        };
         let query = &mut self.running[qi];
+        if query.is_result_stage(stage_id)
+            && let Some(tx) = &query.results_tx
+        {
+            let _ = tx.send(ResultEvent::Launched {
+                partition,
+                location,
+            });
+        }
         query.executors_used.insert(executor_id.clone());
         let stage_state = &mut query.stages[stage_id.0 as usize];
         if stage_state.status == Status::Pending {

@@ -130,13 +130,16 @@ impl StageState {
     }
 }
 
-/// Where a result partition can be fetched, or why there will be none.
+/// What the result relay learns about the result stage's tasks.
 #[derive(Debug)]
 pub(crate) enum ResultEvent {
-    Partition {
+    /// The task of a result partition was launched there: its rows can be streamed now.
+    Launched {
         partition: usize,
         location: MapOutputLocation,
     },
+    /// The task of a result partition has succeeded: its stream ended complete.
+    Committed { partition: usize },
     Failed(Error),
 }
 

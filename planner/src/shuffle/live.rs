@@ -1,0 +1,108 @@
+//! Live blocks: the result stage's output handed from a running task to a reader (the coordinator's
+//! Flight fetch) through a bounded channel, so answers stream while they are computed.
+//!
+//! Either side may arrive first; the first to ask creates the channel. Back-pressure reaches the
+//! task: it pauses when the client reads slowly.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::Result;
+use tokio::sync::mpsc;
+
+use super::ShuffleBlock;
+use crate::ids::QueryId;
+
+/// Batches in flight per live block.
+const LIVE_CAPACITY: usize = 4;
+
+pub type LiveSender = mpsc::Sender<Result<RecordBatch>>;
+pub type LiveReceiver = mpsc::Receiver<Result<RecordBatch>>;
+
+#[derive(Debug)]
+struct Entry {
+    tx: Option<LiveSender>,
+    rx: Option<LiveReceiver>,
+}
+
+/// The executor's live blocks, keyed by block.
+#[derive(Debug, Default)]
+pub struct LiveBlocks {
+    // A std Mutex: held only to insert or take a channel end.
+    entries: Mutex<HashMap<ShuffleBlock, Entry>>,
+}
+
+impl LiveBlocks {
+    /// The writing end for `block` (once).
+    pub fn sender(&self, block: &ShuffleBlock) -> Option<LiveSender> {
+        self.take(block, |e| e.tx.take())
+    }
+
+    /// The reading end for `block` (once).
+    pub fn receiver(&self, block: &ShuffleBlock) -> Option<LiveReceiver> {
+        self.take(block, |e| e.rx.take())
+    }
+
+    fn take<T>(&self, block: &ShuffleBlock, f: impl FnOnce(&mut Entry) -> Option<T>) -> Option<T> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.entry(block.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(LIVE_CAPACITY);
+            Entry {
+                tx: Some(tx),
+                rx: Some(rx),
+            }
+        });
+        let taken = f(entry);
+        if entry.tx.is_none() && entry.rx.is_none() {
+            entries.remove(block);
+        }
+        taken
+    }
+
+    /// Drops every channel end of a query nobody took; a task still writing then fails.
+    pub fn release_query(&self, query_id: &QueryId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|block, _| &block.query_id != query_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::StageId;
+
+    fn block(query: &str) -> ShuffleBlock {
+        ShuffleBlock {
+            query_id: QueryId::parse(query).unwrap(),
+            stage_id: StageId(1),
+            map_partition: 0,
+            attempt: 0,
+            output_partition: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn either_side_may_come_first() {
+        let live = LiveBlocks::default();
+        let rx = live.receiver(&block("a"));
+        let tx = live.sender(&block("a"));
+        assert!(live.sender(&block("a")).is_some(), "a fresh channel after both ends went");
+        let (tx, mut rx) = (tx.unwrap(), rx.unwrap());
+        let batch = RecordBatch::new_empty(std::sync::Arc::new(
+            datafusion::arrow::datatypes::Schema::empty(),
+        ));
+        tx.send(Ok(batch)).await.unwrap();
+        drop(tx);
+        assert!(rx.recv().await.is_some());
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[test]
+    fn release_drops_untaken_ends() {
+        let live = LiveBlocks::default();
+        let tx = live.sender(&block("a")).unwrap();
+        live.release_query(&QueryId::parse("a").unwrap());
+        assert!(tx.is_closed());
+    }
+}
