@@ -114,8 +114,8 @@ impl Executor {
             options.work_dir.clone(),
             Arc::clone(&live),
         ))
-            .max_decoding_message_size(options.max_message_size)
-            .max_encoding_message_size(options.max_message_size);
+        .max_decoding_message_size(options.max_message_size)
+        .max_encoding_message_size(options.max_message_size);
         let flight_server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(flight)

@@ -12,10 +12,10 @@ use arrow_flight::{
 };
 use ember_planner::ids::{QueryId, StageId};
 use ember_planner::shuffle::{LiveBlocks, ShuffleBlock, read_local_block};
-use std::sync::Arc;
-use tokio_stream::wrappers::ReceiverStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::ShuffleTicket;
@@ -79,11 +79,12 @@ impl FlightService for ShuffleFlightService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let (block, live) = decode_ticket(request.get_ref())?;
         if live {
-            let receiver = self.live.receiver(&block).ok_or_else(|| {
-                Status::already_exists("this result block is already being read")
-            })?;
-            let batches = ReceiverStream::new(receiver)
-                .map_err(|e| FlightError::ExternalError(Box::new(e)));
+            let receiver = self
+                .live
+                .receiver(&block)
+                .ok_or_else(|| Status::already_exists("this result block is already being read"))?;
+            let batches =
+                ReceiverStream::new(receiver).map_err(|e| FlightError::ExternalError(Box::new(e)));
             let stream = FlightDataEncoderBuilder::new()
                 .build(batches)
                 .map_err(|e| Status::internal(e.to_string()));

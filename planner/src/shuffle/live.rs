@@ -87,7 +87,10 @@ mod tests {
         let live = LiveBlocks::default();
         let rx = live.receiver(&block("a"));
         let tx = live.sender(&block("a"));
-        assert!(live.sender(&block("a")).is_some(), "a fresh channel after both ends went");
+        assert!(
+            live.sender(&block("a")).is_some(),
+            "a fresh channel after both ends went"
+        );
         let (tx, mut rx) = (tx.unwrap(), rx.unwrap());
         let batch = RecordBatch::new_empty(std::sync::Arc::new(
             datafusion::arrow::datatypes::Schema::empty(),

@@ -139,7 +139,9 @@ pub(crate) enum ResultEvent {
         location: MapOutputLocation,
     },
     /// The task of a result partition has succeeded: its stream ended complete.
-    Committed { partition: usize },
+    Committed {
+        partition: usize,
+    },
     Failed(Error),
 }
 
