@@ -2,7 +2,7 @@
 //! run on the executors, answers streamed back. Shared by every frontend.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::results::result_stream;
 use crate::scheduler::{Event, SchedulerHandle};
+pub use crate::session::ClientSession;
 
 /// A parsed statement, with Ember's own `EXPLAIN DISTRIBUTED` prefix noted.
 pub struct ParsedStatement {
@@ -42,29 +43,6 @@ pub enum QueryOutput {
     Rows(SendableRecordBatchStream),
     /// A command tag such as `SET` or `CREATE VIEW`.
     Command(String),
-}
-
-/// One client's session: its DataFusion context and the Postgres-style variables it set.
-pub struct ClientSession {
-    ctx: SessionContext,
-    /// Variables that are not DataFusion options (application_name, ...), shown by SHOW.
-    // A std Mutex: only touched briefly, never across an await.
-    variables: Mutex<HashMap<String, String>>,
-}
-
-impl ClientSession {
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
-    }
-
-    fn current_schema(&self) -> String {
-        self.ctx
-            .state()
-            .config_options()
-            .catalog
-            .default_schema
-            .clone()
-    }
 }
 
 /// Plans and runs statements; holds the shared catalog.
@@ -112,7 +90,7 @@ impl QueryEngine {
     pub fn new_session(&self) -> ClientSession {
         ClientSession {
             ctx: SessionContext::new_with_state(self.base_state.clone()),
-            variables: Mutex::new(HashMap::new()),
+            variables: Default::default(),
         }
     }
 
@@ -166,7 +144,7 @@ impl QueryEngine {
             explain_distributed,
         } = parsed;
         let text = statement.to_string();
-        if !explain_distributed && let Some(output) = self.session_command(session, &text)? {
+        if !explain_distributed && let Some(output) = session.session_command(&text) {
             return Ok(output);
         }
         self.fit_partitions(session);
@@ -289,11 +267,7 @@ impl QueryEngine {
 
     /// Plans for as many partitions as the cluster has slots, unless the session chose.
     fn fit_partitions(&self, session: &ClientSession) {
-        let explicit = session
-            .variables
-            .lock()
-            .map(|v| v.contains_key("datafusion.execution.target_partitions"))
-            .unwrap_or(false);
+        let explicit = session.has_variable("datafusion.execution.target_partitions");
         let slots = self.scheduler.total_slots();
         if !explicit && slots > 0 {
             let state = session.ctx.state_ref();
@@ -301,107 +275,6 @@ impl QueryEngine {
             state.config_mut().options_mut().execution.target_partitions = slots;
         }
     }
-
-    /// Handles the Postgres session commands DataFusion does not know.
-    fn session_command(&self, session: &ClientSession, text: &str) -> Result<Option<QueryOutput>> {
-        let Some((name, value)) = parse_set(text) else {
-            return Ok(self.show(session, text));
-        };
-        if name == "search_path" {
-            let schema = value
-                .split(',')
-                .map(|s| s.trim().trim_matches('"').trim_matches('\''))
-                .find(|s| !s.is_empty() && *s != "$user")
-                .unwrap_or(ember_planner::session::DEFAULT_SCHEMA)
-                .to_string();
-            let state = session.ctx.state_ref();
-            state
-                .write()
-                .config_mut()
-                .options_mut()
-                .catalog
-                .default_schema = schema;
-            return Ok(Some(QueryOutput::Command("SET".into())));
-        }
-        if name.starts_with("datafusion.") {
-            if let Ok(mut vars) = session.variables.lock() {
-                vars.insert(name, value);
-            }
-            return Ok(None); // DataFusion applies and validates it
-        }
-        if let Ok(mut vars) = session.variables.lock() {
-            vars.insert(name, value.trim_matches('\'').to_string());
-        }
-        Ok(Some(QueryOutput::Command("SET".into())))
-    }
-
-    fn show(&self, session: &ClientSession, text: &str) -> Option<QueryOutput> {
-        let lower = text.trim().to_ascii_lowercase();
-        let name = lower.strip_prefix("show ")?.trim().trim_end_matches(';');
-        if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
-            return None;
-        }
-        let value = if name == "search_path" {
-            session.current_schema()
-        } else {
-            let known = session.variables.lock().ok()?.get(name).cloned();
-            known.or_else(|| default_variable(name).map(str::to_string))?
-        };
-        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(StringArray::from(vec![value]))],
-        )
-        .ok()?;
-        Some(QueryOutput::Rows(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            futures::stream::iter(vec![Ok(batch)]),
-        ))))
-    }
-}
-
-/// Values `SHOW` reports for variables a session has not set, as Postgres would.
-fn default_variable(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "server_version" => "16.0",
-        "server_encoding" | "client_encoding" => "UTF8",
-        "datestyle" => "ISO, MDY",
-        "timezone" => "UTC",
-        "integer_datetimes" => "on",
-        "standard_conforming_strings" => "on",
-        "intervalstyle" => "postgres",
-        "transaction_isolation" | "default_transaction_isolation" => "read committed",
-        "application_name" => "",
-        "extra_float_digits" => "1",
-        "statement_timeout" => "0",
-        _ => return None,
-    })
-}
-
-/// `SET [SESSION|LOCAL] name {=|TO} value` → (lower-case name, value text).
-fn parse_set(text: &str) -> Option<(String, String)> {
-    let trimmed = text.trim().trim_end_matches(';');
-    let lower = trimmed.to_ascii_lowercase();
-    let mut rest = lower.strip_prefix("set ")?.trim_start();
-    let mut offset = trimmed.len() - rest.len();
-    for prefix in ["session ", "local "] {
-        if let Some(r) = rest.strip_prefix(prefix) {
-            offset += rest.len() - r.trim_start().len();
-            rest = r.trim_start();
-        }
-    }
-    let name_end = rest.find(|c: char| c.is_whitespace() || c == '=')?;
-    let name = rest[..name_end].to_string();
-    let after = &trimmed[offset + name_end..];
-    let after_lower = after.trim_start().to_ascii_lowercase();
-    let value = if after_lower.starts_with('=') {
-        after.trim_start()[1..].trim()
-    } else if after_lower.starts_with("to ") {
-        after.trim_start()[3..].trim()
-    } else {
-        return None;
-    };
-    Some((name, value.to_string()))
 }
 
 fn strip_explain_distributed(text: &str) -> Option<String> {
@@ -506,16 +379,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn set_statements_are_recognised() {
-        assert_eq!(
-            parse_set("SET search_path TO tpch"),
-            Some(("search_path".into(), "tpch".into()))
-        );
-        assert_eq!(
-            parse_set("set session application_name = 'psql'"),
-            Some(("application_name".into(), "'psql'".into()))
-        );
-        assert_eq!(parse_set("SELECT 1"), None);
+    fn explain_and_command_tags_are_recognised() {
         assert_eq!(
             strip_explain_distributed("EXPLAIN DISTRIBUTED SELECT 1").as_deref(),
             Some(" SELECT 1")

@@ -21,6 +21,7 @@ pub mod local;
 mod pgwire;
 mod results;
 mod scheduler;
+pub mod session;
 mod system_tables;
 
 pub use coordinator::Coordinator;

@@ -1,0 +1,162 @@
+//! A client's session: its DataFusion context and the Postgres session commands (`SET`, `SHOW`)
+//! that DataFusion does not know.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+
+use crate::engine::QueryOutput;
+
+/// One client's session: its DataFusion context and the Postgres-style variables it set.
+pub struct ClientSession {
+    pub(crate) ctx: SessionContext,
+    /// Variables this session set: Postgres ones (application_name, ...) shown by SHOW, and
+    /// DataFusion options, which the context applies as well.
+    // A std Mutex: only touched briefly, never across an await.
+    pub(crate) variables: Mutex<HashMap<String, String>>,
+}
+
+impl ClientSession {
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub(crate) fn has_variable(&self, name: &str) -> bool {
+        self.variables
+            .lock()
+            .map(|v| v.contains_key(name))
+            .unwrap_or(false)
+    }
+
+    fn current_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config_options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    /// Handles the Postgres session commands DataFusion does not know.
+    pub(crate) fn session_command(&self, text: &str) -> Option<QueryOutput> {
+        let Some((name, value)) = parse_set(text) else {
+            return self.show(text);
+        };
+        if name == "search_path" {
+            let schema = value
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').trim_matches('\''))
+                .find(|s| !s.is_empty() && *s != "$user")
+                .unwrap_or(ember_planner::session::DEFAULT_SCHEMA)
+                .to_string();
+            let state = self.ctx.state_ref();
+            state
+                .write()
+                .config_mut()
+                .options_mut()
+                .catalog
+                .default_schema = schema;
+            return Some(QueryOutput::Command("SET".into()));
+        }
+        if name.starts_with("datafusion.") {
+            if let Ok(mut vars) = self.variables.lock() {
+                vars.insert(name, value);
+            }
+            return None; // DataFusion applies and validates it
+        }
+        if let Ok(mut vars) = self.variables.lock() {
+            vars.insert(name, value.trim_matches('\'').to_string());
+        }
+        Some(QueryOutput::Command("SET".into()))
+    }
+
+    fn show(&self, text: &str) -> Option<QueryOutput> {
+        let lower = text.trim().to_ascii_lowercase();
+        let name = lower.strip_prefix("show ")?.trim().trim_end_matches(';');
+        if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
+            return None;
+        }
+        let value = if name == "search_path" {
+            self.current_schema()
+        } else {
+            let known = self.variables.lock().ok()?.get(name).cloned();
+            known.or_else(|| default_variable(name).map(str::to_string))?
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(vec![value]))],
+        )
+        .ok()?;
+        Some(QueryOutput::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(vec![Ok(batch)]),
+        ))))
+    }
+}
+
+/// Values `SHOW` reports for variables a session has not set, as Postgres would.
+fn default_variable(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => "16.0",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "timezone" => "UTC",
+        "integer_datetimes" => "on",
+        "standard_conforming_strings" => "on",
+        "intervalstyle" => "postgres",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "application_name" => "",
+        "extra_float_digits" => "1",
+        "statement_timeout" => "0",
+        _ => return None,
+    })
+}
+
+/// `SET [SESSION|LOCAL] name {=|TO} value` → (lower-case name, value text).
+fn parse_set(text: &str) -> Option<(String, String)> {
+    let trimmed = text.trim().trim_end_matches(';');
+    let lower = trimmed.to_ascii_lowercase();
+    let mut rest = lower.strip_prefix("set ")?.trim_start();
+    let mut offset = trimmed.len() - rest.len();
+    for prefix in ["session ", "local "] {
+        if let Some(r) = rest.strip_prefix(prefix) {
+            offset += rest.len() - r.trim_start().len();
+            rest = r.trim_start();
+        }
+    }
+    let name_end = rest.find(|c: char| c.is_whitespace() || c == '=')?;
+    let name = rest[..name_end].to_string();
+    let after = &trimmed[offset + name_end..];
+    let after_lower = after.trim_start().to_ascii_lowercase();
+    let value = if after_lower.starts_with('=') {
+        after.trim_start()[1..].trim()
+    } else if after_lower.starts_with("to ") {
+        after.trim_start()[3..].trim()
+    } else {
+        return None;
+    };
+    Some((name, value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_statements_are_recognised() {
+        assert_eq!(
+            parse_set("SET search_path TO tpch"),
+            Some(("search_path".into(), "tpch".into()))
+        );
+        assert_eq!(
+            parse_set("set session application_name = 'psql'"),
+            Some(("application_name".into(), "'psql'".into()))
+        );
+        assert_eq!(parse_set("SELECT 1"), None);
+    }
+}
