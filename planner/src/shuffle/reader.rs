@@ -224,12 +224,14 @@ impl ExecutionPlan for ShuffleReaderExec {
         let blocks = self.blocks(partition)?;
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let schema = Arc::clone(&self.schema);
+        // The next block is opened while the current one is read.
         let stream = futures::stream::iter(blocks)
-            .then(move |(location, block)| {
+            .map(move |(location, block)| {
                 let env = Arc::clone(&env);
                 let schema = Arc::clone(&schema);
                 async move { open_block(&env, &location, block, schema).await }
             })
+            .buffered(2)
             .try_flatten()
             .inspect_ok(move |batch| output_rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
