@@ -78,4 +78,33 @@ async fn tpch_answers_match_datafusion_and_tasks_spread_over_executors() {
     );
     let stages: u32 = spread[0][1].as_deref().unwrap_or("0").parse().unwrap_or(0);
     assert!(stages >= 2, "the query had {stages} stages");
+
+    // Losing an executor: the coordinator notices, shows it, and keeps answering with the rest.
+    let mut cluster = cluster;
+    cluster.executors[0].kill().expect("kill executor");
+    let _ = cluster.executors[0].wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lost = rows(
+            &client
+                .simple_query("select count(*) from system.executors where status = 'lost'")
+                .await
+                .expect("system.executors"),
+        );
+        if lost[0][0].as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "executor loss went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = rows(
+        &client
+            .simple_query("select l_returnflag, count(*) from lineitem group by 1")
+            .await
+            .expect("query after executor loss"),
+    );
+    compare(&after, &grouped, false).expect("same answer on the surviving executor");
 }
