@@ -23,7 +23,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use crate::engine::{ClientSession, QueryEngine, QueryOutput};
+use crate::engine::{QueryEngine, QueryOutput};
 use crate::error::Error;
 
 /// Serves Postgres clients on an already-bound listener until `shutdown` completes.
@@ -115,7 +115,7 @@ impl SimpleQueryHandler for PgHandler {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             match self.engine.execute(&session, statement).await {
-                Ok(output) => responses.push(response(output, &session)),
+                Ok(output) => responses.push(response(output)),
                 Err(error) => {
                     responses.push(error_response(&error));
                     break;
@@ -126,7 +126,7 @@ impl SimpleQueryHandler for PgHandler {
     }
 }
 
-fn response(output: QueryOutput, _session: &Arc<ClientSession>) -> Response {
+fn response(output: QueryOutput) -> Response {
     match output {
         QueryOutput::Command(tag) => Response::Execution(Tag::new(&tag)),
         QueryOutput::Rows(batches) => {
