@@ -65,7 +65,7 @@ impl QueryEngine {
         }
     }
 
-    /// Waits until at least `executors` executors are registered.
+    /// Waits until at least `executors` executors are registered and alive.
     pub async fn wait_for_executors(
         &self,
         executors: usize,
@@ -73,13 +73,13 @@ impl QueryEngine {
     ) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let alive = self.scheduler.snapshot().await?.executors.num_rows();
+            let alive = self.scheduler.snapshot().await?.alive_executors();
             if alive >= executors {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
                 return Err(Error::Unavailable(format!(
-                    "{alive} of {executors} executors registered within {timeout:?}"
+                    "{alive} of {executors} executors alive within {timeout:?}"
                 )));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use datafusion::arrow::array::{
-    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
+    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+    UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -97,6 +98,16 @@ pub(crate) fn tasks_schema() -> SchemaRef {
 }
 
 impl Snapshot {
+    /// Executors currently alive (lost ones stay listed in `system.executors`).
+    pub(crate) fn alive_executors(&self) -> usize {
+        self.executors
+            .column_by_name("status")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .map_or(0, |status| {
+                status.iter().filter(|s| *s == Some("alive")).count()
+            })
+    }
+
     pub(crate) fn build<'a>(
         executors: impl Iterator<Item = &'a ExecutorState>,
         queries: impl Iterator<Item = &'a QueryState>,
