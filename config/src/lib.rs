@@ -42,8 +42,15 @@ pub enum Error {
 pub struct EmberConfig {
     pub coordinator: CoordinatorConfig,
     pub executor: ExecutorConfig,
+    pub storage: StorageConfig,
     pub local: LocalConfig,
     pub tpch: TpchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub allowed_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +186,13 @@ impl ConfigBuilder {
                     .parse()
                     .map_err(|_| invalid(format!("{raw:?} is not true or false")))?,
             ),
+            Value::Array(_) => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
             other => {
                 return Err(invalid(format!(
                     "cannot set a {} from text",
@@ -247,6 +261,15 @@ impl ConfigBuilder {
 }
 
 impl EmberConfig {
+    /// The directories local table and COPY locations must lie in.
+    pub fn allowed_paths(&self) -> Vec<PathBuf> {
+        if self.storage.allowed_paths.is_empty() {
+            vec![self.coordinator.data_dir.clone()]
+        } else {
+            self.storage.allowed_paths.clone()
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let invalid = |key: &str, message: &str| Error::InvalidValue {
             key: key.to_string(),
@@ -314,7 +337,18 @@ mod tests {
         builder
             .set_str("coordinator.pg_port", "6002", "flag")
             .unwrap();
-        assert_eq!(builder.build().unwrap().coordinator.pg_port, 6002);
+        assert_eq!(builder.clone().build().unwrap().coordinator.pg_port, 6002);
+        assert_eq!(
+            builder.clone().build().unwrap().allowed_paths(),
+            vec![PathBuf::from("data")]
+        );
+        builder
+            .set_str("storage.allowed_paths", "/srv/a, /srv/b", "flag")
+            .unwrap();
+        assert_eq!(
+            builder.build().unwrap().allowed_paths(),
+            vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
+use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{LiveBlocks, local_host_key, query_dir};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -42,6 +43,8 @@ pub struct ExecutorOptions {
     pub memory: u64,
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
+    /// Local files that fragments may scan or write must lie under these directories.
+    pub allowed_paths: Vec<PathBuf>,
 }
 
 /// One executor. `run` serves until `shutdown` completes.
@@ -106,6 +109,7 @@ impl Executor {
             host_key: host_key.clone(),
             fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
             live: Arc::clone(&live),
+            allowed_paths: AllowedPaths::new(&options.allowed_paths)?,
         });
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
 

@@ -12,6 +12,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
+use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{LiveBlocks, ShuffleEnv, ShuffleError, ShuffleFetcher};
 use futures::TryStreamExt;
 
@@ -30,6 +31,8 @@ pub(crate) struct TaskRunner {
     pub(crate) host_key: String,
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
     pub(crate) live: Arc<LiveBlocks>,
+    /// The fragment's files are checked against these before anything runs.
+    pub(crate) allowed_paths: AllowedPaths,
 }
 
 impl TaskRunner {
@@ -78,6 +81,7 @@ impl TaskRunner {
         );
         let started = Instant::now();
         let plan = decode_plan(&launch.plan, &ctx)?;
+        self.allowed_paths.check_plan(&plan)?;
         let decoded = started.elapsed();
         let batches: Vec<RecordBatch> = plan
             .execute(attempt.partition as usize, ctx)?

@@ -26,6 +26,8 @@ use prost::Message;
 
 use crate::ids::{ExecutorId, QueryId, StageId};
 use crate::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+use crate::write::DistributedSinkExec;
+use datafusion::datasource::sink::DataSinkExec;
 
 /// The one extension codec: knows [`ShuffleWriterExec`] and [`ShuffleReaderExec`].
 #[derive(Debug, Default, Clone, Copy)]
@@ -37,6 +39,19 @@ struct EmberNode {
     writer: Option<WriterNode>,
     #[prost(message, optional, tag = "2")]
     reader: Option<ReaderNode>,
+    #[prost(message, optional, tag = "3")]
+    sink: Option<SinkNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SinkNode {
+    #[prost(string, tag = "1")]
+    staging: String,
+    #[prost(string, optional, tag = "2")]
+    single_file: Option<String>,
+    /// The planned DataFusion sink over a placeholder input, encoded by datafusion-proto.
+    #[prost(bytes = "vec", tag = "3")]
+    sink_plan: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -157,6 +172,21 @@ impl PhysicalExtensionCodec for EmberCodec {
                 locations,
             )));
         }
+        if let Some(sink) = node.sink {
+            let [input] = inputs else {
+                return Err(proto_err("distributed sink needs one input"));
+            };
+            let sink_plan = decode_plan(&sink.sink_plan, ctx)?;
+            let Some(sink_exec) = sink_plan.downcast_ref::<DataSinkExec>() else {
+                return Err(proto_err("distributed sink without a DataSinkExec"));
+            };
+            return Ok(Arc::new(DistributedSinkExec::try_new(
+                Arc::clone(input),
+                sink_exec.sink(),
+                sink.staging,
+                sink.single_file,
+            )?));
+        }
         Err(proto_err("unknown extension node"))
     }
 
@@ -172,6 +202,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                 .map(|p| serialize_partitioning(p, self, proto_converter))
                 .transpose()?;
             EmberNode {
+                sink: None,
                 writer: Some(WriterNode {
                     query_id: writer.query_id().to_string(),
                     stage_id: writer.stage_id().0,
@@ -187,6 +218,7 @@ impl PhysicalExtensionCodec for EmberCodec {
             };
             EmberNode {
                 writer: None,
+                sink: None,
                 reader: Some(ReaderNode {
                     query_id: reader.query_id().to_string(),
                     stage_id: reader.stage_id().0,
@@ -205,6 +237,16 @@ impl PhysicalExtensionCodec for EmberCodec {
                             work_dir: l.work_dir.display().to_string(),
                         })
                         .collect(),
+                }),
+            }
+        } else if let Some(sink) = node.downcast_ref::<DistributedSinkExec>() {
+            EmberNode {
+                writer: None,
+                reader: None,
+                sink: Some(SinkNode {
+                    staging: sink.staging().to_string(),
+                    single_file: sink.single_file().map(str::to_string),
+                    sink_plan: encode_plan(sink.sink_plan())?,
                 }),
             }
         } else {

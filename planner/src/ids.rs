@@ -32,7 +32,7 @@ impl fmt::Display for QueryId {
     }
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     // RandomState is seeded from the OS; hashing a counter gives cheap unpredictable ids without
     // another dependency.
     use std::hash::{BuildHasher, Hasher};

@@ -17,11 +17,13 @@ pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod joins;
+pub mod paths;
 pub mod session;
 pub mod shuffle;
 pub mod stage;
 pub mod subquery;
 pub mod task;
 pub mod tpch;
+pub mod write;
 
 pub use error::{Error, Result};

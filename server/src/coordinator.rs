@@ -10,12 +10,14 @@ use datafusion::prelude::SessionContext;
 use ember_config::EmberConfig;
 use ember_executor::fetcher::FlightShuffleFetcher;
 use ember_executor::proto::cluster_service_server::ClusterServiceServer;
+use ember_planner::paths::AllowedPaths;
 use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::catalog::CatalogStore;
 use crate::cluster::ClusterManagerService;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
@@ -58,7 +60,16 @@ impl Coordinator {
         let fetcher = Arc::new(FlightShuffleFetcher::new(
             config.coordinator.max_message_size,
         ));
-        let engine = Arc::new(QueryEngine::new(ctx.state(), handle.clone(), fetcher));
+        let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
+        store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
+        let allowed_paths = AllowedPaths::new(&config.allowed_paths())?;
+        let engine = Arc::new(QueryEngine::new(
+            ctx.state(),
+            handle.clone(),
+            fetcher,
+            store,
+            allowed_paths,
+        ));
         Ok(Self {
             engine,
             scheduler,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::CatalogProvider;
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::config::ConfigOptions;
@@ -21,11 +22,14 @@ use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use ember_executor::fetcher::FlightShuffleFetcher;
 use ember_planner::ids::QueryId;
+use ember_planner::paths::AllowedPaths;
+use ember_planner::session::DEFAULT_CATALOG;
 use ember_planner::stage::StageGraph;
 use ember_planner::subquery::take_scalar_subqueries;
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 
+use crate::catalog::CatalogStore;
 use crate::error::{Error, Result};
 use crate::results::result_stream;
 use crate::scheduler::{Event, SchedulerHandle};
@@ -47,9 +51,11 @@ pub enum QueryOutput {
 
 /// Plans and runs statements; holds the shared catalog.
 pub struct QueryEngine {
-    base_state: SessionState,
+    pub(crate) base_state: SessionState,
     scheduler: SchedulerHandle,
     fetcher: Arc<FlightShuffleFetcher>,
+    pub(crate) catalog: Arc<CatalogStore>,
+    pub(crate) allowed_paths: AllowedPaths,
 }
 
 impl QueryEngine {
@@ -57,12 +63,21 @@ impl QueryEngine {
         base_state: SessionState,
         scheduler: SchedulerHandle,
         fetcher: Arc<FlightShuffleFetcher>,
+        catalog: Arc<CatalogStore>,
+        allowed_paths: AllowedPaths,
     ) -> Self {
         Self {
             base_state,
             scheduler,
             fetcher,
+            catalog,
+            allowed_paths,
         }
+    }
+
+    /// Ember's one catalog, shared by all sessions.
+    pub(crate) fn base_catalog(&self) -> Option<Arc<dyn CatalogProvider>> {
+        self.base_state.catalog_list().catalog(DEFAULT_CATALOG)
     }
 
     /// Waits until at least `executors` executors are registered and alive.
@@ -144,7 +159,7 @@ impl QueryEngine {
             explain_distributed,
         } = parsed;
         let text = statement.to_string();
-        if !explain_distributed && let Some(output) = session.session_command(&text) {
+        if !explain_distributed && let Some(output) = session.session_command(&text)? {
             return Ok(output);
         }
         self.fit_partitions(session);
@@ -167,10 +182,10 @@ impl QueryEngine {
                 rows.push(("distributed_plan".into(), graph.display()));
                 Ok(QueryOutput::Rows(explain_rows(rows)))
             }
-            LogicalPlan::Ddl(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Dml(_)
-            | LogicalPlan::Copy(_) => {
+            LogicalPlan::Ddl(_) => self.execute_ddl(session, &text, plan).await,
+            LogicalPlan::Dml(_) => self.insert(session, &text, plan).await,
+            LogicalPlan::Copy(_) => self.copy(session, &text, plan).await,
+            LogicalPlan::Statement(_) => {
                 let tag = command_tag(&text);
                 let df = session.ctx.execute_logical_plan(plan).await?;
                 df.collect().await?;
@@ -194,7 +209,7 @@ impl QueryEngine {
 
     /// Runs an optimized physical plan: its scalar subqueries first, then the plan itself, on
     /// the executors when it reads files and here when it does not.
-    async fn run_physical(
+    pub(crate) async fn run_physical(
         &self,
         session: &ClientSession,
         sql: &str,
@@ -287,7 +302,7 @@ fn strip_explain_distributed(text: &str) -> Option<String> {
     Some(trimmed[start..].to_string())
 }
 
-fn command_tag(text: &str) -> String {
+pub(crate) fn command_tag(text: &str) -> String {
     let words: Vec<String> = text
         .split_whitespace()
         .take(3)

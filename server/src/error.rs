@@ -35,6 +35,16 @@ pub enum Error {
     NotSupported(String),
     #[error("{0}")]
     CardinalityViolation(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    UndefinedTable(String),
+    #[error("{0}")]
+    UndefinedObject(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    DependentObjects(String),
 }
 
 /// Why a task failed, as reported by its executor.
@@ -65,6 +75,11 @@ impl Error {
             Error::Unavailable(_) => "53000",
             Error::NotSupported(_) => "0A000",
             Error::CardinalityViolation(_) => "21000",
+            Error::PermissionDenied(_) => "42501",
+            Error::UndefinedTable(_) => "42P01",
+            Error::UndefinedObject(_) => "42704",
+            Error::AlreadyExists(_) => "42P07",
+            Error::DependentObjects(_) => "2BP01",
             Error::Config(_) => "F0000",
             Error::Io(_) => "58030",
             Error::Executor(_) | Error::Transport(_) => "XX000",
@@ -111,7 +126,10 @@ fn arrow_sqlstate(error: &ArrowError) -> &'static str {
 /// Recognises errors whose type was lost on the way (task errors travel as text).
 fn message_sqlstate(message: &str) -> Option<&'static str> {
     let lower = message.to_ascii_lowercase();
-    let pairs: [(&str, &str); 12] = [
+    let pairs: [(&str, &str); 15] = [
+        ("permission denied", "42501"),
+        ("already exists", "42P07"),
+        ("doesn't exist", "42P01"),
         ("divide by zero", "22012"),
         ("division by zero", "22012"),
         ("cannot cast", "22P02"),

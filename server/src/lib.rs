@@ -12,9 +12,11 @@
 //! and task execution in `ember-executor`.
 
 pub mod bench;
+mod catalog;
 pub mod cli;
 mod cluster;
 pub mod coordinator;
+mod ddl;
 pub mod engine;
 pub mod error;
 pub mod local;
@@ -23,6 +25,7 @@ mod results;
 mod scheduler;
 pub mod session;
 mod system_tables;
+mod writes;
 
 pub use coordinator::Coordinator;
 pub use error::{Error, Result};

@@ -101,5 +101,6 @@ pub fn executor_options(
         memory: config.executor.memory,
         heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
         max_message_size: config.coordinator.max_message_size,
+        allowed_paths: config.allowed_paths(),
     }
 }

@@ -10,6 +10,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 
 use crate::engine::QueryOutput;
+use crate::error::{Error, Result};
 
 /// One client's session: its DataFusion context and the Postgres-style variables it set.
 pub struct ClientSession {
@@ -32,7 +33,7 @@ impl ClientSession {
             .unwrap_or(false)
     }
 
-    fn current_schema(&self) -> String {
+    pub(crate) fn current_schema(&self) -> String {
         self.ctx
             .state()
             .config_options()
@@ -41,11 +42,21 @@ impl ClientSession {
             .clone()
     }
 
-    /// Handles the Postgres session commands DataFusion does not know.
-    pub(crate) fn session_command(&self, text: &str) -> Option<QueryOutput> {
+    /// Handles the Postgres session commands DataFusion does not know, and refuses changes to
+    /// server-level settings.
+    pub(crate) fn session_command(&self, text: &str) -> Result<Option<QueryOutput>> {
         let Some((name, value)) = parse_set(text) else {
-            return self.show(text);
+            return Ok(self.show(text));
         };
+        if name.starts_with("datafusion.") && !session_may_set(&name) {
+            return Err(Error::PermissionDenied(format!(
+                "permission denied to set {name}: it is a server-level setting (see the server configuration)"
+            )));
+        }
+        Ok(self.set(name, value))
+    }
+
+    fn set(&self, name: String, value: String) -> Option<QueryOutput> {
         if name == "search_path" {
             let schema = value
                 .split(',')
@@ -97,6 +108,20 @@ impl ClientSession {
             futures::stream::iter(vec![Ok(batch)]),
         ))))
     }
+}
+
+/// DataFusion options a session may change: they shape its own plans and tasks. Runtime
+/// options (memory limit, spill directory, caches) and catalog options belong to the server.
+fn session_may_set(name: &str) -> bool {
+    const SESSION_PREFIXES: [&str; 5] = [
+        "datafusion.execution.",
+        "datafusion.optimizer.",
+        "datafusion.explain.",
+        "datafusion.sql_parser.",
+        "datafusion.format.",
+    ];
+    SESSION_PREFIXES.iter().any(|p| name.starts_with(p))
+        || name == "datafusion.catalog.default_schema"
 }
 
 /// Values `SHOW` reports for variables a session has not set, as Postgres would.
@@ -158,5 +183,14 @@ mod tests {
             Some(("application_name".into(), "'psql'".into()))
         );
         assert_eq!(parse_set("SELECT 1"), None);
+    }
+
+    #[test]
+    fn server_level_settings_are_refused() {
+        assert!(session_may_set("datafusion.execution.target_partitions"));
+        assert!(session_may_set("datafusion.optimizer.prefer_hash_join"));
+        assert!(!session_may_set("datafusion.runtime.memory_limit"));
+        assert!(!session_may_set("datafusion.runtime.temp_directory"));
+        assert!(!session_may_set("datafusion.catalog.information_schema"));
     }
 }

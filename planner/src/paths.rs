@@ -1,0 +1,167 @@
+//! Path safety: local files that tables and `COPY` may touch must lie under configured roots.
+//! The coordinator checks locations when statements name them; executors check again every file
+//! a fragment scans or writes.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::write::DistributedSinkExec;
+
+/// The directories local locations must lie in. Remote object stores (`s3://...`) are not
+/// restricted here: their credentials decide.
+#[derive(Debug, Clone)]
+pub struct AllowedPaths {
+    roots: Vec<PathBuf>,
+}
+
+impl AllowedPaths {
+    /// Roots are created if missing and resolved (symbolic links followed) once, here.
+    pub fn new(roots: &[PathBuf]) -> std::io::Result<Self> {
+        let mut resolved = vec![];
+        for root in roots {
+            std::fs::create_dir_all(root)?;
+            resolved.push(std::fs::canonicalize(root)?);
+        }
+        Ok(Self { roots: resolved })
+    }
+
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// Checks a location as a user wrote it: a path, a `file://` URL or a remote URL.
+    pub fn check_location(&self, location: &str) -> Result<()> {
+        let path = match location.split_once("://") {
+            Some(("file", rest)) => rest,
+            Some(_) => return Ok(()),
+            None => location,
+        };
+        self.check_path(Path::new(path), location)
+    }
+
+    fn check_path(&self, path: &Path, shown: &str) -> Result<()> {
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(denied(format!("location {shown:?} may not contain `..`")));
+        }
+        // Globs match below their fixed prefix.
+        let fixed: PathBuf = path
+            .components()
+            .take_while(|c| {
+                !c.as_os_str()
+                    .to_string_lossy()
+                    .contains(['*', '?', '[', '{'])
+            })
+            .collect();
+        let absolute = if fixed.is_absolute() {
+            fixed
+        } else {
+            std::env::current_dir()
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .join(fixed)
+        };
+        let resolved = resolve_existing_prefix(&absolute);
+        if self.roots.iter().any(|root| resolved.starts_with(root)) {
+            return Ok(());
+        }
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        Err(denied(format!(
+            "location {shown:?} is outside the allowed paths [{}] (setting storage.allowed_paths)",
+            roots.join(", ")
+        )))
+    }
+
+    /// Checks every local file a plan fragment scans or writes.
+    pub fn check_plan(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+        let mut result = Ok(());
+        plan.apply(|node| {
+            if let Some(scan) = node
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|s| s.data_source().downcast_ref::<FileScanConfig>())
+                && scan.object_store_url.as_str().starts_with("file://")
+            {
+                for group in &scan.file_groups {
+                    for file in group.iter() {
+                        let path = format!("/{}", file.object_meta.location);
+                        if let Err(e) = self.check_path(Path::new(&path), &path) {
+                            result = Err(e);
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
+                    }
+                }
+            }
+            if let Some(sink) = node.downcast_ref::<DistributedSinkExec>()
+                && let Err(e) = self.check_location(sink.staging())
+            {
+                result = Err(e);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        result
+    }
+}
+
+/// Follows symbolic links in the longest prefix of `path` that exists.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = vec![];
+    loop {
+        if let Ok(resolved) = std::fs::canonicalize(&existing) {
+            return rest.into_iter().rev().fold(resolved, |p, c| p.join(c));
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+fn denied(message: String) -> DataFusionError {
+    DataFusionError::Plan(format!("permission denied: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_outside_the_roots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let allowed = AllowedPaths::new(std::slice::from_ref(&root)).unwrap();
+        let inside = root.join("t/part-0.parquet");
+        allowed.check_location(inside.to_str().unwrap()).unwrap();
+        allowed
+            .check_location(&format!("file://{}/new/dir/", root.display()))
+            .unwrap();
+        allowed
+            .check_location(&format!("{}/*.csv", root.display()))
+            .unwrap();
+        allowed.check_location("s3://bucket/key").unwrap();
+        for bad in ["/etc", "/etc/passwd", "file:///etc/"] {
+            let err = allowed.check_location(bad).unwrap_err().to_string();
+            assert!(err.contains("outside the allowed paths"), "{bad}: {err}");
+        }
+        let escape = format!("{}/../../etc", root.display());
+        let err = allowed.check_location(&escape).unwrap_err().to_string();
+        assert!(err.contains("`..`"), "{err}");
+        // A symbolic link inside the root that points outside it is followed.
+        std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        let err = allowed
+            .check_location(root.join("link/passwd").to_str().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+    }
+}

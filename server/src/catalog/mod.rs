@@ -1,0 +1,420 @@
+//! The persistent catalog: schemas, tables and views that users create, kept in
+//! `<data_dir>/catalog/catalog.json` and registered with DataFusion's in-memory catalog.
+//!
+//! Every change writes a complete new file next to the old one, syncs it and renames it over
+//! the old one, so a crash leaves either the old or the new catalog, never a torn one. The
+//! store's lock serialises changes; the DataFusion catalog is updated under the same lock.
+//!
+//! | object         | what is stored                                   | restored by               |
+//! |----------------|--------------------------------------------------|---------------------------|
+//! | schema         | its name                                         | a memory schema provider  |
+//! | external table | its `CREATE EXTERNAL TABLE` text                 | replaying the statement   |
+//! | view           | its `CREATE VIEW` text                           | replaying the statement   |
+//! | managed table  | Arrow schema, directory, manifest of its files   | [`ManagedTable`]          |
+
+mod managed;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider};
+use datafusion::execution::session_state::SessionState;
+use datafusion::prelude::SessionContext;
+use datafusion_proto::protobuf;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+pub(crate) use managed::ManagedTable;
+
+use crate::error::{Error, Result};
+
+const CATALOG_FILE: &str = "catalog.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// The catalog file's contents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct CatalogFile {
+    pub(crate) version: u32,
+    /// Schemas created by users (the default schema always exists).
+    #[serde(default)]
+    pub(crate) schemas: Vec<String>,
+    /// Tables and views, in creation order (views may refer to what came before them).
+    #[serde(default)]
+    pub(crate) objects: Vec<CatalogObject>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum CatalogObject {
+    External(StatementEntry),
+    View(StatementEntry),
+    Table(ManagedEntry),
+}
+
+/// An object restored by replaying the statement that created it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StatementEntry {
+    pub(crate) schema: String,
+    pub(crate) name: String,
+    pub(crate) sql: String,
+    /// The creating session's default schema, which unqualified names in `sql` refer to.
+    pub(crate) default_schema: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ManagedEntry {
+    pub(crate) schema: String,
+    pub(crate) name: String,
+    /// URL of the table's directory, ending with `/`.
+    pub(crate) location: String,
+    /// The Arrow schema, as datafusion-proto bytes in hex.
+    pub(crate) arrow_schema: String,
+    pub(crate) files: Vec<ManagedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ManagedFile {
+    /// Relative to the table's location.
+    pub(crate) path: String,
+    pub(crate) size: u64,
+}
+
+impl CatalogObject {
+    pub(crate) fn key(&self) -> (&str, &str) {
+        match self {
+            CatalogObject::External(e) | CatalogObject::View(e) => (&e.schema, &e.name),
+            CatalogObject::Table(t) => (&t.schema, &t.name),
+        }
+    }
+}
+
+impl ManagedEntry {
+    pub(crate) fn new(schema: &str, name: &str, location: String, arrow: &Schema) -> Result<Self> {
+        let proto: protobuf::Schema = arrow
+            .try_into()
+            .map_err(|e| Error::Unavailable(format!("cannot encode a table schema: {e}")))?;
+        Ok(Self {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            location,
+            arrow_schema: to_hex(&proto.encode_to_vec()),
+            files: vec![],
+        })
+    }
+
+    pub(crate) fn arrow_schema(&self) -> Result<SchemaRef> {
+        let bytes = from_hex(&self.arrow_schema).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "corrupt schema of table {}.{}",
+                self.schema, self.name
+            ))
+        })?;
+        let proto = protobuf::Schema::decode(bytes.as_slice()).map_err(|e| {
+            Error::Unavailable(format!(
+                "corrupt schema of table {}.{}: {e}",
+                self.schema, self.name
+            ))
+        })?;
+        let schema: Schema = (&proto).try_into().map_err(|e| {
+            Error::Unavailable(format!(
+                "corrupt schema of table {}.{}: {e}",
+                self.schema, self.name
+            ))
+        })?;
+        Ok(Arc::new(schema))
+    }
+
+    /// The local directory of the table, if it is on the local file system.
+    pub(crate) fn local_dir(&self) -> Option<PathBuf> {
+        let url = datafusion::datasource::listing::ListingTableUrl::parse(&self.location).ok()?;
+        let url: &url::Url = url.as_ref();
+        (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten()
+    }
+}
+
+/// The catalog file and the lock that serialises changes to it.
+pub(crate) struct CatalogStore {
+    dir: PathBuf,
+    /// Where managed tables are created: `<data_dir>/warehouse`.
+    warehouse: PathBuf,
+    state: Mutex<CatalogFile>,
+}
+
+impl CatalogStore {
+    /// Opens (or creates) the catalog under `data_dir`.
+    pub(crate) fn open(data_dir: &Path) -> Result<Self> {
+        let dir = data_dir.join("catalog");
+        std::fs::create_dir_all(&dir)?;
+        let warehouse = data_dir.join("warehouse");
+        std::fs::create_dir_all(&warehouse)?;
+        let warehouse = std::fs::canonicalize(warehouse)?;
+        let path = dir.join(CATALOG_FILE);
+        // A temporary file left by a crash was never committed.
+        let _ = std::fs::remove_file(dir.join(format!("{CATALOG_FILE}.tmp")));
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Unavailable(format!("cannot read catalog {}: {e}", path.display()))
+                })?;
+                if file.version > FORMAT_VERSION {
+                    return Err(Error::Unavailable(format!(
+                        "catalog {} has format {} but this server reads up to {FORMAT_VERSION}",
+                        path.display(),
+                        file.version
+                    )));
+                }
+                file
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogFile {
+                version: FORMAT_VERSION,
+                ..Default::default()
+            },
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Self {
+            dir,
+            warehouse,
+            state: Mutex::new(file),
+        })
+    }
+
+    pub(crate) fn warehouse(&self) -> &Path {
+        &self.warehouse
+    }
+
+    /// Runs `change` on a copy of the catalog and commits the copy if it succeeds; then `apply`
+    /// brings DataFusion's catalog in line. Both run under the store's lock, so concurrent
+    /// changes reach DataFusion in the order they were committed.
+    pub(crate) async fn update<R>(
+        &self,
+        change: impl FnOnce(&mut CatalogFile) -> Result<R>,
+        apply: impl FnOnce(&R) -> Result<()>,
+    ) -> Result<R> {
+        let mut current = self.state.lock().await;
+        let mut next = current.clone();
+        let result = change(&mut next)?;
+        self.persist(&next).await?;
+        *current = next;
+        apply(&result)?;
+        Ok(result)
+    }
+
+    /// A copy of the committed catalog.
+    pub(crate) async fn snapshot(&self) -> CatalogFile {
+        self.state.lock().await.clone()
+    }
+
+    async fn persist(&self, file: &CatalogFile) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(file)
+            .map_err(|e| Error::Unavailable(format!("cannot encode catalog: {e}")))?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&dir, CATALOG_FILE, &bytes))
+            .await
+            .map_err(|e| Error::Unavailable(format!("catalog write panicked: {e}")))??;
+        Ok(())
+    }
+
+    /// Registers everything the catalog holds with DataFusion. Objects that cannot be restored
+    /// (an external table whose files are gone, say) are reported and kept in the catalog.
+    pub(crate) async fn restore(&self, state: &SessionState, catalog_name: &str) -> Result<()> {
+        let file = self.snapshot().await;
+        let ctx = SessionContext::new_with_state(state.clone());
+        let catalog = ctx
+            .catalog(catalog_name)
+            .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
+        for schema in &file.schemas {
+            catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
+        }
+        let mut restored = 0;
+        for object in &file.objects {
+            match restore_object(&ctx, catalog.as_ref(), object).await {
+                Ok(()) => restored += 1,
+                Err(error) => {
+                    let (schema, name) = object.key();
+                    warn!(%schema, %name, %error, "cannot restore catalog object");
+                }
+            }
+        }
+        info!(
+            schemas = file.schemas.len(),
+            objects = restored,
+            "catalog restored"
+        );
+        self.remove_unreferenced_files(&file);
+        Ok(())
+    }
+
+    /// Deletes files in the warehouse that no manifest refers to: writes that never committed.
+    fn remove_unreferenced_files(&self, file: &CatalogFile) {
+        let mut referenced = std::collections::HashSet::new();
+        let mut table_dirs = std::collections::HashSet::new();
+        for object in &file.objects {
+            if let CatalogObject::Table(table) = object
+                && let Some(dir) = table.local_dir()
+            {
+                for f in &table.files {
+                    referenced.insert(dir.join(&f.path));
+                }
+                table_dirs.insert(dir);
+            }
+        }
+        let Ok(schemas) = std::fs::read_dir(&self.warehouse) else {
+            return;
+        };
+        for schema_dir in schemas.flatten() {
+            let Ok(tables) = std::fs::read_dir(schema_dir.path()) else {
+                continue;
+            };
+            for table_dir in tables.flatten() {
+                let path = table_dir.path();
+                let known = table_dirs
+                    .iter()
+                    .any(|d| d.as_path() == path.as_path() || d.starts_with(&path));
+                if !known {
+                    info!(path = %path.display(), "removing table directory no catalog entry refers to");
+                    let _ = std::fs::remove_dir_all(&path);
+                    continue;
+                }
+                for entry in walk_files(&path) {
+                    if !referenced.contains(&entry) {
+                        info!(path = %entry.display(), "removing uncommitted file");
+                        let _ = std::fs::remove_file(&entry);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn restore_object(
+    ctx: &SessionContext,
+    catalog: &dyn CatalogProvider,
+    object: &CatalogObject,
+) -> Result<()> {
+    match object {
+        CatalogObject::Table(entry) => {
+            let schema = catalog.schema(&entry.schema).ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "schema {} of table {} is missing",
+                    entry.schema, entry.name
+                ))
+            })?;
+            let table = ManagedTable::new(entry.clone(), entry.arrow_schema()?);
+            schema.register_table(entry.name.clone(), Arc::new(table))?;
+        }
+        CatalogObject::External(entry) | CatalogObject::View(entry) => {
+            let state = ctx.state_ref();
+            state
+                .write()
+                .config_mut()
+                .options_mut()
+                .catalog
+                .default_schema = entry.default_schema.clone();
+            ctx.sql(&entry.sql).await?.collect().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file below `dir`.
+pub(crate) fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(path),
+                Ok(_) => files.push(path),
+                Err(_) => {}
+            }
+        }
+    }
+    files
+}
+
+/// Writes `name` in `dir` so that readers see the old or the new contents, never a mix: a
+/// synced temporary file renamed over the old one, then the directory synced.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    #[tokio::test]
+    async fn changes_survive_reopening_and_failed_changes_are_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CatalogStore::open(dir.path()).unwrap();
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int32, false),
+            Field::new("b", DataType::Utf8, true),
+        ]);
+        let entry = ManagedEntry::new("s", "t", "file:///x/".into(), &schema).unwrap();
+        store
+            .update(
+                |f| {
+                    f.schemas.push("s".into());
+                    f.objects.push(CatalogObject::Table(entry));
+                    Ok(())
+                },
+                |_| Ok(()),
+            )
+            .await
+            .unwrap();
+        let failed: Result<()> = store
+            .update(
+                |f| {
+                    f.schemas.push("never".into());
+                    Err(Error::NotSupported("no".into()))
+                },
+                |_| Ok(()),
+            )
+            .await;
+        assert!(failed.is_err());
+        drop(store);
+        let store = CatalogStore::open(dir.path()).unwrap();
+        let file = store.snapshot().await;
+        assert_eq!(file.schemas, vec!["s".to_string()]);
+        let CatalogObject::Table(table) = &file.objects[0] else {
+            panic!("expected a managed table");
+        };
+        assert_eq!(table.arrow_schema().unwrap().as_ref(), &schema);
+        assert_eq!(
+            from_hex(&to_hex(&[0, 1, 254, 255])),
+            Some(vec![0, 1, 254, 255])
+        );
+    }
+}

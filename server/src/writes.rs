@@ -1,0 +1,554 @@
+//! Writes: `INSERT`, `CREATE TABLE [AS]` and `COPY ... TO`. DataFusion plans the sink; the
+//! engine turns it into a [`DistributedSinkExec`] whose tasks stage files on the executors, and
+//! commits the staged files of a successful write here, at the coordinator:
+//!
+//! | target                   | commit                                                     |
+//! |--------------------------|------------------------------------------------------------|
+//! | managed table            | files moved into its directory, then the catalog's manifest |
+//! |                          | updated in one atomic write (readers see all or nothing)   |
+//! | external table, COPY dir | files moved into the directory                             |
+//! | COPY to one file         | the one staged file renamed to the target                  |
+//!
+//! Whatever happens, the staging directory is removed afterwards; a failed or cancelled write
+//! leaves nothing visible.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::object_store::path::Path as StorePath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::physical_plan::ExecutionPlan;
+use ember_planner::ids::QueryId;
+use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
+use futures::TryStreamExt;
+
+use crate::catalog::{CatalogObject, ManagedEntry, ManagedFile, ManagedTable};
+use crate::ddl::ObjectName;
+use crate::engine::{QueryEngine, QueryOutput};
+use crate::error::{Error, Result};
+use crate::session::ClientSession;
+
+/// How long files replaced by an overwrite stay for queries that were planned before it.
+const REPLACED_FILES_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where a write's files go when it commits.
+enum Target {
+    /// Into a managed table's manifest.
+    Managed { table: ObjectName, overwrite: bool },
+    /// Into the sink's directory (an external table, a new managed table, `COPY` to a
+    /// directory), or renamed to the sink's one file (`COPY` to a file).
+    Directory,
+}
+
+/// What the write tasks produced: rows written and staged files (relative to the staging
+/// directory, whose first component is the task's own directory).
+struct Staged {
+    rows: u64,
+    files: Vec<String>,
+}
+
+impl QueryEngine {
+    /// `INSERT INTO table ...`.
+    pub(crate) async fn insert(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: LogicalPlan,
+    ) -> Result<QueryOutput> {
+        let LogicalPlan::Dml(DmlStatement { table_name, op, .. }) = &plan else {
+            return Err(Error::NotSupported(format!("not an insert: {sql}")));
+        };
+        let insert_op = match op {
+            WriteOp::Insert(op) => *op,
+            other => {
+                return Err(Error::NotSupported(format!(
+                    "{other} is not supported: Ember tables are written by INSERT, CREATE TABLE AS and COPY"
+                )));
+            }
+        };
+        let table = self.resolve_name(session, table_name)?;
+        self.check_writable_schema(&table.schema).await?;
+        let provider = session.ctx.table_provider(table_name.clone()).await?;
+        let target = if provider.downcast_ref::<ManagedTable>().is_some() {
+            Target::Managed {
+                table,
+                overwrite: insert_op == InsertOp::Overwrite,
+            }
+        } else if provider.downcast_ref::<ListingTable>().is_some() {
+            if insert_op != InsertOp::Append {
+                return Err(Error::NotSupported(format!(
+                    "{insert_op} into external table {table} is not supported; only appends are"
+                )));
+            }
+            Target::Directory
+        } else {
+            return Err(Error::NotSupported(format!(
+                "table {table} cannot be written: only tables created with CREATE TABLE and external file tables can"
+            )));
+        };
+        // Overwrites of managed tables replace the manifest at commit; the files are appended.
+        let plan = match (&target, plan) {
+            (Target::Managed { .. }, LogicalPlan::Dml(mut dml)) => {
+                dml.op = WriteOp::Insert(InsertOp::Append);
+                LogicalPlan::Dml(dml)
+            }
+            (_, plan) => plan,
+        };
+        let physical = session.ctx.state().create_physical_plan(&plan).await?;
+        let rows: u64 = self.write(session, sql, physical, target).await?;
+        Ok(QueryOutput::Command(format!("INSERT 0 {rows}")))
+    }
+
+    /// `COPY (query) TO 'location'`.
+    pub(crate) async fn copy(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: LogicalPlan,
+    ) -> Result<QueryOutput> {
+        let LogicalPlan::Copy(copy) = &plan else {
+            return Err(Error::NotSupported(format!("not a copy: {sql}")));
+        };
+        self.allowed_paths.check_location(&copy.output_url)?;
+        let physical = session.ctx.state().create_physical_plan(&plan).await?;
+        // Decided by DistributedSinkExec from the target's form; `write` looks again.
+        let rows: u64 = self
+            .write(session, sql, physical, Target::Directory)
+            .await?;
+        Ok(QueryOutput::Command(format!("COPY {rows}")))
+    }
+
+    /// `CREATE TABLE name (columns)` and `CREATE TABLE name AS query`: a managed table under
+    /// the warehouse, created with its data in one catalog commit.
+    pub(crate) async fn create_table(
+        &self,
+        session: &ClientSession,
+        cmd: &CreateMemoryTable,
+    ) -> Result<QueryOutput> {
+        let name = self.resolve_name(session, &cmd.name)?;
+        self.check_writable_schema(&name.schema).await?;
+        if cmd.temporary {
+            return Err(Error::NotSupported(
+                "temporary tables are not supported".into(),
+            ));
+        }
+        if self.object_exists(session, &cmd.name).await {
+            if cmd.if_not_exists {
+                return Ok(QueryOutput::Command("CREATE TABLE".into()));
+            }
+            if !cmd.or_replace {
+                return Err(Error::AlreadyExists(format!("table {name} already exists")));
+            }
+        }
+        let dir = self.catalog.warehouse().join(&name.schema).join(format!(
+            "{}-{:016x}",
+            name.name,
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let location = ListingTableUrl::parse(format!("{}/", dir.display()))?
+            .as_str()
+            .to_string();
+        let schema = Arc::new(cmd.input.schema().as_arrow().clone());
+        let mut entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?;
+        let has_rows = !matches!(
+            cmd.input.as_ref(),
+            LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row
+        );
+        let mut rows = 0;
+        if has_rows {
+            let state = session.ctx.state();
+            let input = state.create_physical_plan(&cmd.input).await?;
+            let table = ManagedTable::new(entry.clone(), Arc::clone(&schema));
+            let sink = datafusion::datasource::TableProvider::insert_into(
+                &table,
+                &state,
+                input,
+                InsertOp::Append,
+            )
+            .await?;
+            let written = self
+                .write(
+                    session,
+                    &format!("CREATE TABLE {name} AS ..."),
+                    sink,
+                    Target::Directory,
+                )
+                .await;
+            match written {
+                Ok((count, files)) => {
+                    rows = count;
+                    entry.files = files;
+                }
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(error);
+                }
+            }
+        }
+        let catalog = self.base_catalog();
+        let committed =
+            self.catalog
+                .update(
+                    |file| {
+                        let key = (name.schema.as_str(), name.name.as_str());
+                        let old = file
+                            .objects
+                            .iter()
+                            .position(|o| o.key() == key)
+                            .map(|i| file.objects.remove(i));
+                        file.objects.push(CatalogObject::Table(entry.clone()));
+                        Ok(old)
+                    },
+                    |_| {
+                        let schema_provider = catalog
+                            .and_then(|c| c.schema(&name.schema))
+                            .ok_or_else(|| {
+                                Error::UndefinedObject(format!(
+                                    "schema {} does not exist",
+                                    name.schema
+                                ))
+                            })?;
+                        schema_provider.deregister_table(&name.name)?;
+                        schema_provider.register_table(
+                            name.name.clone(),
+                            Arc::new(ManagedTable::new(entry.clone(), Arc::clone(&schema))),
+                        )?;
+                        Ok(())
+                    },
+                )
+                .await;
+        match committed {
+            Ok(old) => {
+                if let Some(old) = old {
+                    self.remove_table_files(&old);
+                }
+            }
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
+        }
+        Ok(QueryOutput::Command(if has_rows {
+            format!("SELECT {rows}")
+        } else {
+            "CREATE TABLE".into()
+        }))
+    }
+
+    /// Runs a planned sink as a distributed write and commits it. For managed tables created by
+    /// the caller, returns the committed files (Target::Directory with a manifest to fill).
+    async fn write<T: WriteResult>(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        physical: Arc<dyn ExecutionPlan>,
+        target: Target,
+    ) -> Result<T> {
+        let Some(sink) = physical.downcast_ref::<DataSinkExec>() else {
+            return Err(Error::NotSupported(format!(
+                "cannot write with this plan: {}",
+                physical.name()
+            )));
+        };
+        let directory = target_directory(sink)?;
+        self.allowed_paths.check_location(directory.as_str())?;
+        let staging = format!("{}{STAGING_DIR}/{}/", directory.as_str(), QueryId::random());
+        let exec = Arc::new(DistributedSinkExec::try_from_sink(sink, &staging)?);
+        let single_file = exec.single_file().map(str::to_string);
+        let store = session
+            .ctx
+            .runtime_env()
+            .object_store(directory.object_store())?;
+        let guard = StagingGuard {
+            store: Arc::clone(&store),
+            url: ListingTableUrl::parse(&staging)?,
+        };
+        let batches: Vec<RecordBatch> = self
+            .run_physical(session, sql, exec)
+            .await?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        let staged = Staged::from_batches(&batches);
+        let staging_prefix = guard.url.prefix().clone();
+        let mut moved = vec![];
+        let result = async {
+            for file in &staged.files {
+                let from = child(&staging_prefix, file)?;
+                let relative = match &single_file {
+                    Some(_) => String::new(),
+                    None => file
+                        .split_once('/')
+                        .map(|(_, rest)| rest.to_string())
+                        .unwrap_or_default(),
+                };
+                let to = match &single_file {
+                    Some(_) => sink_target(sink)?.prefix().clone(),
+                    None => child(directory.prefix(), &relative)?,
+                };
+                store
+                    .rename(&from, &to)
+                    .await
+                    .map_err(datafusion::error::DataFusionError::from)?;
+                let size = store
+                    .head(&to)
+                    .await
+                    .map_err(datafusion::error::DataFusionError::from)?
+                    .size;
+                moved.push((
+                    to,
+                    ManagedFile {
+                        path: relative,
+                        size,
+                    },
+                ));
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(error) = result {
+            let paths = moved.iter().map(|(p, _)| p.clone()).collect();
+            delete_all(&store, paths).await;
+            return Err(error);
+        }
+        self.invalidate_listings(directory.prefix());
+        if let Target::Managed { table, overwrite } = target {
+            let files: Vec<ManagedFile> = moved.iter().map(|(_, f)| f.clone()).collect();
+            let replaced = self.commit_manifest(&table, files, overwrite).await;
+            match replaced {
+                Ok(old_files) if !old_files.is_empty() => {
+                    // Queries planned before the overwrite may still read the old files.
+                    let paths: Vec<StorePath> = old_files
+                        .iter()
+                        .filter_map(|f| child(directory.prefix(), &f.path).ok())
+                        .collect();
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REPLACED_FILES_GRACE).await;
+                        delete_all(&store, paths).await;
+                    });
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let paths = moved.iter().map(|(p, _)| p.clone()).collect();
+                    delete_all(&store, paths).await;
+                    return Err(error);
+                }
+            }
+        }
+        drop(guard);
+        Ok(T::from_parts(
+            staged.rows,
+            moved.into_iter().map(|(_, f)| f).collect(),
+        ))
+    }
+
+    /// Appends `files` to (or, overwriting, replaces the files of) a managed table's manifest;
+    /// returns the files an overwrite replaced.
+    async fn commit_manifest(
+        &self,
+        table: &ObjectName,
+        files: Vec<ManagedFile>,
+        overwrite: bool,
+    ) -> Result<Vec<ManagedFile>> {
+        let catalog = self.base_catalog();
+        let (replaced, _) = self
+            .catalog
+            .update(
+                |file| {
+                    let entry = file
+                        .objects
+                        .iter_mut()
+                        .find_map(|o| match o {
+                            CatalogObject::Table(t)
+                                if t.schema == table.schema && t.name == table.name =>
+                            {
+                                Some(t)
+                            }
+                            _ => None,
+                        })
+                        .ok_or_else(|| {
+                            Error::UndefinedTable(format!(
+                                "table {table} was dropped while being written"
+                            ))
+                        })?;
+                    let replaced = if overwrite {
+                        std::mem::replace(&mut entry.files, files)
+                    } else {
+                        entry.files.extend(files);
+                        vec![]
+                    };
+                    Ok((replaced, entry.clone()))
+                },
+                |(_, entry)| {
+                    let schema = entry.arrow_schema()?;
+                    if let Some(provider) = catalog.and_then(|c| c.schema(&table.schema)) {
+                        provider.deregister_table(&table.name)?;
+                        provider.register_table(
+                            table.name.clone(),
+                            Arc::new(ManagedTable::new(entry.clone(), schema)),
+                        )?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(replaced)
+    }
+
+    /// Forgets cached listings at or below a written directory.
+    fn invalidate_listings(&self, prefix: &StorePath) {
+        let runtime = self.base_state.runtime_env();
+        if let Some(cache) = runtime.cache_manager.get_list_files_cache() {
+            for key in cache.list_entries().into_keys() {
+                let key_path = key.path.as_ref();
+                let written = prefix.as_ref();
+                if key_path.starts_with(written) || written.starts_with(key_path) {
+                    cache.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// What `write` returns to its callers.
+trait WriteResult {
+    fn from_parts(rows: u64, files: Vec<ManagedFile>) -> Self;
+}
+
+impl WriteResult for u64 {
+    fn from_parts(rows: u64, _: Vec<ManagedFile>) -> Self {
+        rows
+    }
+}
+
+impl WriteResult for (u64, Vec<ManagedFile>) {
+    fn from_parts(rows: u64, files: Vec<ManagedFile>) -> Self {
+        (rows, files)
+    }
+}
+
+impl Staged {
+    fn from_batches(batches: &[RecordBatch]) -> Self {
+        let mut staged = Staged {
+            rows: 0,
+            files: vec![],
+        };
+        for batch in batches {
+            let rows = batch.column(0).as_primitive::<UInt64Type>();
+            let files = batch.column(1).as_list::<i32>();
+            for i in 0..batch.num_rows() {
+                staged.rows += rows.value(i);
+                let names = files.value(i);
+                let names = names.as_string::<i32>();
+                staged
+                    .files
+                    .extend(names.iter().flatten().map(str::to_string));
+            }
+        }
+        staged
+    }
+}
+
+/// The URL of the sink's target as DataFusion planned it.
+fn sink_target(sink: &DataSinkExec) -> Result<ListingTableUrl> {
+    use datafusion::datasource::physical_plan::FileSink;
+    let config = if let Some(s) =
+        sink.sink()
+            .downcast_ref::<datafusion::datasource::file_format::parquet::ParquetSink>()
+    {
+        s.config()
+    } else if let Some(s) = sink
+        .sink()
+        .downcast_ref::<datafusion::datasource::file_format::csv::CsvSink>()
+    {
+        s.config()
+    } else if let Some(s) = sink
+        .sink()
+        .downcast_ref::<datafusion::datasource::file_format::json::JsonSink>()
+    {
+        s.config()
+    } else {
+        return Err(Error::NotSupported(
+            "only parquet, csv and json files can be written".into(),
+        ));
+    };
+    config
+        .table_paths
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::NotSupported("a write without a target".into()))
+}
+
+/// The directory a write lands in: the target itself, or the parent of a one-file target.
+fn target_directory(sink: &DataSinkExec) -> Result<ListingTableUrl> {
+    let target = sink_target(sink)?;
+    if target.is_collection() {
+        return Ok(target);
+    }
+    let text = target.as_str();
+    let parent = text.rsplit_once('/').map(|(p, _)| p).unwrap_or(text);
+    Ok(ListingTableUrl::parse(format!("{parent}/"))?)
+}
+
+fn child(base: &StorePath, relative: &str) -> Result<StorePath> {
+    let joined = if base.as_ref().is_empty() {
+        relative.to_string()
+    } else if relative.is_empty() {
+        base.as_ref().to_string()
+    } else {
+        format!("{}/{relative}", base.as_ref())
+    };
+    StorePath::parse(joined)
+        .map_err(|e| Error::DataFusion(datafusion::error::DataFusionError::External(Box::new(e))))
+}
+
+async fn delete_all(store: &Arc<dyn ObjectStore>, paths: Vec<StorePath>) {
+    for path in paths {
+        if let Err(error) = store.delete(&path).await {
+            tracing::warn!(%path, %error, "cannot delete a written file");
+        }
+    }
+}
+
+/// Removes a write's staging directory when the write ends, however it ends.
+struct StagingGuard {
+    store: Arc<dyn ObjectStore>,
+    url: ListingTableUrl,
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let store = Arc::clone(&self.store);
+        let url = self.url.clone();
+        let remove = async move {
+            let local: &url::Url = url.as_ref();
+            if local.scheme() == "file"
+                && let Ok(path) = local.to_file_path()
+            {
+                let _ = tokio::fs::remove_dir_all(&path).await;
+                // The shared staging directory goes too once no other write uses it.
+                if let Some(parent) = path.parent() {
+                    let _ = tokio::fs::remove_dir(parent).await;
+                }
+                return;
+            }
+            let paths: Vec<StorePath> = store
+                .list(Some(url.prefix()))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await
+                .unwrap_or_default();
+            delete_all(&store, paths).await;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(remove);
+        }
+    }
+}
