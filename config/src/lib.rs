@@ -43,8 +43,18 @@ pub struct EmberConfig {
     pub coordinator: CoordinatorConfig,
     pub executor: ExecutorConfig,
     pub storage: StorageConfig,
+    pub cache: CacheConfig,
     pub local: LocalConfig,
     pub tpch: TpchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub metadata_bytes: u64,
+    pub listing_bytes: u64,
+    pub listing_ttl_ms: u64,
+    pub statistics_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

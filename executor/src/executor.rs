@@ -9,6 +9,7 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
+use ember_planner::cache::CacheLimits;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{LiveBlocks, local_host_key, query_dir};
@@ -45,6 +46,8 @@ pub struct ExecutorOptions {
     pub max_message_size: usize,
     /// Local files that fragments may scan or write must lie under these directories.
     pub allowed_paths: Vec<PathBuf>,
+    /// Sizes of the parquet metadata cache (the other caches serve planning).
+    pub cache: CacheLimits,
 }
 
 /// One executor. `run` serves until `shutdown` completes.
@@ -95,7 +98,9 @@ impl Executor {
         let tmp_dir = options.work_dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
 
-        let mut runtime = RuntimeEnvBuilder::new().with_temp_file_path(&tmp_dir);
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_temp_file_path(&tmp_dir)
+            .with_cache_manager(options.cache.cache_config());
         if options.memory > 0 {
             runtime = runtime.with_memory_limit(options.memory as usize, 1.0);
         }

@@ -56,6 +56,10 @@ pub struct CoordinatorArgs {
     /// Generate TPC-H at this scale factor and register it as schema `tpch`.
     #[arg(long)]
     pub tpch: Option<String>,
+    /// Directories (comma-separated) that table and COPY locations must lie in; default the
+    /// data dir.
+    #[arg(long)]
+    pub allowed_paths: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +82,14 @@ pub struct ExecutorArgs {
     /// Address to bind the Flight service to; also advertised to peers.
     #[arg(long)]
     pub bind: Option<String>,
+    /// The data dir (the default root of the files tasks may scan and write, and of the work
+    /// dir).
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Directories (comma-separated) that files scanned or written by tasks must lie in;
+    /// default the data dir.
+    #[arg(long)]
+    pub allowed_paths: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +154,7 @@ fn parse_bytes(text: &str) -> anyhow::Result<u64> {
 fn coordinator_flags(args: &CoordinatorArgs) -> Vec<(&'static str, Option<&String>)> {
     vec![
         ("coordinator.data_dir", args.data_dir.as_ref()),
+        ("storage.allowed_paths", args.allowed_paths.as_ref()),
         ("coordinator.pg_port", args.pg_port.as_ref()),
         ("coordinator.port", args.port.as_ref()),
         ("coordinator.bind_host", args.bind.as_ref()),
@@ -190,6 +203,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("executor.slots", args.slots.as_ref()),
                 ("executor.memory", args.memory.as_ref()),
                 ("executor.bind_host", args.bind.as_ref()),
+                ("coordinator.data_dir", args.data_dir.as_ref()),
+                ("storage.allowed_paths", args.allowed_paths.as_ref()),
             ];
             let config = load_config(cli.config.as_ref(), &flags)?;
             let listener = TcpListener::bind((

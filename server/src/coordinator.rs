@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use ember_config::EmberConfig;
 use ember_executor::fetcher::FlightShuffleFetcher;
@@ -43,7 +44,10 @@ impl Coordinator {
         pg_listener: TcpListener,
     ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let ctx = SessionContext::new_with_config(distributed_config(cores));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(crate::local::cache_limits(config).cache_config())
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(distributed_config(cores), runtime);
         let (scheduler, handle) = Scheduler::new(SchedulerConfig {
             executor_timeout: Duration::from_millis(config.coordinator.executor_timeout_ms),
             executor_wait: Duration::from_secs(30),

@@ -222,8 +222,9 @@ impl QueryEngine {
             subquery.resolve(value)?;
         }
         let state = session.ctx.state();
-        if !scans_files(&physical)? {
-            // Nothing to distribute (constants, VALUES, system tables): answer here.
+        if !scans_files(&physical)? || runs_on_coordinator(&physical)? {
+            // Nothing to distribute (constants, VALUES, system tables), or a plan that has to
+            // stay in one process (recursive queries feed their output back): answer here.
             return Ok(execute_stream(physical, session.ctx.task_ctx())?);
         }
         let query_id = QueryId::random();
@@ -348,6 +349,12 @@ fn scans_files(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
             .downcast_ref::<DataSourceExec>()
             .is_some_and(|s| s.data_source().downcast_ref::<FileScanConfig>().is_some()))
     })?)
+}
+
+/// Recursive queries loop their own output back through a work table shared in memory, which
+/// neither stages nor the task encoding can carry.
+fn runs_on_coordinator(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    Ok(plan.exists(|node| Ok(node.name() == "RecursiveQueryExec"))?)
 }
 
 fn collect_explain(batches: Vec<RecordBatch>) -> Vec<(String, String)> {

@@ -102,5 +102,18 @@ pub fn executor_options(
         heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
         max_message_size: config.coordinator.max_message_size,
         allowed_paths: config.allowed_paths(),
+        cache: cache_limits(config),
+    }
+}
+
+/// The metadata cache sizes of the config.
+pub fn cache_limits(config: &EmberConfig) -> ember_planner::cache::CacheLimits {
+    let bytes = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+    ember_planner::cache::CacheLimits {
+        metadata_bytes: bytes(config.cache.metadata_bytes),
+        listing_bytes: bytes(config.cache.listing_bytes),
+        statistics_bytes: bytes(config.cache.statistics_bytes),
+        listing_ttl: (config.cache.listing_ttl_ms > 0)
+            .then(|| Duration::from_millis(config.cache.listing_ttl_ms)),
     }
 }

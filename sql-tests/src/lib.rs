@@ -93,6 +93,64 @@ impl AsyncDB for PgDb {
     }
 }
 
+/// Where and how to run a suite against a running server.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// The server's data dir (`$EMBER_DATA` in `.slt` files): tests write under it because
+    /// locations outside the allowed paths are refused.
+    pub data_dir: PathBuf,
+}
+
+/// The outcome of one file.
+#[derive(Debug)]
+pub struct FileOutcome {
+    pub file: PathBuf,
+    pub error: Option<String>,
+}
+
+/// Runs every file, each on a fresh connection and with its own `$RUN` id (so that files that
+/// write under `$EMBER_DATA` can run again against the same server), bounding each in time.
+pub async fn run_files(
+    target: &Target,
+    files: &[PathBuf],
+    timeout: std::time::Duration,
+) -> Vec<FileOutcome> {
+    let mut outcomes = vec![];
+    for file in files {
+        let host = target.host.clone();
+        let port = target.port;
+        let mut runner = sqllogictest::Runner::new(move || {
+            let host = host.clone();
+            async move { PgDb::connect(&host, port).await }
+        });
+        runner.set_var(
+            "EMBER_DATA".to_string(),
+            target.data_dir.display().to_string(),
+        );
+        let run = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        runner.set_var("RUN".to_string(), run);
+        let error = match tokio::time::timeout(timeout, runner.run_file_async(file)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("timed out after {timeout:?}")),
+        };
+        outcomes.push(FileOutcome {
+            file: file.clone(),
+            error,
+        });
+    }
+    outcomes
+}
+
 /// Every `.slt` file under `dir`, sorted.
 pub fn slt_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = vec![];

@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use ember_config::ConfigBuilder;
 use ember_server::LocalCluster;
-use ember_sql_tests::{PgDb, slt_files};
+use ember_sql_tests::{Target, run_files, slt_files};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slt_files_pass_on_a_two_executor_cluster() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
+    let data_dir = std::fs::canonicalize(data.path())?;
     let mut builder = ConfigBuilder::new();
     builder.set_str("coordinator.port", "0", "test")?;
     builder.set_str("coordinator.pg_port", "0", "test")?;
     builder.set_str(
         "coordinator.data_dir",
-        &data.path().display().to_string(),
+        &data_dir.display().to_string(),
         "test",
     )?;
     builder.set_str("tpch.scale", "0.01", "test")?;
@@ -34,21 +35,22 @@ async fn slt_files_pass_on_a_two_executor_cluster() -> anyhow::Result<()> {
         .await?;
 
     let files = slt_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("slt"));
-    anyhow::ensure!(!files.is_empty(), "no .slt files found");
-    let mut failures = vec![];
-    for file in &files {
-        let mut runner =
-            sqllogictest::Runner::new(|| async { PgDb::connect("127.0.0.1", port).await });
-        let outcome =
-            tokio::time::timeout(Duration::from_secs(120), runner.run_file_async(file)).await;
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failures.push(format!("{}: {error}", file.display())),
-            Err(_) => failures.push(format!("{}: timed out", file.display())),
-        }
-    }
+    anyhow::ensure!(
+        files.len() >= 9,
+        "expected the whole suite, found {files:?}"
+    );
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port,
+        data_dir,
+    };
+    let outcomes = run_files(&target, &files, Duration::from_secs(120)).await;
     let _ = stop_tx.send(());
     running.await??;
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| Some(format!("{}: {}", o.file.display(), o.error.as_ref()?)))
+        .collect();
     anyhow::ensure!(
         failures.is_empty(),
         "{} of {} files failed:\n{}",

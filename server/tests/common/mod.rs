@@ -25,9 +25,35 @@ pub fn free_port() -> u16 {
 pub struct ProcessCluster {
     pub pg_port: u16,
     pub grpc_port: u16,
+    pub tpch_scale: f64,
+    pub data_dir: PathBuf,
     pub dir: tempfile::TempDir,
     pub coordinator: Child,
     pub executors: Vec<Child>,
+}
+
+fn spawn_coordinator(
+    log_dir: &Path,
+    pg_port: u16,
+    grpc_port: u16,
+    tpch_scale: f64,
+    data_dir: &Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("coordinator.log"))
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["coordinator", "--pg-port", &pg_port.to_string()])
+        .args(["--port", &grpc_port.to_string()])
+        .args(["--tpch", &tpch_scale.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start coordinator")
 }
 
 impl ProcessCluster {
@@ -41,16 +67,7 @@ impl ProcessCluster {
         let log = |name: &str| {
             std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log file")
         };
-        let coordinator = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["coordinator", "--pg-port", &pg_port.to_string()])
-            .args(["--port", &grpc_port.to_string()])
-            .args(["--tpch", &tpch_scale.to_string()])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .stdout(Stdio::null())
-            .stderr(log("coordinator"))
-            .spawn()
-            .expect("start coordinator");
+        let coordinator = spawn_coordinator(dir.path(), pg_port, grpc_port, tpch_scale, &data_dir);
         let mut executors = vec![];
         for i in 0..num_executors {
             executors.push(
@@ -61,6 +78,8 @@ impl ProcessCluster {
                         &format!("127.0.0.1:{grpc_port}"),
                     ])
                     .args(["--slots", "2"])
+                    .arg("--data-dir")
+                    .arg(&data_dir)
                     .arg("--work-dir")
                     .arg(dir.path().join(format!("executor-{i}")))
                     .stdout(Stdio::null())
@@ -72,10 +91,26 @@ impl ProcessCluster {
         Self {
             pg_port,
             grpc_port,
+            tpch_scale,
+            data_dir,
             dir,
             coordinator,
             executors,
         }
+    }
+
+    /// Kills the coordinator (SIGKILL: no chance to clean up) and starts a new one on the same
+    /// ports and data dir; the executors reconnect by themselves.
+    pub fn restart_coordinator(&mut self) {
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+        self.coordinator = spawn_coordinator(
+            self.dir.path(),
+            self.pg_port,
+            self.grpc_port,
+            self.tpch_scale,
+            &self.data_dir,
+        );
     }
 
     pub fn logs(&self) -> String {

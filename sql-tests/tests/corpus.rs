@@ -1,0 +1,421 @@
+//! DataFusion's own sqllogictest corpus (the `.slt` files shipped in the
+//! `datafusion-sqllogictest` crate) run against single-node DataFusion and against an Ember
+//! cluster with two executors, record by record.
+//!
+//! Every query or statement that passes on DataFusion must pass on Ember, unless
+//! `corpus-exceptions.txt` names it with a reason. The test prints passed/failed per file and in
+//! total. `EMBER_CORPUS_FILTER=substring` limits the files; `EMBER_CORPUS_VERBOSE=1` prints
+//! every unexpected failure in full.
+//!
+//! Both engines format results with DataFusion's own sqllogictest normalisation, so a
+//! difference is a difference in answers, not in printing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion_sqllogictest::{
+    DFColumnType, DataFusion, TestContext, convert_batches, convert_schema_to_types,
+    df_value_validator, value_normalizer,
+};
+use ember_config::ConfigBuilder;
+use ember_server::LocalCluster;
+use ember_server::engine::{ClientSession, QueryEngine, QueryOutput};
+use futures::TryStreamExt;
+use sqllogictest::{AsyncDB, DBOutput, Record, strict_column_validator};
+
+/// The Ember side of the comparison: statements go through the same engine the frontends use.
+struct EmberDb {
+    engine: Arc<QueryEngine>,
+    session: ClientSession,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("DataFusion error: {0}")]
+struct EmberDbError(String);
+
+#[async_trait::async_trait]
+impl AsyncDB for EmberDb {
+    type Error = EmberDbError;
+    type ColumnType = DFColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DFColumnType>, EmberDbError> {
+        let error = |e: ember_server::error::Error| EmberDbError(e.to_string());
+        let mut outputs = self
+            .engine
+            .execute_sql(&self.session, sql)
+            .await
+            .map_err(error)?;
+        let Some(output) = outputs.pop() else {
+            return Ok(DBOutput::StatementComplete(0));
+        };
+        match output {
+            QueryOutput::Rows(stream) => {
+                let schema = stream.schema();
+                let batches: Vec<RecordBatch> = stream
+                    .try_collect()
+                    .await
+                    .map_err(|e| error(ember_server::error::Error::DataFusion(e)))?;
+                let types = convert_schema_to_types(schema.fields());
+                let rows = convert_batches(&schema, batches, false)
+                    .map_err(|e| EmberDbError(e.to_string()))?;
+                if rows.is_empty() && types.is_empty() {
+                    Ok(DBOutput::StatementComplete(0))
+                } else {
+                    Ok(DBOutput::Rows { types, rows })
+                }
+            }
+            // DataFusion answers INSERT and COPY with the row count as a one-row result.
+            QueryOutput::Command(tag) => match written_rows(&tag) {
+                Some(count) => Ok(DBOutput::Rows {
+                    types: vec![DFColumnType::Integer],
+                    rows: vec![vec![count.to_string()]],
+                }),
+                None => Ok(DBOutput::StatementComplete(0)),
+            },
+        }
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "ember"
+    }
+
+    async fn sleep(dur: Duration) {
+        tokio::time::sleep(dur).await;
+    }
+}
+
+fn written_rows(tag: &str) -> Option<u64> {
+    let mut words = tag.split_whitespace();
+    match words.next()? {
+        "INSERT" => words.nth(1)?.parse().ok(),
+        "COPY" => words.next()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `file` or `file:line`, each with a reason, from `corpus-exceptions.txt`.
+struct Exceptions {
+    files: HashSet<String>,
+    records: HashSet<(String, u32)>,
+}
+
+impl Exceptions {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let mut exceptions = Exceptions {
+            files: HashSet::new(),
+            records: HashSet::new(),
+        };
+        for (n, line) in std::fs::read_to_string(path)?.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (what, reason) = line.split_once('|').ok_or_else(|| {
+                anyhow::anyhow!("line {}: expected `file[:line] | reason`", n + 1)
+            })?;
+            anyhow::ensure!(!reason.trim().is_empty(), "line {}: no reason given", n + 1);
+            match what.trim().rsplit_once(':') {
+                Some((file, record)) => {
+                    exceptions
+                        .records
+                        .insert((file.to_string(), record.trim().parse()?));
+                }
+                None => {
+                    exceptions.files.insert(what.trim().to_string());
+                }
+            }
+        }
+        Ok(exceptions)
+    }
+
+    fn covers(&self, file: &str, line: u32) -> bool {
+        self.files.contains(file) || self.records.contains(&(file.to_string(), line))
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    records: usize,
+    datafusion_passed: usize,
+    ember_passed: usize,
+    excepted: usize,
+    regressions: usize,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.records += other.records;
+        self.datafusion_passed += other.datafusion_passed;
+        self.ember_passed += other.ember_passed;
+        self.excepted += other.excepted;
+        self.regressions += other.regressions;
+    }
+}
+
+/// Copies the corpus (test files and their data) to `dir`, keeping its layout: the files refer
+/// to data by paths relative to the crate's root.
+fn copy_corpus(source: &Path, dir: &Path) -> anyhow::Result<()> {
+    for sub in ["test_files", "data"] {
+        let mut pending = vec![source.join(sub)];
+        while let Some(from) = pending.pop() {
+            let to = dir.join(from.strip_prefix(source)?);
+            std::fs::create_dir_all(&to)?;
+            for entry in std::fs::read_dir(&from)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The corpus shipped with the datafusion-sqllogictest crate in the cargo registry.
+fn corpus_source() -> anyhow::Result<PathBuf> {
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| anyhow::anyhow!("cannot find the cargo home"))?;
+    let registry = cargo_home.join("registry").join("src");
+    for index in std::fs::read_dir(&registry)? {
+        let candidate = index?.path().join("datafusion-sqllogictest-55.2.0");
+        if candidate.join("test_files").is_dir() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!(
+        "datafusion-sqllogictest 55.2.0 not found under {} (from {})",
+        registry.display(),
+        probe.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datafusion_corpus_passes_on_ember_as_on_datafusion() -> anyhow::Result<()> {
+    let source = corpus_source()?;
+    let work = tempfile::tempdir()?;
+    let root = std::fs::canonicalize(work.path())?.join("sqllogictest");
+    copy_corpus(&source, &root)?;
+    // The corpus resolves relative paths (data, scratch output) from the crate's root.
+    std::env::set_current_dir(&root)?;
+    let exceptions =
+        Exceptions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus-exceptions.txt"))?;
+    let filter = std::env::var("EMBER_CORPUS_FILTER").ok();
+    let verbose = std::env::var_os("EMBER_CORPUS_VERBOSE").is_some();
+
+    let data_dir = root.join("ember-data");
+    let mut builder = ConfigBuilder::new();
+    builder.set_str("coordinator.port", "0", "test")?;
+    builder.set_str("coordinator.pg_port", "0", "test")?;
+    builder.set_str(
+        "coordinator.data_dir",
+        &data_dir.display().to_string(),
+        "test",
+    )?;
+    builder.set_str(
+        "storage.allowed_paths",
+        &work.path().display().to_string(),
+        "test",
+    )?;
+    builder.set_str("executor.slots", "2", "test")?;
+    let config = builder.build()?;
+    let cluster = LocalCluster::start(&config).await?;
+    let engine = cluster.engine();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(cluster.run(async {
+        let _ = stop_rx.await;
+    }));
+    engine
+        .wait_for_executors(2, Duration::from_secs(30))
+        .await?;
+    let baseline = catalog_objects(&engine).await?;
+
+    let mut files: Vec<PathBuf> =
+        datafusion_sqllogictest::read_dir_recursive(root.join("test_files"))?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+            .filter(|p| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| p.to_string_lossy().contains(f.as_str()))
+            })
+            .collect();
+    files.sort();
+    let started = Instant::now();
+    let mut per_file = BTreeMap::new();
+    let mut total = Counts::default();
+    let mut regressions = vec![];
+    for path in &files {
+        let relative = path.strip_prefix(root.join("test_files"))?.to_path_buf();
+        let name = relative.display().to_string();
+        let Some(test_ctx) = TestContext::try_new_for_test_file(&relative).await else {
+            continue;
+        };
+        let records = match sqllogictest::parse_file::<DFColumnType>(path) {
+            Ok(records) => records,
+            Err(error) => {
+                println!("skip   {name}: cannot parse ({error})");
+                continue;
+            }
+        };
+        let mut df = sqllogictest::Runner::new(|| async {
+            Ok(DataFusion::new(
+                test_ctx.session_ctx().clone(),
+                relative.clone(),
+                indicatif::ProgressBar::hidden(),
+            ))
+        });
+        df.add_label("Datafusion");
+        df.with_column_validator(strict_column_validator);
+        df.with_normalizer(value_normalizer);
+        df.with_validator(df_value_validator);
+        let file_engine = Arc::clone(&engine);
+        let mut ember = sqllogictest::Runner::new(move || {
+            let engine = Arc::clone(&file_engine);
+            async move {
+                let session = engine.new_session();
+                Ok::<_, EmberDbError>(EmberDb { engine, session })
+            }
+        });
+        ember.add_label("Datafusion");
+        ember.with_column_validator(strict_column_validator);
+        ember.with_normalizer(value_normalizer);
+        ember.with_validator(df_value_validator);
+
+        let mut counts = Counts::default();
+        let file_started = Instant::now();
+        for record in records {
+            if let Record::Halt { .. } = record {
+                break;
+            }
+            let line = match &record {
+                Record::Statement { loc, .. } | Record::Query { loc, .. } => Some(loc.line()),
+                _ => None,
+            };
+            let df_result = bounded(df.run_async(record.clone())).await;
+            let ember_result = bounded(ember.run_async(record)).await;
+            let Some(line) = line else { continue };
+            counts.records += 1;
+            counts.datafusion_passed += df_result.is_ok() as usize;
+            counts.ember_passed += ember_result.is_ok() as usize;
+            if let (Ok(()), Err(error)) = (&df_result, &ember_result) {
+                if exceptions.covers(&name, line) {
+                    counts.excepted += 1;
+                } else {
+                    counts.regressions += 1;
+                    regressions.push(format!("{name}:{line}"));
+                    if verbose {
+                        println!("--- {name}:{line}\n{error}");
+                    }
+                }
+            }
+        }
+        drop_created_objects(&engine, &baseline).await?;
+        println!(
+            "{:6} {name}: {} records, DataFusion passed {}, Ember passed {}, excepted {}, regressions {} ({:.1}s)",
+            if counts.regressions == 0 {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            counts.records,
+            counts.datafusion_passed,
+            counts.ember_passed,
+            counts.excepted,
+            counts.regressions,
+            file_started.elapsed().as_secs_f64(),
+        );
+        total += counts;
+        per_file.insert(name, counts);
+    }
+    let _ = stop_tx.send(());
+    running.await??;
+    println!(
+        "corpus: {} files, {} records; DataFusion passed {}, Ember passed {}; {} failures excepted; {} regressions ({:.0}s)",
+        per_file.len(),
+        total.records,
+        total.datafusion_passed,
+        total.ember_passed,
+        total.excepted,
+        total.regressions,
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        regressions.is_empty(),
+        "{} records pass on DataFusion but fail on Ember and are not in corpus-exceptions.txt:\n{}",
+        regressions.len(),
+        regressions.join("\n")
+    );
+    Ok(())
+}
+
+/// A record that hangs counts as failed instead of stopping the run.
+async fn bounded<E: std::fmt::Display>(
+    run: impl std::future::Future<Output = Result<sqllogictest::RecordOutput<DFColumnType>, E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(60), run).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out after 60s".into()),
+    }
+}
+
+/// Schemas, tables and views that exist, so that what a file creates can be dropped after it.
+async fn catalog_objects(
+    engine: &QueryEngine,
+) -> anyhow::Result<HashSet<(String, String, String)>> {
+    let session = engine.new_session();
+    let mut outputs = engine
+        .execute_sql(
+            &session,
+            "select table_schema, table_name, table_type from information_schema.tables \
+             union all select schema_name, '', 'SCHEMA' from information_schema.schemata",
+        )
+        .await?;
+    let Some(QueryOutput::Rows(stream)) = outputs.pop() else {
+        anyhow::bail!("information_schema returned no rows");
+    };
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    let mut objects = HashSet::new();
+    for batch in batches {
+        let schema = batch.schema();
+        for row in convert_batches(&schema, vec![batch], false)? {
+            objects.insert((row[0].clone(), row[1].clone(), row[2].clone()));
+        }
+    }
+    Ok(objects)
+}
+
+async fn drop_created_objects(
+    engine: &QueryEngine,
+    baseline: &HashSet<(String, String, String)>,
+) -> anyhow::Result<()> {
+    let session = engine.new_session();
+    let now = catalog_objects(engine).await?;
+    let mut created: Vec<_> = now.difference(baseline).cloned().collect();
+    // Views first, schemas last.
+    created.sort_by_key(|(_, _, kind)| match kind.as_str() {
+        "VIEW" => 0,
+        "SCHEMA" => 2,
+        _ => 1,
+    });
+    for (schema, name, kind) in created {
+        let sql = match kind.as_str() {
+            "VIEW" => format!("drop view if exists \"{schema}\".\"{name}\""),
+            "SCHEMA" => format!("drop schema if exists \"{schema}\" cascade"),
+            _ => format!("drop table if exists \"{schema}\".\"{name}\""),
+        };
+        // Objects DataFusion created but Ember does not own (other catalogs) may refuse.
+        let _ = engine.execute_sql(&session, &sql).await;
+    }
+    Ok(())
+}
