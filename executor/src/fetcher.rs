@@ -1,12 +1,13 @@
 //! Fetching shuffle blocks from peer executors through Arrow Flight.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
@@ -102,10 +103,33 @@ impl FlightShuffleFetcher {
             .do_get(encode_ticket(&block, live))
             .await
             .map_err(|status| failed(status.message().to_string()))?;
+        let expected = Arc::clone(&schema);
         let stream = FlightRecordBatchStream::new_from_flight_data(
             response.into_inner().map_err(FlightError::from),
         )
-        .map_err(move |e| failed(e.to_string()));
+        .map_err(move |e| failed(e.to_string()))
+        .and_then(move |batch| futures::future::ready(conform(batch, &expected)));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// Flight sends dictionary columns as plain values; the plan on this side expects the types it
+/// planned with, so such columns are cast back.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                Ok(datafusion::arrow::compute::cast(column, field.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }

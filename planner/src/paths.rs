@@ -2,7 +2,7 @@
 //! The coordinator checks locations when statements name them; executors check again every file
 //! a fragment scans or writes.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -46,9 +46,6 @@ impl AllowedPaths {
     }
 
     fn check_path(&self, path: &Path, shown: &str) -> Result<()> {
-        if path.components().any(|c| c == Component::ParentDir) {
-            return Err(denied(format!("location {shown:?} may not contain `..`")));
-        }
         // Globs match below their fixed prefix.
         let fixed: PathBuf = path
             .components()
@@ -65,7 +62,9 @@ impl AllowedPaths {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?
                 .join(fixed)
         };
-        let resolved = resolve_existing_prefix(&absolute);
+        // Symbolic links and `..` are resolved before the check: `..` that stays inside a
+        // root is fine, one that escapes is refused like any other outside location.
+        let resolved = resolve(&absolute);
         if self.roots.iter().any(|root| resolved.starts_with(root)) {
             return Ok(());
         }
@@ -107,13 +106,14 @@ impl AllowedPaths {
     }
 }
 
-/// Follows symbolic links in the longest prefix of `path` that exists.
-fn resolve_existing_prefix(path: &Path) -> PathBuf {
+/// The path `path` names: symbolic links followed in the longest prefix that exists, `.` and
+/// `..` applied to the rest.
+fn resolve(path: &Path) -> PathBuf {
     let mut existing = path.to_path_buf();
     let mut rest = vec![];
-    loop {
+    let mut base = loop {
         if let Ok(resolved) = std::fs::canonicalize(&existing) {
-            return rest.into_iter().rev().fold(resolved, |p, c| p.join(c));
+            break resolved;
         }
         match (
             existing.file_name().map(|n| n.to_os_string()),
@@ -123,9 +123,31 @@ fn resolve_existing_prefix(path: &Path) -> PathBuf {
                 rest.push(name);
                 existing = parent.to_path_buf();
             }
-            _ => return path.to_path_buf(),
+            // `..` as the last component has no file name: apply it lexically below.
+            _ => match existing.parent() {
+                Some(parent) if existing.ends_with("..") || existing.ends_with(".") => {
+                    rest.push(
+                        existing
+                            .components()
+                            .next_back()
+                            .map_or_else(Default::default, |c| c.as_os_str().to_os_string()),
+                    );
+                    existing = parent.to_path_buf();
+                }
+                _ => break PathBuf::from("/"),
+            },
+        }
+    };
+    for component in rest.into_iter().rev() {
+        match component.to_str() {
+            Some("..") => {
+                base.pop();
+            }
+            Some(".") => {}
+            _ => base.push(component),
         }
     }
+    base
 }
 
 fn denied(message: String) -> DataFusionError {
@@ -154,9 +176,18 @@ mod tests {
             let err = allowed.check_location(bad).unwrap_err().to_string();
             assert!(err.contains("outside the allowed paths"), "{bad}: {err}");
         }
-        let escape = format!("{}/../../etc", root.display());
-        let err = allowed.check_location(&escape).unwrap_err().to_string();
-        assert!(err.contains("`..`"), "{err}");
+        for escape in [
+            format!("{}/../../etc", root.display()),
+            format!("{}/new/../../x.csv", root.display()),
+            format!("{}/..", root.display()),
+        ] {
+            let err = allowed.check_location(&escape).unwrap_err().to_string();
+            assert!(err.contains("outside"), "{escape}: {err}");
+        }
+        // `..` that stays inside the root is just a path.
+        allowed
+            .check_location(&format!("{}/a/../b/c.csv", root.display()))
+            .unwrap();
         // A symbolic link inside the root that points outside it is followed.
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         let err = allowed

@@ -155,9 +155,7 @@ impl QueryEngine {
                     return if cmd.if_not_exists {
                         Ok(QueryOutput::Command("CREATE SCHEMA".into()))
                     } else {
-                        Err(Error::AlreadyExists(format!(
-                            "schema {name} already exists"
-                        )))
+                        Err(Error::execution(format!("Schema '{name}' already exists")))
                     };
                 }
                 let catalog = self.base_catalog();
@@ -270,10 +268,9 @@ impl QueryEngine {
             return if if_exists {
                 Ok(QueryOutput::Command(tag.into()))
             } else {
-                let what = if tag == "DROP VIEW" { "view" } else { "table" };
-                Err(Error::UndefinedTable(format!(
-                    "{what} {target} does not exist"
-                )))
+                // DataFusion's wording, with Postgres's SQLSTATE.
+                let what = if tag == "DROP VIEW" { "View" } else { "Table" };
+                Err(Error::execution(format!("{what} '{name}' doesn't exist.")))
             };
         }
         self.check_writable_schema(&target.schema).await?;

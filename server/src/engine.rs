@@ -19,7 +19,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use ember_executor::fetcher::FlightShuffleFetcher;
 use ember_planner::ids::QueryId;
 use ember_planner::paths::AllowedPaths;
@@ -109,16 +109,21 @@ impl QueryEngine {
         }
     }
 
-    /// Splits `sql` into statements (Postgres dialect). `EXPLAIN DISTRIBUTED` is Ember's own
-    /// and only stands alone.
-    pub fn parse(&self, sql: &str) -> Result<Vec<ParsedStatement>> {
+    /// Splits `sql` into statements, in the session's SQL dialect
+    /// (`datafusion.sql_parser.dialect`, DataFusion's generic one unless set). `EXPLAIN
+    /// DISTRIBUTED` is Ember's own and only stands alone.
+    pub fn parse(&self, session: &ClientSession, sql: &str) -> Result<Vec<ParsedStatement>> {
         let (sql, explain_distributed) = match strip_explain_distributed(sql) {
             Some(inner) => (inner, true),
             None => (sql.to_string(), false),
         };
-        let dialect = PostgreSqlDialect {};
+        let options = session.ctx.state().config_options().sql_parser.clone();
+        let dialect = dialect_from_str(options.dialect).ok_or_else(|| {
+            Error::NotSupported(format!("unknown SQL dialect {}", options.dialect))
+        })?;
         let mut parser = DFParserBuilder::new(sql.as_str())
-            .with_dialect(&dialect)
+            .with_dialect(dialect.as_ref())
+            .with_recursion_limit(options.recursion_limit.get())
             .build()?;
         let statements: Vec<DFStatement> = parser.parse_statements()?.into_iter().collect();
         if explain_distributed && statements.len() != 1 {
@@ -142,7 +147,7 @@ impl QueryEngine {
         sql: &str,
     ) -> Result<Vec<QueryOutput>> {
         let mut outputs = vec![];
-        for statement in self.parse(sql)? {
+        for statement in self.parse(session, sql)? {
             outputs.push(self.execute(session, statement).await?);
         }
         Ok(outputs)
@@ -351,10 +356,13 @@ fn scans_files(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     })?)
 }
 
-/// Recursive queries loop their own output back through a work table shared in memory, which
-/// neither stages nor the task encoding can carry.
+/// Plans whose operators cannot travel to executors: recursive queries (they loop their output
+/// back through a work table shared in memory) and operators the task encoding does not know.
 fn runs_on_coordinator(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
-    Ok(plan.exists(|node| Ok(node.name() == "RecursiveQueryExec"))?)
+    if plan.exists(|node| Ok(node.name() == "RecursiveQueryExec"))? {
+        return Ok(true);
+    }
+    Ok(ember_planner::codec::encode_plan(Arc::clone(plan)).is_err())
 }
 
 fn collect_explain(batches: Vec<RecordBatch>) -> Vec<(String, String)> {

@@ -42,8 +42,6 @@ pub enum Error {
     #[error("{0}")]
     UndefinedObject(String),
     #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
     DependentObjects(String),
 }
 
@@ -58,6 +56,11 @@ pub enum TaskErrorKind {
 }
 
 impl Error {
+    /// An error worded as DataFusion words it (its SQLSTATE then follows from the message).
+    pub(crate) fn execution(message: String) -> Self {
+        Error::DataFusion(DataFusionError::Execution(message))
+    }
+
     /// The Postgres SQLSTATE that best describes this error.
     pub fn sqlstate(&self) -> &'static str {
         match self {
@@ -78,7 +81,6 @@ impl Error {
             Error::PermissionDenied(_) => "42501",
             Error::UndefinedTable(_) => "42P01",
             Error::UndefinedObject(_) => "42704",
-            Error::AlreadyExists(_) => "42P07",
             Error::DependentObjects(_) => "2BP01",
             Error::Config(_) => "F0000",
             Error::Io(_) => "58030",

@@ -73,11 +73,12 @@ impl ClientSession {
                 .default_schema = schema;
             return Some(QueryOutput::Command("SET".into()));
         }
-        if name.starts_with("datafusion.") {
+        if name.starts_with("datafusion.") || name == "timezone" {
             if let Ok(mut vars) = self.variables.lock() {
                 vars.insert(name, value);
             }
-            return None; // DataFusion applies and validates it
+            // DataFusion applies and validates it (`timezone` is its execution.time_zone).
+            return None;
         }
         if let Ok(mut vars) = self.variables.lock() {
             vars.insert(name, value.trim_matches('\'').to_string());
@@ -93,6 +94,11 @@ impl ClientSession {
         }
         let value = if name == "search_path" {
             self.current_schema()
+        } else if name == "timezone" {
+            let state = self.ctx.state();
+            let zone = state.config_options().execution.time_zone.clone();
+            zone.filter(|z| !z.is_empty())
+                .unwrap_or_else(|| "UTC".into())
         } else {
             let known = self.variables.lock().ok()?.get(name).cloned();
             known.or_else(|| default_variable(name).map(str::to_string))?

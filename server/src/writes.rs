@@ -142,7 +142,10 @@ impl QueryEngine {
                 return Ok(QueryOutput::Command("CREATE TABLE".into()));
             }
             if !cmd.or_replace {
-                return Err(Error::AlreadyExists(format!("table {name} already exists")));
+                return Err(Error::execution(format!(
+                    "Table '{}' already exists",
+                    cmd.name
+                )));
             }
         }
         let dir = self.catalog.warehouse().join(&name.schema).join(format!(

@@ -4,7 +4,7 @@
 //! Either side may arrive first; the first to ask creates the channel. Back-pressure reaches the
 //! task: it pauses when the client reads slowly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
@@ -26,11 +26,21 @@ struct Entry {
     rx: Option<LiveReceiver>,
 }
 
+/// Released queries remembered, so that a task launched just before its query was released
+/// cannot open a channel nobody will ever read.
+const RELEASED_REMEMBERED: usize = 1024;
+
 /// The executor's live blocks, keyed by block.
 #[derive(Debug, Default)]
 pub struct LiveBlocks {
     // A std Mutex: held only to insert or take a channel end.
-    entries: Mutex<HashMap<ShuffleBlock, Entry>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    open: HashMap<ShuffleBlock, Entry>,
+    released: VecDeque<QueryId>,
 }
 
 impl LiveBlocks {
@@ -46,6 +56,10 @@ impl LiveBlocks {
 
     fn take<T>(&self, block: &ShuffleBlock, f: impl FnOnce(&mut Entry) -> Option<T>) -> Option<T> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.released.contains(&block.query_id) {
+            return None;
+        }
+        let entries = &mut entries.open;
         let entry = entries.entry(block.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(LIVE_CAPACITY);
             Entry {
@@ -60,10 +74,15 @@ impl LiveBlocks {
         taken
     }
 
-    /// Drops every channel end of a query nobody took; a task still writing then fails.
+    /// Drops every channel end of a query nobody took; a task still writing then fails, and
+    /// so does one that asks for a channel of this query later.
     pub fn release_query(&self, query_id: &QueryId) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|block, _| &block.query_id != query_id);
+        entries.open.retain(|block, _| &block.query_id != query_id);
+        if entries.released.len() == RELEASED_REMEMBERED {
+            entries.released.pop_front();
+        }
+        entries.released.push_back(query_id.clone());
     }
 }
 
@@ -107,5 +126,8 @@ mod tests {
         let tx = live.sender(&block("a")).unwrap();
         live.release_query(&QueryId::parse("a").unwrap());
         assert!(tx.is_closed());
+        // A task of the released query that starts late gets no channel to block on.
+        assert!(live.sender(&block("a")).is_none());
+        assert!(live.sender(&block("b")).is_some());
     }
 }

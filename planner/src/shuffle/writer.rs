@@ -230,7 +230,10 @@ impl ExecutionPlan for ShuffleWriterExec {
         let input = self.input.execute(partition, context)?;
         if self.live {
             let tx = env.live.sender(&output.block).ok_or_else(|| {
-                DataFusionError::Internal(format!("live block {:?} is taken", output.block))
+                DataFusionError::Execution(format!(
+                    "live block {:?} is taken or its query was released",
+                    output.block
+                ))
             })?;
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
                 map_output_schema(),
@@ -260,6 +263,7 @@ async fn stream_live(
             Ok(Some(batch)) => {
                 rows += batch.num_rows() as u64;
                 bytes += batch.get_array_memory_size() as u64;
+                let batch = compact_views(batch)?;
                 if tx.send(Ok(batch)).await.is_err() {
                     return Err(DataFusionError::Execution(
                         "the reader of the query result went away".into(),
@@ -286,26 +290,31 @@ async fn stream_live(
 
 /// String and binary views of a sliced or filtered batch still point into the whole original data
 /// buffers, which IPC would write out in full for every piece; copy out just the referenced bytes.
-fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
-    let has_views = batch
-        .schema()
-        .fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView));
-    if !has_views {
+///
+/// Nested columns (lists, maps, structs of them) of a sliced batch are copied too: their offsets
+/// then start at zero, which is how IPC readers on the other side check them.
+pub(crate) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    let needs_copy = batch.schema().fields().iter().any(|f| {
+        matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView)
+            || f.data_type().is_nested()
+    });
+    if !needs_copy {
         return Ok(batch);
     }
     let columns = batch
         .columns()
         .iter()
-        .map(|column| -> ArrayRef {
-            match column.data_type() {
+        .map(|column| -> Result<ArrayRef> {
+            Ok(match column.data_type() {
                 DataType::Utf8View => Arc::new(column.as_string_view().gc()),
                 DataType::BinaryView => Arc::new(column.as_binary_view().gc()),
+                nested if nested.is_nested() => {
+                    datafusion::arrow::compute::concat(&[column.as_ref()])?
+                }
                 _ => Arc::clone(column),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 

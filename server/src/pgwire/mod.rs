@@ -108,7 +108,7 @@ impl SimpleQueryHandler for PgHandler {
         let session = client
             .session_extensions()
             .get_or_insert_with(|| engine.new_session());
-        let statements = match self.engine.parse(query) {
+        let statements = match self.engine.parse(&session, query) {
             Ok(statements) => statements,
             Err(error) => return Ok(vec![error_response(&error)]),
         };
@@ -165,7 +165,7 @@ fn user_error(error: &Error) -> PgWireError {
 
 impl Error {
     /// Recovers an Ember error that travelled inside a DataFusion stream.
-    pub(crate) fn from_datafusion(error: DataFusionError) -> Error {
+    pub fn from_datafusion(error: DataFusionError) -> Error {
         match error {
             DataFusionError::External(inner) => match inner.downcast::<Error>() {
                 Ok(error) => *error,
