@@ -15,5 +15,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# A local S3-compatible server (moto) for the object storage tests, in a venv of its own.
+venv=target/test-venv
+if [ ! -x "$venv/bin/moto_server" ]; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq python3-venv; else sudo apt-get install -y -qq python3-venv; fi
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q 'moto[server]'
+fi
+export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+
 # One build job per core; the test binaries then run one at a time (each starts clusters).
 timeout 5000 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -61,6 +61,11 @@ pub struct CacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub allowed_paths: Vec<PathBuf>,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    pub s3_allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,7 @@ use ember_planner::cache::CacheLimits;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{LiveBlocks, local_host_key, query_dir};
+use ember_planner::storage::{EmberObjectStores, S3Options};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,6 +49,8 @@ pub struct ExecutorOptions {
     pub allowed_paths: Vec<PathBuf>,
     /// Sizes of the parquet metadata cache (the other caches serve planning).
     pub cache: CacheLimits,
+    /// How to reach `s3://` locations.
+    pub s3: S3Options,
 }
 
 /// One executor. `run` serves until `shutdown` completes.
@@ -100,7 +103,8 @@ impl Executor {
 
         let mut runtime = RuntimeEnvBuilder::new()
             .with_temp_file_path(&tmp_dir)
-            .with_cache_manager(options.cache.cache_config());
+            .with_cache_manager(options.cache.cache_config())
+            .with_object_store_registry(Arc::new(EmberObjectStores::new(options.s3.clone())));
         if options.memory > 0 {
             runtime = runtime.with_memory_limit(options.memory as usize, 1.0);
         }

@@ -22,6 +22,7 @@ pub mod paths;
 pub mod session;
 pub mod shuffle;
 pub mod stage;
+pub mod storage;
 pub mod subquery;
 pub mod task;
 pub mod tpch;

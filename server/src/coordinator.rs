@@ -13,6 +13,7 @@ use ember_executor::fetcher::FlightShuffleFetcher;
 use ember_executor::proto::cluster_service_server::ClusterServiceServer;
 use ember_planner::paths::AllowedPaths;
 use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
+use ember_planner::storage::EmberObjectStores;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -46,6 +47,9 @@ impl Coordinator {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let runtime = RuntimeEnvBuilder::new()
             .with_cache_manager(crate::local::cache_limits(config).cache_config())
+            .with_object_store_registry(Arc::new(EmberObjectStores::new(crate::local::s3_options(
+                config,
+            ))))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(distributed_config(cores), runtime);
         let (scheduler, handle) = Scheduler::new(SchedulerConfig {

@@ -103,6 +103,19 @@ pub fn executor_options(
         max_message_size: config.coordinator.max_message_size,
         allowed_paths: config.allowed_paths(),
         cache: cache_limits(config),
+        s3: s3_options(config),
+    }
+}
+
+/// The S3 settings of the config.
+pub fn s3_options(config: &EmberConfig) -> ember_planner::storage::S3Options {
+    let storage = &config.storage;
+    ember_planner::storage::S3Options {
+        endpoint: storage.s3_endpoint.clone(),
+        region: storage.s3_region.clone(),
+        access_key_id: storage.s3_access_key_id.clone(),
+        secret_access_key: storage.s3_secret_access_key.clone(),
+        allow_http: storage.s3_allow_http,
     }
 }
 

@@ -27,6 +27,7 @@ pub struct ProcessCluster {
     pub grpc_port: u16,
     pub tpch_scale: f64,
     pub data_dir: PathBuf,
+    pub env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
     pub coordinator: Child,
     pub executors: Vec<Child>,
@@ -38,6 +39,7 @@ fn spawn_coordinator(
     grpc_port: u16,
     tpch_scale: f64,
     data_dir: &Path,
+    env: &[(String, String)],
 ) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -50,6 +52,7 @@ fn spawn_coordinator(
         .args(["--tpch", &tpch_scale.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -58,6 +61,17 @@ fn spawn_coordinator(
 
 impl ProcessCluster {
     pub fn start(num_executors: usize, tpch_scale: f64, tpch_dir: &Path) -> Self {
+        Self::start_with_env(num_executors, tpch_scale, tpch_dir, &[])
+    }
+
+    /// Like `start`, with extra environment variables (settings as `EMBER_<SECTION>_<KEY>`)
+    /// for every process.
+    pub fn start_with_env(
+        num_executors: usize,
+        tpch_scale: f64,
+        tpch_dir: &Path,
+        env: &[(String, String)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg_port = free_port();
         let grpc_port = free_port();
@@ -67,7 +81,8 @@ impl ProcessCluster {
         let log = |name: &str| {
             std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log file")
         };
-        let coordinator = spawn_coordinator(dir.path(), pg_port, grpc_port, tpch_scale, &data_dir);
+        let coordinator =
+            spawn_coordinator(dir.path(), pg_port, grpc_port, tpch_scale, &data_dir, env);
         let mut executors = vec![];
         for i in 0..num_executors {
             executors.push(
@@ -82,6 +97,7 @@ impl ProcessCluster {
                     .arg(&data_dir)
                     .arg("--work-dir")
                     .arg(dir.path().join(format!("executor-{i}")))
+                    .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdout(Stdio::null())
                     .stderr(log(&format!("executor-{i}")))
                     .spawn()
@@ -93,6 +109,7 @@ impl ProcessCluster {
             grpc_port,
             tpch_scale,
             data_dir,
+            env: env.to_vec(),
             dir,
             coordinator,
             executors,
@@ -110,6 +127,7 @@ impl ProcessCluster {
             self.grpc_port,
             self.tpch_scale,
             &self.data_dir,
+            &self.env,
         );
     }
 
