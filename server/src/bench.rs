@@ -30,15 +30,29 @@ pub enum BenchCommand {
         #[arg(long)]
         queries: Option<String>,
     },
+    /// Metadata caches: the same short queries on a cluster with the configured caches and on
+    /// one with every cache turned off, in one run on the same files.
+    Cache {
+        #[arg(long, default_value = "1")]
+        scale: f64,
+        /// Runs per query and cluster; the mean of all but the first counts.
+        #[arg(long, default_value = "20")]
+        iterations: usize,
+    },
 }
 
 pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
-    let BenchCommand::Tpch {
-        scale,
-        iterations,
-        executors,
-        queries,
-    } = bench;
+    let (scale, iterations, executors, queries) = match bench {
+        BenchCommand::Tpch {
+            scale,
+            iterations,
+            executors,
+            queries,
+        } => (scale, iterations, executors, queries),
+        BenchCommand::Cache { scale, iterations } => {
+            return cache(scale, iterations, config_file).await;
+        }
+    };
     let queries: Vec<usize> = match queries {
         Some(list) => list
             .split(',')
@@ -141,6 +155,91 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     );
     let _ = stop_tx.send(true);
     running.await??;
+    Ok(())
+}
+
+/// Queries whose time is mostly planning and opening files: listing, footers, statistics.
+const CACHE_QUERIES: [(&str, &str); 4] = [
+    (
+        "point lookup",
+        "select l_quantity from lineitem where l_orderkey = 4242",
+    ),
+    ("count", "select count(*) from orders"),
+    (
+        "min/max",
+        "select min(l_shipdate), max(l_commitdate) from lineitem",
+    ),
+    (
+        "tpch q6",
+        "select sum(l_extendedprice * l_discount) from lineitem where l_shipdate >= date '1994-01-01' and l_shipdate < date '1995-01-01' and l_discount between 0.05 and 0.07 and l_quantity < 24",
+    ),
+];
+
+async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
+    let scale_flag = scale.to_string();
+    let zero = "0".to_string();
+    let mut times: Vec<Vec<Duration>> = vec![];
+    for cached in [true, false] {
+        let mut flags = vec![
+            ("tpch.scale", Some(&scale_flag)),
+            ("coordinator.port", Some(&zero)),
+            ("coordinator.pg_port", Some(&zero)),
+        ];
+        if !cached {
+            flags.extend([
+                ("cache.metadata_bytes", Some(&zero)),
+                ("cache.listing_bytes", Some(&zero)),
+                ("cache.statistics_bytes", Some(&zero)),
+            ]);
+        }
+        let config = crate::cli::load_config(config_file, &flags)?;
+        let cluster = LocalCluster::start(&config).await?;
+        let engine = cluster.engine();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let running = tokio::spawn(cluster.run(stopped(stop_rx)));
+        engine
+            .wait_for_executors(config.local.executors, Duration::from_secs(30))
+            .await?;
+        let session = engine.new_session();
+        engine
+            .execute_sql(&session, "SET search_path = tpch")
+            .await?;
+        let mut per_query = vec![];
+        for (_, sql) in CACHE_QUERIES {
+            let mut total = Duration::ZERO;
+            for i in 0..iterations.max(2) {
+                let start = Instant::now();
+                for output in engine.execute_sql(&session, sql).await? {
+                    if let QueryOutput::Rows(stream) = output {
+                        let _: Vec<_> = stream.try_collect().await?;
+                    }
+                }
+                // The first run fills the caches; the rest show what they save.
+                if i > 0 {
+                    total += start.elapsed();
+                }
+            }
+            per_query.push(total / (iterations.max(2) - 1) as u32);
+        }
+        times.push(per_query);
+        let _ = stop_tx.send(true);
+        running.await??;
+    }
+    println!(
+        "TPC-H SF{scale}, mean of {} warm runs",
+        iterations.max(2) - 1
+    );
+    println!(
+        "{:>14} {:>12} {:>12} {:>8}",
+        "query", "cached_ms", "uncached_ms", "speedup"
+    );
+    for (i, (name, _)) in CACHE_QUERIES.iter().enumerate() {
+        let (cached, uncached) = (ms(times[0][i]), ms(times[1][i]));
+        println!(
+            "{name:>14} {cached:>12.2} {uncached:>12.2} {:>8.2}",
+            uncached / cached
+        );
+    }
     Ok(())
 }
 

@@ -200,11 +200,15 @@ impl QueryEngine {
                 .update(
                     |file| {
                         let key = (name.schema.as_str(), name.name.as_str());
-                        let old = file
-                            .objects
-                            .iter()
-                            .position(|o| o.key() == key)
-                            .map(|i| file.objects.remove(i));
+                        let position = file.objects.iter().position(|o| o.key() == key);
+                        // Another session may have created the table while this one wrote.
+                        if position.is_some() && !cmd.or_replace {
+                            return Err(Error::execution(format!(
+                                "Table '{}' already exists",
+                                cmd.name
+                            )));
+                        }
+                        let old = position.map(|i| file.objects.remove(i));
                         file.objects.push(CatalogObject::Table(entry.clone()));
                         Ok(old)
                     },
