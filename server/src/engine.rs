@@ -109,6 +109,21 @@ impl QueryEngine {
         }
     }
 
+    /// A session for a Postgres client: statements parse in the PostgreSQL dialect unless the
+    /// client sets `datafusion.sql_parser.dialect`.
+    pub fn new_postgres_session(&self) -> ClientSession {
+        let session = self.new_session();
+        session
+            .ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .sql_parser
+            .dialect = datafusion::config::Dialect::PostgreSQL;
+        session
+    }
+
     /// Splits `sql` into statements, in the session's SQL dialect
     /// (`datafusion.sql_parser.dialect`, DataFusion's generic one unless set). `EXPLAIN
     /// DISTRIBUTED` is Ember's own and only stands alone.

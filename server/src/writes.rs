@@ -285,15 +285,18 @@ impl QueryEngine {
         let staged = Staged::from_batches(&batches);
         let staging_prefix = guard.url.prefix().clone();
         let mut moved = vec![];
+        // Committed names sort in commit order, then task order: listings sort by name, so
+        // scans read rows in the order they were written.
+        let commit = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
         let result = async {
             for file in &staged.files {
                 let from = child(&staging_prefix, file)?;
                 let relative = match &single_file {
                     Some(_) => String::new(),
-                    None => file
-                        .split_once('/')
-                        .map(|(_, rest)| rest.to_string())
-                        .unwrap_or_default(),
+                    None => committed_name(file, commit),
                 };
                 let to = match &single_file {
                     Some(_) => sink_target(sink)?.prefix().clone(),
@@ -441,6 +444,25 @@ impl WriteResult for (u64, Vec<ManagedFile>) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_names_sort_by_commit_then_task() {
+        assert_eq!(
+            committed_name("task-3-00ab/x_0.parquet", 42),
+            "00000000000000000042-00003-x_0.parquet"
+        );
+        assert_eq!(
+            committed_name("task-12-ff/k=1/y.csv", 7),
+            "k=1/00000000000000000007-00012-y.csv"
+        );
+        assert!(committed_name("task-2-a/z", 9) < committed_name("task-10-a/a", 9));
+        assert!(committed_name("task-9-a/z", 9) < committed_name("task-0-a/a", 10));
+    }
+}
+
 impl Staged {
     fn from_batches(batches: &[RecordBatch]) -> Self {
         let mut staged = Staged {
@@ -461,6 +483,21 @@ impl Staged {
         }
         staged
     }
+}
+
+/// `task-<p>-<rand>/[dirs/]name` → `[dirs/]<commit>-<p>-name`.
+fn committed_name(staged: &str, commit: u128) -> String {
+    let (task_dir, rest) = staged.split_once('/').unwrap_or(("", staged));
+    let task: u64 = task_dir
+        .strip_prefix("task-")
+        .and_then(|t| t.split('-').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_default();
+    let (dirs, name) = match rest.rsplit_once('/') {
+        Some((dirs, name)) => (format!("{dirs}/"), name),
+        None => (String::new(), rest),
+    };
+    format!("{dirs}{commit:020}-{task:05}-{name}")
 }
 
 /// The URL of the sink's target as DataFusion planned it.

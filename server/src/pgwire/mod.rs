@@ -107,7 +107,7 @@ impl SimpleQueryHandler for PgHandler {
         let engine = Arc::clone(&self.engine);
         let session = client
             .session_extensions()
-            .get_or_insert_with(|| engine.new_session());
+            .get_or_insert_with(|| engine.new_postgres_session());
         let statements = match self.engine.parse(&session, query) {
             Ok(statements) => statements,
             Err(error) => return Ok(vec![error_response(&error)]),
