@@ -444,25 +444,6 @@ impl WriteResult for (u64, Vec<ManagedFile>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn committed_names_sort_by_commit_then_task() {
-        assert_eq!(
-            committed_name("task-3-00ab/x_0.parquet", 42),
-            "00000000000000000042-00003-x_0.parquet"
-        );
-        assert_eq!(
-            committed_name("task-12-ff/k=1/y.csv", 7),
-            "k=1/00000000000000000007-00012-y.csv"
-        );
-        assert!(committed_name("task-2-a/z", 9) < committed_name("task-10-a/a", 9));
-        assert!(committed_name("task-9-a/z", 9) < committed_name("task-0-a/a", 10));
-    }
-}
-
 impl Staged {
     fn from_batches(batches: &[RecordBatch]) -> Self {
         let mut staged = Staged {
@@ -594,5 +575,24 @@ impl Drop for StagingGuard {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(remove);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_names_sort_by_commit_then_task() {
+        assert_eq!(
+            committed_name("task-3-00ab/x_0.parquet", 42),
+            "00000000000000000042-00003-x_0.parquet"
+        );
+        assert_eq!(
+            committed_name("task-12-ff/k=1/y.csv", 7),
+            "k=1/00000000000000000007-00012-y.csv"
+        );
+        assert!(committed_name("task-2-a/z", 9) < committed_name("task-10-a/a", 9));
+        assert!(committed_name("task-9-a/z", 9) < committed_name("task-0-a/a", 10));
     }
 }
