@@ -198,7 +198,8 @@ fn rebuild_sink(sink: &dyn DataSink, config: FileSinkConfig) -> Result<Arc<dyn D
     })
 }
 
-fn file_sink(sink: &dyn DataSink) -> Option<&dyn FileSink> {
+/// The file sink (parquet, csv, json) behind a DataFusion sink, if it is one.
+pub fn file_sink(sink: &dyn DataSink) -> Option<&dyn FileSink> {
     if let Some(sink) = sink.downcast_ref::<ParquetSink>() {
         return Some(sink);
     }

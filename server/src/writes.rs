@@ -483,27 +483,11 @@ fn committed_name(staged: &str, commit: u128) -> String {
 
 /// The URL of the sink's target as DataFusion planned it.
 fn sink_target(sink: &DataSinkExec) -> Result<ListingTableUrl> {
-    use datafusion::datasource::physical_plan::FileSink;
-    let config = if let Some(s) =
-        sink.sink()
-            .downcast_ref::<datafusion::datasource::file_format::parquet::ParquetSink>()
-    {
-        s.config()
-    } else if let Some(s) = sink
-        .sink()
-        .downcast_ref::<datafusion::datasource::file_format::csv::CsvSink>()
-    {
-        s.config()
-    } else if let Some(s) = sink
-        .sink()
-        .downcast_ref::<datafusion::datasource::file_format::json::JsonSink>()
-    {
-        s.config()
-    } else {
-        return Err(Error::NotSupported(
-            "only parquet, csv and json files can be written".into(),
-        ));
-    };
+    let config = ember_planner::write::file_sink(sink.sink())
+        .ok_or_else(|| {
+            Error::NotSupported("only parquet, csv and json files can be written".into())
+        })?
+        .config();
     config
         .table_paths
         .first()
