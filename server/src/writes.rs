@@ -100,7 +100,7 @@ impl QueryEngine {
             (_, plan) => plan,
         };
         let physical = session.ctx.state().create_physical_plan(&plan).await?;
-        let rows: u64 = self.write(session, sql, physical, target).await?;
+        let (rows, _) = self.write(session, sql, physical, target).await?;
         Ok(QueryOutput::Command(format!("INSERT 0 {rows}")))
     }
 
@@ -117,7 +117,7 @@ impl QueryEngine {
         self.allowed_paths.check_location(&copy.output_url)?;
         let physical = session.ctx.state().create_physical_plan(&plan).await?;
         // Decided by DistributedSinkExec from the target's form; `write` looks again.
-        let rows: u64 = self
+        let (rows, _) = self
             .write(session, sql, physical, Target::Directory)
             .await?;
         Ok(QueryOutput::Command(format!("COPY {rows}")))
@@ -248,15 +248,15 @@ impl QueryEngine {
         }))
     }
 
-    /// Runs a planned sink as a distributed write and commits it. For managed tables created by
-    /// the caller, returns the committed files (Target::Directory with a manifest to fill).
-    async fn write<T: WriteResult>(
+    /// Runs a planned sink as a distributed write and commits it; returns the rows written and
+    /// the committed files (which a new managed table records in its manifest).
+    async fn write(
         &self,
         session: &ClientSession,
         sql: &str,
         physical: Arc<dyn ExecutionPlan>,
         target: Target,
-    ) -> Result<T> {
+    ) -> Result<(u64, Vec<ManagedFile>)> {
         let Some(sink) = physical.downcast_ref::<DataSinkExec>() else {
             return Err(Error::NotSupported(format!(
                 "cannot write with this plan: {}",
@@ -353,10 +353,7 @@ impl QueryEngine {
             }
         }
         drop(guard);
-        Ok(T::from_parts(
-            staged.rows,
-            moved.into_iter().map(|(_, f)| f).collect(),
-        ))
+        Ok((staged.rows, moved.into_iter().map(|(_, f)| f).collect()))
     }
 
     /// Appends `files` to (or, overwriting, replaces the files of) a managed table's manifest;
@@ -424,23 +421,6 @@ impl QueryEngine {
                 }
             }
         }
-    }
-}
-
-/// What `write` returns to its callers.
-trait WriteResult {
-    fn from_parts(rows: u64, files: Vec<ManagedFile>) -> Self;
-}
-
-impl WriteResult for u64 {
-    fn from_parts(rows: u64, _: Vec<ManagedFile>) -> Self {
-        rows
-    }
-}
-
-impl WriteResult for (u64, Vec<ManagedFile>) {
-    fn from_parts(rows: u64, files: Vec<ManagedFile>) -> Self {
-        (rows, files)
     }
 }
 
