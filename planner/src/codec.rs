@@ -11,11 +11,17 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::windows::{
+    BoundedWindowAggExec, StandardWindowExpr, WindowAggExec, WindowUDFExpr,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::physical_expr::{AcrossPartitions, ConstExpr, EquivalenceProperties};
 use datafusion_proto::physical_plan::from_proto::{
-    parse_physical_expr_with_converter, parse_protobuf_partitioning,
+    parse_physical_expr_with_converter, parse_physical_sort_exprs, parse_protobuf_partitioning,
 };
 use datafusion_proto::physical_plan::to_proto::{
-    serialize_partitioning, serialize_physical_expr_with_converter,
+    serialize_partitioning, serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
 };
 use datafusion_proto::physical_plan::{
     PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalPlanNodeExt,
@@ -81,6 +87,40 @@ struct ReaderNode {
     num_maps: u32,
     #[prost(message, repeated, tag = "6")]
     locations: Vec<LocationNode>,
+    /// The partitioning and equivalences of the exchange the reader replaced, so operators
+    /// above it decode as planned (a window over a column that is constant needs no sort).
+    #[prost(message, optional, tag = "7")]
+    partitioning: Option<protobuf::Partitioning>,
+    #[prost(message, optional, tag = "8")]
+    equivalence: Option<EquivalenceNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EquivalenceNode {
+    #[prost(message, repeated, tag = "1")]
+    orderings: Vec<protobuf::PhysicalSortExprNodeCollection>,
+    /// Sets of expressions known to be equal.
+    #[prost(message, repeated, tag = "2")]
+    classes: Vec<ExprsNode>,
+    #[prost(message, repeated, tag = "3")]
+    constants: Vec<ConstantNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExprsNode {
+    #[prost(message, repeated, tag = "1")]
+    exprs: Vec<protobuf::PhysicalExprNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConstantNode {
+    #[prost(message, optional, tag = "1")]
+    expr: Option<protobuf::PhysicalExprNode>,
+    /// Whether every partition has the same value (then `value` holds it when known).
+    #[prost(bool, tag = "2")]
+    uniform: bool,
+    #[prost(message, optional, tag = "3")]
+    value: Option<protobuf::ScalarValue>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -163,13 +203,26 @@ impl PhysicalExtensionCodec for EmberCodec {
                     work_dir: l.work_dir.into(),
                 })
                 .collect();
+            let schema = Arc::new(schema);
+            let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+            let partitioning = parse_protobuf_partitioning(
+                reader.partitioning.as_ref(),
+                &decode_ctx,
+                &schema,
+                proto_converter,
+            )?;
+            let equivalence = match &reader.equivalence {
+                Some(node) => decode_equivalence(node, &schema, &decode_ctx, proto_converter)?,
+                None => EquivalenceProperties::new(Arc::clone(&schema)),
+            };
             return Ok(Arc::new(ShuffleReaderExec::decoded(
                 query_id(&reader.query_id)?,
                 StageId(reader.stage_id),
-                Arc::new(schema),
                 mode,
                 reader.num_maps as usize,
                 locations,
+                equivalence,
+                partitioning,
             )));
         }
         if let Some(sink) = node.sink {
@@ -237,6 +290,16 @@ impl PhysicalExtensionCodec for EmberCodec {
                             work_dir: l.work_dir.display().to_string(),
                         })
                         .collect(),
+                    partitioning: Some(serialize_partitioning(
+                        reader.properties().output_partitioning(),
+                        self,
+                        proto_converter,
+                    )?),
+                    equivalence: Some(encode_equivalence(
+                        reader.properties().equivalence_properties(),
+                        self,
+                        proto_converter,
+                    )?),
                 }),
             }
         } else if let Some(sink) = node.downcast_ref::<DistributedSinkExec>() {
@@ -275,11 +338,13 @@ impl PhysicalProtoConverterExtension for EmberProtoConverter {
         plan: &Arc<dyn ExecutionPlan>,
         codec: &dyn PhysicalExtensionCodec,
     ) -> Result<protobuf::PhysicalPlanNode> {
-        protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
+        let mut node = protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
             Arc::clone(plan),
             codec,
             self,
-        )
+        )?;
+        keep_ignore_nulls(plan, &mut node);
+        Ok(node)
     }
 
     fn proto_to_physical_expr(
@@ -306,6 +371,134 @@ impl PhysicalProtoConverterExtension for EmberProtoConverter {
             return serialize_physical_expr_with_converter(&literal, codec, self);
         }
         serialize_physical_expr_with_converter(expr, codec, self)
+    }
+}
+
+fn encode_equivalence(
+    equivalence: &EquivalenceProperties,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> Result<EquivalenceNode> {
+    let orderings = equivalence
+        .oeq_class()
+        .iter()
+        .map(|ordering| {
+            Ok(protobuf::PhysicalSortExprNodeCollection {
+                physical_sort_expr_nodes: serialize_physical_sort_exprs(
+                    ordering.iter().cloned(),
+                    codec,
+                    converter,
+                )?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let classes = equivalence
+        .eq_group()
+        .iter()
+        .filter(|class| class.len() > 1)
+        .map(|class| {
+            Ok(ExprsNode {
+                exprs: class
+                    .iter()
+                    .map(|expr| converter.physical_expr_to_proto(expr, codec))
+                    .collect::<Result<_>>()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let constants = equivalence
+        .constants()
+        .into_iter()
+        .map(|constant| {
+            let (uniform, value) = match &constant.across_partitions {
+                AcrossPartitions::Heterogeneous => (false, None),
+                AcrossPartitions::Uniform(value) => (true, value.as_ref()),
+            };
+            Ok(ConstantNode {
+                expr: Some(converter.physical_expr_to_proto(&constant.expr, codec)?),
+                uniform,
+                value: value.map(protobuf::ScalarValue::try_from).transpose()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(EquivalenceNode {
+        orderings,
+        classes,
+        constants,
+    })
+}
+
+fn decode_equivalence(
+    node: &EquivalenceNode,
+    schema: &SchemaRef,
+    ctx: &PhysicalPlanDecodeContext<'_>,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> Result<EquivalenceProperties> {
+    let orderings = node
+        .orderings
+        .iter()
+        .map(|o| parse_physical_sort_exprs(&o.physical_sort_expr_nodes, ctx, schema, converter))
+        .collect::<Result<Vec<_>>>()?;
+    let mut equivalence = EquivalenceProperties::new_with_orderings(Arc::clone(schema), orderings);
+    for class in &node.classes {
+        let exprs = class
+            .exprs
+            .iter()
+            .map(|e| converter.proto_to_physical_expr(e, schema, ctx))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some((first, rest)) = exprs.split_first() {
+            for other in rest {
+                equivalence.add_equal_conditions(Arc::clone(first), Arc::clone(other))?;
+            }
+        }
+    }
+    let constants = node
+        .constants
+        .iter()
+        .map(|c| {
+            let expr = c
+                .expr
+                .as_ref()
+                .ok_or_else(|| proto_err("constant without expression"))?;
+            let across = if c.uniform {
+                AcrossPartitions::Uniform(c.value.as_ref().map(ScalarValue::try_from).transpose()?)
+            } else {
+                AcrossPartitions::Heterogeneous
+            };
+            Ok(ConstExpr::new(
+                converter.proto_to_physical_expr(expr, schema, ctx)?,
+                across,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    equivalence.add_constants(constants)?;
+    Ok(equivalence)
+}
+
+/// datafusion-proto writes `ignore_nulls: false` for every window UDF (`first_value`,
+/// `last_value`, `nth_value`, ...), so `IGNORE NULLS` would be lost on the way to the executor;
+/// the decoder does read the field. `WindowUDFExpr` has no accessor for the flag, so it is read
+/// from its `Debug` form, whose last field it is.
+fn keep_ignore_nulls(plan: &Arc<dyn ExecutionPlan>, node: &mut protobuf::PhysicalPlanNode) {
+    let window_exprs = if let Some(window) = plan.downcast_ref::<BoundedWindowAggExec>() {
+        window.window_expr()
+    } else if let Some(window) = plan.downcast_ref::<WindowAggExec>() {
+        window.window_expr()
+    } else {
+        return;
+    };
+    let Some(protobuf::physical_plan_node::PhysicalPlanType::Window(window_node)) =
+        node.physical_plan_type.as_mut()
+    else {
+        return;
+    };
+    for (expr, proto) in window_exprs.iter().zip(window_node.window_expr.iter_mut()) {
+        let Some(standard) = expr.as_any().downcast_ref::<StandardWindowExpr>() else {
+            continue;
+        };
+        let function = standard.get_standard_func_expr();
+        if let Some(udf) = function.as_any().downcast_ref::<WindowUDFExpr>() {
+            proto.ignore_nulls |= format!("{udf:?}").ends_with("ignore_nulls: true }");
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! Every query or statement that passes on DataFusion must pass on Ember, unless
 //! `corpus-exceptions.txt` names it with a reason. The test prints passed/failed per file and in
 //! total. `EMBER_CORPUS_FILTER=substring` limits the files; `EMBER_CORPUS_VERBOSE=1` prints
-//! every unexpected failure in full.
+//! every failure in full, excepted ones marked so.
 //!
 //! Both engines format results with DataFusion's own sqllogictest normalisation, so a
 //! difference is a difference in answers, not in printing.
@@ -259,6 +259,7 @@ async fn datafusion_corpus_passes_on_ember_as_on_datafusion() -> anyhow::Result<
     let mut per_file = BTreeMap::new();
     let mut total = Counts::default();
     let mut regressions = vec![];
+    let mut stale = vec![];
     for path in &files {
         let relative = path.strip_prefix(root.join("test_files"))?.to_path_buf();
         let name = relative.display().to_string();
@@ -312,9 +313,15 @@ async fn datafusion_corpus_passes_on_ember_as_on_datafusion() -> anyhow::Result<
             counts.records += 1;
             counts.datafusion_passed += df_result.is_ok() as usize;
             counts.ember_passed += ember_result.is_ok() as usize;
+            if ember_result.is_ok() && exceptions.records.contains(&(name.clone(), line)) {
+                stale.push(format!("{name}:{line}"));
+            }
             if let (Ok(()), Err(error)) = (&df_result, &ember_result) {
                 if exceptions.covers(&name, line) {
                     counts.excepted += 1;
+                    if verbose {
+                        println!("--- {name}:{line} (excepted)\n{error}");
+                    }
                 } else {
                     counts.regressions += 1;
                     regressions.push(format!("{name}:{line}"));
@@ -360,6 +367,14 @@ async fn datafusion_corpus_passes_on_ember_as_on_datafusion() -> anyhow::Result<
         total.regressions,
         started.elapsed().as_secs_f64()
     );
+    if !stale.is_empty() {
+        // Not a failure: row-order exceptions pass on some runs. Listed to keep the file true.
+        println!(
+            "{} excepted records passed on Ember this time:\n{}",
+            stale.len(),
+            stale.join("\n")
+        );
+    }
     anyhow::ensure!(
         regressions.is_empty(),
         "{} records pass on DataFusion but fail on Ember and are not in corpus-exceptions.txt:\n{}",

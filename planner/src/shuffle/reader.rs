@@ -71,27 +71,24 @@ impl ShuffleReaderExec {
         }
     }
 
-    /// A reader as decoded on an executor: only what execution needs.
+    /// A reader as decoded on an executor, with the properties the coordinator planned.
     pub fn decoded(
         query_id: QueryId,
         stage_id: StageId,
-        schema: SchemaRef,
         mode: ReadMode,
         num_maps: usize,
         locations: Vec<MapOutputLocation>,
+        equivalence: EquivalenceProperties,
+        partitioning: Option<Partitioning>,
     ) -> Self {
         let num_partitions = match mode {
             ReadMode::Shuffle { num_partitions } => num_partitions,
             ReadMode::PerMap => num_maps,
         };
-        let mut reader = Self::new(
-            query_id,
-            stage_id,
-            mode,
-            num_maps,
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(num_partitions),
-        );
+        let partitioning = partitioning
+            .filter(|p| p.partition_count() == num_partitions)
+            .unwrap_or(Partitioning::UnknownPartitioning(num_partitions));
+        let mut reader = Self::new(query_id, stage_id, mode, num_maps, equivalence, partitioning);
         reader.locations = locations;
         reader
     }
