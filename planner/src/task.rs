@@ -58,6 +58,23 @@ fn specialize(
     if children.is_empty() {
         return Ok(plan);
     }
+    if aligned && plan.is::<UnionExec>() {
+        // Partition `partition` of a union is one partition of one input: trim that input's
+        // scans to it. The other inputs are not executed by this task.
+        let mut offset = 0;
+        let mut new_children = Vec::with_capacity(children.len());
+        for child in children {
+            let count = child.output_partitioning().partition_count();
+            let child = if (offset..offset + count).contains(&partition) {
+                specialize(child, partition - offset, count, true, locations)?
+            } else {
+                specialize(child, partition, num_partitions, false, locations)?
+            };
+            offset += count;
+            new_children.push(child);
+        }
+        return replace_children_if_necessary(plan, new_children);
+    }
     let is_union = plan.is::<UnionExec>();
     let mut new_children = Vec::with_capacity(children.len());
     for child in children {
