@@ -11,6 +11,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::windows::{
     BoundedWindowAggExec, StandardWindowExpr, WindowAggExec, WindowUDFExpr,
 };
@@ -338,6 +339,14 @@ impl PhysicalProtoConverterExtension for EmberProtoConverter {
         plan: &Arc<dyn ExecutionPlan>,
         codec: &dyn PhysicalExtensionCodec,
     ) -> Result<protobuf::PhysicalPlanNode> {
+        if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+            let group_by = aggregate.group_expr();
+            if group_by.expr().is_empty() && !group_by.groups().is_empty() {
+                // Grouping sets are sent as one flat list of flags per expression; with no
+                // expressions, how many empty sets there were (`GROUPING SETS (())`) is lost.
+                return Err(proto_err("cannot encode grouping sets without expressions"));
+            }
+        }
         let mut node = protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
             Arc::clone(plan),
             codec,

@@ -11,6 +11,7 @@ use datafusion::prelude::SessionContext;
 use ember_config::EmberConfig;
 use ember_executor::fetcher::FlightShuffleFetcher;
 use ember_executor::proto::cluster_service_server::ClusterServiceServer;
+use ember_planner::float_stats::FloatSafeParquetFactory;
 use ember_planner::paths::AllowedPaths;
 use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
 use ember_planner::storage::EmberObjectStores;
@@ -52,6 +53,10 @@ impl Coordinator {
             ))))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(distributed_config(cores), runtime);
+        // `STORED AS PARQUET` and COPY resolve formats by name: theirs keeps NaN too.
+        ctx.state_ref()
+            .write()
+            .register_file_format(Arc::new(FloatSafeParquetFactory::default()), true)?;
         let (scheduler, handle) = Scheduler::new(SchedulerConfig {
             executor_timeout: Duration::from_millis(config.coordinator.executor_timeout_ms),
             executor_wait: Duration::from_secs(30),

@@ -9,6 +9,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
+use ember_planner::float_stats::FloatSafeFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
@@ -35,6 +36,7 @@ impl ManagedTable {
     fn options(state: &dyn Session) -> Result<ListingOptions> {
         let format =
             ParquetFormat::default().with_options(state.default_table_options().parquet.clone());
+        let format = FloatSafeFormat::new(Arc::new(format));
         Ok(ListingOptions::new(Arc::new(format)).with_file_extension(".parquet"))
     }
 
