@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::expressions::{CastExpr, Literal};
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::windows::{
     BoundedWindowAggExec, StandardWindowExpr, WindowAggExec, WindowUDFExpr,
@@ -339,6 +341,13 @@ impl PhysicalProtoConverterExtension for EmberProtoConverter {
         plan: &Arc<dyn ExecutionPlan>,
         codec: &dyn PhysicalExtensionCodec,
     ) -> Result<protobuf::PhysicalPlanNode> {
+        if let Some(source) = plan.downcast_ref::<DataSourceExec>()
+            && let Some(scan) = source.data_source().downcast_ref::<FileScanConfig>()
+            && !scan.file_source().table_schema().virtual_columns().is_empty()
+        {
+            // Virtual columns (`file_row_index()`) are not part of the scan's protobuf.
+            return Err(proto_err("cannot encode a scan with virtual columns"));
+        }
         if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
             let group_by = aggregate.group_expr();
             if group_by.expr().is_empty() && !group_by.groups().is_empty() {
@@ -378,6 +387,16 @@ impl PhysicalProtoConverterExtension for EmberProtoConverter {
             };
             let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(value));
             return serialize_physical_expr_with_converter(&literal, codec, self);
+        }
+        if let Some(literal) = expr.downcast_ref::<Literal>()
+            && let ScalarValue::Float16(value) = literal.value()
+        {
+            // The protobuf scalar has no half float and sends it as a Float32, which makes
+            // `f16_col + 1` a Float16 + Float32 the kernels refuse: send a cast back instead.
+            let widened = Arc::new(Literal::new(ScalarValue::Float32(value.map(f32::from))));
+            let cast: Arc<dyn PhysicalExpr> =
+                Arc::new(CastExpr::new(widened, DataType::Float16, None));
+            return serialize_physical_expr_with_converter(&cast, codec, self);
         }
         serialize_physical_expr_with_converter(expr, codec, self)
     }

@@ -14,11 +14,14 @@
 
 use std::sync::Arc;
 
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
@@ -137,6 +140,25 @@ impl QueryEngine {
                 "temporary tables are not supported".into(),
             ));
         }
+        if cmd.or_replace && cmd.if_not_exists {
+            return Err(Error::execution(
+                "'IF NOT EXISTS' cannot coexist with 'REPLACE'".into(),
+            ));
+        }
+        // The table keeps unqualified names only: a join's `t.a` and `u.a` would collide.
+        let fields = cmd.input.schema().fields();
+        if let Some(duplicate) = fields
+            .iter()
+            .enumerate()
+            .find(|(i, f)| fields[..*i].iter().any(|g| g.name() == f.name()))
+        {
+            return Err(Error::DataFusion(DataFusionError::SchemaError(
+                Box::new(SchemaError::DuplicateUnqualifiedField {
+                    name: duplicate.1.name().clone(),
+                }),
+                Box::new(None),
+            )));
+        }
         if self.object_exists(session, &cmd.name).await {
             if cmd.if_not_exists {
                 return Ok(QueryOutput::Command("CREATE TABLE".into()));
@@ -158,16 +180,17 @@ impl QueryEngine {
             .as_str()
             .to_string();
         let schema = Arc::new(cmd.input.schema().as_arrow().clone());
-        let mut entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?;
+        let mut entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?
+            .with_constraints_and_defaults(&cmd.constraints, &cmd.column_defaults)?;
+        let state = session.ctx.state();
         let has_rows = !matches!(
             cmd.input.as_ref(),
             LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row
         );
         let mut rows = 0;
         if has_rows {
-            let state = session.ctx.state();
             let input = state.create_physical_plan(&cmd.input).await?;
-            let table = ManagedTable::new(entry.clone(), Arc::clone(&schema));
+            let table = ManagedTable::try_new(entry.clone(), Arc::clone(&schema), &TaskContext::from(&state))?;
             let sink = datafusion::datasource::TableProvider::insert_into(
                 &table,
                 &state,
@@ -224,7 +247,11 @@ impl QueryEngine {
                         schema_provider.deregister_table(&name.name)?;
                         schema_provider.register_table(
                             name.name.clone(),
-                            Arc::new(ManagedTable::new(entry.clone(), Arc::clone(&schema))),
+                            Arc::new(ManagedTable::try_new(
+                                entry.clone(),
+                                Arc::clone(&schema),
+                                &TaskContext::from(&state),
+                            )?),
                         )?;
                         Ok(())
                     },
@@ -399,7 +426,11 @@ impl QueryEngine {
                         provider.deregister_table(&table.name)?;
                         provider.register_table(
                             table.name.clone(),
-                            Arc::new(ManagedTable::new(entry.clone(), schema)),
+                            Arc::new(ManagedTable::try_new(
+                                entry.clone(),
+                                schema,
+                                &TaskContext::from(&self.base_state),
+                            )?),
                         )?;
                     }
                     Ok(())

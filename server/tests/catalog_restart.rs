@@ -20,6 +20,7 @@ async fn catalog_survives_a_coordinator_crash() {
         format!("copy (select * from tpch.nation) to '{}' stored as parquet", out.display()),
         format!("create external table sales.nation stored as parquet location '{}'", out.display()),
         "create table public.empty (a int, b varchar)".to_string(),
+        "create table public.keyed (id int primary key, n int default 7)".to_string(),
     ];
     for sql in &statements {
         client
@@ -46,6 +47,19 @@ async fn catalog_survives_a_coordinator_crash() {
             .expect("check after restart"),
     );
     assert_eq!(before, after, "\n{}", cluster.logs());
+
+    // Column defaults and the primary key came back with the table.
+    client
+        .simple_query("insert into public.keyed (id) values (1)")
+        .await
+        .expect("insert using the default");
+    let keyed = rows(
+        &client
+            .simple_query("select id, n from public.keyed group by id")
+            .await
+            .expect("group by the primary key"),
+    );
+    assert_eq!(keyed, vec![vec![Some("1".to_string()), Some("7".to_string())]]);
 
     // A failed write changes nothing: the table keeps exactly its committed rows.
     let failed = client

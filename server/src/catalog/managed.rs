@@ -2,6 +2,7 @@
 //! catalog. A scan reads exactly the files of the manifest it was planned with, so a write
 //! becomes visible all at once when the catalog commits the new manifest.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,7 +14,9 @@ use ember_planner::float_stats::FloatSafeFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::common::Constraints;
 use datafusion::error::Result;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
@@ -26,11 +29,23 @@ use super::ManagedEntry;
 pub(crate) struct ManagedTable {
     entry: ManagedEntry,
     schema: SchemaRef,
+    constraints: Constraints,
+    defaults: HashMap<String, Expr>,
 }
 
 impl ManagedTable {
-    pub(crate) fn new(entry: ManagedEntry, schema: SchemaRef) -> Self {
-        Self { entry, schema }
+    /// The table of `entry`; functions in column defaults resolve in `functions`.
+    pub(crate) fn try_new(
+        entry: ManagedEntry,
+        schema: SchemaRef,
+        functions: &TaskContext,
+    ) -> crate::error::Result<Self> {
+        Ok(Self {
+            constraints: entry.table_constraints(),
+            defaults: entry.column_defaults(functions)?,
+            entry,
+            schema,
+        })
     }
 
     fn options(state: &dyn Session) -> Result<ListingOptions> {
@@ -74,6 +89,14 @@ impl TableProvider for ManagedTable {
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        Some(&self.constraints)
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults.get(column)
     }
 
     fn supports_filters_pushdown(

@@ -14,6 +14,7 @@
 
 mod managed;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +22,12 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider};
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::SessionContext;
+use datafusion::common::{Constraint, Constraints};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Expr;
+use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
+use datafusion_proto::logical_plan::from_proto::parse_expr;
+use datafusion_proto::logical_plan::to_proto::serialize_expr;
 use datafusion_proto::protobuf;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -73,6 +80,26 @@ pub(crate) struct ManagedEntry {
     /// The Arrow schema, as datafusion-proto bytes in hex.
     pub(crate) arrow_schema: String,
     pub(crate) files: Vec<ManagedFile>,
+    /// Primary keys and unique constraints, by column index. Not enforced (as in DataFusion):
+    /// they tell the planner which columns determine the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) constraints: Vec<TableConstraint>,
+    /// `DEFAULT` expressions of columns, as datafusion-proto bytes in hex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) defaults: Vec<ColumnDefault>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TableConstraint {
+    PrimaryKey(Vec<usize>),
+    Unique(Vec<usize>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ColumnDefault {
+    pub(crate) column: String,
+    pub(crate) expr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +129,73 @@ impl ManagedEntry {
             location,
             arrow_schema: to_hex(&proto.encode_to_vec()),
             files: vec![],
+            constraints: vec![],
+            defaults: vec![],
         })
+    }
+
+    /// Keeps the constraints and column defaults of `CREATE TABLE`.
+    pub(crate) fn with_constraints_and_defaults(
+        mut self,
+        constraints: &Constraints,
+        defaults: &[(String, Expr)],
+    ) -> Result<Self> {
+        self.constraints = constraints
+            .iter()
+            .map(|c| match c {
+                Constraint::PrimaryKey(columns) => TableConstraint::PrimaryKey(columns.clone()),
+                Constraint::Unique(columns) => TableConstraint::Unique(columns.clone()),
+            })
+            .collect();
+        self.defaults = defaults
+            .iter()
+            .map(|(column, expr)| {
+                let node = serialize_expr(expr, &DefaultLogicalExtensionCodec {}).map_err(|e| {
+                    Error::NotSupported(format!("cannot store the default of column {column}: {e}"))
+                })?;
+                Ok(ColumnDefault {
+                    column: column.clone(),
+                    expr: to_hex(&node.encode_to_vec()),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(self)
+    }
+
+    pub(crate) fn table_constraints(&self) -> Constraints {
+        Constraints::new_unverified(
+            self.constraints
+                .iter()
+                .map(|c| match c {
+                    TableConstraint::PrimaryKey(columns) => Constraint::PrimaryKey(columns.clone()),
+                    TableConstraint::Unique(columns) => Constraint::Unique(columns.clone()),
+                })
+                .collect(),
+        )
+    }
+
+    /// The column defaults, with functions resolved in `functions`.
+    pub(crate) fn column_defaults(
+        &self,
+        functions: &TaskContext,
+    ) -> Result<HashMap<String, Expr>> {
+        self.defaults
+            .iter()
+            .map(|d| {
+                let corrupt = |e: &dyn std::fmt::Display| {
+                    Error::Unavailable(format!(
+                        "corrupt default of column {} of table {}.{}: {e}",
+                        d.column, self.schema, self.name
+                    ))
+                };
+                let bytes = from_hex(&d.expr).ok_or_else(|| corrupt(&"not hex"))?;
+                let node = protobuf::LogicalExprNode::decode(bytes.as_slice())
+                    .map_err(|e| corrupt(&e))?;
+                let expr = parse_expr(&node, functions, &DefaultLogicalExtensionCodec {})
+                    .map_err(|e| corrupt(&e))?;
+                Ok((d.column.clone(), expr))
+            })
+            .collect()
     }
 
     pub(crate) fn arrow_schema(&self) -> Result<SchemaRef> {
@@ -304,7 +397,7 @@ async fn restore_object(
                     entry.schema, entry.name
                 ))
             })?;
-            let table = ManagedTable::new(entry.clone(), entry.arrow_schema()?);
+            let table = ManagedTable::try_new(entry.clone(), entry.arrow_schema()?, &ctx.task_ctx())?;
             schema.register_table(entry.name.clone(), Arc::new(table))?;
         }
         CatalogObject::External(entry) | CatalogObject::View(entry) => {
