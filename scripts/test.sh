@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v protoc >/dev/null 2>&1 || true # protoc is vendored by the build; nothing to install
+# The real-client tests (server/tests/pg_clients.rs) compile and run a pgJDBC program.
+command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -25,6 +28,12 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/pip" install -q 'moto[server]'
 fi
 export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+
+# Python Postgres clients for the real-client tests, in the same venv.
+"$venv/bin/python" -c 'import psycopg' 2>/dev/null || "$venv/bin/pip" install -q 'psycopg[binary]'
+"$venv/bin/python" -c 'import sqlalchemy' 2>/dev/null || "$venv/bin/pip" install -q sqlalchemy
+export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
+export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 
 # One build job per core; the test binaries then run one at a time (each starts clusters).
 timeout 5000 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -68,7 +68,10 @@ impl TaskRunner {
         }
         // A task runs one partition of its fragment; with work stealing that partition's scan
         // would also read the files of partitions other tasks run.
-        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        config
+            .options_mut()
+            .execution
+            .enable_file_stream_work_stealing = false;
         let config = config.with_extension(Arc::new(ShuffleEnv {
             work_dir: self.work_dir.clone(),
             executor_id: self.executor_id.clone(),

@@ -3,23 +3,23 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Literal};
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+use datafusion::physical_expr::{AcrossPartitions, ConstExpr, EquivalenceProperties};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::datasource::physical_plan::FileScanConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::windows::{
     BoundedWindowAggExec, StandardWindowExpr, WindowAggExec, WindowUDFExpr,
 };
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::ScalarValue;
-use datafusion::physical_expr::{AcrossPartitions, ConstExpr, EquivalenceProperties};
 use datafusion_proto::physical_plan::from_proto::{
     parse_physical_expr_with_converter, parse_physical_sort_exprs, parse_protobuf_partitioning,
 };
@@ -343,7 +343,11 @@ impl PhysicalProtoConverterExtension for EmberProtoConverter {
     ) -> Result<protobuf::PhysicalPlanNode> {
         if let Some(source) = plan.downcast_ref::<DataSourceExec>()
             && let Some(scan) = source.data_source().downcast_ref::<FileScanConfig>()
-            && !scan.file_source().table_schema().virtual_columns().is_empty()
+            && !scan
+                .file_source()
+                .table_schema()
+                .virtual_columns()
+                .is_empty()
         {
             // Virtual columns (`file_row_index()`) are not part of the scan's protobuf.
             return Err(proto_err("cannot encode a scan with virtual columns"));

@@ -30,15 +30,32 @@ use futures::TryStreamExt;
 use tokio::sync::mpsc;
 
 use crate::catalog::CatalogStore;
+use crate::cursors::CursorStatement;
 use crate::error::{Error, Result};
 use crate::results::result_stream;
 use crate::scheduler::{Event, SchedulerHandle};
 pub use crate::session::ClientSession;
 
 /// A parsed statement, with Ember's own `EXPLAIN DISTRIBUTED` prefix noted.
+#[derive(Debug, Clone)]
 pub struct ParsedStatement {
     statement: DFStatement,
     explain_distributed: bool,
+}
+
+impl ParsedStatement {
+    /// The statement as SQL text (for logs, system tables and command tags).
+    pub fn sql(&self) -> String {
+        self.statement.to_string()
+    }
+
+    /// The cursor statement this is, if it is one.
+    pub(crate) fn cursor_statement(&self) -> Option<CursorStatement> {
+        match &self.statement {
+            DFStatement::Statement(inner) => CursorStatement::recognise(inner).ok().flatten(),
+            _ => None,
+        }
+    }
 }
 
 /// What a statement produced.
@@ -47,6 +64,10 @@ pub enum QueryOutput {
     Rows(SendableRecordBatchStream),
     /// A command tag such as `SET` or `CREATE VIEW`.
     Command(String),
+    /// `BEGIN`: the client's transaction block opens (see [`ClientSession`] for what it means).
+    TransactionStart(String),
+    /// `COMMIT` or `ROLLBACK`: the block closes.
+    TransactionEnd(String),
 }
 
 /// Plans and runs statements; holds the shared catalog.
@@ -106,6 +127,7 @@ impl QueryEngine {
         ClientSession {
             ctx: SessionContext::new_with_state(self.base_state.clone()),
             variables: Default::default(),
+            cursors: Default::default(),
         }
     }
 
@@ -182,6 +204,11 @@ impl QueryEngine {
         if !explain_distributed && let Some(output) = session.session_command(&text)? {
             return Ok(output);
         }
+        if let DFStatement::Statement(inner) = &statement
+            && let Some(cursor) = CursorStatement::recognise(inner)?
+        {
+            return self.cursor_command(session, &text, cursor).await;
+        }
         self.fit_partitions(session);
         let state = session.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
@@ -193,6 +220,71 @@ impl QueryEngine {
                 graph.display(),
             )])));
         }
+        self.execute_plan(session, &text, plan).await
+    }
+
+    /// Plans a statement for the extended query protocol: the plan (with its `$n` placeholders)
+    /// gives parameter and result types before anything runs. `None` for statements that are
+    /// not planned ahead: session commands and `EXPLAIN DISTRIBUTED`.
+    pub async fn plan_statement(
+        &self,
+        session: &ClientSession,
+        parsed: &ParsedStatement,
+    ) -> Result<Option<LogicalPlan>> {
+        if parsed.explain_distributed || session.is_session_command(&parsed.sql()) {
+            return Ok(None);
+        }
+        if let DFStatement::Statement(inner) = &parsed.statement
+            && CursorStatement::recognise(inner)?.is_some()
+        {
+            return Ok(None);
+        }
+        self.fit_partitions(session);
+        let state = session.ctx.state();
+        Ok(Some(
+            state.statement_to_plan(parsed.statement.clone()).await?,
+        ))
+    }
+
+    async fn cursor_command(
+        &self,
+        session: &ClientSession,
+        text: &str,
+        command: CursorStatement,
+    ) -> Result<QueryOutput> {
+        match command {
+            CursorStatement::Declare { name, hold, query } => {
+                self.fit_partitions(session);
+                let plan = session
+                    .ctx
+                    .state()
+                    .statement_to_plan(DFStatement::Statement(Box::new(query)))
+                    .await?;
+                let QueryOutput::Rows(stream) = self.run_query(session, text, plan).await? else {
+                    return Err(Error::Syntax(
+                        "a cursor needs a query that returns rows".into(),
+                    ));
+                };
+                session.cursors.declare(name, hold, stream)?;
+                Ok(QueryOutput::Command("DECLARE CURSOR".into()))
+            }
+            CursorStatement::Fetch { name, count } => session.cursors.fetch(&name, count).await,
+            CursorStatement::Close { name } => {
+                session.cursors.close(name.as_deref())?;
+                Ok(QueryOutput::Command("CLOSE CURSOR".into()))
+            }
+        }
+    }
+
+    /// Runs a statement planned by [`Self::plan_statement`], its parameters bound.
+    pub async fn execute_plan(
+        &self,
+        session: &ClientSession,
+        text: &str,
+        plan: LogicalPlan,
+    ) -> Result<QueryOutput> {
+        let text = text.to_string();
+        let state = session.ctx.state();
         match &plan {
             LogicalPlan::Explain(explain) => {
                 let physical = state.create_physical_plan(&explain.plan).await?;

@@ -43,6 +43,15 @@ pub enum Error {
     UndefinedObject(String),
     #[error("{0}")]
     DependentObjects(String),
+    #[error("{0}")]
+    Syntax(String),
+    /// A bound parameter value that does not fit its type.
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    DuplicateCursor(String),
+    #[error("{0}")]
+    UndefinedCursor(String),
 }
 
 /// Why a task failed, as reported by its executor.
@@ -82,6 +91,10 @@ impl Error {
             Error::UndefinedTable(_) => "42P01",
             Error::UndefinedObject(_) => "42704",
             Error::DependentObjects(_) => "2BP01",
+            Error::Syntax(_) => "42601",
+            Error::InvalidParameter(_) => "22P02",
+            Error::DuplicateCursor(_) => "42P03",
+            Error::UndefinedCursor(_) => "34000",
             Error::Config(_) => "F0000",
             Error::Io(_) => "58030",
             Error::Executor(_) | Error::Transport(_) => "XX000",

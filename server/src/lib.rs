@@ -16,6 +16,7 @@ mod catalog;
 pub mod cli;
 mod cluster;
 pub mod coordinator;
+mod cursors;
 mod ddl;
 pub mod engine;
 pub mod error;

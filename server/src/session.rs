@@ -9,6 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 
+use crate::cursors::Cursors;
 use crate::engine::QueryOutput;
 use crate::error::{Error, Result};
 
@@ -19,6 +20,7 @@ pub struct ClientSession {
     /// DataFusion options, which the context applies as well.
     // A std Mutex: only touched briefly, never across an await.
     pub(crate) variables: Mutex<HashMap<String, String>>,
+    pub(crate) cursors: Cursors,
 }
 
 impl ClientSession {
@@ -42,9 +44,23 @@ impl ClientSession {
             .clone()
     }
 
+    /// Whether [`Self::session_command`] looks at `text` (a `SET`, or a `SHOW` it answers):
+    /// such statements are never planned ahead of running.
+    pub(crate) fn is_session_command(&self, text: &str) -> bool {
+        parse_set(text).is_some() || show_name(text).is_some() || transaction_tag(text).is_some()
+    }
+
     /// Handles the Postgres session commands DataFusion does not know, and refuses changes to
     /// server-level settings.
     pub(crate) fn session_command(&self, text: &str) -> Result<Option<QueryOutput>> {
+        if let Some((tag, opens)) = transaction_tag(text) {
+            return Ok(Some(if opens {
+                QueryOutput::TransactionStart(tag.into())
+            } else {
+                self.cursors.end_transaction();
+                QueryOutput::TransactionEnd(tag.into())
+            }));
+        }
         let Some((name, value)) = parse_set(text) else {
             return Ok(self.show(text));
         };
@@ -87,11 +103,8 @@ impl ClientSession {
     }
 
     fn show(&self, text: &str) -> Option<QueryOutput> {
-        let lower = text.trim().to_ascii_lowercase();
-        let name = lower.strip_prefix("show ")?.trim().trim_end_matches(';');
-        if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
-            return None;
-        }
+        let name = show_name(text)?;
+        let name = name.as_str();
         let value = if name == "search_path" {
             self.current_schema()
         } else if name == "timezone" {
@@ -114,6 +127,39 @@ impl ClientSession {
             futures::stream::iter(vec![Ok(batch)]),
         ))))
     }
+}
+
+/// Transaction control: (command tag, whether it opens a block). Ember has no multi-statement
+/// transactions: every statement commits when it completes, as in autocommit mode. `BEGIN` and
+/// `COMMIT` are accepted so that clients which wrap their work in a transaction block run
+/// unchanged; `ROLLBACK` closes the block but cannot undo statements that completed in it.
+/// Savepoints are accepted likewise.
+fn transaction_tag(text: &str) -> Option<(&'static str, bool)> {
+    let lower = text.trim().trim_end_matches(';').to_ascii_lowercase();
+    let mut words = lower.split_whitespace();
+    let first = words.next()?;
+    let second = words.next();
+    Some(match (first, second) {
+        ("begin", _) => ("BEGIN", true),
+        ("start", Some("transaction")) => ("START TRANSACTION", true),
+        ("commit" | "end", _) => ("COMMIT", false),
+        ("rollback" | "abort", Some("to")) => ("ROLLBACK", true),
+        ("rollback" | "abort", _) => ("ROLLBACK", false),
+        ("savepoint", _) => ("SAVEPOINT", true),
+        ("release", _) => ("RELEASE", true),
+        _ => return None,
+    })
+}
+
+/// The variable of a `SHOW` that Ember answers itself (DataFusion answers `SHOW ALL` and its
+/// own options).
+fn show_name(text: &str) -> Option<String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let name = lower.strip_prefix("show ")?.trim().trim_end_matches(';');
+    if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
+        return None;
+    }
+    Some(name.to_string())
 }
 
 /// DataFusion options a session may change: they shape its own plans and tasks. Runtime

@@ -14,14 +14,14 @@
 
 use std::sync::Arc;
 
-use datafusion::common::SchemaError;
-use datafusion::error::DataFusionError;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::common::SchemaError;
 use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
 use datafusion::datasource::sink::DataSinkExec;
-use datafusion::logical_expr::dml::InsertOp;
+use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
@@ -190,7 +190,11 @@ impl QueryEngine {
         let mut rows = 0;
         if has_rows {
             let input = state.create_physical_plan(&cmd.input).await?;
-            let table = ManagedTable::try_new(entry.clone(), Arc::clone(&schema), &TaskContext::from(&state))?;
+            let table = ManagedTable::try_new(
+                entry.clone(),
+                Arc::clone(&schema),
+                &TaskContext::from(&state),
+            )?;
             let sink = datafusion::datasource::TableProvider::insert_into(
                 &table,
                 &state,

@@ -59,7 +59,10 @@ async fn catalog_survives_a_coordinator_crash() {
             .await
             .expect("group by the primary key"),
     );
-    assert_eq!(keyed, vec![vec![Some("1".to_string()), Some("7".to_string())]]);
+    assert_eq!(
+        keyed,
+        vec![vec![Some("1".to_string()), Some("7".to_string())]]
+    );
 
     // A failed write changes nothing: the table keeps exactly its committed rows.
     let failed = client

@@ -88,7 +88,14 @@ impl ShuffleReaderExec {
         let partitioning = partitioning
             .filter(|p| p.partition_count() == num_partitions)
             .unwrap_or(Partitioning::UnknownPartitioning(num_partitions));
-        let mut reader = Self::new(query_id, stage_id, mode, num_maps, equivalence, partitioning);
+        let mut reader = Self::new(
+            query_id,
+            stage_id,
+            mode,
+            num_maps,
+            equivalence,
+            partitioning,
+        );
         reader.locations = locations;
         reader
     }

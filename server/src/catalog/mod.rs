@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider};
-use datafusion::execution::session_state::SessionState;
-use datafusion::prelude::SessionContext;
 use datafusion::common::{Constraint, Constraints};
 use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::Expr;
+use datafusion::prelude::SessionContext;
 use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
 use datafusion_proto::logical_plan::from_proto::parse_expr;
 use datafusion_proto::logical_plan::to_proto::serialize_expr;
@@ -175,10 +175,7 @@ impl ManagedEntry {
     }
 
     /// The column defaults, with functions resolved in `functions`.
-    pub(crate) fn column_defaults(
-        &self,
-        functions: &TaskContext,
-    ) -> Result<HashMap<String, Expr>> {
+    pub(crate) fn column_defaults(&self, functions: &TaskContext) -> Result<HashMap<String, Expr>> {
         self.defaults
             .iter()
             .map(|d| {
@@ -189,8 +186,8 @@ impl ManagedEntry {
                     ))
                 };
                 let bytes = from_hex(&d.expr).ok_or_else(|| corrupt(&"not hex"))?;
-                let node = protobuf::LogicalExprNode::decode(bytes.as_slice())
-                    .map_err(|e| corrupt(&e))?;
+                let node =
+                    protobuf::LogicalExprNode::decode(bytes.as_slice()).map_err(|e| corrupt(&e))?;
                 let expr = parse_expr(&node, functions, &DefaultLogicalExtensionCodec {})
                     .map_err(|e| corrupt(&e))?;
                 Ok((d.column.clone(), expr))
@@ -397,7 +394,8 @@ async fn restore_object(
                     entry.schema, entry.name
                 ))
             })?;
-            let table = ManagedTable::try_new(entry.clone(), entry.arrow_schema()?, &ctx.task_ctx())?;
+            let table =
+                ManagedTable::try_new(entry.clone(), entry.arrow_schema()?, &ctx.task_ctx())?;
             schema.register_table(entry.name.clone(), Arc::new(table))?;
         }
         CatalogObject::External(entry) | CatalogObject::View(entry) => {

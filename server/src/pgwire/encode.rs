@@ -9,7 +9,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::*;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use pgwire::api::Type;
-use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::portal::Format;
+use pgwire::api::results::{DataRowEncoder, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
@@ -37,18 +38,19 @@ pub(crate) fn pg_type(data_type: &DataType) -> Type {
     }
 }
 
-/// Column descriptions for a result schema.
-pub(crate) fn fields(schema: &Schema) -> Vec<FieldInfo> {
+/// Column descriptions for a result schema, each column in the format the client asked for.
+pub(crate) fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
     schema
         .fields()
         .iter()
-        .map(|field| {
+        .enumerate()
+        .map(|(i, field)| {
             let info = FieldInfo::new(
                 field.name().clone(),
                 None,
                 None,
                 pg_type(field.data_type()),
-                FieldFormat::Text,
+                format.format_for(i),
             );
             match field.data_type() {
                 // Postgres packs numeric(p, s) as ((p << 16) | s) + 4.

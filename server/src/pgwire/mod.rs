@@ -1,10 +1,11 @@
-//! The Postgres wire protocol frontend (simple query protocol), built on pgwire.
+//! The Postgres wire protocol frontend (simple and extended query protocols), built on pgwire.
 //!
 //! Each connection gets a [`ClientSession`]; statements run through the shared [`QueryEngine`]
 //! and rows stream back as the final stage produces them. Errors become ErrorResponses with a
 //! SQLSTATE; a failing statement never closes the connection or affects other clients.
 
 mod encode;
+mod extended;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use datafusion::error::DataFusionError;
 use futures::{Sink, StreamExt, stream};
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::portal::Format;
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::store::PortalStore;
@@ -23,7 +25,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use crate::engine::{QueryEngine, QueryOutput};
+use crate::engine::{ClientSession, QueryEngine, QueryOutput};
 use crate::error::Error;
 
 /// Serves Postgres clients on an already-bound listener until `shutdown` completes.
@@ -33,7 +35,10 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let handlers = Arc::new(PgHandlers {
-        handler: Arc::new(PgHandler { engine }),
+        handler: Arc::new(PgHandler {
+            parser: Arc::new(extended::EmberQueryParser::new(Arc::clone(&engine))),
+            engine,
+        }),
     });
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "postgres wire protocol listening");
@@ -70,6 +75,10 @@ impl PgWireServerHandlers for PgHandlers {
         Arc::clone(&self.handler)
     }
 
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
         Arc::clone(&self.handler)
     }
@@ -77,6 +86,14 @@ impl PgWireServerHandlers for PgHandlers {
 
 struct PgHandler {
     engine: Arc<QueryEngine>,
+    parser: Arc<extended::EmberQueryParser>,
+}
+
+/// The connection's session, created on its first statement.
+fn session_of<C: ClientInfo>(client: &C, engine: &Arc<QueryEngine>) -> Arc<ClientSession> {
+    client
+        .session_extensions()
+        .get_or_insert_with(|| engine.new_postgres_session())
 }
 
 // Local mode trusts its users; authentication methods come with the full Postgres frontend.
@@ -104,10 +121,7 @@ impl SimpleQueryHandler for PgHandler {
         C: ClientInfo + ClientPortalStore + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
     {
-        let engine = Arc::clone(&self.engine);
-        let session = client
-            .session_extensions()
-            .get_or_insert_with(|| engine.new_postgres_session());
+        let session = session_of(client, &self.engine);
         let statements = match self.engine.parse(&session, query) {
             Ok(statements) => statements,
             Err(error) => return Ok(vec![error_response(&error)]),
@@ -115,7 +129,7 @@ impl SimpleQueryHandler for PgHandler {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             match self.engine.execute(&session, statement).await {
-                Ok(output) => responses.push(response(output)),
+                Ok(output) => responses.push(response(output, &Format::UnifiedText)),
                 Err(error) => {
                     responses.push(error_response(&error));
                     break;
@@ -126,11 +140,14 @@ impl SimpleQueryHandler for PgHandler {
     }
 }
 
-fn response(output: QueryOutput) -> Response {
+/// A statement's output as pgwire sends it, result columns in `format` (text or binary).
+fn response(output: QueryOutput, format: &Format) -> Response {
     match output {
         QueryOutput::Command(tag) => Response::Execution(Tag::new(&tag)),
+        QueryOutput::TransactionStart(tag) => Response::TransactionStart(Tag::new(&tag)),
+        QueryOutput::TransactionEnd(tag) => Response::TransactionEnd(Tag::new(&tag)),
         QueryOutput::Rows(batches) => {
-            let fields = Arc::new(encode::fields(&batches.schema()));
+            let fields = Arc::new(encode::fields(&batches.schema(), format));
             let row_fields = Arc::clone(&fields);
             let rows = batches.flat_map(move |batch| {
                 let rows = match batch {

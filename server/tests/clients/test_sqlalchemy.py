@@ -1,0 +1,161 @@
+"""SQLAlchemy 2 with the psycopg driver against Ember: run as `python test_sqlalchemy.py PORT`.
+
+Every check runs even when an earlier one fails, so one run shows everything that is wrong; the
+exit code is non-zero when any check failed.
+
+On its first connection the dialect asks the server for its version, current schema and a few
+settings; the inspector and table reflection then query pg_catalog directly.
+"""
+
+import datetime
+import sys
+import traceback
+
+from sqlalchemy import (
+    BIGINT,
+    TEXT,
+    MetaData,
+    Table,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
+
+PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 5432
+ENGINE = create_engine(
+    f"postgresql+psycopg://ember@127.0.0.1:{PORT}/ember",
+    connect_args={"connect_timeout": 10},
+)
+
+CHECKS = []
+
+
+def check(fn):
+    CHECKS.append(fn)
+    return fn
+
+
+def expect(what, expected, actual):
+    if expected != actual or type(expected) is not type(actual):
+        raise AssertionError(
+            f"{what}: expected {expected!r} ({type(expected).__name__}), "
+            f"got {actual!r} ({type(actual).__name__})"
+        )
+
+
+@check
+def connect_and_query():
+    with ENGINE.connect() as conn:
+        expect("select 1", 1, conn.execute(text("select 1")).scalar_one())
+        expect(
+            "count(*) of tpch.nation",
+            25,
+            conn.execute(text("select count(*) from tpch.nation")).scalar_one(),
+        )
+
+
+@check
+def bound_parameters():
+    with ENGINE.connect() as conn:
+        expect(
+            "n_name of nation :k",
+            "GERMANY",
+            conn.execute(
+                text("select n_name from tpch.nation where n_nationkey = :k"), {"k": 7}
+            ).scalar_one(),
+        )
+        rows = conn.execute(
+            text(
+                "select n_nationkey, n_name from tpch.nation "
+                "where n_regionkey = :region and n_name >= :name order by n_nationkey"
+            ),
+            {"region": 3, "name": "R"},
+        ).all()
+        expect(
+            "nations of region 3 from R on",
+            [(19, "ROMANIA"), (22, "RUSSIA"), (23, "UNITED KINGDOM")],
+            [tuple(r) for r in rows],
+        )
+        keys = conn.execute(
+            text(
+                "select o_orderkey from tpch.orders where o_orderdate = :d "
+                "order by o_orderkey limit 3"
+            ),
+            {"d": datetime.date(1995, 9, 16)},
+        ).scalars().all()
+        expect("first order of 1995-09-16", 5958, keys[0] if keys else None)
+        expect("orders of 1995-09-16", 3, len(keys))
+
+
+@check
+def inspector():
+    insp = inspect(ENGINE)
+    schemas = insp.get_schema_names()
+    if "tpch" not in schemas:
+        raise AssertionError(f"get_schema_names() should contain tpch: {schemas}")
+    tables = insp.get_table_names(schema="tpch")
+    for name in ("nation", "lineitem", "orders"):
+        if name not in tables:
+            raise AssertionError(f"get_table_names(schema='tpch') should contain {name}: {tables}")
+    columns = insp.get_columns("nation", schema="tpch")
+    expect(
+        "columns of tpch.nation",
+        [
+            ("n_nationkey", BIGINT, False),
+            ("n_name", TEXT, False),
+            ("n_regionkey", BIGINT, False),
+            ("n_comment", TEXT, False),
+        ],
+        [(c["name"], type(c["type"]), c["nullable"]) for c in columns],
+    )
+    views = insp.get_view_names(schema="system")
+    if "executors" not in views:
+        raise AssertionError(f"get_view_names(schema='system') should contain executors: {views}")
+
+
+@check
+def reflected_table():
+    nation = Table("nation", MetaData(), schema="tpch", autoload_with=ENGINE)
+    expect(
+        "reflected columns",
+        ["n_nationkey", "n_name", "n_regionkey", "n_comment"],
+        [c.name for c in nation.columns],
+    )
+    with ENGINE.connect() as conn:
+        expect(
+            "select(nation).where(n_nationkey == 7)",
+            "GERMANY",
+            conn.execute(select(nation.c.n_name).where(nation.c.n_nationkey == 7)).scalar_one(),
+        )
+        expect(
+            "nations per region 3",
+            5,
+            conn.execute(
+                select(func.count()).select_from(nation).where(nation.c.n_regionkey == 3)
+            ).scalar_one(),
+        )
+
+
+def main():
+    failed = []
+    for fn in CHECKS:
+        try:
+            fn()
+        except Exception as e:  # every failure is reported, then the next check runs
+            failed.append(fn.__name__)
+            print(f"FAIL {fn.__name__}: {type(e).__name__}: {e}")
+            if not isinstance(e, AssertionError):
+                traceback.print_exc(file=sys.stdout)
+        else:
+            print(f"ok   {fn.__name__}")
+    ENGINE.dispose()
+    print(f"{len(CHECKS) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        print("failures: " + ", ".join(failed))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
