@@ -128,6 +128,7 @@ impl QueryEngine {
             ctx: SessionContext::new_with_state(self.base_state.clone()),
             variables: Default::default(),
             cursors: Default::default(),
+            cancels: tokio::sync::watch::channel(0).0,
         }
     }
 

@@ -29,6 +29,8 @@ pub enum Error {
     },
     #[error("canceling statement due to user request")]
     Cancelled,
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -83,7 +85,7 @@ impl Error {
                 TaskErrorKind::Internal => "XX000",
                 TaskErrorKind::ExecutorLost => "58000",
             },
-            Error::Cancelled => "57014",
+            Error::Cancelled | Error::StatementTimeout => "57014",
             Error::Unavailable(_) => "53000",
             Error::NotSupported(_) => "0A000",
             Error::CardinalityViolation(_) => "21000",

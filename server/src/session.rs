@@ -6,7 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+use tokio::sync::watch;
 use datafusion::prelude::SessionContext;
 
 use crate::cursors::Cursors;
@@ -21,11 +25,89 @@ pub struct ClientSession {
     // A std Mutex: only touched briefly, never across an await.
     pub(crate) variables: Mutex<HashMap<String, String>>,
     pub(crate) cursors: Cursors,
+    /// Bumped by each cancel request; a running statement stops when it changes.
+    pub(crate) cancels: watch::Sender<u64>,
+}
+
+/// What stops a running statement: a cancel request for its session, or its
+/// `statement_timeout`.
+pub(crate) struct StatementGuard {
+    cancels: watch::Receiver<u64>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl StatementGuard {
+    /// Resolves when the statement must stop, with the error to report.
+    pub(crate) async fn interrupted(&mut self) -> Error {
+        let timeout = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = self.cancels.changed() => match changed {
+                Ok(()) => Error::Cancelled,
+                // The session is gone; nobody will read the answer anyway.
+                Err(_) => std::future::pending().await,
+            },
+            () = timeout => Error::StatementTimeout,
+        }
+    }
+
+    /// Runs `work` unless the statement is interrupted first.
+    pub(crate) async fn run<T>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            result = work => result,
+            error = self.interrupted() => Err(error),
+        }
+    }
+
+    /// `stream`, ending with the interruption's error if the statement is interrupted while
+    /// rows still flow. Dropping the inner stream releases the query and stops its tasks.
+    pub(crate) fn guard_stream(self, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        let schema = stream.schema();
+        let rows = futures::stream::unfold(Some((stream, self)), |state| async move {
+            let (mut stream, mut guard) = state?;
+            tokio::select! {
+                item = stream.next() => item.map(|item| (item, Some((stream, guard)))),
+                error = guard.interrupted() => {
+                    drop(stream);
+                    Some((Err(DataFusionError::External(Box::new(error))), None))
+                }
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, rows))
+    }
 }
 
 impl ClientSession {
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// Stops the statement running in this session, if any (a Postgres CancelRequest).
+    pub fn cancel(&self) {
+        self.cancels.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A guard for a statement starting now: earlier cancel requests do not count.
+    pub(crate) fn statement_guard(&self) -> StatementGuard {
+        let timeout = self
+            .variables
+            .lock()
+            .ok()
+            .and_then(|v| v.get("statement_timeout").cloned())
+            .and_then(|v| parse_duration_ms(&v))
+            .filter(|ms| *ms > 0);
+        StatementGuard {
+            cancels: self.cancels.subscribe(),
+            deadline: timeout
+                .map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms)),
+        }
     }
 
     pub(crate) fn has_variable(&self, name: &str) -> bool {
@@ -192,6 +274,27 @@ fn default_variable(name: &str) -> Option<&'static str> {
         "statement_timeout" => "0",
         _ => return None,
     })
+}
+
+/// A duration setting as Postgres reads it: a number of milliseconds, or a number with a unit
+/// (`us`, `ms`, `s`, `min`, `h`, `d`), quoted or not.
+fn parse_duration_ms(value: &str) -> Option<u64> {
+    let value = value.trim().trim_matches('\'').trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    Some((number * factor).round() as u64)
 }
 
 /// `SET [SESSION|LOCAL] name {=|TO} value` → (lower-case name, value text).

@@ -25,7 +25,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use rust_decimal::Decimal;
 
-use super::{PgHandler, encode, error_info, response, session_of};
+use super::{PgHandler, Sessions, encode, error_info, response};
 use crate::cursors::CursorStatement;
 use crate::engine::{ClientSession, ParsedStatement, QueryEngine};
 use crate::error::Error;
@@ -45,11 +45,12 @@ pub(crate) struct Prepared {
 
 pub(crate) struct EmberQueryParser {
     engine: Arc<QueryEngine>,
+    sessions: Arc<Sessions>,
 }
 
 impl EmberQueryParser {
-    pub(crate) fn new(engine: Arc<QueryEngine>) -> Self {
-        Self { engine }
+    pub(crate) fn new(engine: Arc<QueryEngine>, sessions: Arc<Sessions>) -> Self {
+        Self { engine, sessions }
     }
 }
 
@@ -70,7 +71,7 @@ impl QueryParser for EmberQueryParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let session = session_of(client, &self.engine);
+        let session = self.sessions.of(client);
         let mut statements = self
             .engine
             .parse(&session, sql)
@@ -322,7 +323,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = session_of(client, &self.engine);
+        let session = self.session(client);
         let statement = &target.statement;
         Ok(DescribeStatementResponse::new(
             statement.parameter_types.clone(),
@@ -342,7 +343,7 @@ impl ExtendedQueryHandler for PgHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         // With the values bound, `SELECT $1` has the type of its value.
-        let session = session_of(client, &self.engine);
+        let session = self.session(client);
         let format = &portal.result_column_format;
         Ok(DescribePortalResponse::new(match bound_plan(portal)? {
             Some(plan) if returns_rows(&plan) => encode::fields(plan.schema().as_arrow(), format),
@@ -362,7 +363,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = session_of(client, &self.engine);
+        let session = self.session(client);
         let statement = &portal.statement.statement;
         let output = match bound_plan(portal)? {
             None => {

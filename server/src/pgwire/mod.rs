@@ -7,19 +7,29 @@
 mod encode;
 mod extended;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use datafusion::error::DataFusionError;
 use futures::{Sink, StreamExt, stream};
-use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{
+    ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::Format;
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
+};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
@@ -35,9 +45,20 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let handlers = Arc::new(PgHandlers {
-        handler: Arc::new(PgHandler {
-            parser: Arc::new(extended::EmberQueryParser::new(Arc::clone(&engine))),
-            engine,
+        handler: Arc::new({
+            let sessions = Arc::new(Sessions {
+                engine: Arc::clone(&engine),
+                cancel_keys: CancelKeys::default(),
+            });
+            PgHandler {
+                parser: Arc::new(extended::EmberQueryParser::new(
+                    Arc::clone(&engine),
+                    Arc::clone(&sessions),
+                )),
+                engine,
+                sessions,
+                keys: RandomPidSecretKeyGenerator::default(),
+            }
         }),
     });
     if let Ok(addr) = listener.local_addr() {
@@ -79,38 +100,158 @@ impl PgWireServerHandlers for PgHandlers {
         Arc::clone(&self.handler)
     }
 
-    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         Arc::clone(&self.handler)
     }
 }
 
 struct PgHandler {
     engine: Arc<QueryEngine>,
+    sessions: Arc<Sessions>,
     parser: Arc<extended::EmberQueryParser>,
+    keys: RandomPidSecretKeyGenerator,
 }
 
-/// The connection's session, created on its first statement.
-fn session_of<C: ClientInfo>(client: &C, engine: &Arc<QueryEngine>) -> Arc<ClientSession> {
-    client
-        .session_extensions()
-        .get_or_insert_with(|| engine.new_postgres_session())
+/// Creates each connection's session on its first statement and keeps it findable by the
+/// connection's cancel key.
+struct Sessions {
+    engine: Arc<QueryEngine>,
+    cancel_keys: CancelKeys,
 }
 
-// Local mode trusts its users; authentication methods come with the full Postgres frontend.
-#[async_trait]
-impl NoopStartupHandler for PgHandler {
-    async fn post_startup<C>(
+impl Sessions {
+    fn of<C: ClientInfo>(&self, client: &C) -> Arc<ClientSession> {
+        let mut created = false;
+        let session = client.session_extensions().get_or_insert_with(|| {
+            created = true;
+            self.engine.new_postgres_session()
+        });
+        if created {
+            self.cancel_keys
+                .register(client.pid_and_secret_key(), &session);
+        }
+        session
+    }
+}
+
+impl PgHandler {
+    fn session<C: ClientInfo>(&self, client: &C) -> Arc<ClientSession> {
+        self.sessions.of(client)
+    }
+
+    /// Runs one statement under its guard: a cancel request or `statement_timeout` stops it,
+    /// also while its rows are being sent.
+    async fn run(
         &self,
-        client: &mut C,
-        _message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
+        session: &ClientSession,
+        work: impl Future<Output = Result<QueryOutput, Error>>,
+    ) -> Result<QueryOutput, Error> {
+        let mut guard = session.statement_guard();
+        match guard.run(work).await? {
+            QueryOutput::Rows(rows) => Ok(QueryOutput::Rows(guard.guard_stream(rows))),
+            other => Ok(other),
+        }
+    }
+}
+
+/// What Ember reports in ParameterStatus at startup: a server version clients parse as
+/// PostgreSQL 16 and the session defaults they depend on.
+struct EmberParameters;
+
+/// The PostgreSQL version Ember speaks for (catalog layout, protocol, functions).
+pub(crate) const PG_SERVER_VERSION: &str = "16.6";
+
+impl ServerParameterProvider for EmberParameters {
+    fn server_parameters<C>(&self, client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        let mut parameters = HashMap::new();
+        let mut set = |k: &str, v: &str| parameters.insert(k.to_string(), v.to_string());
+        set(
+            "server_version",
+            &format!("{PG_SERVER_VERSION} (Ember {})", env!("CARGO_PKG_VERSION")),
+        );
+        set("server_encoding", "UTF8");
+        set("client_encoding", "UTF8");
+        set("DateStyle", "ISO, MDY");
+        set("IntervalStyle", "postgres");
+        set("TimeZone", "UTC");
+        set("integer_datetimes", "on");
+        set("standard_conforming_strings", "on");
+        set("is_superuser", "on");
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        set("session_authorization", &user);
+        let application = client
+            .metadata()
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default();
+        set("application_name", &application);
+        Some(parameters)
+    }
+}
+
+// Local mode trusts its users (user `ember`, any password).
+#[async_trait]
+impl StartupHandler for PgHandler {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        debug!(peer = %client.socket_addr(), user = ?client.metadata().get("user"), "postgres client connected");
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let (pid, secret_key) = self.keys.generate(client);
+            client.set_pid_and_secret_key(pid, secret_key);
+            finish_authentication(client, &EmberParameters).await?;
+            debug!(peer = %client.socket_addr(), user = ?client.metadata().get("user"), "postgres client connected");
+        }
         Ok(())
+    }
+}
+
+/// Sessions by the (process id, secret key) pair their clients got at startup, so that a
+/// CancelRequest, which arrives on a connection of its own, finds the statement to stop.
+#[derive(Default)]
+struct CancelKeys {
+    sessions: Mutex<HashMap<(i32, Vec<u8>), Weak<ClientSession>>>,
+}
+
+impl CancelKeys {
+    fn register(&self, key: (i32, SecretKey), session: &Arc<ClientSession>) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            // Connections that closed leave dead entries: sweep them as new ones come.
+            sessions.retain(|_, s| s.strong_count() > 0);
+            sessions.insert((key.0, key.1.to_bytes().to_vec()), Arc::downgrade(session));
+        }
+    }
+
+    fn find(&self, pid: i32, secret_key: &SecretKey) -> Option<Arc<ClientSession>> {
+        let sessions = self.sessions.lock().ok()?;
+        sessions
+            .get(&(pid, secret_key.to_bytes().to_vec()))
+            .and_then(Weak::upgrade)
+    }
+}
+
+#[async_trait]
+impl CancelHandler for PgHandler {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        match self.sessions.cancel_keys.find(request.pid, &request.secret_key) {
+            Some(session) => {
+                debug!(pid = request.pid, "cancel request");
+                session.cancel();
+            }
+            // A wrong key is ignored, as PostgreSQL does: it must not reveal which pids exist.
+            None => debug!(pid = request.pid, "cancel request with an unknown key"),
+        }
     }
 }
 
@@ -121,14 +262,17 @@ impl SimpleQueryHandler for PgHandler {
         C: ClientInfo + ClientPortalStore + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
     {
-        let session = session_of(client, &self.engine);
+        let session = self.session(client);
         let statements = match self.engine.parse(&session, query) {
             Ok(statements) => statements,
             Err(error) => return Ok(vec![error_response(&error)]),
         };
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            match self.engine.execute(&session, statement).await {
+            match self
+                .run(&session, self.engine.execute(&session, statement))
+                .await
+            {
                 Ok(output) => responses.push(response(output, &Format::UnifiedText)),
                 Err(error) => {
                     responses.push(error_response(&error));

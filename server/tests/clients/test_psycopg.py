@@ -260,6 +260,12 @@ def errors_keep_the_connection():
             pass
         else:
             raise AssertionError("select from an unknown table did not raise UndefinedTable")
+        # ReadyForQuery says the transaction failed; psycopg and pools act on that state.
+        expect(
+            "transaction status after an error",
+            psycopg.pq.TransactionStatus.INERROR,
+            conn.info.transaction_status,
+        )
         try:
             conn.execute("select 1")
         except errors.InFailedSqlTransaction:
