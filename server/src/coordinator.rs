@@ -82,7 +82,7 @@ impl Coordinator {
             fetcher,
             store,
             allowed_paths,
-        ));
+        )?);
         Ok(Self {
             engine,
             scheduler,

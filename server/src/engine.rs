@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::CatalogStore;
 use crate::cursors::CursorStatement;
+use crate::pg_compat;
 use crate::error::{Error, Result};
 use crate::results::result_stream;
 use crate::scheduler::{Event, SchedulerHandle};
@@ -73,6 +74,8 @@ pub enum QueryOutput {
 /// Plans and runs statements; holds the shared catalog.
 pub struct QueryEngine {
     pub(crate) base_state: SessionState,
+    /// `base_state` with `pg_catalog` and the Postgres functions, for Postgres-wire sessions.
+    postgres_state: SessionState,
     scheduler: SchedulerHandle,
     fetcher: Arc<FlightShuffleFetcher>,
     pub(crate) catalog: Arc<CatalogStore>,
@@ -86,14 +89,15 @@ impl QueryEngine {
         fetcher: Arc<FlightShuffleFetcher>,
         catalog: Arc<CatalogStore>,
         allowed_paths: AllowedPaths,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        Ok(Self {
+            postgres_state: pg_compat::postgres_state(&base_state)?,
             base_state,
             scheduler,
             fetcher,
             catalog,
             allowed_paths,
-        }
+        })
     }
 
     /// Ember's one catalog, shared by all sessions.
@@ -124,26 +128,28 @@ impl QueryEngine {
 
     /// A new session sharing the server's catalog.
     pub fn new_session(&self) -> ClientSession {
+        self.session_with(self.base_state.clone())
+    }
+
+    fn session_with(&self, state: SessionState) -> ClientSession {
         ClientSession {
-            ctx: SessionContext::new_with_state(self.base_state.clone()),
+            initial_options: state.config_options().as_ref().clone(),
+            ctx: SessionContext::new_with_state(state),
             variables: Default::default(),
             cursors: Default::default(),
             cancels: tokio::sync::watch::channel(0).0,
+            postgres: false,
         }
     }
 
     /// A session for a Postgres client: statements parse in the PostgreSQL dialect unless the
     /// client sets `datafusion.sql_parser.dialect`.
     pub fn new_postgres_session(&self) -> ClientSession {
-        let session = self.new_session();
-        session
-            .ctx
-            .state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .sql_parser
-            .dialect = datafusion::config::Dialect::PostgreSQL;
+        let mut state = self.postgres_state.clone();
+        state.config_mut().options_mut().sql_parser.dialect =
+            datafusion::config::Dialect::PostgreSQL;
+        let mut session = self.session_with(state);
+        session.postgres = true;
         session
     }
 
@@ -163,7 +169,10 @@ impl QueryEngine {
             .with_dialect(dialect.as_ref())
             .with_recursion_limit(options.recursion_limit.get())
             .build()?;
-        let statements: Vec<DFStatement> = parser.parse_statements()?.into_iter().collect();
+        let mut statements: Vec<DFStatement> = parser.parse_statements()?.into_iter().collect();
+        if session.postgres {
+            statements = postgres_compatible(&sql, statements);
+        }
         if explain_distributed && statements.len() != 1 {
             return Err(Error::NotSupported(
                 "EXPLAIN DISTRIBUTED takes exactly one query".into(),
@@ -452,6 +461,35 @@ fn changed_settings(options: &ConfigOptions) -> HashMap<String, String> {
             let changed = defaults.get(&e.key) != Some(&Some(value.clone()));
             // Catalog settings only matter to the planner.
             (changed && !e.key.starts_with("datafusion.catalog.")).then_some((e.key, value))
+        })
+        .collect()
+}
+
+/// Postgres clients' SQL made plannable: when every statement is plain SQL (nothing of
+/// DataFusion's own syntax such as `CREATE EXTERNAL TABLE` or `COPY ... TO`), the Postgres
+/// parser's reading is used, which replaces the catalog queries of psql and other tools that
+/// DataFusion cannot plan; otherwise the statements are only rewritten.
+fn postgres_compatible(sql: &str, statements: Vec<DFStatement>) -> Vec<DFStatement> {
+    let compatibility = pg_compat::compatibility();
+    let plain = statements
+        .iter()
+        .all(|s| matches!(s, DFStatement::Statement(_)));
+    if plain
+        && let Some(replaced) = compatibility.parse(sql)
+        && replaced.len() == statements.len()
+    {
+        return replaced
+            .into_iter()
+            .map(|s| DFStatement::Statement(Box::new(s)))
+            .collect();
+    }
+    statements
+        .into_iter()
+        .map(|s| match s {
+            DFStatement::Statement(inner) => {
+                DFStatement::Statement(Box::new(compatibility.rewrite(*inner)))
+            }
+            other => other,
         })
         .collect()
 }

@@ -50,6 +50,8 @@ pub enum Error {
     /// A bound parameter value that does not fit its type.
     #[error("{0}")]
     InvalidParameter(String),
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    TransactionAborted,
     #[error("{0}")]
     DuplicateCursor(String),
     #[error("{0}")]
@@ -96,6 +98,7 @@ impl Error {
             Error::Syntax(_) => "42601",
             Error::InvalidParameter(_) => "22P02",
             Error::DuplicateCursor(_) => "42P03",
+            Error::TransactionAborted => "25P02",
             Error::UndefinedCursor(_) => "34000",
             Error::Config(_) => "F0000",
             Error::Io(_) => "58030",

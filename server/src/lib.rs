@@ -21,6 +21,7 @@ mod ddl;
 pub mod engine;
 pub mod error;
 pub mod local;
+mod pg_compat;
 mod pgwire;
 mod results;
 mod scheduler;

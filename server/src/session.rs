@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -27,6 +28,10 @@ pub struct ClientSession {
     pub(crate) cursors: Cursors,
     /// Bumped by each cancel request; a running statement stops when it changes.
     pub(crate) cancels: watch::Sender<u64>,
+    /// The options the session started with, for `RESET`.
+    pub(crate) initial_options: ConfigOptions,
+    /// A Postgres-wire session: Postgres clients' SQL is rewritten to plan on DataFusion.
+    pub(crate) postgres: bool,
 }
 
 /// What stops a running statement: a cancel request for its session, or its
@@ -129,7 +134,10 @@ impl ClientSession {
     /// Whether [`Self::session_command`] looks at `text` (a `SET`, or a `SHOW` it answers):
     /// such statements are never planned ahead of running.
     pub(crate) fn is_session_command(&self, text: &str) -> bool {
-        parse_set(text).is_some() || show_name(text).is_some() || transaction_tag(text).is_some()
+        parse_set(text).is_some()
+            || parse_reset(text).is_some()
+            || show_name(text).is_some()
+            || transaction_tag(text).is_some()
     }
 
     /// Handles the Postgres session commands DataFusion does not know, and refuses changes to
@@ -143,6 +151,10 @@ impl ClientSession {
                 QueryOutput::TransactionEnd(tag.into())
             }));
         }
+        if let Some(name) = parse_reset(text) {
+            self.reset(name.as_deref());
+            return Ok(Some(QueryOutput::Command("RESET".into())));
+        }
         let Some((name, value)) = parse_set(text) else {
             return Ok(self.show(text));
         };
@@ -152,6 +164,42 @@ impl ClientSession {
             )));
         }
         Ok(self.set(name, value))
+    }
+
+    /// `RESET name` (or `RESET ALL` for `None`): back to the value the session started with.
+    fn reset(&self, name: Option<&str>) {
+        if let Ok(mut vars) = self.variables.lock() {
+            match name {
+                Some(name) => {
+                    vars.remove(name);
+                }
+                None => vars.clear(),
+            }
+        }
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        let options = state.config_mut().options_mut();
+        match name {
+            None => *options = self.initial_options.clone(),
+            Some("search_path") => {
+                options.catalog.default_schema = self.initial_options.catalog.default_schema.clone()
+            }
+            Some("timezone") => {
+                options.execution.time_zone = self.initial_options.execution.time_zone.clone()
+            }
+            Some(name) if name.starts_with("datafusion.") => {
+                let initial = self
+                    .initial_options
+                    .entries()
+                    .into_iter()
+                    .find(|e| e.key == name)
+                    .and_then(|e| e.value);
+                if let Some(value) = initial {
+                    let _ = options.set(name, &value);
+                }
+            }
+            Some(_) => {}
+        }
     }
 
     fn set(&self, name: String, value: String) -> Option<QueryOutput> {
@@ -216,7 +264,7 @@ impl ClientSession {
 /// `COMMIT` are accepted so that clients which wrap their work in a transaction block run
 /// unchanged; `ROLLBACK` closes the block but cannot undo statements that completed in it.
 /// Savepoints are accepted likewise.
-fn transaction_tag(text: &str) -> Option<(&'static str, bool)> {
+pub(crate) fn transaction_tag(text: &str) -> Option<(&'static str, bool)> {
     let lower = text.trim().trim_end_matches(';').to_ascii_lowercase();
     let mut words = lower.split_whitespace();
     let first = words.next()?;
@@ -295,6 +343,16 @@ fn parse_duration_ms(value: &str) -> Option<u64> {
         _ => return None,
     };
     Some((number * factor).round() as u64)
+}
+
+/// `RESET name` → `Some(Some(name))`, `RESET ALL` → `Some(None)`.
+fn parse_reset(text: &str) -> Option<Option<String>> {
+    let lower = text.trim().trim_end_matches(';').to_ascii_lowercase();
+    let name = lower.strip_prefix("reset ")?.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((name != "all").then(|| name.to_string()))
 }
 
 /// `SET [SESSION|LOCAL] name {=|TO} value` → (lower-case name, value text).

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Cast, Expr, LogicalPlan, TryCast};
 use futures::Sink;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::ExtendedQueryHandler;
@@ -91,15 +92,7 @@ impl QueryParser for EmberQueryParser {
             .await
             .map_err(|e| user_error(&e))?;
         let inferred: HashMap<usize, DataType> = match &plan {
-            Some(plan) => plan
-                .get_parameter_types()
-                .map_err(|e| user_error(&Error::DataFusion(e)))?
-                .into_iter()
-                .filter_map(|(id, data_type)| {
-                    let position = id.strip_prefix('$')?.parse::<usize>().ok()?;
-                    Some((position.checked_sub(1)?, data_type?))
-                })
-                .collect(),
+            Some(plan) => inferred_parameter_types(plan).map_err(|e| user_error(&e))?,
             None => HashMap::new(),
         };
         let count = inferred
@@ -116,10 +109,12 @@ impl QueryParser for EmberQueryParser {
                 .cloned()
                 .flatten()
                 .filter(|t| *t != Type::UNKNOWN && t.oid() != 0);
-            let data_type = inferred
-                .get(&i)
-                .cloned()
-                .or_else(|| declared.as_ref().and_then(data_type_of));
+            // A type the client declared wins, as in PostgreSQL (`%s * 2` with a float stays a
+            // float); the plan is coerced again once the values are in.
+            let data_type = declared
+                .as_ref()
+                .and_then(data_type_of)
+                .or_else(|| inferred.get(&i).cloned());
             let pg_type = declared.unwrap_or_else(|| match &data_type {
                 Some(data_type) => encode::pg_type(data_type),
                 // Nothing says what it is: Postgres would call it unknown and take text.
@@ -153,6 +148,33 @@ impl QueryParser for EmberQueryParser {
             _ => vec![],
         })
     }
+}
+
+/// Parameter types DataFusion inferred, by position; a parameter it left untyped but that is
+/// cast (`$1::int`) takes the type of the cast, as PostgreSQL infers it.
+fn inferred_parameter_types(plan: &LogicalPlan) -> Result<HashMap<usize, DataType>, Error> {
+    let position = |id: &str| id.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1);
+    let mut types: HashMap<usize, DataType> = plan
+        .get_parameter_types()?
+        .into_iter()
+        .filter_map(|(id, data_type)| Some((position(&id)?, data_type?)))
+        .collect();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) = e
+                    && let Expr::Placeholder(placeholder) = expr.as_ref()
+                    && let Some(index) = position(&placeholder.id)
+                {
+                    types
+                        .entry(index)
+                        .or_insert_with(|| field.data_type().clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(types)
 }
 
 /// The columns a statement returns, as far as known before it runs.
@@ -274,6 +296,15 @@ fn parameter_value(
     if value.data_type() == *target {
         return Ok(value);
     }
+    if let (ScalarValue::Utf8(Some(text)), DataType::Date32) = (&value, target)
+        && let Some(date) = text.split_whitespace().next()
+        && let Ok(date) = NaiveDate::parse_from_str(date, "%Y-%m-%d")
+    {
+        // pgJDBC sends a java.sql.Date untyped as `1995-09-16 +00`; PostgreSQL reads the date.
+        return Ok(ScalarValue::Date32(Some(
+            (date - NaiveDate::default()).num_days() as i32,
+        )));
+    }
     value.cast_to(target).map_err(|e| {
         user_error(&Error::InvalidParameter(format!(
             "invalid value for parameter ${}: {e}",
@@ -365,6 +396,9 @@ impl ExtendedQueryHandler for PgHandler {
     {
         let session = self.session(client);
         let statement = &portal.statement.statement;
+        if let Some(refused) = super::failed_transaction(client, &statement.parsed.sql()) {
+            return Ok(refused);
+        }
         let output = match bound_plan(portal)? {
             None => {
                 self.engine

@@ -29,6 +29,7 @@ use pgwire::api::{
     RandomPidSecretKeyGenerator,
 };
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::SecretKey;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -37,6 +38,8 @@ use tracing::{debug, info};
 
 use crate::engine::{ClientSession, QueryEngine, QueryOutput};
 use crate::error::Error;
+use crate::pg_compat::PG_SERVER_VERSION;
+use crate::session::transaction_tag;
 
 /// Serves Postgres clients on an already-bound listener until `shutdown` completes.
 pub(crate) async fn serve(
@@ -162,9 +165,6 @@ impl PgHandler {
 /// PostgreSQL 16 and the session defaults they depend on.
 struct EmberParameters;
 
-/// The PostgreSQL version Ember speaks for (catalog layout, protocol, functions).
-pub(crate) const PG_SERVER_VERSION: &str = "16.6";
-
 impl ServerParameterProvider for EmberParameters {
     fn server_parameters<C>(&self, client: &C) -> Option<HashMap<String, String>>
     where
@@ -269,6 +269,10 @@ impl SimpleQueryHandler for PgHandler {
         };
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
+            if let Some(refused) = failed_transaction(client, &statement.sql()) {
+                responses.push(refused);
+                break;
+            }
             match self
                 .run(&session, self.engine.execute(&session, statement))
                 .await
@@ -281,6 +285,19 @@ impl SimpleQueryHandler for PgHandler {
             }
         }
         Ok(responses)
+    }
+}
+
+/// In a transaction block that failed, PostgreSQL runs nothing until the block ends: the
+/// answer to any other statement is SQLSTATE 25P02, and COMMIT rolls back.
+fn failed_transaction<C: ClientInfo>(client: &C, sql: &str) -> Option<Response> {
+    if !matches!(client.transaction_status(), TransactionStatus::Error) {
+        return None;
+    }
+    match transaction_tag(sql) {
+        Some(("COMMIT", _)) => Some(Response::TransactionEnd(Tag::new("ROLLBACK"))),
+        Some(("ROLLBACK", _)) => None,
+        _ => Some(error_response(&Error::TransactionAborted)),
     }
 }
 
