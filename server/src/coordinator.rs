@@ -76,13 +76,9 @@ impl Coordinator {
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
         store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
         let allowed_paths = AllowedPaths::new(&config.allowed_paths())?;
-        let engine = Arc::new(QueryEngine::new(
-            ctx.state(),
-            handle.clone(),
-            fetcher,
-            store,
-            allowed_paths,
-        )?);
+        let engine = Arc::new(
+            QueryEngine::new(ctx.state(), handle.clone(), fetcher, store, allowed_paths).await?,
+        );
         Ok(Self {
             engine,
             scheduler,

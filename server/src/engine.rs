@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 
 use crate::catalog::CatalogStore;
 use crate::cursors::CursorStatement;
-use crate::pg_compat;
 use crate::error::{Error, Result};
+use crate::pg_compat;
 use crate::results::result_stream;
 use crate::scheduler::{Event, SchedulerHandle};
 pub use crate::session::ClientSession;
@@ -83,7 +83,7 @@ pub struct QueryEngine {
 }
 
 impl QueryEngine {
-    pub(crate) fn new(
+    pub(crate) async fn new(
         base_state: SessionState,
         scheduler: SchedulerHandle,
         fetcher: Arc<FlightShuffleFetcher>,
@@ -91,7 +91,7 @@ impl QueryEngine {
         allowed_paths: AllowedPaths,
     ) -> Result<Self> {
         Ok(Self {
-            postgres_state: pg_compat::postgres_state(&base_state)?,
+            postgres_state: pg_compat::postgres_state(&base_state).await?,
             base_state,
             scheduler,
             fetcher,

@@ -3,11 +3,16 @@
 //! the Postgres system functions they call, and the rewrites that let their catalog queries run
 //! on DataFusion. The tables and most functions come from the datafusion-pg-catalog crate.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::Int32Type;
 use datafusion::common::ScalarValue;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -23,12 +28,278 @@ pub(crate) const PG_SERVER_VERSION: &str = "16.6";
 
 /// `state` with `pg_catalog` and the Postgres functions: what every Postgres-wire session
 /// starts from.
-pub(crate) fn postgres_state(state: &SessionState) -> Result<SessionState> {
+pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState> {
     let ctx = SessionContext::new_with_state(state.clone());
     setup_pg_catalog(&ctx, DEFAULT_CATALOG, EmptyContextProvider)
         .map_err(|e| Error::DataFusion(*e))?;
     ctx.register_udf(ScalarUDF::from(PgVersion::new()));
+    ctx.register_udf(owner_udf());
+    ctx.register_udf(function_visible_udf());
+    ctx.register_udf(to_regtype_udf(&ctx).await?);
+    let signatures = Arc::new(function_signatures(&ctx).await?);
+    ctx.register_udf(signature_udf("pg_get_function_result", &signatures, |s| {
+        &s.result
+    }));
+    ctx.register_udf(signature_udf(
+        "pg_get_function_arguments",
+        &signatures,
+        |s| &s.arguments,
+    ));
+    ctx.register_udf(signature_udf(
+        "pg_get_function_identity_arguments",
+        &signatures,
+        |s| &s.arguments,
+    ));
     Ok(ctx.state())
+}
+
+/// `to_regtype(name)`: the oid of the type with that name (`int4` or `integer`), or NULL.
+async fn to_regtype_udf(ctx: &SessionContext) -> Result<ScalarUDF> {
+    let mut oids: HashMap<String, i32> = HashMap::new();
+    let rows = query_rows(
+        ctx,
+        "select cast(oid as varchar), typname, format_type(oid, NULL) from pg_catalog.pg_type",
+    )
+    .await?;
+    for row in rows {
+        let Some(oid) = row[0].as_deref().and_then(|o| o.parse::<i32>().ok()) else {
+            continue;
+        };
+        for name in row[1..].iter().flatten() {
+            oids.entry(name.clone()).or_insert(oid);
+        }
+    }
+    let oids = Arc::new(oids);
+    Ok(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let lookup = |name: Option<&str>| {
+                let name = name?.trim().trim_start_matches("pg_catalog.");
+                oids.get(&name.trim_matches('"').to_ascii_lowercase())
+                    .copied()
+            };
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(value) => {
+                    let name = match value {
+                        ScalarValue::Utf8(v)
+                        | ScalarValue::Utf8View(v)
+                        | ScalarValue::LargeUtf8(v) => v.as_deref(),
+                        _ => None,
+                    };
+                    ColumnarValue::Scalar(ScalarValue::Int32(lookup(name)))
+                }
+                ColumnarValue::Array(array) => {
+                    let names = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
+                    let names = names.as_string::<i32>();
+                    ColumnarValue::Array(Arc::new(datafusion::arrow::array::Int32Array::from_iter(
+                        names.iter().map(lookup),
+                    )))
+                }
+            })
+        }),
+    ))
+}
+
+/// How psql's `\df` shows a function: its result type and its arguments.
+struct FunctionSignature {
+    result: String,
+    arguments: String,
+}
+
+/// The signatures of the functions `pg_proc` lists, written as PostgreSQL writes them.
+async fn function_signatures(ctx: &SessionContext) -> Result<HashMap<i32, FunctionSignature>> {
+    let types: HashMap<String, String> = query_rows(
+        ctx,
+        "select cast(oid as varchar), format_type(oid, NULL) from pg_catalog.pg_type",
+    )
+    .await?
+    .into_iter()
+    .filter_map(|row| Some((row[0].clone()?, row[1].clone()?)))
+    .collect();
+    let type_name = |oid: &str| {
+        types
+            .get(oid.trim())
+            .cloned()
+            .unwrap_or_else(|| format!("oid({})", oid.trim()))
+    };
+    let list = |text: &Option<String>| -> Vec<String> {
+        text.as_deref()
+            .unwrap_or("")
+            .trim_matches(|c| c == '[' || c == ']' || c == '{' || c == '}')
+            .split(',')
+            .map(|s| s.trim().trim_matches('\'').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let rows = query_rows(
+        ctx,
+        "select cast(oid as varchar), cast(prorettype as varchar), cast(proretset as varchar), \
+         proargtypes, proargnames, proallargtypes, proargmodes from pg_catalog.pg_proc",
+    )
+    .await?;
+    let mut signatures = HashMap::new();
+    for row in rows {
+        let Some(oid) = row[0].as_deref().and_then(|o| o.parse::<i32>().ok()) else {
+            continue;
+        };
+        let names = list(&row[4]);
+        let modes = list(&row[6]);
+        let all_types = list(&row[5]);
+        let (arg_types, arg_modes): (Vec<String>, Vec<String>) = if all_types.is_empty() {
+            let types: Vec<String> = row[3]
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            let modes = vec!["i".to_string(); types.len()];
+            (types, modes)
+        } else {
+            (all_types, modes)
+        };
+        let mut arguments = vec![];
+        let mut table = vec![];
+        for (i, oid) in arg_types.iter().enumerate() {
+            let mode = arg_modes.get(i).map(String::as_str).unwrap_or("i");
+            let name = names.get(i).filter(|n| !n.is_empty());
+            let typed = match name {
+                Some(name) => format!("{name} {}", type_name(oid)),
+                None => type_name(oid),
+            };
+            match mode {
+                "t" => table.push(typed),
+                "o" => arguments.push(format!("OUT {typed}")),
+                "b" => arguments.push(format!("INOUT {typed}")),
+                "v" => arguments.push(format!("VARIADIC {typed}")),
+                _ => arguments.push(typed),
+            }
+        }
+        let returns_set = row[2].as_deref() == Some("true");
+        let result = if !table.is_empty() {
+            format!("TABLE({})", table.join(", "))
+        } else {
+            let name = type_name(row[1].as_deref().unwrap_or(""));
+            if returns_set {
+                format!("SETOF {name}")
+            } else {
+                name
+            }
+        };
+        signatures.insert(
+            oid,
+            FunctionSignature {
+                result,
+                arguments: arguments.join(", "),
+            },
+        );
+    }
+    Ok(signatures)
+}
+
+async fn query_rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut rows = vec![];
+    let options = FormatOptions::default();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::DataFusion(e.into()))?;
+        for i in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| c.is_valid(i).then(|| f.value(i).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// A function of a `pg_proc` oid answered from the signatures.
+fn signature_udf(
+    name: &str,
+    signatures: &Arc<HashMap<i32, FunctionSignature>>,
+    part: fn(&FunctionSignature) -> &String,
+) -> ScalarUDF {
+    let signatures = Arc::clone(signatures);
+    create_udf(
+        name,
+        vec![DataType::Int32],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let lookup = |oid: Option<i32>| {
+                oid.and_then(|oid| signatures.get(&oid))
+                    .map(|s| part(s).clone())
+            };
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(ScalarValue::Int32(oid)) => {
+                    ColumnarValue::Scalar(ScalarValue::Utf8(lookup(*oid)))
+                }
+                ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
+                ColumnarValue::Array(array) => {
+                    let oids = array.as_primitive::<Int32Type>();
+                    ColumnarValue::Array(Arc::new(StringArray::from_iter(oids.iter().map(lookup))))
+                }
+            })
+        }),
+    )
+}
+
+/// `pg_function_is_visible(oid)`: the functions `pg_proc` lists are all in `pg_catalog`,
+/// which is always on the search path.
+fn function_visible_udf() -> ScalarUDF {
+    create_udf(
+        "pg_function_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+                ColumnarValue::Array(array) => {
+                    ColumnarValue::Array(Arc::new(BooleanArray::from(vec![true; array.len()])))
+                }
+            })
+        }),
+    )
+}
+
+/// The owner of every schema and table: Ember has one owner role, `ember`.
+pub(crate) const OWNER: &str = "ember";
+
+/// `pg_get_userbyid(oid)`: the name of the role with that oid; every object Ember lists is
+/// owned by [`OWNER`].
+fn owner_udf() -> ScalarUDF {
+    create_udf(
+        "pg_get_userbyid",
+        vec![DataType::Int32],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let rows = match &args[0] {
+                ColumnarValue::Array(array) => array.len(),
+                ColumnarValue::Scalar(_) => 1,
+            };
+            let owners = StringArray::from(vec![Some(OWNER); rows]);
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(_) => {
+                    ColumnarValue::Scalar(ScalarValue::Utf8(Some(OWNER.to_string())))
+                }
+                ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(owners)),
+            })
+        }),
+    )
 }
 
 /// The rewrites of Postgres-specific SQL (qualified function names such as
@@ -84,7 +355,10 @@ impl ScalarUDFImpl for PgVersion {
         Ok(DataType::Utf8)
     }
 
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(format!(
             "PostgreSQL {PG_SERVER_VERSION} (Ember {}, Apache DataFusion {}) on {}-{}",
             env!("CARGO_PKG_VERSION"),

@@ -10,9 +10,9 @@ use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use tokio::sync::watch;
-use datafusion::prelude::SessionContext;
 
 use crate::cursors::Cursors;
 use crate::engine::QueryOutput;
@@ -73,7 +73,10 @@ impl StatementGuard {
 
     /// `stream`, ending with the interruption's error if the statement is interrupted while
     /// rows still flow. Dropping the inner stream releases the query and stops its tasks.
-    pub(crate) fn guard_stream(self, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    pub(crate) fn guard_stream(
+        self,
+        stream: SendableRecordBatchStream,
+    ) -> SendableRecordBatchStream {
         let schema = stream.schema();
         let rows = futures::stream::unfold(Some((stream, self)), |state| async move {
             let (mut stream, mut guard) = state?;
@@ -285,11 +288,26 @@ pub(crate) fn transaction_tag(text: &str) -> Option<(&'static str, bool)> {
 /// own options).
 fn show_name(text: &str) -> Option<String> {
     let lower = text.trim().to_ascii_lowercase();
-    let name = lower.strip_prefix("show ")?.trim().trim_end_matches(';');
+    let name = lower
+        .strip_prefix("show ")?
+        .trim()
+        .trim_end_matches(';')
+        .trim();
+    // The SQL-standard spellings of two variables.
+    let name = match name
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .as_str()
+    {
+        "transaction isolation level" => "transaction_isolation".to_string(),
+        "time zone" => "timezone".to_string(),
+        other => other.to_string(),
+    };
     if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
         return None;
     }
-    Some(name.to_string())
+    Some(name)
 }
 
 /// DataFusion options a session may change: they shape its own plans and tasks. Runtime

@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::*;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
-use pgwire::api::results::{DataRowEncoder, FieldInfo};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
@@ -71,7 +71,8 @@ pub(crate) fn encode_batch(
     let columns: Vec<Column> = batch
         .columns()
         .iter()
-        .map(Column::try_new)
+        .zip(fields.iter())
+        .map(|(array, field)| Column::try_new(array, field.format()))
         .collect::<PgWireResult<_>>()?;
     let mut encoder = DataRowEncoder::new(Arc::clone(fields));
     let mut rows = Vec::with_capacity(batch.num_rows());
@@ -88,6 +89,7 @@ pub(crate) fn encode_batch(
 struct Column {
     array: ArrayRef,
     formatter_text: Option<Vec<Option<String>>>,
+    format: FieldFormat,
 }
 
 fn arrow_err(e: impl std::fmt::Display) -> PgWireError {
@@ -95,7 +97,7 @@ fn arrow_err(e: impl std::fmt::Display) -> PgWireError {
 }
 
 impl Column {
-    fn try_new(array: &ArrayRef) -> PgWireResult<Self> {
+    fn try_new(array: &ArrayRef, format: FieldFormat) -> PgWireResult<Self> {
         let array = match array.data_type() {
             DataType::Dictionary(_, value) => cast(array, value).map_err(arrow_err)?,
             DataType::LargeUtf8 | DataType::Utf8View => {
@@ -133,6 +135,7 @@ impl Column {
         Ok(Self {
             array,
             formatter_text,
+            format,
         })
     }
 
@@ -191,6 +194,12 @@ impl Column {
                 )
                 .unwrap_or_default()
             }),
+            DataType::Timestamp(_, tz) if self.format == FieldFormat::Text => {
+                // As PostgreSQL prints them: no fraction when it is zero, the zone as +00.
+                let values = array.as_primitive::<TimestampMicrosecondType>();
+                let value = valid.then(|| postgres_timestamp(values.value(row), tz.is_some()));
+                encoder.encode_field(&value)
+            }
             DataType::Timestamp(_, None) => prim!(TimestampMicrosecondType, |v: i64| {
                 DateTime::<Utc>::from_timestamp_micros(v)
                     .map(|t| t.naive_utc())
@@ -202,6 +211,23 @@ impl Column {
             other => Err(arrow_err(format!("cannot encode {other}"))),
         }
     }
+}
+
+/// A timestamp in microseconds as PostgreSQL's text output writes it (UTC for `with_zone`).
+fn postgres_timestamp(micros: i64, with_zone: bool) -> String {
+    let Some(time) = DateTime::<Utc>::from_timestamp_micros(micros) else {
+        return micros.to_string();
+    };
+    let mut text = time.format("%Y-%m-%d %H:%M:%S").to_string();
+    let fraction = micros.rem_euclid(1_000_000);
+    if fraction != 0 {
+        let digits = format!(".{fraction:06}");
+        text.push_str(digits.trim_end_matches('0'));
+    }
+    if with_zone {
+        text.push_str("+00");
+    }
+    text
 }
 
 /// Types encoded from typed values; everything else goes through Arrow's formatter as text.
@@ -250,6 +276,16 @@ mod tests {
             decimal(i128::MAX / 10, 2).unwrap_err(),
             "170141183460469231731687303715884105.72"
         );
+    }
+
+    #[test]
+    fn timestamps_print_as_postgres_does() {
+        assert_eq!(postgres_timestamp(0, false), "1970-01-01 00:00:00");
+        assert_eq!(
+            postgres_timestamp(1_500_000, true),
+            "1970-01-01 00:00:01.5+00"
+        );
+        assert_eq!(postgres_timestamp(-1, false), "1969-12-31 23:59:59.999999");
     }
 
     #[test]

@@ -28,10 +28,10 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireServerHandlers, PidSecretKeyGenerator,
     RandomPidSecretKeyGenerator,
 };
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::SecretKey;
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
@@ -199,7 +199,11 @@ impl ServerParameterProvider for EmberParameters {
 // Local mode trusts its users (user `ember`, any password).
 #[async_trait]
 impl StartupHandler for PgHandler {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -244,7 +248,11 @@ impl CancelKeys {
 #[async_trait]
 impl CancelHandler for PgHandler {
     async fn on_cancel_request(&self, request: CancelRequest) {
-        match self.sessions.cancel_keys.find(request.pid, &request.secret_key) {
+        match self
+            .sessions
+            .cancel_keys
+            .find(request.pid, &request.secret_key)
+        {
             Some(session) => {
                 debug!(pid = request.pid, "cancel request");
                 session.cancel();
