@@ -15,7 +15,15 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
 };
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    DataType as SqlDataType, Expr as SqlExpr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName, SelectItem, SetExpr,
+    Statement, TableFactor, Value as SqlValue, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -34,8 +42,19 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
         .map_err(|e| Error::DataFusion(*e))?;
     ctx.register_udf(ScalarUDF::from(PgVersion::new()));
     ctx.register_udf(owner_udf());
-    ctx.register_udf(function_visible_udf());
+    for name in [
+        "pg_function_is_visible",
+        "pg_collation_is_visible",
+        "pg_type_is_visible",
+        "pg_opclass_is_visible",
+        "pg_operator_is_visible",
+        "pg_conversion_is_visible",
+    ] {
+        ctx.register_udf(visible_udf(name));
+    }
     ctx.register_udf(to_regtype_udf(&ctx).await?);
+    ctx.register_udf(no_sequence_udf());
+    ctx.register_udf(ScalarUDF::from(JsonBuildObject::new()));
     let signatures = Arc::new(function_signatures(&ctx).await?);
     ctx.register_udf(signature_udf("pg_get_function_result", &signatures, |s| {
         &s.result
@@ -51,6 +70,112 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
         |s| &s.arguments,
     ));
     Ok(ctx.state())
+}
+
+/// `json_build_object(key, value, ...)`: a JSON object as text, keys and values in pairs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        if args.args.len() % 2 != 0 {
+            return datafusion::common::exec_err!(
+                "argument list must have even number of elements"
+            );
+        }
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut objects = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                if key.is_null() {
+                    return datafusion::common::exec_err!("null value not allowed for object key");
+                }
+                let key = match key {
+                    ScalarValue::Utf8(Some(k))
+                    | ScalarValue::Utf8View(Some(k))
+                    | ScalarValue::LargeUtf8(Some(k)) => k,
+                    other => other.to_string(),
+                };
+                object.insert(
+                    key,
+                    json_value(&ScalarValue::try_from_array(&pair[1], row)?),
+                );
+            }
+            objects.push(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(objects))))
+    }
+}
+
+fn json_value(value: &ScalarValue) -> serde_json::Value {
+    use serde_json::Value as Json;
+    if value.is_null() {
+        return Json::Null;
+    }
+    match value {
+        ScalarValue::Boolean(Some(b)) => Json::Bool(*b),
+        ScalarValue::Int8(Some(v)) => Json::from(*v),
+        ScalarValue::Int16(Some(v)) => Json::from(*v),
+        ScalarValue::Int32(Some(v)) => Json::from(*v),
+        ScalarValue::Int64(Some(v)) => Json::from(*v),
+        ScalarValue::UInt8(Some(v)) => Json::from(*v),
+        ScalarValue::UInt16(Some(v)) => Json::from(*v),
+        ScalarValue::UInt32(Some(v)) => Json::from(*v),
+        ScalarValue::UInt64(Some(v)) => Json::from(*v),
+        ScalarValue::Float32(Some(v)) => Json::from(*v),
+        ScalarValue::Float64(Some(v)) => Json::from(*v),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Json::String(s.clone()),
+        other => Json::String(other.to_string()),
+    }
+}
+
+/// `pg_get_serial_sequence(table, column)`: the sequence behind a serial column. Ember has no
+/// sequences, so there is none: NULL, as PostgreSQL answers for a column without one.
+fn no_sequence_udf() -> ScalarUDF {
+    create_udf(
+        "pg_get_serial_sequence",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            Ok(match &args[0] {
+                ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
+                ColumnarValue::Array(array) => {
+                    ColumnarValue::Array(Arc::new(StringArray::new_null(array.len())))
+                }
+            })
+        }),
+    )
 }
 
 /// `to_regtype(name)`: the oid of the type with that name (`int4` or `integer`), or NULL.
@@ -256,11 +381,11 @@ fn signature_udf(
     )
 }
 
-/// `pg_function_is_visible(oid)`: the functions `pg_proc` lists are all in `pg_catalog`,
-/// which is always on the search path.
-fn function_visible_udf() -> ScalarUDF {
+/// `pg_function_is_visible(oid)` and its kin: the functions, types, collations and operators
+/// `pg_catalog` lists all live in `pg_catalog`, which is always on the search path.
+fn visible_udf(name: &str) -> ScalarUDF {
     create_udf(
-        "pg_function_is_visible",
+        name,
         vec![DataType::Int32],
         DataType::Boolean,
         Volatility::Stable,
@@ -319,11 +444,176 @@ impl Compatibility {
     /// Parses `sql` with the known client catalog queries replaced, if the Postgres parser
     /// takes all of it.
     pub(crate) fn parse(&self, sql: &str) -> Option<Vec<Statement>> {
-        self.parser.parse(sql).ok()
+        // `'name'::regproc` must become the name before the crate turns it into an oid lookup.
+        let rewritten;
+        let sql = if sql.to_ascii_lowercase().contains("regproc") {
+            let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+            for statement in &mut statements {
+                let _ = statement.visit(&mut RegprocNames);
+            }
+            rewritten = statements
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(";\n");
+            rewritten.as_str()
+        } else {
+            sql
+        };
+        let mut statements = self.parser.parse(sql).ok()?;
+        for statement in &mut statements {
+            let _ = statement.visit(&mut LikeEscape);
+            let _ = statement.visit(&mut CatalogLookups);
+        }
+        Some(statements)
     }
 
     pub(crate) fn rewrite(&self, statement: Statement) -> Statement {
-        self.parser.rewrite(statement)
+        let mut statement = statement;
+        let _ = statement.visit(&mut RegprocNames);
+        let mut statement = self.parser.rewrite(statement);
+        let _ = statement.visit(&mut LikeEscape);
+        let _ = statement.visit(&mut CatalogLookups);
+        statement
+    }
+}
+
+/// A correlated scalar subquery that looks up one value in `pg_catalog` (a column's default
+/// in `pg_attrdef`, its collation in `pg_collation`), as client catalog queries do, is planned
+/// as `max(value)`: DataFusion only plans correlated scalar subqueries that aggregate, and a
+/// catalog lookup by key finds at most one row, so the answer is the same.
+struct CatalogLookups;
+
+fn call(name: &str, args: Vec<SqlExpr>) -> SqlExpr {
+    SqlExpr::Function(Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// `'pg_catalog.array_in'::regproc` becomes `'array_in'`: pg_catalog keeps function
+/// references (`typinput`, `typoutput`, ...) as function names, so the name is what compares
+/// equal.
+struct RegprocNames;
+
+impl VisitorMut for RegprocNames {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        if let SqlExpr::Cast {
+            expr: inner,
+            data_type: SqlDataType::Custom(type_name, _),
+            ..
+        } = expr
+            && let SqlExpr::Value(value) = inner.as_ref()
+            && let SqlValue::SingleQuotedString(function) = &value.value
+            && type_name
+                .0
+                .last()
+                .and_then(|part| part.as_ident())
+                .is_some_and(|ident| ident.value.eq_ignore_ascii_case("regproc"))
+        {
+            let bare = function.rsplit('.').next().unwrap_or(function).to_string();
+            *expr = SqlExpr::value(SqlValue::SingleQuotedString(bare));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl VisitorMut for CatalogLookups {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        let SqlExpr::Subquery(query) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let reads_catalog_only = !select.from.is_empty()
+            && select.from.iter().all(|t| {
+                std::iter::once(&t.relation)
+                    .chain(t.joins.iter().map(|j| &j.relation))
+                    .all(|relation| match relation {
+                        TableFactor::Table {
+                            name, args: None, ..
+                        } => name
+                            .0
+                            .last()
+                            .and_then(|part| part.as_ident())
+                            .is_some_and(|ident| ident.value.starts_with("pg_")),
+                        _ => false,
+                    })
+            });
+        let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+        if !reads_catalog_only || grouped || select.projection.len() != 1 {
+            return ControlFlow::Continue(());
+        }
+        let item = &mut select.projection[0];
+        let value = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => return ControlFlow::Continue(()),
+        };
+        let aggregated = matches!(value, SqlExpr::Function(f) if matches!(
+            f.name.to_string().to_ascii_lowercase().as_str(),
+            "max" | "min" | "count" | "sum" | "avg" | "array_agg" | "string_agg" | "bool_and"
+                | "bool_or" | "every"
+        ));
+        if !aggregated {
+            *value = call("max", vec![value.clone()]);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `x LIKE p ESCAPE 'c'` with an escape character other than DataFusion's backslash becomes
+/// `x LIKE p'` where `p'` is `p` with backslashes escaped and `c` turned into a backslash.
+struct LikeEscape;
+
+impl VisitorMut for LikeEscape {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        if let SqlExpr::Like {
+            pattern,
+            escape_char,
+            ..
+        }
+        | SqlExpr::ILike {
+            pattern,
+            escape_char,
+            ..
+        } = expr
+            && let Some(SqlValue::SingleQuotedString(escape)) =
+                escape_char.as_ref().map(|e| &e.value)
+            && escape != "\\"
+            && escape.chars().count() == 1
+        {
+            let text = |s: &str| SqlExpr::value(SqlValue::SingleQuotedString(s.to_string()));
+            let backslashes_escaped = call(
+                "replace",
+                vec![(**pattern).clone(), text("\\"), text("\\\\")],
+            );
+            **pattern = call(
+                "replace",
+                vec![backslashes_escaped, text(escape), text("\\")],
+            );
+            *escape_char = None;
+        }
+        ControlFlow::Continue(())
     }
 }
 
