@@ -5,9 +5,9 @@
 -- command tags (SET, BEGIN, ...), which psql prints only for statements that return no rows.
 --
 -- The backslash commands (\dn, \dt, \d, \dv, \df, \l) send psql's own pg_catalog queries. Their
--- expected output was derived from what psql 15 prints against PostgreSQL 15 for the same
--- objects, with Ember's single user `ember` as every owner. It has to be checked against Ember
--- once its pg_catalog lands; where Ember is right to differ, regenerate the expected file with
+-- expected output is what psql 15 prints against PostgreSQL 15 for the same objects, with
+-- Ember's single owner `ember`; only \l differs, with the encoding and locale names Ember's
+-- pg_database reports. Where Ember is right to differ, regenerate the expected file with
 -- EMBER_TEST_BLESS=1 and review the diff.
 
 -- Errors print as "ERROR:  <SQLSTATE>": the check is on the code clients act on, not on the
