@@ -465,16 +465,23 @@ fn changed_settings(options: &ConfigOptions) -> HashMap<String, String> {
         .collect()
 }
 
-/// Postgres clients' SQL made plannable: when every statement is plain SQL (nothing of
-/// DataFusion's own syntax such as `CREATE EXTERNAL TABLE` or `COPY ... TO`), the Postgres
-/// parser's reading is used, which replaces the catalog queries of psql and other tools that
-/// DataFusion cannot plan; otherwise the statements are only rewritten.
+/// Postgres clients' SQL made plannable. Catalog queries of tools (they read `pg_catalog` or
+/// `information_schema`): when every statement is plain SQL (nothing of DataFusion's own syntax
+/// such as `CREATE EXTERNAL TABLE` or `COPY ... TO`), the Postgres compatibility parser rereads
+/// it, which replaces psql's catalog queries DataFusion cannot plan and rewrites the rest. Other
+/// statements only get the rewrites that keep their meaning: its approximations of unsupported
+/// subqueries are right for catalog lookups but would change a user's answers.
 fn postgres_compatible(sql: &str, statements: Vec<DFStatement>) -> Vec<DFStatement> {
     let compatibility = pg_compat::compatibility();
+    let reads_catalog = statements.iter().any(|s| match s {
+        DFStatement::Statement(inner) => pg_compat::reads_catalog(inner),
+        _ => false,
+    });
     let plain = statements
         .iter()
         .all(|s| matches!(s, DFStatement::Statement(_)));
-    if plain
+    if reads_catalog
+        && plain
         && let Some(replaced) = compatibility.parse(sql)
         && replaced.len() == statements.len()
     {
@@ -486,8 +493,11 @@ fn postgres_compatible(sql: &str, statements: Vec<DFStatement>) -> Vec<DFStateme
     statements
         .into_iter()
         .map(|s| match s {
-            DFStatement::Statement(inner) => {
+            DFStatement::Statement(inner) if reads_catalog => {
                 DFStatement::Statement(Box::new(compatibility.rewrite(*inner)))
+            }
+            DFStatement::Statement(inner) => {
+                DFStatement::Statement(Box::new(compatibility.rewrite_user(*inner)))
             }
             other => other,
         })

@@ -20,13 +20,16 @@ use std::ops::ControlFlow;
 use datafusion::sql::sqlparser::ast::{
     DataType as SqlDataType, Expr as SqlExpr, Function, FunctionArg, FunctionArgExpr,
     FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName, SelectItem, SetExpr,
-    Statement, TableFactor, Value as SqlValue, VisitMut, VisitorMut,
+    Statement, TableFactor, Value as SqlValue, VisitMut, VisitorMut, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_pg_catalog::sql::rules::{
+    CurrentUserVariableToSessionUserFunctionCall, SqlStatementRewriteRule, StripCallableQualifier,
+};
 use ember_planner::session::DEFAULT_CATALOG;
 
 use crate::error::{Error, Result};
@@ -432,12 +435,17 @@ fn owner_udf() -> ScalarUDF {
 /// DataFusion plans.
 pub(crate) struct Compatibility {
     parser: PostgresCompatibilityParser,
+    user_rules: Vec<Box<dyn SqlStatementRewriteRule>>,
 }
 
 impl Compatibility {
     pub(crate) fn new() -> Self {
         Self {
             parser: PostgresCompatibilityParser::new(),
+            user_rules: vec![
+                Box::new(StripCallableQualifier),
+                Box::new(CurrentUserVariableToSessionUserFunctionCall),
+            ],
         }
     }
 
@@ -468,6 +476,17 @@ impl Compatibility {
         Some(statements)
     }
 
+    /// The rewrites that keep a user query's meaning: `pg_catalog.`-qualified function names
+    /// (`pg_catalog.now()`, `pg_catalog.version()`), `current_user` and friends, and `LIKE`
+    /// escape characters.
+    pub(crate) fn rewrite_user(&self, mut statement: Statement) -> Statement {
+        for rule in &self.user_rules {
+            statement = rule.rewrite(statement);
+        }
+        let _ = statement.visit(&mut LikeEscape);
+        statement
+    }
+
     pub(crate) fn rewrite(&self, statement: Statement) -> Statement {
         let mut statement = statement;
         let _ = statement.visit(&mut RegprocNames);
@@ -476,6 +495,29 @@ impl Compatibility {
         let _ = statement.visit(&mut CatalogLookups);
         statement
     }
+}
+
+/// Whether `statement` reads Postgres system catalogs (`pg_catalog.*`, `information_schema.*`
+/// or a `pg_*` table): a client tool's catalog query rather than a user's query.
+pub(crate) fn reads_catalog(statement: &Statement) -> bool {
+    visit_relations(statement, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect();
+        let catalog = parts
+            .iter()
+            .any(|p| p == "pg_catalog" || p == "information_schema")
+            || (parts.len() == 1 && parts[0].starts_with("pg_"));
+        if catalog {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
 }
 
 /// A correlated scalar subquery that looks up one value in `pg_catalog` (a column's default
