@@ -84,15 +84,15 @@ def main():
     servers = [bench("ember", args.ember, args.runs)]
     if args.postgres:
         servers.append(bench("postgres", args.postgres, args.runs))
-    print(f"{'statement':<22}" + "".join(f"{name:>26}" for name, _ in servers))
+    print(f"{'statement':<22}" + "".join(f"{name:>30}" for name, _ in servers))
     for label in STATEMENTS:
         cells = "".join(
-            f"{'p50 %.3f / p99 %.3f ms' % r[label]:>26}" for _, r in servers
+            f"{'p50 %.3f / p99 %.3f ms' % r[label]:>30}" for _, r in servers
         )
         print(f"{label:<22}{cells}")
     for label in ("large text", "large binary"):
         cells = "".join(
-            f"{'%d rows, %.0f rows/s' % r[label]:>26}" for _, r in servers
+            f"{'%d rows, %.0f rows/s' % r[label]:>30}" for _, r in servers
         )
         print(f"{'lineitem ' + label:<22}{cells}")
     print("(rows/s over the best of 3 full fetches of " + LARGE.split(" from ")[1] + ")")

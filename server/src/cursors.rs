@@ -39,7 +39,7 @@ pub(crate) enum CursorStatement {
     Declare {
         name: String,
         hold: bool,
-        query: Statement,
+        query: Box<Statement>,
     },
     Fetch {
         name: String,
@@ -79,7 +79,7 @@ impl CursorStatement {
                 CursorStatement::Declare {
                     name: name.value.clone(),
                     hold: *hold == Some(true),
-                    query: Statement::Query(query.clone()),
+                    query: Box::new(Statement::Query(query.clone())),
                 }
             }
             Statement::Fetch {

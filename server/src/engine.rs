@@ -268,7 +268,7 @@ impl QueryEngine {
                 let plan = session
                     .ctx
                     .state()
-                    .statement_to_plan(DFStatement::Statement(Box::new(query)))
+                    .statement_to_plan(DFStatement::Statement(query))
                     .await?;
                 let QueryOutput::Rows(stream) = self.run_query(session, text, plan).await? else {
                     return Err(Error::Syntax(

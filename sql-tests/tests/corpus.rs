@@ -75,6 +75,9 @@ impl AsyncDB for EmberDb {
                 }),
                 None => Ok(DBOutput::StatementComplete(0)),
             },
+            QueryOutput::TransactionStart(_) | QueryOutput::TransactionEnd(_) => {
+                Ok(DBOutput::StatementComplete(0))
+            }
         }
     }
 

@@ -225,8 +225,11 @@ impl StartupHandler for PgHandler {
 /// CancelRequest, which arrives on a connection of its own, finds the statement to stop.
 #[derive(Default)]
 struct CancelKeys {
-    sessions: Mutex<HashMap<(i32, Vec<u8>), Weak<ClientSession>>>,
+    sessions: Mutex<HashMap<CancelKey, Weak<ClientSession>>>,
 }
+
+/// A connection's process id and secret key, as bytes.
+type CancelKey = (i32, Vec<u8>);
 
 impl CancelKeys {
     fn register(&self, key: (i32, SecretKey), session: &Arc<ClientSession>) {
