@@ -706,3 +706,72 @@ pub(crate) fn compatibility() -> &'static Compatibility {
     static COMPATIBILITY: std::sync::OnceLock<Compatibility> = std::sync::OnceLock::new();
     COMPATIBILITY.get_or_init(Compatibility::new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .expect("valid SQL")
+            .remove(0)
+    }
+
+    #[test]
+    fn catalog_queries_are_told_from_user_queries() {
+        assert!(reads_catalog(&statement(
+            "select * from pg_catalog.pg_class"
+        )));
+        assert!(reads_catalog(&statement(
+            "select nspname from pg_namespace"
+        )));
+        assert!(reads_catalog(&statement(
+            "select * from tpch.nation where exists (select 1 from information_schema.tables)"
+        )));
+        assert!(!reads_catalog(&statement("select * from tpch.nation")));
+        assert!(!reads_catalog(&statement("select version()")));
+    }
+
+    #[test]
+    fn user_queries_keep_their_subqueries() {
+        let compatibility = Compatibility::new();
+        let sql = "select a, (select max(b) from t2 where t2.k = t1.k) from t1";
+        let rewritten = compatibility.rewrite_user(statement(sql));
+        assert_eq!(rewritten.to_string(), statement(sql).to_string());
+        let qualified = compatibility.rewrite_user(statement("select pg_catalog.version()"));
+        assert_eq!(qualified.to_string(), "SELECT version()");
+    }
+
+    #[test]
+    fn like_escape_characters_become_backslashes() {
+        let rewritten =
+            Compatibility::new().rewrite_user(statement("select 'a_b' like 'a/_b' escape '/'"));
+        assert_eq!(
+            rewritten.to_string(),
+            "SELECT 'a_b' LIKE replace(replace('a/_b', '\\', '\\\\'), '/', '\\')"
+        );
+    }
+
+    #[test]
+    fn regproc_literals_become_function_names() {
+        let mut parsed = statement("select typinput = 'pg_catalog.array_in'::regproc from pg_type");
+        let _ = parsed.visit(&mut RegprocNames);
+        assert_eq!(
+            parsed.to_string(),
+            "SELECT typinput = 'array_in' FROM pg_type"
+        );
+    }
+
+    #[test]
+    fn catalog_lookups_aggregate() {
+        let mut parsed = statement(
+            "select (select d.adbin from pg_attrdef d where d.adrelid = a.attrelid) from pg_attribute a",
+        );
+        let _ = parsed.visit(&mut CatalogLookups);
+        assert!(
+            parsed
+                .to_string()
+                .contains("SELECT max(d.adbin) FROM pg_attrdef")
+        );
+    }
+}

@@ -158,6 +158,13 @@ impl ClientSession {
             self.reset(name.as_deref());
             return Ok(Some(QueryOutput::Command("RESET".into())));
         }
+        if let Some(name) = parse_reset_datafusion(text) {
+            // DataFusion resets its own options; the session forgets that it changed it.
+            if let Ok(mut vars) = self.variables.lock() {
+                vars.remove(&name);
+            }
+            return Ok(None);
+        }
         let Some((name, value)) = parse_set(text) else {
             return Ok(self.show(text));
         };
@@ -293,7 +300,7 @@ fn show_name(text: &str) -> Option<String> {
         .trim()
         .trim_end_matches(';')
         .trim();
-    // The SQL-standard spellings of two variables.
+    // The SQL-standard spelling of a variable (DataFusion answers `SHOW TIME ZONE` itself).
     let name = match name
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -301,7 +308,6 @@ fn show_name(text: &str) -> Option<String> {
         .as_str()
     {
         "transaction isolation level" => "transaction_isolation".to_string(),
-        "time zone" => "timezone".to_string(),
         other => other.to_string(),
     };
     if name.starts_with("datafusion.") || name == "all" || name.contains(' ') {
@@ -363,14 +369,28 @@ fn parse_duration_ms(value: &str) -> Option<u64> {
     Some((number * factor).round() as u64)
 }
 
-/// `RESET name` → `Some(Some(name))`, `RESET ALL` → `Some(None)`.
+/// `RESET name` of a Postgres variable → `Some(Some(name))`, `RESET ALL` → `Some(None)`.
+/// Dotted names (`datafusion.*`) are DataFusion's options: DataFusion resets them, and refuses
+/// namespaces it does not have.
 fn parse_reset(text: &str) -> Option<Option<String>> {
+    let name = reset_name(text)?;
+    if name.contains('.') {
+        return None;
+    }
+    Some((name != "all").then_some(name))
+}
+
+fn parse_reset_datafusion(text: &str) -> Option<String> {
+    reset_name(text).filter(|name| name.contains('.'))
+}
+
+fn reset_name(text: &str) -> Option<String> {
     let lower = text.trim().trim_end_matches(';').to_ascii_lowercase();
     let name = lower.strip_prefix("reset ")?.trim();
     if name.is_empty() || name.contains(char::is_whitespace) {
         return None;
     }
-    Some((name != "all").then(|| name.to_string()))
+    Some(name.to_string())
 }
 
 /// `SET [SESSION|LOCAL] name {=|TO} value` → (lower-case name, value text).
@@ -414,6 +434,43 @@ mod tests {
             Some(("application_name".into(), "'psql'".into()))
         );
         assert_eq!(parse_set("SELECT 1"), None);
+    }
+
+    #[test]
+    fn session_commands_are_recognised() {
+        assert_eq!(transaction_tag("BEGIN"), Some(("BEGIN", true)));
+        assert_eq!(
+            transaction_tag("start transaction read only"),
+            Some(("START TRANSACTION", true))
+        );
+        assert_eq!(transaction_tag("commit;"), Some(("COMMIT", false)));
+        assert_eq!(
+            transaction_tag("ROLLBACK TO SAVEPOINT a"),
+            Some(("ROLLBACK", true))
+        );
+        assert_eq!(transaction_tag("rollback"), Some(("ROLLBACK", false)));
+        assert_eq!(transaction_tag("select 1"), None);
+        assert_eq!(parse_reset("RESET ALL"), Some(None));
+        assert_eq!(
+            parse_reset("reset statement_timeout;"),
+            Some(Some("statement_timeout".into()))
+        );
+        assert_eq!(
+            show_name("SHOW TRANSACTION ISOLATION LEVEL").as_deref(),
+            Some("transaction_isolation")
+        );
+        assert_eq!(show_name("show time zone"), None);
+        assert_eq!(parse_reset("reset datafusion.execution.time_zone"), None);
+        assert_eq!(show_name("SHOW datafusion.execution.batch_size"), None);
+    }
+
+    #[test]
+    fn durations_read_as_postgres_reads_them() {
+        assert_eq!(parse_duration_ms("1500"), Some(1500));
+        assert_eq!(parse_duration_ms("'2s'"), Some(2000));
+        assert_eq!(parse_duration_ms("1min"), Some(60_000));
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("soon"), None);
     }
 
     #[test]
