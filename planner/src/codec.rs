@@ -36,7 +36,10 @@ use prost::Message;
 use crate::ids::{ExecutorId, QueryId, StageId};
 use crate::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 use crate::write::DistributedSinkExec;
-use datafusion::datasource::sink::DataSinkExec;
+use datafusion::arrow::csv::WriterBuilder;
+use datafusion::datasource::file_format::csv::CsvSink;
+use datafusion::datasource::physical_plan::FileSink;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
 
 /// The one extension codec: knows [`ShuffleWriterExec`] and [`ShuffleReaderExec`].
 #[derive(Debug, Default, Clone, Copy)]
@@ -236,9 +239,10 @@ impl PhysicalExtensionCodec for EmberCodec {
             let Some(sink_exec) = sink_plan.downcast_ref::<DataSinkExec>() else {
                 return Err(proto_err("distributed sink without a DataSinkExec"));
             };
+            let repaired = unset_empty_csv_formats(sink_exec.sink());
             return Ok(Arc::new(DistributedSinkExec::try_new(
                 Arc::clone(input),
-                sink_exec.sink(),
+                repaired.as_deref().unwrap_or(sink_exec.sink()),
                 sink.staging,
                 sink.single_file,
             )?));
@@ -504,6 +508,57 @@ fn decode_equivalence(
         .collect::<Result<Vec<_>>>()?;
     equivalence.add_constants(constants)?;
     Ok(equivalence)
+}
+
+/// datafusion-proto sends a CSV writer's unset date and time formats as empty strings and
+/// decodes them as formats: every date and timestamp would be written as an empty field. An
+/// empty format is put back to unset. `None` when there is nothing to repair.
+fn unset_empty_csv_formats(sink: &dyn DataSink) -> Option<Arc<dyn DataSink>> {
+    let csv = sink.downcast_ref::<CsvSink>()?;
+    let options = csv.writer_options();
+    let written = &options.writer_options;
+    let empty = |format: Option<&str>| format.is_some_and(str::is_empty);
+    if ![
+        written.date_format(),
+        written.datetime_format(),
+        written.time_format(),
+        written.timestamp_format(),
+        written.timestamp_tz_format(),
+    ]
+    .into_iter()
+    .any(empty)
+    {
+        return None;
+    }
+    let keep = |format: Option<&str>| format.filter(|f| !f.is_empty()).map(str::to_string);
+    let mut builder = WriterBuilder::new()
+        .with_header(written.header())
+        .with_delimiter(written.delimiter())
+        .with_quote(written.quote())
+        .with_escape(written.escape())
+        .with_double_quote(written.double_quote())
+        .with_null(written.null().to_string())
+        .with_quote_style(written.quote_style())
+        .with_ignore_leading_whitespace(written.ignore_leading_whitespace())
+        .with_ignore_trailing_whitespace(written.ignore_trailing_whitespace());
+    if let Some(format) = keep(written.date_format()) {
+        builder = builder.with_date_format(format);
+    }
+    if let Some(format) = keep(written.datetime_format()) {
+        builder = builder.with_datetime_format(format);
+    }
+    if let Some(format) = keep(written.time_format()) {
+        builder = builder.with_time_format(format);
+    }
+    if let Some(format) = keep(written.timestamp_format()) {
+        builder = builder.with_timestamp_format(format);
+    }
+    if let Some(format) = keep(written.timestamp_tz_format()) {
+        builder = builder.with_timestamp_tz_format(format);
+    }
+    let mut fixed = options.clone();
+    fixed.writer_options = builder;
+    Some(Arc::new(CsvSink::new(csv.config().clone(), fixed)))
 }
 
 /// datafusion-proto writes `ignore_nulls: false` for every window UDF (`first_value`,

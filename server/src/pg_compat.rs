@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray};
+use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::Int32Type;
 use datafusion::common::ScalarValue;
@@ -44,7 +44,12 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
     setup_pg_catalog(&ctx, DEFAULT_CATALOG, EmptyContextProvider)
         .map_err(|e| Error::DataFusion(*e))?;
     ctx.register_udf(ScalarUDF::from(PgVersion::new()));
-    ctx.register_udf(owner_udf());
+    // Every object Ember lists is owned by its one role.
+    ctx.register_udf(constant_udf(
+        "pg_get_userbyid",
+        vec![DataType::Int32],
+        ScalarValue::Utf8(Some(OWNER.into())),
+    ));
     for name in [
         "pg_function_is_visible",
         "pg_collation_is_visible",
@@ -53,10 +58,22 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
         "pg_operator_is_visible",
         "pg_conversion_is_visible",
     ] {
-        ctx.register_udf(visible_udf(name));
+        // The functions, types, collations and operators pg_catalog lists all live in
+        // pg_catalog, which is always on the search path.
+        ctx.register_udf(constant_udf(
+            name,
+            vec![DataType::Int32],
+            ScalarValue::Boolean(Some(true)),
+        ));
     }
     ctx.register_udf(to_regtype_udf(&ctx).await?);
-    ctx.register_udf(no_sequence_udf());
+    // Ember has no sequences, so no column has one: NULL, as PostgreSQL answers for a column
+    // without one.
+    ctx.register_udf(constant_udf(
+        "pg_get_serial_sequence",
+        vec![DataType::Utf8, DataType::Utf8],
+        ScalarValue::Utf8(None),
+    ));
     ctx.register_udf(ScalarUDF::from(JsonBuildObject::new()));
     let signatures = Arc::new(function_signatures(&ctx).await?);
     ctx.register_udf(signature_udf("pg_get_function_result", &signatures, |s| {
@@ -73,6 +90,25 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
         |s| &s.arguments,
     ));
     Ok(ctx.state())
+}
+
+/// A function whose answer is the same for every argument: what Ember's catalog knows of all
+/// objects alike.
+fn constant_udf(name: &str, arguments: Vec<DataType>, value: ScalarValue) -> ScalarUDF {
+    create_udf(
+        name,
+        arguments,
+        value.data_type(),
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            Ok(match args.first() {
+                Some(ColumnarValue::Array(array)) => {
+                    ColumnarValue::Array(value.to_array_of_size(array.len())?)
+                }
+                _ => ColumnarValue::Scalar(value.clone()),
+            })
+        }),
+    )
 }
 
 /// `json_build_object(key, value, ...)`: a JSON object as text, keys and values in pairs.
@@ -160,25 +196,6 @@ fn json_value(value: &ScalarValue) -> serde_json::Value {
         | ScalarValue::LargeUtf8(Some(s)) => Json::String(s.clone()),
         other => Json::String(other.to_string()),
     }
-}
-
-/// `pg_get_serial_sequence(table, column)`: the sequence behind a serial column. Ember has no
-/// sequences, so there is none: NULL, as PostgreSQL answers for a column without one.
-fn no_sequence_udf() -> ScalarUDF {
-    create_udf(
-        "pg_get_serial_sequence",
-        vec![DataType::Utf8, DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            Ok(match &args[0] {
-                ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
-                ColumnarValue::Array(array) => {
-                    ColumnarValue::Array(Arc::new(StringArray::new_null(array.len())))
-                }
-            })
-        }),
-    )
 }
 
 /// `to_regtype(name)`: the oid of the type with that name (`int4` or `integer`), or NULL.
@@ -384,51 +401,8 @@ fn signature_udf(
     )
 }
 
-/// `pg_function_is_visible(oid)` and its kin: the functions, types, collations and operators
-/// `pg_catalog` lists all live in `pg_catalog`, which is always on the search path.
-fn visible_udf(name: &str) -> ScalarUDF {
-    create_udf(
-        name,
-        vec![DataType::Int32],
-        DataType::Boolean,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            Ok(match &args[0] {
-                ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
-                ColumnarValue::Array(array) => {
-                    ColumnarValue::Array(Arc::new(BooleanArray::from(vec![true; array.len()])))
-                }
-            })
-        }),
-    )
-}
-
 /// The owner of every schema and table: Ember has one owner role, `ember`.
 pub(crate) const OWNER: &str = "ember";
-
-/// `pg_get_userbyid(oid)`: the name of the role with that oid; every object Ember lists is
-/// owned by [`OWNER`].
-fn owner_udf() -> ScalarUDF {
-    create_udf(
-        "pg_get_userbyid",
-        vec![DataType::Int32],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let rows = match &args[0] {
-                ColumnarValue::Array(array) => array.len(),
-                ColumnarValue::Scalar(_) => 1,
-            };
-            let owners = StringArray::from(vec![Some(OWNER); rows]);
-            Ok(match &args[0] {
-                ColumnarValue::Scalar(_) => {
-                    ColumnarValue::Scalar(ScalarValue::Utf8(Some(OWNER.to_string())))
-                }
-                ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(owners)),
-            })
-        }),
-    )
-}
 
 /// The rewrites of Postgres-specific SQL (qualified function names such as
 /// `pg_catalog.version()`, `::regclass` casts, `ANY (array)`, psql's catalog queries) into SQL
