@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v protoc >/dev/null 2>&1 || true # protoc is vendored by the build; nothing to install
 # The real-client tests (server/tests/pg_clients.rs) compile and run a pgJDBC program.
 command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)

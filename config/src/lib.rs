@@ -41,11 +41,27 @@ pub enum Error {
 #[serde(deny_unknown_fields)]
 pub struct EmberConfig {
     pub coordinator: CoordinatorConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
     pub executor: ExecutorConfig,
     pub storage: StorageConfig,
     pub cache: CacheConfig,
     pub local: LocalConfig,
     pub tpch: TpchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub method: String,
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +323,31 @@ impl EmberConfig {
             return Err(invalid(
                 "coordinator.executor_timeout_ms",
                 "must be longer than executor.heartbeat_interval_ms",
+            ));
+        }
+        if !["trust", "password", "md5", "scram-sha-256"].contains(&self.auth.method.as_str()) {
+            return Err(invalid(
+                "auth.method",
+                "must be one of trust, password, md5, scram-sha-256",
+            ));
+        }
+        if self.auth.method != "trust" && self.auth.users.is_empty() {
+            return Err(invalid(
+                "auth.users",
+                "must list at least one user when auth.method is not trust",
+            ));
+        }
+        if self.auth.users.iter().any(|u| !u.contains(':')) {
+            return Err(invalid(
+                "auth.users",
+                "entries are name:verifier, as printed by `ember passwd NAME`",
+            ));
+        }
+        let (cert, key) = (&self.tls.cert_file, &self.tls.key_file);
+        if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together",
             ));
         }
         if !(self.tpch.scale >= 0.0 && self.tpch.scale <= 1000.0) {

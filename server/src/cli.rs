@@ -37,6 +37,15 @@ pub enum Command {
         #[command(subcommand)]
         bench: crate::bench::BenchCommand,
     },
+    /// Print a user entry for `auth.users`: reads the password from standard input (one line)
+    /// and prints `NAME:verifier`. The password itself is not kept anywhere.
+    Passwd {
+        /// The user name.
+        name: String,
+        /// An md5 verifier (for `auth.method = "md5"`) instead of SCRAM-SHA-256.
+        #[arg(long)]
+        md5: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +251,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster.run(shutdown_signal()).await?;
         }
         Command::Bench { bench } => crate::bench::run(bench, cli.config.as_ref()).await?,
+        Command::Passwd { name, md5 } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input");
+            let verifier = if md5 {
+                crate::pgwire::auth::md5_verifier(&name, password)
+            } else {
+                crate::pgwire::auth::scram_verifier(password)
+            };
+            println!("{name}:{verifier}");
+        }
     }
     Ok(())
 }

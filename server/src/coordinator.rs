@@ -34,6 +34,7 @@ pub struct Coordinator {
     handle: SchedulerHandle,
     grpc_listener: TcpListener,
     pg_listener: TcpListener,
+    security: crate::pgwire::Security,
     max_message_size: usize,
 }
 
@@ -85,6 +86,7 @@ impl Coordinator {
             handle,
             grpc_listener,
             pg_listener,
+            security: crate::pgwire::Security::from_config(&config.auth, &config.tls)?,
             max_message_size: config.coordinator.max_message_size,
         })
     }
@@ -113,6 +115,7 @@ impl Coordinator {
         let pg = tokio::spawn(crate::pgwire::serve(
             self.pg_listener,
             Arc::clone(&self.engine),
+            self.security,
             stopped(stop_rx.clone()),
         ));
         shutdown.await;

@@ -4,17 +4,23 @@
 //! and rows stream back as the final stage produces them. Errors become ErrorResponses with a
 //! SQLSTATE; a failing statement never closes the connection or affects other clients.
 
+pub(crate) mod auth;
 mod encode;
 mod extended;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
+use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use datafusion::error::DataFusionError;
 use futures::{Sink, StreamExt, stream};
+use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
+use pgwire::api::auth::md5pass::Md5PasswordAuthStartupHandler;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -33,6 +39,7 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::TlsAcceptor;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -40,30 +47,49 @@ use crate::engine::{ClientSession, QueryEngine, QueryOutput};
 use crate::error::Error;
 use crate::pg_compat::PG_SERVER_VERSION;
 use crate::session::transaction_tag;
+use auth::{Method, Users};
+use ember_config::{AuthConfig, TlsConfig};
 
 /// Serves Postgres clients on an already-bound listener until `shutdown` completes.
 pub(crate) async fn serve(
     listener: TcpListener,
     engine: Arc<QueryEngine>,
+    security: Security,
     shutdown: impl Future<Output = ()>,
 ) {
-    let handlers = Arc::new(PgHandlers {
-        handler: Arc::new({
-            let sessions = Arc::new(Sessions {
-                engine: Arc::clone(&engine),
-                cancel_keys: CancelKeys::default(),
-            });
-            PgHandler {
-                parser: Arc::new(extended::EmberQueryParser::new(
-                    Arc::clone(&engine),
-                    Arc::clone(&sessions),
-                )),
-                engine,
-                sessions,
-                keys: RandomPidSecretKeyGenerator::default(),
-            }
-        }),
+    let handler = Arc::new({
+        let sessions = Arc::new(Sessions {
+            engine: Arc::clone(&engine),
+            cancel_keys: CancelKeys::default(),
+        });
+        PgHandler {
+            parser: Arc::new(extended::EmberQueryParser::new(
+                Arc::clone(&engine),
+                Arc::clone(&sessions),
+            )),
+            engine,
+            sessions,
+            keys: RandomPidSecretKeyGenerator::default(),
+        }
     });
+    let users = security.users;
+    let startup = Arc::new(match security.method {
+        Method::Trust => Startup::Trust(Arc::clone(&handler)),
+        Method::Password => Startup::Password(CleartextPasswordAuthStartupHandler::new(
+            users,
+            EmberParameters,
+        )),
+        Method::Md5 => Startup::Md5(Md5PasswordAuthStartupHandler::new(
+            Arc::new(users),
+            Arc::new(EmberParameters),
+        )),
+        Method::Scram => Startup::Scram(
+            SASLAuthStartupHandler::new(Arc::new(EmberParameters))
+                .with_scram(ScramAuth::new(Arc::new(users))),
+        ),
+    });
+    let handlers = Arc::new(PgHandlers { handler, startup });
+    let tls = security.tls;
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "postgres wire protocol listening");
     }
@@ -75,8 +101,9 @@ pub(crate) async fn serve(
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let handlers = Arc::clone(&handlers);
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             debug!(%peer, %error, "postgres connection ended with an error");
                         }
                     });
@@ -92,6 +119,7 @@ pub(crate) async fn serve(
 
 struct PgHandlers {
     handler: Arc<PgHandler>,
+    startup: Arc<Startup>,
 }
 
 impl PgWireServerHandlers for PgHandlers {
@@ -104,11 +132,91 @@ impl PgWireServerHandlers for PgHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::clone(&self.handler)
+        Arc::clone(&self.startup)
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         Arc::clone(&self.handler)
+    }
+}
+
+/// How the Postgres port checks clients: the authentication method with its users, and TLS.
+pub(crate) struct Security {
+    pub(crate) method: Method,
+    pub(crate) users: Users,
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+impl Security {
+    /// From `auth.*` and `tls.*`; a bad user entry or an unreadable certificate stops the start.
+    pub(crate) fn from_config(auth: &AuthConfig, tls: &TlsConfig) -> Result<Self, Error> {
+        let tls = if tls.cert_file.as_os_str().is_empty() {
+            None
+        } else {
+            Some(tls_acceptor(&tls.cert_file, &tls.key_file)?)
+        };
+        Ok(Self {
+            method: Method::parse(&auth.method)?,
+            users: Users::parse(&auth.users)?,
+            tls,
+        })
+    }
+}
+
+fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Error> {
+    use pgwire::tokio::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let unreadable = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!(
+            "cannot read the TLS {what} {}: {e}",
+            path.display()
+        ))
+    };
+    let certificates = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| unreadable("certificate", cert_file, &e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| unreadable("key", key_file, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|builder| {
+        builder
+            .with_no_client_auth()
+            .with_single_cert(certificates, key)
+    })
+    .map_err(|e| Error::Unavailable(format!("invalid TLS certificate or key: {e}")))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The startup exchange of the configured authentication method.
+enum Startup {
+    Trust(Arc<PgHandler>),
+    Password(CleartextPasswordAuthStartupHandler<Users, EmberParameters>),
+    Md5(Md5PasswordAuthStartupHandler<Users, EmberParameters>),
+    Scram(SASLAuthStartupHandler<EmberParameters>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(handler) => handler.on_startup(client, message).await,
+            Startup::Password(handler) => handler.on_startup(client, message).await,
+            Startup::Md5(handler) => handler.on_startup(client, message).await,
+            Startup::Scram(handler) => handler.on_startup(client, message).await,
+        }
     }
 }
 
