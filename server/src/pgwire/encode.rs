@@ -8,6 +8,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::*;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use pg_interval::Interval;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
@@ -34,7 +35,43 @@ pub(crate) fn pg_type(data_type: &DataType) -> Type {
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Dictionary(_, value) => pg_type(value),
+        DataType::Interval(_) => Type::INTERVAL,
+        DataType::List(element)
+        | DataType::LargeList(element)
+        | DataType::ListView(element)
+        | DataType::FixedSizeList(element, _) => match array_element(element.data_type()) {
+            Some(element) => array_type(&element),
+            None => Type::TEXT,
+        },
         _ => Type::TEXT,
+    }
+}
+
+/// The element type a list of `data_type` is sent with, when Postgres has an array of it.
+fn array_element(data_type: &DataType) -> Option<DataType> {
+    Some(match data_type {
+        DataType::Boolean => DataType::Boolean,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => DataType::Int16,
+        DataType::Int32 | DataType::UInt16 => DataType::Int32,
+        DataType::Int64 | DataType::UInt32 => DataType::Int64,
+        DataType::Float16 | DataType::Float32 => DataType::Float32,
+        DataType::Float64 => DataType::Float64,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::Date32 | DataType::Date64 => DataType::Date32,
+        _ => return None,
+    })
+}
+
+fn array_type(element: &DataType) -> Type {
+    match element {
+        DataType::Boolean => Type::BOOL_ARRAY,
+        DataType::Int16 => Type::INT2_ARRAY,
+        DataType::Int32 => Type::INT4_ARRAY,
+        DataType::Int64 => Type::INT8_ARRAY,
+        DataType::Float32 => Type::FLOAT4_ARRAY,
+        DataType::Float64 => Type::FLOAT8_ARRAY,
+        DataType::Date32 => Type::DATE_ARRAY,
+        _ => Type::TEXT_ARRAY,
     }
 }
 
@@ -119,6 +156,21 @@ impl Column {
             DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => {
                 cast(array, &DataType::Decimal128(*p, *s)).map_err(arrow_err)?
             }
+            DataType::Interval(unit) if *unit != IntervalUnit::MonthDayNano => {
+                cast(array, &DataType::Interval(IntervalUnit::MonthDayNano)).map_err(arrow_err)?
+            }
+            DataType::List(element)
+            | DataType::LargeList(element)
+            | DataType::ListView(element)
+            | DataType::FixedSizeList(element, _) => match array_element(element.data_type()) {
+                // One list layout with one element type per Postgres array type.
+                Some(target) => cast(
+                    array,
+                    &DataType::List(Arc::new(Field::new_list_field(target, true))),
+                )
+                .map_err(arrow_err)?,
+                None => Arc::clone(array),
+            },
             _ => Arc::clone(array),
         };
         let formatter_text = if native(array.data_type()) {
@@ -184,9 +236,7 @@ impl Column {
                 let value = valid.then(|| array.as_binary::<i32>().value(row));
                 encoder.encode_field(&value)
             }
-            DataType::Date32 => prim!(Date32Type, |v: i32| {
-                NaiveDate::from_num_days_from_ce_opt(v + 719_163).unwrap_or_default()
-            }),
+            DataType::Date32 => prim!(Date32Type, date),
             DataType::Time64(_) => prim!(Time64MicrosecondType, |v: i64| {
                 NaiveTime::from_num_seconds_from_midnight_opt(
                     (v / 1_000_000) as u32,
@@ -194,6 +244,57 @@ impl Column {
                 )
                 .unwrap_or_default()
             }),
+            DataType::Interval(IntervalUnit::MonthDayNano) => {
+                let values = array.as_primitive::<IntervalMonthDayNanoType>();
+                let value = valid.then(|| {
+                    let v = values.value(row);
+                    Interval::new(v.months, v.days, v.nanoseconds / 1000)
+                });
+                encoder.encode_field(&value)
+            }
+            DataType::List(element) => {
+                let lists = array.as_list::<i32>();
+                let items = valid.then(|| lists.value(row));
+                macro_rules! items {
+                    ($t:ty) => {{
+                        let value = items
+                            .map(|items| items.as_primitive::<$t>().iter().collect::<Vec<_>>());
+                        encoder.encode_field(&value)
+                    }};
+                }
+                match element.data_type() {
+                    DataType::Boolean => {
+                        let value =
+                            items.map(|items| items.as_boolean().iter().collect::<Vec<_>>());
+                        encoder.encode_field(&value)
+                    }
+                    DataType::Int16 => items!(Int16Type),
+                    DataType::Int32 => items!(Int32Type),
+                    DataType::Int64 => items!(Int64Type),
+                    DataType::Float32 => items!(Float32Type),
+                    DataType::Float64 => items!(Float64Type),
+                    DataType::Date32 => {
+                        let value = items.map(|items| {
+                            items
+                                .as_primitive::<Date32Type>()
+                                .iter()
+                                .map(|d| d.map(date))
+                                .collect::<Vec<_>>()
+                        });
+                        encoder.encode_field(&value)
+                    }
+                    _ => {
+                        let value = items.map(|items| {
+                            items
+                                .as_string::<i32>()
+                                .iter()
+                                .map(|s| s.map(str::to_string))
+                                .collect::<Vec<_>>()
+                        });
+                        encoder.encode_field(&value)
+                    }
+                }
+            }
             DataType::Timestamp(_, tz) if self.format == FieldFormat::Text => {
                 // As PostgreSQL prints them: no fraction when it is zero, the zone as +00.
                 let values = array.as_primitive::<TimestampMicrosecondType>();
@@ -211,6 +312,11 @@ impl Column {
             other => Err(arrow_err(format!("cannot encode {other}"))),
         }
     }
+}
+
+/// A Date32 (days since 1970-01-01) as a calendar date.
+fn date(days: i32) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(days + 719_163).unwrap_or_default()
 }
 
 /// A timestamp in microseconds as PostgreSQL's text output writes it (UTC for `with_zone`).
@@ -232,9 +338,13 @@ fn postgres_timestamp(micros: i64, with_zone: bool) -> String {
 
 /// Types encoded from typed values; everything else goes through Arrow's formatter as text.
 fn native(data_type: &DataType) -> bool {
+    if let DataType::List(element) = data_type {
+        return array_element(element.data_type()).as_ref() == Some(element.data_type());
+    }
     matches!(
         data_type,
-        DataType::Boolean
+        DataType::Interval(IntervalUnit::MonthDayNano)
+            | DataType::Boolean
             | DataType::Int8
             | DataType::Int16
             | DataType::Int32

@@ -118,6 +118,31 @@ def result_types_text():
 
 
 @check
+def arrays_and_intervals():
+    # Arrays and intervals arrive as their Postgres types (int8[] 1016: integer literals are
+    # bigint in Ember; text[] 1009, interval 1186), so psycopg returns lists and timedeltas, in
+    # text and in binary.
+    sql = (
+        "select make_array(1, 2, null) as ints, make_array('a', 'b') as texts, "
+        "interval '3 days 4 hours 5 minutes 6 seconds' as span"
+    )
+    for binary in (False, True):
+        with connect() as conn, conn.cursor(binary=binary) as cur:
+            cur.execute(sql)
+            how = "binary" if binary else "text"
+            expect(
+                f"{how}: array and interval types",
+                [1016, 1009, 1186],
+                [c.type_code for c in cur.description],
+            )
+            expect(
+                f"{how}: values",
+                ([1, 2, None], ["a", "b"], datetime.timedelta(days=3, seconds=14706)),
+                cur.fetchone(),
+            )
+
+
+@check
 def result_types_binary():
     with connect() as conn, conn.cursor(binary=True) as cur:
         cur.execute(TYPES_QUERY.format("1"))

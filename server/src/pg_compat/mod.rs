@@ -1,0 +1,258 @@
+//! What Postgres clients expect of the server beyond SQL: `pg_catalog` built live from Ember's
+//! catalog (psql's `\d` family, pgJDBC's DatabaseMetaData, SQLAlchemy's inspector, BI tools),
+//! the Postgres system functions they call, and the rewrites that let their catalog queries run
+//! on DataFusion. The tables and most functions come from the datafusion-pg-catalog crate.
+
+mod functions;
+mod rewrites;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Statement, VisitMut, visit_relations};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_pg_catalog::sql::rules::{
+    CurrentUserVariableToSessionUserFunctionCall, SqlStatementRewriteRule, StripCallableQualifier,
+};
+use ember_planner::session::DEFAULT_CATALOG;
+
+use crate::error::{Error, Result};
+use functions::{
+    JsonBuildObject, PgVersion, constant_udf, function_signatures, signature_udf, to_regtype_udf,
+};
+use rewrites::{CatalogLookups, LikeEscape, RegprocNames};
+
+/// The PostgreSQL version Ember speaks for (catalog layout, protocol, functions).
+pub(crate) const PG_SERVER_VERSION: &str = "16.6";
+
+/// `state` with `pg_catalog` and the Postgres functions: what every Postgres-wire session
+/// starts from.
+pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState> {
+    let ctx = SessionContext::new_with_state(state.clone());
+    setup_pg_catalog(&ctx, DEFAULT_CATALOG, EmptyContextProvider)
+        .map_err(|e| Error::DataFusion(*e))?;
+    ctx.register_udf(ScalarUDF::from(PgVersion::new()));
+    // Every object Ember lists is owned by its one role.
+    ctx.register_udf(constant_udf(
+        "pg_get_userbyid",
+        vec![DataType::Int32],
+        ScalarValue::Utf8(Some(OWNER.into())),
+    ));
+    for name in [
+        "pg_function_is_visible",
+        "pg_collation_is_visible",
+        "pg_type_is_visible",
+        "pg_opclass_is_visible",
+        "pg_operator_is_visible",
+        "pg_conversion_is_visible",
+    ] {
+        // The functions, types, collations and operators pg_catalog lists all live in
+        // pg_catalog, which is always on the search path.
+        ctx.register_udf(constant_udf(
+            name,
+            vec![DataType::Int32],
+            ScalarValue::Boolean(Some(true)),
+        ));
+    }
+    ctx.register_udf(to_regtype_udf(&ctx).await?);
+    // Ember has no sequences, so no column has one: NULL, as PostgreSQL answers for a column
+    // without one.
+    ctx.register_udf(constant_udf(
+        "pg_get_serial_sequence",
+        vec![DataType::Utf8, DataType::Utf8],
+        ScalarValue::Utf8(None),
+    ));
+    ctx.register_udf(ScalarUDF::from(JsonBuildObject::new()));
+    let signatures = Arc::new(function_signatures(&ctx).await?);
+    ctx.register_udf(signature_udf("pg_get_function_result", &signatures, |s| {
+        &s.result
+    }));
+    ctx.register_udf(signature_udf(
+        "pg_get_function_arguments",
+        &signatures,
+        |s| &s.arguments,
+    ));
+    ctx.register_udf(signature_udf(
+        "pg_get_function_identity_arguments",
+        &signatures,
+        |s| &s.arguments,
+    ));
+    Ok(ctx.state())
+}
+
+/// The owner of every schema and table: Ember has one owner role, `ember`.
+pub(crate) const OWNER: &str = "ember";
+
+/// The rewrites of Postgres-specific SQL (qualified function names such as
+/// `pg_catalog.version()`, `::regclass` casts, `ANY (array)`, psql's catalog queries) into SQL
+/// DataFusion plans.
+pub(crate) struct Compatibility {
+    parser: PostgresCompatibilityParser,
+    user_rules: Vec<Box<dyn SqlStatementRewriteRule>>,
+}
+
+impl Compatibility {
+    pub(crate) fn new() -> Self {
+        Self {
+            parser: PostgresCompatibilityParser::new(),
+            user_rules: vec![
+                Box::new(StripCallableQualifier),
+                Box::new(CurrentUserVariableToSessionUserFunctionCall),
+            ],
+        }
+    }
+
+    /// Parses `sql` with the known client catalog queries replaced, if the Postgres parser
+    /// takes all of it.
+    pub(crate) fn parse(&self, sql: &str) -> Option<Vec<Statement>> {
+        // `'name'::regproc` must become the name before the crate turns it into an oid lookup.
+        let rewritten;
+        let sql = if sql.to_ascii_lowercase().contains("regproc") {
+            let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+            for statement in &mut statements {
+                let _ = statement.visit(&mut RegprocNames);
+            }
+            rewritten = statements
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(";\n");
+            rewritten.as_str()
+        } else {
+            sql
+        };
+        let mut statements = self.parser.parse(sql).ok()?;
+        for statement in &mut statements {
+            let _ = statement.visit(&mut LikeEscape);
+            let _ = statement.visit(&mut CatalogLookups);
+        }
+        Some(statements)
+    }
+
+    /// The rewrites that keep a user query's meaning: `pg_catalog.`-qualified function names
+    /// (`pg_catalog.now()`, `pg_catalog.version()`), `current_user` and friends, and `LIKE`
+    /// escape characters.
+    pub(crate) fn rewrite_user(&self, mut statement: Statement) -> Statement {
+        for rule in &self.user_rules {
+            statement = rule.rewrite(statement);
+        }
+        let _ = statement.visit(&mut LikeEscape);
+        statement
+    }
+
+    pub(crate) fn rewrite(&self, statement: Statement) -> Statement {
+        let mut statement = statement;
+        let _ = statement.visit(&mut RegprocNames);
+        let mut statement = self.parser.rewrite(statement);
+        let _ = statement.visit(&mut LikeEscape);
+        let _ = statement.visit(&mut CatalogLookups);
+        statement
+    }
+}
+
+/// Whether `statement` reads Postgres system catalogs (`pg_catalog.*`, `information_schema.*`
+/// or a `pg_*` table): a client tool's catalog query rather than a user's query.
+pub(crate) fn reads_catalog(statement: &Statement) -> bool {
+    visit_relations(statement, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect();
+        let catalog = parts
+            .iter()
+            .any(|p| p == "pg_catalog" || p == "information_schema")
+            || (parts.len() == 1 && parts[0].starts_with("pg_"));
+        if catalog {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
+}
+
+/// Shared by every Postgres session.
+pub(crate) fn compatibility() -> &'static Compatibility {
+    static COMPATIBILITY: std::sync::OnceLock<Compatibility> = std::sync::OnceLock::new();
+    COMPATIBILITY.get_or_init(Compatibility::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .expect("valid SQL")
+            .remove(0)
+    }
+
+    #[test]
+    fn catalog_queries_are_told_from_user_queries() {
+        assert!(reads_catalog(&statement(
+            "select * from pg_catalog.pg_class"
+        )));
+        assert!(reads_catalog(&statement(
+            "select nspname from pg_namespace"
+        )));
+        assert!(reads_catalog(&statement(
+            "select * from tpch.nation where exists (select 1 from information_schema.tables)"
+        )));
+        assert!(!reads_catalog(&statement("select * from tpch.nation")));
+        assert!(!reads_catalog(&statement("select version()")));
+    }
+
+    #[test]
+    fn user_queries_keep_their_subqueries() {
+        let compatibility = Compatibility::new();
+        let sql = "select a, (select max(b) from t2 where t2.k = t1.k) from t1";
+        let rewritten = compatibility.rewrite_user(statement(sql));
+        assert_eq!(rewritten.to_string(), statement(sql).to_string());
+        let qualified = compatibility.rewrite_user(statement("select pg_catalog.version()"));
+        assert_eq!(qualified.to_string(), "SELECT version()");
+    }
+
+    #[test]
+    fn like_escape_characters_become_backslashes() {
+        let rewritten =
+            Compatibility::new().rewrite_user(statement("select 'a_b' like 'a/_b' escape '/'"));
+        assert_eq!(
+            rewritten.to_string(),
+            "SELECT 'a_b' LIKE replace(replace('a/_b', '\\', '\\\\'), '/', '\\')"
+        );
+    }
+
+    #[test]
+    fn regproc_literals_become_function_names() {
+        let mut parsed = statement("select typinput = 'pg_catalog.array_in'::regproc from pg_type");
+        let _ = parsed.visit(&mut RegprocNames);
+        assert_eq!(
+            parsed.to_string(),
+            "SELECT typinput = 'array_in' FROM pg_type"
+        );
+    }
+
+    #[test]
+    fn catalog_lookups_aggregate() {
+        let mut parsed = statement(
+            "select (select d.adbin from pg_attrdef d where d.adrelid = a.attrelid) from pg_attribute a",
+        );
+        let _ = parsed.visit(&mut CatalogLookups);
+        assert!(
+            parsed
+                .to_string()
+                .contains("SELECT max(d.adbin) FROM pg_attrdef")
+        );
+    }
+}
