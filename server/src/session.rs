@@ -293,7 +293,7 @@ pub(crate) fn transaction_tag(text: &str) -> Option<(&'static str, bool)> {
 
 /// The variable of a `SHOW` that Ember answers itself (DataFusion answers `SHOW ALL` and its
 /// own options).
-fn show_name(text: &str) -> Option<String> {
+pub(crate) fn show_name(text: &str) -> Option<String> {
     let lower = text.trim().to_ascii_lowercase();
     let name = lower
         .strip_prefix("show ")?

@@ -326,44 +326,14 @@ pub(super) fn signature_udf(
     )
 }
 
-/// `version()` as Postgres clients parse it (`PostgreSQL 16.6 ...`): SQLAlchemy and others read
-/// the server version from it.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub(super) struct PgVersion {
-    signature: Signature,
-}
-
-impl PgVersion {
-    pub(super) fn new() -> Self {
-        Self {
-            signature: Signature::nullary(Volatility::Stable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for PgVersion {
-    fn name(&self) -> &str {
-        "version"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        _args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(format!(
-            "PostgreSQL {PG_SERVER_VERSION} (Ember {}, Apache DataFusion {}) on {}-{}",
-            env!("CARGO_PKG_VERSION"),
-            datafusion::DATAFUSION_VERSION,
-            std::env::consts::ARCH,
-            std::env::consts::OS,
-        )))))
-    }
+/// What `version()` answers, in the form Postgres clients parse (`PostgreSQL 16.6 ...`):
+/// SQLAlchemy and others read the server version from it.
+pub(super) fn version_text() -> String {
+    format!(
+        "PostgreSQL {PG_SERVER_VERSION} (Ember {}, Apache DataFusion {}) on {}-{}",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION,
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+    )
 }

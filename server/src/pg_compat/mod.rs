@@ -27,7 +27,7 @@ use ember_planner::session::DEFAULT_CATALOG;
 
 use crate::error::{Error, Result};
 use functions::{
-    JsonBuildObject, PgVersion, constant_udf, function_signatures, signature_udf, to_regtype_udf,
+    JsonBuildObject, constant_udf, function_signatures, signature_udf, to_regtype_udf, version_text,
 };
 use rewrites::{CatalogLookups, LikeEscape, RegprocNames};
 
@@ -40,7 +40,11 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
     let ctx = SessionContext::new_with_state(state.clone());
     setup_pg_catalog(&ctx, DEFAULT_CATALOG, EmptyContextProvider)
         .map_err(|e| Error::DataFusion(*e))?;
-    ctx.register_udf(ScalarUDF::from(PgVersion::new()));
+    ctx.register_udf(constant_udf(
+        "version",
+        vec![],
+        ScalarValue::Utf8(Some(version_text())),
+    ));
     // Every object Ember lists is owned by its one role.
     ctx.register_udf(constant_udf(
         "pg_get_userbyid",

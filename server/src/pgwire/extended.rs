@@ -30,6 +30,7 @@ use super::{PgHandler, Sessions, encode, error_info, response};
 use crate::cursors::CursorStatement;
 use crate::engine::{ClientSession, ParsedStatement, QueryEngine};
 use crate::error::Error;
+use crate::session::show_name;
 
 /// A statement as Parse left it.
 #[derive(Debug, Clone)]
@@ -190,14 +191,8 @@ fn result_fields(
         None => {
             // `SHOW name` answers one text column, `FETCH` the columns of its cursor; other
             // statements that are not planned ahead return no rows.
-            let sql = statement.parsed.sql();
-            let lower = sql.trim().to_ascii_lowercase();
-            if let Some(name) = lower.strip_prefix("show ") {
-                let schema = Schema::new(vec![Field::new(
-                    name.trim().trim_end_matches(';'),
-                    DataType::Utf8,
-                    false,
-                )]);
+            if let Some(name) = show_name(&statement.parsed.sql()) {
+                let schema = Schema::new(vec![Field::new(name, DataType::Utf8, false)]);
                 return encode::fields(&schema, format);
             }
             match statement.parsed.cursor_statement() {
