@@ -41,6 +41,7 @@ pub enum Error {
 #[serde(deny_unknown_fields)]
 pub struct EmberConfig {
     pub coordinator: CoordinatorConfig,
+    pub scheduler: SchedulerConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub executor: ExecutorConfig,
@@ -48,6 +49,20 @@ pub struct EmberConfig {
     pub cache: CacheConfig,
     pub local: LocalConfig,
     pub tpch: TpchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    pub task_max_attempts: u32,
+    pub executor_wait_ms: u64,
+    pub result_buffer_bytes: u64,
+    pub speculation: bool,
+    pub speculation_multiplier: f64,
+    pub speculation_quantile: f64,
+    pub speculation_min_ms: u64,
+    pub max_running_queries: usize,
+    pub max_queued_queries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +120,7 @@ pub struct ExecutorConfig {
     pub slots: usize,
     pub memory: u64,
     pub heartbeat_interval_ms: u64,
+    pub max_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +339,21 @@ impl EmberConfig {
             return Err(invalid(
                 "coordinator.executor_timeout_ms",
                 "must be longer than executor.heartbeat_interval_ms",
+            ));
+        }
+        if self.scheduler.task_max_attempts == 0 {
+            return Err(invalid("scheduler.task_max_attempts", "must be at least 1"));
+        }
+        if !(self.scheduler.speculation_multiplier >= 1.0) {
+            return Err(invalid(
+                "scheduler.speculation_multiplier",
+                "must be at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.scheduler.speculation_quantile) {
+            return Err(invalid(
+                "scheduler.speculation_quantile",
+                "must lie between 0 and 1",
             ));
         }
         if !["trust", "password", "md5", "scram-sha-256"].contains(&self.auth.method.as_str()) {

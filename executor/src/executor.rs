@@ -17,6 +17,7 @@ use ember_planner::storage::{EmberObjectStores, S3Options};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
@@ -61,7 +62,8 @@ pub struct Executor {
     flight_listener: TcpListener,
 }
 
-type RunningTasks = Arc<Mutex<HashMap<TaskAttempt, tokio::task::AbortHandle>>>;
+/// Tasks launched in this session, waiting for a slot or running; cancelling the token stops one.
+type RunningTasks = Arc<Mutex<HashMap<TaskAttempt, CancellationToken>>>;
 
 impl Executor {
     /// An executor whose Flight service will use the already-bound `flight_listener`.
@@ -220,6 +222,10 @@ impl Session {
             .await?
             .into_inner();
         info!(executor_id = %self.id, coordinator = %self.options.coordinator, "registered");
+        // Each session is a new incarnation: the coordinator has written off whatever an earlier
+        // one produced (its queries ended with the old session, or their outputs were recomputed
+        // elsewhere), so those files only take space.
+        self.remove_shuffle_files().await;
 
         let running: RunningTasks = Arc::default();
         let slots = Arc::new(Semaphore::new(self.options.slots.max(1)));
@@ -241,10 +247,26 @@ impl Session {
             }
         };
         // Without a coordinator no result can be reported: stop everything that still runs.
-        for (_, handle) in lock(&running).drain() {
-            handle.abort();
+        for (_, token) in lock(&running).drain() {
+            token.cancel();
         }
+        self.runner.live.release_all();
         result
+    }
+
+    async fn remove_shuffle_files(&self) {
+        let root = self.options.work_dir.join("shuffle");
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                    warn!(path = %entry.path().display(), %error, "cannot remove shuffle files");
+                }
+            }
+        })
+        .await;
     }
 
     fn handle(
@@ -257,6 +279,14 @@ impl Session {
         match msg.message {
             Some(coordinator_message::Message::LaunchTask(launch)) => {
                 self.launch(launch, tx.clone(), Arc::clone(running), Arc::clone(slots));
+            }
+            Some(coordinator_message::Message::CancelTask(cancel)) => {
+                if let Some(attempt) = cancel.task.as_ref().and_then(|t| t.to_attempt())
+                    && let Some(token) = lock(running).get(&attempt)
+                {
+                    debug!(task = %attempt, "cancelling task");
+                    token.cancel();
+                }
             }
             Some(coordinator_message::Message::CancelQuery(cancel)) => {
                 abort_query(running, &cancel.query_id);
@@ -299,19 +329,35 @@ impl Session {
         };
         let runner = Arc::clone(&self.runner);
         let cpu = Arc::clone(&self.cpu);
+        let token = CancellationToken::new();
+        lock(&running).insert(attempt.clone(), token.clone());
         tokio::spawn(async move {
-            let Ok(_permit) = slots.acquire_owned().await else {
-                return;
-            };
-            let handle = cpu.spawn(async move { runner.run(launch).await });
-            lock(&running).insert(attempt.clone(), handle.abort_handle());
-            let status = match handle.await {
-                Ok(status) => status,
-                Err(error) if error.is_cancelled() => cancelled(task_id),
-                Err(error) => {
-                    warn!(task = %attempt, %error, "task panicked");
-                    crate::task_runner::TaskRunner::panicked(task_id, &error.to_string())
-                }
+            let status = tokio::select! {
+                permit = slots.acquire_owned() => match permit {
+                    Ok(_permit) => {
+                        let handle = cpu.spawn(async move { runner.run(launch).await });
+                        let abort = handle.abort_handle();
+                        tokio::select! {
+                            joined = handle => match joined {
+                                Ok(status) => status,
+                                Err(error) if error.is_cancelled() => cancelled(task_id),
+                                Err(error) => {
+                                    warn!(task = %attempt, %error, "task panicked");
+                                    crate::task_runner::TaskRunner::panicked(
+                                        task_id,
+                                        &error.to_string(),
+                                    )
+                                }
+                            },
+                            _ = token.cancelled() => {
+                                abort.abort();
+                                cancelled(task_id)
+                            }
+                        }
+                    }
+                    Err(_) => cancelled(task_id),
+                },
+                _ = token.cancelled() => cancelled(task_id),
             };
             lock(&running).remove(&attempt);
             let _ = tx
@@ -322,9 +368,9 @@ impl Session {
 }
 
 fn abort_query(running: &RunningTasks, query_id: &str) {
-    for (attempt, handle) in lock(running).iter() {
+    for (attempt, token) in lock(running).iter() {
         if attempt.query_id.as_str() == query_id {
-            handle.abort();
+            token.cancel();
         }
     }
 }

@@ -87,11 +87,13 @@ impl FlightShuffleFetcher {
             let executor_id = location.executor_id.clone();
             let stage_id = block.stage_id;
             let map_partition = block.map_partition;
+            let map_attempt = block.attempt;
             move |message: String| {
                 DataFusionError::External(Box::new(ShuffleError::FetchFailed {
                     executor_id: executor_id.clone(),
                     stage_id,
                     map_partition,
+                    map_attempt,
                     message,
                 }))
             }

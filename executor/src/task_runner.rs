@@ -124,6 +124,7 @@ pub(crate) fn failure(error: &DataFusionError) -> TaskFailed {
         executor_id,
         stage_id,
         map_partition,
+        map_attempt,
         message,
     }) = ShuffleError::find(error)
     {
@@ -132,6 +133,7 @@ pub(crate) fn failure(error: &DataFusionError) -> TaskFailed {
                 executor_id: executor_id.0.clone(),
                 stage_id: stage_id.0,
                 map_partition: *map_partition,
+                map_attempt: *map_attempt,
                 message: message.clone(),
             })),
         };

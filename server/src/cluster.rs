@@ -89,14 +89,17 @@ impl ClusterService for ClusterManagerService {
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(message)) => match message.message {
-                        Some(executor_message::Message::Heartbeat(_)) => {
+                        Some(executor_message::Message::Heartbeat(beat)) => {
                             scheduler.send(Event::Heartbeat {
                                 executor_id: executor_id.clone(),
+                                session,
+                                active_tasks: beat.running_tasks,
                             });
                         }
                         Some(executor_message::Message::TaskStatus(status)) => {
                             scheduler.send(Event::TaskStatus {
                                 executor_id: executor_id.clone(),
+                                session,
                                 status,
                             });
                         }

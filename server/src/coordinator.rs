@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
@@ -58,12 +57,7 @@ impl Coordinator {
         ctx.state_ref()
             .write()
             .register_file_format(Arc::new(FloatSafeParquetFactory::default()), true)?;
-        let (scheduler, handle) = Scheduler::new(SchedulerConfig {
-            executor_timeout: Duration::from_millis(config.coordinator.executor_timeout_ms),
-            executor_wait: Duration::from_secs(30),
-            task_max_attempts: 4,
-            history_size: config.coordinator.history_size,
-        });
+        let (scheduler, handle) = Scheduler::new(SchedulerConfig::from_config(config));
         let catalog = ctx
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;

@@ -1,8 +1,13 @@
 //! Streaming a query's answer. The result stage's tasks hand their batches to live Flight streams
 //! as they compute them; the relay reads the partitions in order, each from the moment its task
-//! is launched, and passes the batches on with back-pressure. A partition counts only once its
-//! task has also reported success, so a task that dies mid-stream fails the query instead of
-//! silently truncating the answer.
+//! is launched, and passes the batches on with back-pressure.
+//!
+//! A partition counts only once its task has also reported success, so a task that dies
+//! mid-stream never truncates the answer silently. Its rows are held back until then, up to
+//! `scheduler.result_buffer_bytes`: if the task is lost meanwhile (its executor killed, say), the
+//! scheduler runs it again and the relay reads the new attempt from the start, so the client sees
+//! every row exactly once. A partition larger than the buffer streams on; losing its task after
+//! rows went out fails the query, since they cannot be taken back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,8 +23,9 @@ use ember_planner::shuffle::{MapOutputLocation, ShuffleBlock};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info};
 
-use crate::error::Error;
+use crate::error::{Error, TaskErrorKind};
 use crate::scheduler::{Event, ResultEvent, SchedulerHandle};
 
 /// The client's view of a running query. Dropping it cancels the query.
@@ -39,12 +45,15 @@ pub(crate) fn result_stream(
         stage_id,
         num_partitions,
         fetcher,
+        buffer_limit: scheduler.result_buffer_bytes(),
+        scheduler,
         events_rx,
         launched: BTreeMap::new(),
         committed: BTreeSet::new(),
     };
     tokio::spawn(async move {
         let query_id = relay.query_id.clone();
+        let scheduler = relay.scheduler.clone();
         if let Err(error) = relay.run(&batches_tx).await {
             let _ = batches_tx
                 .send(Err(DataFusionError::External(Box::new(error))))
@@ -64,9 +73,13 @@ struct Relay {
     stage_id: StageId,
     num_partitions: usize,
     fetcher: Arc<FlightShuffleFetcher>,
+    buffer_limit: usize,
+    scheduler: SchedulerHandle,
     events_rx: mpsc::UnboundedReceiver<ResultEvent>,
+    /// The latest attempt launched for each partition.
     launched: BTreeMap<usize, MapOutputLocation>,
-    committed: BTreeSet<usize>,
+    /// Attempts that reported success, as (partition, attempt).
+    committed: BTreeSet<(usize, u32)>,
 }
 
 type BatchTx = mpsc::Sender<Result<RecordBatch, DataFusionError>>;
@@ -77,44 +90,173 @@ enum Flow {
     ClientGone,
 }
 
+/// How reading one attempt of a partition ended.
+enum Read {
+    /// The stream ended; the rows count once the attempt reports success.
+    Ended,
+    /// The stream broke (its executor died, its task failed, ...).
+    Broken(Error),
+    /// The scheduler launched a newer attempt of this partition.
+    Replaced,
+    ClientGone,
+}
+
+/// Rows of the current partition not yet passed to the client.
+#[derive(Default)]
+struct Held {
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    /// Some rows of this partition already went to the client: it can no longer be re-read.
+    sent_any: bool,
+}
+
 impl Relay {
     async fn run(mut self, batches_tx: &BatchTx) -> Result<(), Error> {
         for partition in 0..self.num_partitions {
-            let location = loop {
-                if let Some(location) = self.launched.remove(&partition) {
-                    break location;
-                }
-                if let Flow::ClientGone = self.next_event(batches_tx).await? {
-                    return Ok(());
-                }
-            };
-            match self.relay_partition(partition, &location, batches_tx).await {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::ClientGone) => return Ok(()),
-                Err(stream_error) => return Err(self.task_error_or(stream_error).await),
-            }
-            while !self.committed.contains(&partition) {
-                if let Flow::ClientGone = self.next_event(batches_tx).await? {
-                    return Ok(());
-                }
+            if let Flow::ClientGone = self.relay_partition(partition, batches_tx).await? {
+                return Ok(());
             }
         }
         Ok(())
     }
 
-    /// A stream that broke usually means its task failed: the scheduler's report of that failure
-    /// carries the original error, so wait a little for it.
-    async fn task_error_or(&mut self, stream_error: Error) -> Error {
-        let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
-        tokio::pin!(deadline);
+    /// Relays one partition, following its task through re-runs while none of its rows has
+    /// reached the client.
+    async fn relay_partition(&mut self, partition: usize, batches_tx: &BatchTx) -> Result<Flow, Error> {
+        let mut held = Held::default();
+        loop {
+            let location = loop {
+                if let Some(location) = self.launched.get(&partition) {
+                    break location.clone();
+                }
+                if let Flow::ClientGone = self.next_event(batches_tx).await? {
+                    return Ok(Flow::ClientGone);
+                }
+            };
+            let attempt = location.attempt;
+            held.batches.clear();
+            held.bytes = 0;
+            let read = self.read_attempt(partition, &location, &mut held, batches_tx).await?;
+            let broken = match read {
+                Read::ClientGone => return Ok(Flow::ClientGone),
+                Read::Replaced => {
+                    if held.sent_any {
+                        return Err(lost_after_send(partition));
+                    }
+                    continue;
+                }
+                Read::Ended => None,
+                Read::Broken(error) => {
+                    debug!(query_id = %self.query_id, partition, attempt, %error, "result stream broke");
+                    if held.sent_any {
+                        return Err(self.task_error_or(lost_after_send(partition)).await);
+                    }
+                    self.scheduler.send(Event::RetryResult {
+                        query_id: self.query_id.clone(),
+                        partition,
+                        attempt,
+                    });
+                    Some(())
+                }
+            };
+            // Wait until this attempt is known to have succeeded, or has been replaced.
+            loop {
+                if self.is_replaced(partition, attempt) {
+                    if held.sent_any {
+                        return Err(lost_after_send(partition));
+                    }
+                    break;
+                }
+                if self.committed.contains(&(partition, attempt)) {
+                    if broken.is_none() {
+                        for batch in held.batches.drain(..) {
+                            if batches_tx.send(Ok(batch)).await.is_err() {
+                                return Ok(Flow::ClientGone);
+                            }
+                        }
+                        return Ok(Flow::Continue);
+                    }
+                    // It finished, but its rows were lost on the way: run it again.
+                    self.committed.remove(&(partition, attempt));
+                    self.scheduler.send(Event::RetryResult {
+                        query_id: self.query_id.clone(),
+                        partition,
+                        attempt,
+                    });
+                }
+                if let Flow::ClientGone = self.next_event(batches_tx).await? {
+                    return Ok(Flow::ClientGone);
+                }
+            }
+            info!(query_id = %self.query_id, partition, "reading a result partition again from its new attempt");
+        }
+    }
+
+    /// Whether the scheduler has launched an attempt newer than `attempt`.
+    fn is_replaced(&self, partition: usize, attempt: u32) -> bool {
+        self.launched
+            .get(&partition)
+            .is_some_and(|l| l.attempt != attempt)
+    }
+
+    /// Reads one attempt's stream, holding its rows back while they fit the buffer.
+    async fn read_attempt(
+        &mut self,
+        partition: usize,
+        location: &MapOutputLocation,
+        held: &mut Held,
+        batches_tx: &BatchTx,
+    ) -> Result<Read, Error> {
+        let block = ShuffleBlock {
+            query_id: self.query_id.clone(),
+            stage_id: self.stage_id,
+            map_partition: partition as u32,
+            attempt: location.attempt,
+            output_partition: 0,
+        };
+        let opened = tokio::select! {
+            opened = self.fetcher.fetch_live(location, block, Arc::clone(&self.schema)) => opened,
+            _ = batches_tx.closed() => return Ok(Read::ClientGone),
+        };
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(error) => return Ok(Read::Broken(error.into())),
+        };
         loop {
             tokio::select! {
-                _ = &mut deadline => return stream_error,
-                event = self.events_rx.recv() => match event {
-                    Some(ResultEvent::Failed(error)) => return error,
-                    Some(_) => continue,
-                    None => return stream_error,
+                batch = stream.next() => match batch {
+                    None => return Ok(Read::Ended),
+                    Some(Err(error)) => return Ok(Read::Broken(error.into())),
+                    Some(Ok(batch)) => {
+                        if batch.num_rows() == 0 {
+                            continue;
+                        }
+                        if held.sent_any {
+                            if batches_tx.send(Ok(batch)).await.is_err() {
+                                return Ok(Read::ClientGone);
+                            }
+                            continue;
+                        }
+                        held.bytes += batch.get_array_memory_size();
+                        held.batches.push(batch);
+                        if held.bytes > self.buffer_limit {
+                            // Too large to hold: stream on, giving up transparent re-runs.
+                            held.sent_any = true;
+                            for batch in held.batches.drain(..) {
+                                if batches_tx.send(Ok(batch)).await.is_err() {
+                                    return Ok(Read::ClientGone);
+                                }
+                            }
+                        }
+                    }
                 },
+                event = self.events_rx.recv() => {
+                    self.note(event)?;
+                    if self.is_replaced(partition, location.attempt) {
+                        return Ok(Read::Replaced);
+                    }
+                }
+                _ = batches_tx.closed() => return Ok(Read::ClientGone),
             }
         }
     }
@@ -125,6 +267,11 @@ impl Relay {
             event = self.events_rx.recv() => event,
             _ = batches_tx.closed() => return Ok(Flow::ClientGone),
         };
+        self.note(event)?;
+        Ok(Flow::Continue)
+    }
+
+    fn note(&mut self, event: Option<ResultEvent>) -> Result<(), Error> {
         match event {
             Some(ResultEvent::Launched {
                 partition,
@@ -132,8 +279,8 @@ impl Relay {
             }) => {
                 self.launched.insert(partition, location);
             }
-            Some(ResultEvent::Committed { partition }) => {
-                self.committed.insert(partition);
+            Some(ResultEvent::Committed { partition, attempt }) => {
+                self.committed.insert((partition, attempt));
             }
             Some(ResultEvent::Failed(error)) => return Err(error),
             None => {
@@ -142,35 +289,34 @@ impl Relay {
                 ));
             }
         }
-        Ok(Flow::Continue)
+        Ok(())
     }
 
-    async fn relay_partition(
-        &self,
-        partition: usize,
-        location: &MapOutputLocation,
-        batches_tx: &BatchTx,
-    ) -> Result<Flow, Error> {
-        let block = ShuffleBlock {
-            query_id: self.query_id.clone(),
-            stage_id: self.stage_id,
-            map_partition: partition as u32,
-            attempt: location.attempt,
-            output_partition: 0,
-        };
-        let mut stream = self
-            .fetcher
-            .fetch_live(location, block, Arc::clone(&self.schema))
-            .await?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            if batches_tx.send(Ok(batch)).await.is_err() {
-                return Ok(Flow::ClientGone);
+    /// The scheduler's report of a failure carries the original error: prefer it to the broken
+    /// stream's, waiting a little for it.
+    async fn task_error_or(&mut self, fallback: Error) -> Error {
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return fallback,
+                event = self.events_rx.recv() => match self.note(event) {
+                    Err(error) => return error,
+                    Ok(()) => continue,
+                },
             }
         }
-        Ok(Flow::Continue)
+    }
+}
+
+/// The error of a partition whose task was lost after some of its rows reached the client.
+fn lost_after_send(partition: usize) -> Error {
+    Error::Task {
+        kind: TaskErrorKind::ExecutorLost,
+        message: format!(
+            "the task computing result partition {partition} was lost after part of its rows \
+             had been sent; the query cannot be resumed (partitions up to \
+             scheduler.result_buffer_bytes survive such losses)"
+        ),
     }
 }

@@ -74,6 +74,12 @@ impl LiveBlocks {
         taken
     }
 
+    /// Drops every channel end nobody took: the session they were opened for has ended.
+    pub fn release_all(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.open.clear();
+    }
+
     /// Drops every channel end of a query nobody took; a task still writing then fails, and
     /// so does one that asks for a channel of this query later.
     pub fn release_query(&self, query_id: &QueryId) {

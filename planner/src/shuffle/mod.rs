@@ -95,6 +95,8 @@ pub enum ShuffleError {
         executor_id: ExecutorId,
         stage_id: StageId,
         map_partition: u32,
+        /// The attempt of the map task whose output was read.
+        map_attempt: u32,
         message: String,
     },
 }

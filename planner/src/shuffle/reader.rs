@@ -263,6 +263,7 @@ async fn open_block(
                 executor_id: location.executor_id.clone(),
                 stage_id: block.stage_id,
                 map_partition: block.map_partition,
+                map_attempt: block.attempt,
                 message: e.to_string(),
             }))
         });

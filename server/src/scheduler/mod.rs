@@ -11,6 +11,7 @@
 //! lock is ever held across the scheduling logic.
 
 pub(crate) mod snapshot;
+mod speculation;
 mod state;
 mod status;
 
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ember_executor::proto::{
-    CancelQuery, CoordinatorMessage, LaunchTask, ReleaseQuery, TaskId, TaskStatus,
+    CancelQuery, CancelTask, CoordinatorMessage, LaunchTask, ReleaseQuery, TaskId, TaskStatus,
     coordinator_message,
 };
 use ember_planner::codec::encode_plan;
@@ -33,7 +34,7 @@ use tracing::{debug, info, warn};
 
 pub(crate) use snapshot::Snapshot;
 pub(crate) use state::{ExecutorInfo, ExecutorTx, ResultEvent};
-use state::{ExecutorState, ExecutorStatus, QueryState, Status};
+use state::{ExecutorState, ExecutorStatus, QueryState, SpeculativeAttempt, Status};
 
 use crate::error::{Error, TaskErrorKind};
 
@@ -41,11 +42,49 @@ use crate::error::{Error, TaskErrorKind};
 #[derive(Debug, Clone)]
 pub(crate) struct SchedulerConfig {
     pub(crate) executor_timeout: Duration,
-    /// How long a query waits for a first executor before it fails.
+    /// How long a query waits for a live executor before it fails.
     pub(crate) executor_wait: Duration,
     pub(crate) task_max_attempts: u32,
     pub(crate) history_size: usize,
+    pub(crate) speculation: Option<Speculation>,
+    /// Queries running at once (0: no limit) and queries that may wait for admission.
+    pub(crate) max_running_queries: usize,
+    pub(crate) max_queued_queries: usize,
+    /// Bytes of a result partition the relay holds back until its task has finished.
+    pub(crate) result_buffer_bytes: usize,
 }
+
+impl SchedulerConfig {
+    pub(crate) fn from_config(config: &ember_config::EmberConfig) -> Self {
+        let s = &config.scheduler;
+        Self {
+            executor_timeout: Duration::from_millis(config.coordinator.executor_timeout_ms),
+            executor_wait: Duration::from_millis(s.executor_wait_ms),
+            task_max_attempts: s.task_max_attempts,
+            history_size: config.coordinator.history_size,
+            speculation: s.speculation.then(|| Speculation {
+                multiplier: s.speculation_multiplier,
+                quantile: s.speculation_quantile,
+                min_runtime: Duration::from_millis(s.speculation_min_ms),
+            }),
+            max_running_queries: s.max_running_queries,
+            max_queued_queries: s.max_queued_queries,
+            result_buffer_bytes: s.result_buffer_bytes as usize,
+        }
+    }
+}
+
+/// When a running task counts as a straggler worth a speculative copy.
+#[derive(Debug, Clone)]
+pub(crate) struct Speculation {
+    pub(crate) multiplier: f64,
+    pub(crate) quantile: f64,
+    pub(crate) min_runtime: Duration,
+}
+
+/// Launches and re-runs of one task beyond `task_max_attempts` that are tolerated when they are
+/// caused by lost executors or lost map outputs rather than by the task itself.
+const MAX_LOSSES_PER_TASK: u32 = 8;
 
 pub(crate) enum Event {
     ExecutorRegistered {
@@ -55,9 +94,12 @@ pub(crate) enum Event {
     },
     Heartbeat {
         executor_id: ExecutorId,
+        session: u64,
+        active_tasks: u32,
     },
     TaskStatus {
         executor_id: ExecutorId,
+        session: u64,
         status: TaskStatus,
     },
     ExecutorLost {
@@ -72,6 +114,13 @@ pub(crate) enum Event {
         settings: HashMap<String, String>,
         results_tx: mpsc::UnboundedSender<ResultEvent>,
     },
+    /// The result relay could not read this attempt of a result partition to its end (its
+    /// executor died, say): run it again if it is not already being re-run.
+    RetryResult {
+        query_id: QueryId,
+        partition: usize,
+        attempt: u32,
+    },
     /// The client has read the result (or gone): the query's files may go.
     Release {
         query_id: QueryId,
@@ -85,12 +134,19 @@ pub(crate) enum Event {
 pub(crate) struct SchedulerHandle {
     events_tx: mpsc::UnboundedSender<Event>,
     total_slots: Arc<AtomicUsize>,
+    result_buffer_bytes: usize,
 }
 
 impl SchedulerHandle {
     pub(crate) fn send(&self, event: Event) {
         // The scheduler only stops at shutdown; events sent after that have nobody to act on them.
         let _ = self.events_tx.send(event);
+    }
+
+    /// Bytes of a result partition held back until its task has finished (so that a lost task
+    /// can be re-run without the client seeing rows twice).
+    pub(crate) fn result_buffer_bytes(&self) -> usize {
+        self.result_buffer_bytes
     }
 
     /// Task slots over all live executors, as last seen by the scheduler.
@@ -111,11 +167,13 @@ pub(crate) struct Scheduler {
     events_rx: mpsc::UnboundedReceiver<Event>,
     total_slots: Arc<AtomicUsize>,
     executors: HashMap<ExecutorId, ExecutorState>,
-    /// Running queries in submission order.
+    /// Submitted queries not yet released, in submission order (queued ones included).
     running: Vec<QueryState>,
     /// Finished queries, newest last, for the system tables.
     history: VecDeque<QueryState>,
     assignments: u64,
+    /// Since when no executor has been alive.
+    no_executor_since: Option<Instant>,
 }
 
 impl Scheduler {
@@ -125,6 +183,7 @@ impl Scheduler {
         let handle = SchedulerHandle {
             events_tx,
             total_slots: Arc::clone(&total_slots),
+            result_buffer_bytes: config.result_buffer_bytes,
         };
         let scheduler = Self {
             config,
@@ -134,13 +193,14 @@ impl Scheduler {
             running: vec![],
             history: VecDeque::new(),
             assignments: 0,
+            no_executor_since: Some(Instant::now()),
         };
         (scheduler, handle)
     }
 
     /// Processes events until every handle is dropped or `shutdown` fires.
     pub(crate) async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
@@ -167,26 +227,46 @@ impl Scheduler {
         }
     }
 
+    /// The executor if this event comes from its current session.
+    fn current(&mut self, executor_id: &ExecutorId, session: u64) -> Option<&mut ExecutorState> {
+        self.executors
+            .get_mut(executor_id)
+            .filter(|e| e.session == session)
+    }
+
     fn handle(&mut self, event: Event) {
         match event {
             Event::ExecutorRegistered { info, session, tx } => self.register(info, session, tx),
-            Event::Heartbeat { executor_id } => {
-                if let Some(executor) = self.executors.get_mut(&executor_id) {
+            Event::Heartbeat {
+                executor_id,
+                session,
+                active_tasks,
+            } => {
+                if let Some(executor) = self.current(&executor_id, session) {
+                    executor.active_tasks = active_tasks;
                     executor.last_heartbeat = Instant::now();
                     executor.last_heartbeat_wall = SystemTime::now();
                 }
             }
             Event::TaskStatus {
                 executor_id,
+                session,
                 status,
-            } => self.task_status(&executor_id, status),
+            } => {
+                // A session the scheduler has written off reports nothing that counts.
+                if self
+                    .current(&executor_id, session)
+                    .is_some_and(|e| e.status == ExecutorStatus::Alive)
+                {
+                    self.task_status(&executor_id, status);
+                }
+            }
             Event::ExecutorLost {
                 executor_id,
                 session,
                 reason,
             } => {
-                let current = self.executors.get(&executor_id).map(|e| e.session);
-                if current == Some(session) {
+                if self.current(&executor_id, session).is_some() {
                     self.executor_lost(&executor_id, &reason);
                 }
             }
@@ -196,11 +276,12 @@ impl Scheduler {
                 graph,
                 settings,
                 results_tx,
-            } => {
-                debug!(%query_id, stages = graph.stages.len(), "query submitted");
-                self.running
-                    .push(QueryState::new(query_id, sql, graph, settings, results_tx));
-            }
+            } => self.submit(query_id, sql, graph, settings, results_tx),
+            Event::RetryResult {
+                query_id,
+                partition,
+                attempt,
+            } => self.retry_result(&query_id, partition, attempt),
             Event::Release { query_id } => self.release(&query_id),
             Event::Snapshot(tx) => {
                 let _ = tx.send(Snapshot::build(
@@ -223,9 +304,67 @@ impl Scheduler {
         self.total_slots.store(slots, Ordering::Relaxed);
     }
 
+    fn submit(
+        &mut self,
+        query_id: QueryId,
+        sql: String,
+        graph: StageGraph,
+        settings: HashMap<String, String>,
+        results_tx: mpsc::UnboundedSender<ResultEvent>,
+    ) {
+        let queued = self
+            .running
+            .iter()
+            .filter(|q| q.status == Status::Queued)
+            .count();
+        if self.config.max_running_queries > 0 && queued >= self.config.max_queued_queries {
+            let _ = results_tx.send(ResultEvent::Failed(Error::Unavailable(format!(
+                "too many queries: {} are running and {queued} are waiting \
+                 (scheduler.max_running_queries, scheduler.max_queued_queries)",
+                self.config.max_running_queries
+            ))));
+            return;
+        }
+        debug!(%query_id, stages = graph.stages.len(), "query submitted");
+        self.running
+            .push(QueryState::new(query_id, sql, graph, settings, results_tx));
+    }
+
+    /// Starts queued queries while fewer than `max_running_queries` run, oldest first.
+    fn admit(&mut self) {
+        let limit = match self.config.max_running_queries {
+            0 => usize::MAX,
+            n => n,
+        };
+        let mut running = self
+            .running
+            .iter()
+            .filter(|q| q.status == Status::Running)
+            .count();
+        for query in &mut self.running {
+            if running >= limit {
+                break;
+            }
+            if query.status == Status::Queued {
+                query.status = Status::Running;
+                running += 1;
+            }
+        }
+    }
+
     fn register(&mut self, info: ExecutorInfo, session: u64, tx: ExecutorTx) {
+        // The same executor registering again is a new incarnation: whatever the old session
+        // ran or stored is written off first.
+        if self
+            .executors
+            .get(&info.id)
+            .is_some_and(|e| e.status == ExecutorStatus::Alive)
+        {
+            self.executor_lost(&info.id, "the executor registered again");
+        }
         info!(executor_id = %info.id, address = %info.flight_address(), slots = info.slots, "executor registered");
         let now = SystemTime::now();
+        self.no_executor_since = None;
         self.executors.insert(
             info.id.clone(),
             ExecutorState {
@@ -234,6 +373,7 @@ impl Scheduler {
                 session,
                 tx,
                 running: Default::default(),
+                active_tasks: 0,
                 registered_at: now,
                 last_heartbeat: Instant::now(),
                 last_heartbeat_wall: now,
@@ -259,24 +399,35 @@ impl Scheduler {
             .executors
             .values()
             .any(|e| e.status == ExecutorStatus::Alive);
-        if !any_alive {
+        if any_alive {
+            self.no_executor_since = None;
+        } else {
+            let since = *self.no_executor_since.get_or_insert_with(Instant::now);
+            let wait = self.config.executor_wait;
             let waited_too_long: Vec<QueryId> = self
                 .running
                 .iter()
-                .filter(|q| q.submitted_instant.elapsed() > self.config.executor_wait)
+                .filter(|q| {
+                    matches!(q.status, Status::Running | Status::Queued)
+                        && since.max(q.submitted_instant).elapsed() > wait
+                })
                 .map(|q| q.id.clone())
                 .collect();
             for id in waited_too_long {
                 self.finish_query(
                     &id,
-                    Err(Error::Unavailable(
-                        "no executors are registered with the coordinator".into(),
-                    )),
+                    Err(Error::Unavailable(format!(
+                        "no executor is alive: none registered within {} s \
+                         (scheduler.executor_wait_ms)",
+                        wait.as_secs()
+                    ))),
                 );
             }
         }
     }
 
+    /// An executor died or went silent: its running attempts are started again elsewhere and the
+    /// map outputs it held are recomputed where they are still needed.
     fn executor_lost(&mut self, executor_id: &ExecutorId, reason: &str) {
         let Some(executor) = self.executors.get_mut(executor_id) else {
             return;
@@ -287,22 +438,84 @@ impl Scheduler {
         warn!(%executor_id, reason, "executor lost");
         executor.status = ExecutorStatus::Lost;
         executor.running.clear();
-        // Recovery (re-running lost map outputs elsewhere) is not implemented yet: every running
-        // query that used the executor fails with a clear error.
-        let affected: Vec<QueryId> = self
-            .running
-            .iter()
-            .filter(|q| q.executors_used.contains(executor_id))
-            .map(|q| q.id.clone())
-            .collect();
-        for id in affected {
+        // Ends the session: an executor that is merely slow (stopped, partitioned) notices,
+        // drops its tasks and registers again as a new incarnation.
+        let _ = executor.tx.send(Err(tonic::Status::unavailable(format!(
+            "the coordinator declared this executor lost: {reason}"
+        ))));
+        let cap = self.config.task_max_attempts + MAX_LOSSES_PER_TASK;
+        let mut exhausted = vec![];
+        for query in &mut self.running {
+            if !matches!(query.status, Status::Running | Status::Succeeded) {
+                continue;
+            }
+            for stage in &mut query.stages {
+                for task in &mut stage.tasks {
+                    if task
+                        .speculative
+                        .as_ref()
+                        .is_some_and(|s| &s.executor == executor_id)
+                    {
+                        task.speculative = None;
+                    }
+                    if task.status == Status::Running && task.executor.as_ref() == Some(executor_id)
+                    {
+                        task.excluded.insert(executor_id.clone());
+                        if task.launches >= cap {
+                            exhausted.push(query.id.clone());
+                        }
+                        task.reset();
+                    }
+                }
+            }
+            recompute_lost_outputs(query, &self.executors);
+        }
+        for query_id in exhausted {
             self.finish_query(
-                &id,
+                &query_id,
                 Err(Error::Task {
                     kind: TaskErrorKind::ExecutorLost,
-                    message: format!("executor {executor_id} was lost: {reason}"),
+                    message: format!(
+                        "a task of this query was lost with its executor too often; \
+                         last executor lost: {executor_id} ({reason})"
+                    ),
                 }),
             );
+        }
+    }
+
+    /// The relay lost the stream of a result partition's attempt.
+    fn retry_result(&mut self, query_id: &QueryId, partition: usize, attempt: u32) {
+        let Some(query) = self.running.iter_mut().find(|q| &q.id == query_id) else {
+            return;
+        };
+        if !matches!(query.status, Status::Running | Status::Succeeded) {
+            return;
+        }
+        let result_stage = query.graph.result_stage().id;
+        let Some(task) = query.stages[result_stage.0 as usize]
+            .tasks
+            .get_mut(partition)
+        else {
+            return;
+        };
+        if task.attempt != attempt {
+            return; // already replaced
+        }
+        let executor_alive = task
+            .executor
+            .as_ref()
+            .and_then(|e| self.executors.get(e))
+            .is_some_and(|e| e.status == ExecutorStatus::Alive);
+        // A running attempt on a live executor will report how it ended; act on that report.
+        if task.status == Status::Succeeded || (task.status == Status::Running && !executor_alive)
+        {
+            info!(%query_id, partition, attempt, "re-running a result partition whose stream was lost");
+            if let Some(executor) = &task.executor {
+                task.excluded.insert(executor.clone());
+            }
+            task.reset();
+            recompute_lost_outputs(query, &self.executors);
         }
     }
 
@@ -328,6 +541,7 @@ impl Scheduler {
                 if !task.status.is_final() {
                     task.status = Status::Cancelled;
                 }
+                task.speculative = None;
             }
             if !stage.status.is_final() {
                 stage.status = query.status;
@@ -373,8 +587,9 @@ impl Scheduler {
         }
     }
 
-    /// Launches runnable tasks on free slots, oldest query first.
+    /// Launches runnable tasks on free slots, oldest query first, then speculative copies.
     fn schedule(&mut self) {
+        self.admit();
         for qi in 0..self.running.len() {
             if self.running[qi].status != Status::Running {
                 continue;
@@ -404,10 +619,15 @@ impl Scheduler {
                     .map(|(i, _)| i)
                     .collect();
                 for partition in pending {
-                    let Some(executor_id) = self.pick_executor() else {
+                    if !self.any_free_slot() {
                         return;
+                    }
+                    let task = &self.running[qi].stages[si].tasks[partition];
+                    let Some(executor_id) = self.pick_executor(&task.excluded, None) else {
+                        continue;
                     };
-                    if let Err(error) = self.launch(qi, stage_id, partition, &executor_id) {
+                    if let Err(error) = self.launch(qi, stage_id, partition, &executor_id, false)
+                    {
                         let query_id = self.running[qi].id.clone();
                         self.finish_query(&query_id, Err(error));
                         break;
@@ -415,13 +635,30 @@ impl Scheduler {
                 }
             }
         }
+        self.launch_speculative();
     }
 
-    /// The live executor with the most free slots; ties go to the one used least recently.
-    fn pick_executor(&self) -> Option<ExecutorId> {
+    fn any_free_slot(&self) -> bool {
         self.executors
             .values()
-            .filter(|e| e.status == ExecutorStatus::Alive && e.free_slots() > 0)
+            .any(|e| e.status == ExecutorStatus::Alive && e.free_slots() > 0)
+    }
+
+    /// The live executor with the most free slots (ties: the one used least recently), avoiding
+    /// `excluded` unless every live executor is excluded, and never `not`.
+    fn pick_executor(
+        &self,
+        excluded: &std::collections::BTreeSet<ExecutorId>,
+        not: Option<&ExecutorId>,
+    ) -> Option<ExecutorId> {
+        let alive = || {
+            self.executors
+                .values()
+                .filter(|e| e.status == ExecutorStatus::Alive && Some(&e.info.id) != not)
+        };
+        let all_excluded = alive().all(|e| excluded.contains(&e.info.id));
+        alive()
+            .filter(|e| e.free_slots() > 0 && (all_excluded || !excluded.contains(&e.info.id)))
             .max_by(|a, b| {
                 a.free_slots()
                     .cmp(&b.free_slots())
@@ -436,6 +673,7 @@ impl Scheduler {
         stage_id: StageId,
         partition: usize,
         executor_id: &ExecutorId,
+        speculative: bool,
     ) -> Result<(), Error> {
         let query = &self.running[qi];
         let stage = query.graph.stage(stage_id);
@@ -451,7 +689,7 @@ impl Scheduler {
             query_id: query.id.clone(),
             stage_id,
             partition: partition as u32,
-            attempt: task.attempt,
+            attempt: task.launches,
         };
         let launch = CoordinatorMessage {
             message: Some(coordinator_message::Message::LaunchTask(LaunchTask {
@@ -491,15 +729,90 @@ impl Scheduler {
         }
         query.executors_used.insert(executor_id.clone());
         let stage_state = &mut query.stages[stage_id.0 as usize];
-        if stage_state.status == Status::Pending {
+        if !matches!(stage_state.status, Status::Running) {
             stage_state.status = Status::Running;
-            stage_state.started_at = Some(SystemTime::now());
+            stage_state.started_at.get_or_insert_with(SystemTime::now);
+            stage_state.finished_at = None;
         }
         let task = &mut stage_state.tasks[partition];
-        task.status = Status::Running;
-        task.executor = Some(executor_id.clone());
-        task.started_at = Some(SystemTime::now());
-        debug!(task = %attempt, %executor_id, "task launched");
+        task.launches += 1;
+        if speculative {
+            task.speculative = Some(SpeculativeAttempt {
+                attempt: attempt.attempt,
+                executor: executor_id.clone(),
+            });
+            info!(task = %attempt, %executor_id, "speculative copy launched");
+        } else {
+            task.attempt = attempt.attempt;
+            task.status = Status::Running;
+            task.executor = Some(executor_id.clone());
+            task.started_at = Some(SystemTime::now());
+            task.started_instant = Some(Instant::now());
+            debug!(task = %attempt, %executor_id, "task launched");
+        }
         Ok(())
+    }
+
+    /// Tells an executor to stop one attempt (the loser of a speculative race).
+    fn cancel_attempt(&mut self, attempt: &TaskAttempt, executor_id: &ExecutorId) {
+        if let Some(executor) = self.executors.get(executor_id) {
+            let _ = executor.tx.send(Ok(CoordinatorMessage {
+                message: Some(coordinator_message::Message::CancelTask(CancelTask {
+                    task: Some(TaskId::from_attempt(attempt)),
+                })),
+            }));
+        }
+    }
+}
+
+/// Map outputs that lived on executors no longer alive are recomputed where a stage still has to
+/// read them. Consumers are looked at first (stage ids are topological), so a reset consumer makes
+/// its inputs needed again.
+fn recompute_lost_outputs(query: &mut QueryState, executors: &HashMap<ExecutorId, ExecutorState>) {
+    let alive = |id: &ExecutorId| {
+        executors
+            .get(id)
+            .is_some_and(|e| e.status == ExecutorStatus::Alive)
+    };
+    let result_stage = query.graph.result_stage().id;
+    let mut reset_any = false;
+    for si in (0..query.stages.len()).rev() {
+        let stage_id = StageId(si as u32);
+        if stage_id == result_stage || !query.outputs_needed(stage_id) {
+            continue;
+        }
+        let stage = &mut query.stages[si];
+        let mut reset = 0;
+        for task in &mut stage.tasks {
+            let lost = task
+                .output
+                .as_ref()
+                .is_some_and(|o| !alive(&o.executor_id));
+            if task.status == Status::Succeeded && lost {
+                task.reset();
+                reset += 1;
+            }
+        }
+        if reset > 0 {
+            info!(query_id = %query.id, stage = %stage_id, tasks = reset, "recomputing map outputs of a lost executor");
+            stage.status = Status::Running;
+            stage.finished_at = None;
+            reset_any = true;
+        }
+    }
+    let any_unfinished = query
+        .stages
+        .iter()
+        .any(|s| s.tasks.iter().any(|t| t.status != Status::Succeeded));
+    if (reset_any || any_unfinished) && query.status == Status::Succeeded {
+        query.status = Status::Running;
+        query.finished_at = None;
+    }
+    for stage in &mut query.stages {
+        if stage.status == Status::Succeeded && stage.tasks.iter().any(|t| t.status != Status::Succeeded)
+        {
+            stage.status = Status::Running;
+            stage.finished_at = None;
+        }
     }
 }

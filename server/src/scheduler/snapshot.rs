@@ -64,7 +64,7 @@ pub(crate) fn executors_schema() -> SchemaRef {
         "executor_id": DataType::Utf8, "host": DataType::Utf8, "flight_port": DataType::UInt32,
         "status": DataType::Utf8, "slots": DataType::UInt32, "cores": DataType::UInt32,
         "memory_bytes": DataType::UInt64, "running_tasks": DataType::UInt32,
-        "tasks_succeeded": DataType::UInt64, "tasks_failed": DataType::UInt64,
+        "active_tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt64, "tasks_failed": DataType::UInt64,
         "registered_at": ts_type(), "last_heartbeat": ts_type(),
     )
 }
@@ -142,6 +142,7 @@ fn executors_batch(executors: &[&ExecutorState]) -> RecordBatch {
             u32s(e.iter().map(|e| Some(e.info.cores as u32))),
             u64s(e.iter().map(|e| Some(e.info.memory))),
             u32s(e.iter().map(|e| Some(e.running.len() as u32))),
+            u32s(e.iter().map(|e| Some(e.active_tasks))),
             u64s(e.iter().map(|e| Some(e.tasks_succeeded))),
             u64s(e.iter().map(|e| Some(e.tasks_failed))),
             times(e.iter().map(|e| Some(e.registered_at))),

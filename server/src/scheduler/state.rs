@@ -1,6 +1,6 @@
 //! The scheduler's bookkeeping: executors, queries, stages and task attempts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
 use ember_executor::proto::CoordinatorMessage;
@@ -56,6 +56,9 @@ pub(crate) struct ExecutorState {
     pub(crate) session: u64,
     pub(crate) tx: ExecutorTx,
     pub(crate) running: HashSet<TaskAttempt>,
+    /// Tasks the executor itself said it was running (waiting for a slot or running) in its
+    /// last heartbeat: unlike `running`, this includes attempts still stopping after a cancel.
+    pub(crate) active_tasks: u32,
     pub(crate) registered_at: SystemTime,
     pub(crate) last_heartbeat: Instant,
     pub(crate) last_heartbeat_wall: SystemTime,
@@ -73,6 +76,8 @@ impl ExecutorState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
+    /// Waiting for admission (too many queries running).
+    Queued,
     Pending,
     Running,
     Succeeded,
@@ -83,6 +88,7 @@ pub(crate) enum Status {
 impl Status {
     pub(crate) fn as_str(&self) -> &'static str {
         match self {
+            Status::Queued => "queued",
             Status::Pending => "pending",
             Status::Running => "running",
             Status::Succeeded => "succeeded",
@@ -96,20 +102,69 @@ impl Status {
     }
 }
 
+/// A second copy of a slow task, racing the first.
+#[derive(Debug, Clone)]
+pub(crate) struct SpeculativeAttempt {
+    pub(crate) attempt: u32,
+    pub(crate) executor: ExecutorId,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct TaskState {
     pub(crate) partition: u32,
-    /// The current attempt; reports of other attempts are stale and ignored.
+    /// The latest attempt launched; reports of attempts other than this one and the speculative
+    /// copy are stale and ignored (fencing).
     pub(crate) attempt: u32,
+    /// Attempts launched so far (the next one gets this number).
+    pub(crate) launches: u32,
+    /// Failures that count against `task_max_attempts` (not losses of executors or map outputs).
+    pub(crate) failures: u32,
+    /// Executors this task failed or was lost on: a retry prefers others.
+    pub(crate) excluded: BTreeSet<ExecutorId>,
+    pub(crate) speculative: Option<SpeculativeAttempt>,
     pub(crate) status: Status,
     pub(crate) executor: Option<ExecutorId>,
     pub(crate) output: Option<MapOutputLocation>,
     pub(crate) rows: u64,
     pub(crate) bytes: u64,
     pub(crate) started_at: Option<SystemTime>,
+    /// When the current attempt was launched, for speculation.
+    pub(crate) started_instant: Option<Instant>,
     pub(crate) finished_at: Option<SystemTime>,
     pub(crate) elapsed_us: u64,
     pub(crate) error: Option<String>,
+}
+
+impl TaskState {
+    fn new(partition: u32) -> Self {
+        Self {
+            partition,
+            attempt: 0,
+            launches: 0,
+            failures: 0,
+            excluded: BTreeSet::new(),
+            speculative: None,
+            status: Status::Pending,
+            executor: None,
+            output: None,
+            rows: 0,
+            bytes: 0,
+            started_at: None,
+            started_instant: None,
+            finished_at: None,
+            elapsed_us: 0,
+            error: None,
+        }
+    }
+
+    /// Back to pending: the attempt that ran (or its output) is gone.
+    pub(crate) fn reset(&mut self) {
+        self.status = Status::Pending;
+        self.executor = None;
+        self.output = None;
+        self.speculative = None;
+        self.started_instant = None;
+    }
 }
 
 #[derive(Debug)]
@@ -133,15 +188,14 @@ impl StageState {
 /// What the result relay learns about the result stage's tasks.
 #[derive(Debug)]
 pub(crate) enum ResultEvent {
-    /// The task of a result partition was launched there: its rows can be streamed now.
+    /// An attempt of a result partition's task was launched there: its rows can be streamed now.
+    /// A later attempt of the same partition replaces an earlier one.
     Launched {
         partition: usize,
         location: MapOutputLocation,
     },
-    /// The task of a result partition has succeeded: its stream ended complete.
-    Committed {
-        partition: usize,
-    },
+    /// That attempt of a result partition's task has succeeded: its stream ended complete.
+    Committed { partition: usize, attempt: u32 },
     Failed(Error),
 }
 
@@ -181,21 +235,7 @@ impl QueryState {
                 } else {
                     Status::Pending
                 },
-                tasks: (0..stage.num_tasks() as u32)
-                    .map(|partition| TaskState {
-                        partition,
-                        attempt: 0,
-                        status: Status::Pending,
-                        executor: None,
-                        output: None,
-                        rows: 0,
-                        bytes: 0,
-                        started_at: None,
-                        finished_at: None,
-                        elapsed_us: 0,
-                        error: None,
-                    })
-                    .collect(),
+                tasks: (0..stage.num_tasks() as u32).map(TaskState::new).collect(),
                 started_at: None,
                 finished_at: None,
             })
@@ -206,7 +246,7 @@ impl QueryState {
             graph,
             settings,
             stages,
-            status: Status::Running,
+            status: Status::Queued,
             error: None,
             submitted_at: SystemTime::now(),
             submitted_instant: Instant::now(),
@@ -236,5 +276,16 @@ impl QueryState {
 
     pub(crate) fn is_result_stage(&self, stage: StageId) -> bool {
         self.graph.result_stage().id == stage
+    }
+
+    /// Whether a stage's outputs are still to be read: some stage reading it has unfinished tasks.
+    pub(crate) fn outputs_needed(&self, stage: StageId) -> bool {
+        self.graph.stages.iter().any(|consumer| {
+            consumer.inputs.contains(&stage)
+                && self.stages[consumer.id.0 as usize]
+                    .tasks
+                    .iter()
+                    .any(|t| t.status != Status::Succeeded)
+        })
     }
 }

@@ -2,14 +2,23 @@
 
 use std::time::SystemTime;
 
-use ember_executor::proto::{TaskId, TaskStatus, task_failed, task_status};
+use ember_executor::proto::{
+    FetchFailed, TaskFailed, TaskId, TaskStatus, TaskSucceeded, task_failed, task_status,
+};
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::shuffle::MapOutputLocation;
 use tracing::{debug, info, warn};
 
 use super::Scheduler;
-use super::state::{ResultEvent, Status};
+use super::state::{QueryState, ResultEvent, Status};
 use crate::error::{Error, TaskErrorKind};
+
+/// Which live attempt of a task a report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Primary,
+    Speculative,
+}
 
 impl Scheduler {
     pub(super) fn task_status(&mut self, executor_id: &ExecutorId, status: TaskStatus) {
@@ -20,10 +29,13 @@ impl Scheduler {
         if let Some(executor) = self.executors.get_mut(executor_id) {
             executor.running.remove(&attempt);
         }
-        let Some(query) = self.running.iter_mut().find(|q| q.id == attempt.query_id) else {
+        let Some(qi) = self.running.iter().position(|q| q.id == attempt.query_id) else {
             return; // the query has ended: a late report
         };
-        let is_result = query.is_result_stage(attempt.stage_id);
+        let query = &mut self.running[qi];
+        if !matches!(query.status, Status::Running | Status::Succeeded) {
+            return;
+        }
         let Some(task) = query
             .stages
             .get_mut(attempt.stage_id.0 as usize)
@@ -32,77 +44,89 @@ impl Scheduler {
             warn!(task = %attempt, "status for an unknown task");
             return;
         };
-        if task.attempt != attempt.attempt || task.status != Status::Running {
+        let which = if task.status == Status::Running
+            && task.attempt == attempt.attempt
+            && task.executor.as_ref() == Some(executor_id)
+        {
+            Which::Primary
+        } else if task
+            .speculative
+            .as_ref()
+            .is_some_and(|s| s.attempt == attempt.attempt && &s.executor == executor_id)
+        {
+            Which::Speculative
+        } else {
             debug!(task = %attempt, "ignoring a stale attempt");
             return;
-        }
-        task.elapsed_us = status.elapsed_us;
-        task.finished_at = Some(SystemTime::now());
+        };
         match status.result {
             Some(task_status::Result::Succeeded(succeeded)) => {
                 if let Some(executor) = self.executors.get_mut(executor_id) {
                     executor.tasks_succeeded += 1;
                 }
-                task.status = Status::Succeeded;
-                task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
-                task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
-                let Some(info) = self.executors.get(executor_id).map(|e| &e.info) else {
-                    return;
-                };
-                let location = MapOutputLocation {
-                    map_partition: attempt.partition,
-                    attempt: attempt.attempt,
-                    executor_id: executor_id.clone(),
-                    flight_address: info.flight_address(),
-                    host_key: info.host_key.clone(),
-                    work_dir: info.work_dir.clone(),
-                };
-                task.output = Some(location);
-                self.task_succeeded(&attempt);
+                self.attempt_succeeded(qi, &attempt, executor_id, which, status.elapsed_us, &succeeded);
             }
             Some(task_status::Result::Failed(failed)) => {
                 if let Some(executor) = self.executors.get_mut(executor_id) {
                     executor.tasks_failed += 1;
                 }
-                let (kind, message) = match failed.reason {
-                    Some(task_failed::Reason::FetchFailed(f)) => (
-                        TaskErrorKind::ExecutorLost,
-                        format!(
-                            "fetch of stage {} map {} from executor {} failed: {}",
-                            f.stage_id, f.map_partition, f.executor_id, f.message
-                        ),
-                    ),
-                    Some(task_failed::Reason::Execution(e)) => (task_error_kind(e.kind), e.message),
-                    Some(task_failed::Reason::Cancelled(_)) => {
-                        (TaskErrorKind::Internal, "task was cancelled".to_string())
-                    }
-                    None => (TaskErrorKind::Internal, "task failed".to_string()),
-                };
-                task.error = Some(message.clone());
-                // Result tasks stream to the client as they run: a retry could repeat rows.
-                let retry = !is_result
-                    && kind != TaskErrorKind::User
-                    && kind != TaskErrorKind::ExecutorLost
-                    && task.attempt + 1 < self.config.task_max_attempts;
-                if retry {
-                    warn!(task = %attempt, %message, "task failed, retrying");
-                    task.status = Status::Pending;
-                    task.attempt += 1;
-                    task.executor = None;
-                } else {
-                    task.status = Status::Failed;
-                    let query_id = attempt.query_id.clone();
-                    self.finish_query(&query_id, Err(Error::Task { kind, message }));
-                }
+                self.attempt_failed(qi, &attempt, executor_id, which, failed);
             }
             None => warn!(task = %attempt, "task status without a result"),
         }
     }
 
-    fn task_succeeded(&mut self, attempt: &TaskAttempt) {
-        let Some(query) = self.running.iter_mut().find(|q| q.id == attempt.query_id) else {
+    fn attempt_succeeded(
+        &mut self,
+        qi: usize,
+        attempt: &TaskAttempt,
+        executor_id: &ExecutorId,
+        which: Which,
+        elapsed_us: u64,
+        succeeded: &TaskSucceeded,
+    ) {
+        let Some(info) = self.executors.get(executor_id).map(|e| e.info.clone()) else {
             return;
         };
+        let task = &mut self.running[qi].stages[attempt.stage_id.0 as usize].tasks
+            [attempt.partition as usize];
+        // The other attempt of a speculated task lost the race.
+        let loser = match which {
+            Which::Primary => task
+                .speculative
+                .take()
+                .map(|s| (s.attempt, s.executor)),
+            Which::Speculative => {
+                task.speculative = None;
+                let loser = task.executor.clone().map(|e| (task.attempt, e));
+                info!(task = %attempt, "speculative copy finished first");
+                task.attempt = attempt.attempt;
+                task.executor = Some(executor_id.clone());
+                loser
+            }
+        };
+        task.status = Status::Succeeded;
+        task.elapsed_us = elapsed_us;
+        task.finished_at = Some(SystemTime::now());
+        task.error = None;
+        task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
+        task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
+        task.output = Some(MapOutputLocation {
+            map_partition: attempt.partition,
+            attempt: attempt.attempt,
+            executor_id: executor_id.clone(),
+            flight_address: info.flight_address(),
+            host_key: info.host_key.clone(),
+            work_dir: info.work_dir.clone(),
+        });
+        if let Some((loser_attempt, loser_executor)) = loser {
+            let loser = TaskAttempt {
+                attempt: loser_attempt,
+                ..attempt.clone()
+            };
+            self.cancel_attempt(&loser, &loser_executor);
+        }
+        let query = &mut self.running[qi];
         let is_result = query.is_result_stage(attempt.stage_id);
         let stage = &mut query.stages[attempt.stage_id.0 as usize];
         if stage.tasks.iter().all(|t| t.status == Status::Succeeded) {
@@ -112,14 +136,120 @@ impl Scheduler {
         if is_result && let Some(tx) = &query.results_tx {
             let _ = tx.send(ResultEvent::Committed {
                 partition: attempt.partition as usize,
+                attempt: attempt.attempt,
             });
         }
-        if query.stages.iter().all(|s| s.status == Status::Succeeded) {
+        if query.status == Status::Running
+            && query.stages.iter().all(|s| s.status == Status::Succeeded)
+        {
             query.status = Status::Succeeded;
             query.finished_at = Some(SystemTime::now());
             info!(query_id = %query.id, elapsed_ms = query.submitted_instant.elapsed().as_millis() as u64, "query succeeded");
             // Stays in `running` until the client has fetched the result and releases it.
         }
+    }
+
+    fn attempt_failed(
+        &mut self,
+        qi: usize,
+        attempt: &TaskAttempt,
+        executor_id: &ExecutorId,
+        which: Which,
+        failed: TaskFailed,
+    ) {
+        let max_attempts = self.config.task_max_attempts;
+        let query = &mut self.running[qi];
+        let query_id = query.id.clone();
+        let (kind, message, fetch) = match failed.reason {
+            Some(task_failed::Reason::FetchFailed(f)) => (
+                TaskErrorKind::ExecutorLost,
+                format!(
+                    "fetch of stage {} map {} from executor {} failed: {}",
+                    f.stage_id, f.map_partition, f.executor_id, f.message
+                ),
+                Some(f),
+            ),
+            Some(task_failed::Reason::Execution(e)) => (task_error_kind(e.kind), e.message, None),
+            // Cancelled without being asked (its executor's session ended, say): not its fault.
+            Some(task_failed::Reason::Cancelled(_)) => (
+                TaskErrorKind::ExecutorLost,
+                "task was cancelled by its executor".to_string(),
+                None,
+            ),
+            None => (TaskErrorKind::Internal, "task failed".to_string(), None),
+        };
+        let task = &mut query.stages[attempt.stage_id.0 as usize].tasks
+            [attempt.partition as usize];
+        task.error = Some(message.clone());
+        if kind == TaskErrorKind::User {
+            // Deterministic: every attempt would fail the same way.
+            task.status = Status::Failed;
+            self.finish_query(&query_id, Err(Error::Task { kind, message }));
+            return;
+        }
+        // With two attempts racing, the survivor carries on.
+        match which {
+            Which::Speculative => {
+                task.speculative = None;
+                return;
+            }
+            Which::Primary => {
+                if let Some(copy) = task.speculative.take() {
+                    task.attempt = copy.attempt;
+                    task.executor = Some(copy.executor);
+                    return;
+                }
+            }
+        }
+        let counted = fetch.is_none() && kind != TaskErrorKind::ExecutorLost;
+        if counted {
+            task.failures += 1;
+            task.excluded.insert(executor_id.clone());
+        }
+        let exhausted = task.failures >= max_attempts
+            || task.launches >= max_attempts + super::MAX_LOSSES_PER_TASK;
+        if exhausted {
+            task.status = Status::Failed;
+            let message = if counted {
+                message
+            } else {
+                format!("{message} (the task was re-run {} times)", task.launches)
+            };
+            self.finish_query(&query_id, Err(Error::Task { kind, message }));
+            return;
+        }
+        warn!(task = %attempt, %message, "task failed, running it again");
+        task.reset();
+        if let Some(fetch) = fetch {
+            lose_map_output(query, &fetch);
+        }
+    }
+}
+
+/// A reader could not fetch a map output: unless that output was already replaced, its map task
+/// runs again (and the reader waits for it).
+fn lose_map_output(query: &mut QueryState, fetch: &FetchFailed) {
+    let Some(stage) = query.stages.get_mut(fetch.stage_id as usize) else {
+        return;
+    };
+    let Some(task) = stage.tasks.get_mut(fetch.map_partition as usize) else {
+        return;
+    };
+    let is_that_output = task.output.as_ref().is_some_and(|o| {
+        o.attempt == fetch.map_attempt && o.executor_id.0 == fetch.executor_id
+    });
+    if task.status == Status::Succeeded && is_that_output {
+        info!(
+            query_id = %query.id,
+            stage = fetch.stage_id,
+            map = fetch.map_partition,
+            executor = %fetch.executor_id,
+            "map output lost, recomputing it"
+        );
+        task.excluded.insert(ExecutorId(fetch.executor_id.clone()));
+        task.reset();
+        stage.status = Status::Running;
+        stage.finished_at = None;
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
     pub coordinator: Child,
     pub executors: Vec<Child>,
+    /// The Flight port of each executor (how `system.executors` tells them apart).
+    pub executor_ports: Vec<u16>,
 }
 
 fn spawn_coordinator(
@@ -78,33 +80,9 @@ impl ProcessCluster {
         // The coordinator generates nothing if the data is already there: point it at the
         // shared TPC-H directory through its data dir.
         let data_dir = tpch_dir.to_path_buf();
-        let log = |name: &str| {
-            std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log file")
-        };
         let coordinator =
             spawn_coordinator(dir.path(), pg_port, grpc_port, tpch_scale, &data_dir, env);
-        let mut executors = vec![];
-        for i in 0..num_executors {
-            executors.push(
-                Command::new(env!("CARGO_BIN_EXE_ember"))
-                    .args([
-                        "executor",
-                        "--coordinator",
-                        &format!("127.0.0.1:{grpc_port}"),
-                    ])
-                    .args(["--slots", "2"])
-                    .arg("--data-dir")
-                    .arg(&data_dir)
-                    .arg("--work-dir")
-                    .arg(dir.path().join(format!("executor-{i}")))
-                    .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdout(Stdio::null())
-                    .stderr(log(&format!("executor-{i}")))
-                    .spawn()
-                    .expect("start executor"),
-            );
-        }
-        Self {
+        let mut cluster = Self {
             pg_port,
             grpc_port,
             tpch_scale,
@@ -112,8 +90,75 @@ impl ProcessCluster {
             env: env.to_vec(),
             dir,
             coordinator,
-            executors,
+            executors: vec![],
+            executor_ports: vec![],
+        };
+        for i in 0..num_executors {
+            let port = free_port();
+            let child = cluster.spawn_executor(i, port);
+            cluster.executors.push(child);
+            cluster.executor_ports.push(port);
         }
+        cluster
+    }
+
+    /// The work dir of executor `i`.
+    pub fn work_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("executor-{i}"))
+    }
+
+    fn spawn_executor(&self, i: usize, flight_port: u16) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("executor-{i}.log")))
+            .expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args([
+                "executor",
+                "--coordinator",
+                &format!("127.0.0.1:{}", self.grpc_port),
+            ])
+            .args(["--slots", "2"])
+            .args(["--flight-port", &flight_port.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--work-dir")
+            .arg(self.work_dir(i))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start executor")
+    }
+
+    /// Kills executor `i` with SIGKILL (no chance to clean up).
+    pub fn kill_executor(&mut self, i: usize) {
+        let _ = self.executors[i].kill();
+        let _ = self.executors[i].wait();
+    }
+
+    /// Starts executor `i` again on the same work dir, as a new process (a new incarnation).
+    pub fn restart_executor(&mut self, i: usize) {
+        self.kill_executor(i);
+        let port = free_port();
+        self.executors[i] = self.spawn_executor(i, port);
+        self.executor_ports[i] = port;
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to executor `i`.
+    pub fn signal_executor(&self, i: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.executors[i].id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// The index of the executor serving Flight on `port`.
+    pub fn executor_by_port(&self, port: u16) -> Option<usize> {
+        self.executor_ports.iter().position(|p| *p == port)
     }
 
     /// Kills the coordinator (SIGKILL: no chance to clean up) and starts a new one on the same
