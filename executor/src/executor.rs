@@ -7,12 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use std::num::NonZeroUsize;
+
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use ember_planner::cache::CacheLimits;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
-use ember_planner::shuffle::{LiveBlocks, local_host_key, query_dir};
+use ember_planner::shuffle::{DiskBudget, LiveBlocks, local_host_key, query_dir};
 use ember_planner::storage::{EmberObjectStores, S3Options};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -44,6 +47,9 @@ pub struct ExecutorOptions {
     pub slots: usize,
     /// Bytes of memory shared by the slots; 0 means unbounded.
     pub memory: u64,
+    /// Bytes of shuffle files and, separately, of spill files the work dir may hold; 0 means
+    /// no limit.
+    pub max_disk_bytes: u64,
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
     /// Local files that fragments may scan or write must lie under these directories.
@@ -108,7 +114,15 @@ impl Executor {
             .with_cache_manager(options.cache.cache_config())
             .with_object_store_registry(Arc::new(EmberObjectStores::new(options.s3.clone())));
         if options.memory > 0 {
-            runtime = runtime.with_memory_limit(options.memory as usize, 1.0);
+            // Shared fairly by the slots: each spilling operator may use its share, and the
+            // error of one that cannot names the largest consumers.
+            runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+                FairSpillPool::new(options.memory as usize),
+                NonZeroUsize::new(5).expect("non-zero"),
+            )));
+        }
+        if options.max_disk_bytes > 0 {
+            runtime = runtime.with_max_temp_directory_size(options.max_disk_bytes);
         }
         let base_state =
             SessionContext::new_with_config_rt(Default::default(), runtime.build_arc()?).state();
@@ -120,6 +134,7 @@ impl Executor {
             host_key: host_key.clone(),
             fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
             live: Arc::clone(&live),
+            disk: Arc::new(DiskBudget::new(options.max_disk_bytes)),
             allowed_paths: AllowedPaths::new(&options.allowed_paths)?,
         });
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
@@ -255,6 +270,7 @@ impl Session {
     }
 
     async fn remove_shuffle_files(&self) {
+        self.runner.disk.clear();
         let root = self.options.work_dir.join("shuffle");
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(entries) = std::fs::read_dir(&root) else {
@@ -299,12 +315,14 @@ impl Session {
                 if let Some(query_id) = QueryId::parse(&release.query_id) {
                     self.runner.live.release_query(&query_id);
                     let dir = query_dir(&self.options.work_dir, &query_id);
+                    let disk = Arc::clone(&self.runner.disk);
                     tokio::task::spawn_blocking(move || {
                         if dir.exists()
                             && let Err(error) = std::fs::remove_dir_all(&dir)
                         {
                             warn!(path = %dir.display(), %error, "cannot remove shuffle files");
                         }
+                        disk.release(&query_id);
                     });
                 }
             }

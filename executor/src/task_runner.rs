@@ -13,7 +13,8 @@ use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
-use ember_planner::shuffle::{LiveBlocks, ShuffleEnv, ShuffleError, ShuffleFetcher};
+use ember_planner::shuffle::{DiskBudget, LiveBlocks, ShuffleEnv, ShuffleError, ShuffleFetcher};
+use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 
 use crate::proto::{
@@ -31,6 +32,7 @@ pub(crate) struct TaskRunner {
     pub(crate) host_key: String,
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
     pub(crate) live: Arc<LiveBlocks>,
+    pub(crate) disk: Arc<DiskBudget>,
     /// The fragment's files are checked against these before anything runs.
     pub(crate) allowed_paths: AllowedPaths,
 }
@@ -79,6 +81,7 @@ impl TaskRunner {
             attempt: attempt.attempt,
             fetcher: Arc::clone(&self.fetcher),
             live: Arc::clone(&self.live),
+            disk: Arc::clone(&self.disk),
         }));
         let ctx = Arc::new(
             TaskContext::from(&self.base)
@@ -93,6 +96,7 @@ impl TaskRunner {
             .execute(attempt.partition as usize, ctx)?
             .try_collect()
             .await?;
+        let spilled_bytes = spilled_bytes(plan.as_ref());
         tracing::debug!(
             task = %attempt,
             plan_bytes = launch.plan.len(),
@@ -113,8 +117,24 @@ impl TaskRunner {
                 });
             }
         }
-        Ok(TaskSucceeded { partitions })
+        Ok(TaskSucceeded {
+            partitions,
+            spilled_bytes,
+        })
     }
+}
+
+/// Bytes the operators of a finished plan spilled to disk.
+fn spilled_bytes(plan: &dyn ExecutionPlan) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.spilled_bytes())
+        .unwrap_or_default() as u64;
+    own + plan
+        .children()
+        .into_iter()
+        .map(|child| spilled_bytes(child.as_ref()))
+        .sum::<u64>()
 }
 
 /// Sorts an error into what the scheduler needs to decide: recompute a lost map output, fail the
@@ -139,7 +159,14 @@ pub(crate) fn failure(error: &DataFusionError) -> TaskFailed {
         };
     }
     let kind = match error.find_root() {
-        DataFusionError::ResourcesExhausted(_) => ErrorKind::Resources,
+        DataFusionError::ResourcesExhausted(message) => {
+            return TaskFailed {
+                reason: Some(task_failed::Reason::Execution(ExecutionError {
+                    kind: ErrorKind::Resources as i32,
+                    message: format!("not enough resources on the executor: {message}"),
+                })),
+            };
+        }
         DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::Io,
         DataFusionError::Internal(_) | DataFusionError::External(_) => ErrorKind::Internal,
         _ => ErrorKind::User,

@@ -49,6 +49,9 @@ impl LocalCluster {
                 // single-node DataFusion gets one partition per core.
                 options.slots = (options.slots / config.local.executors.max(1)).max(1);
             }
+            if config.executor.memory == 0 {
+                options.memory /= config.local.executors.max(1) as u64;
+            }
             executors.push(Executor::new(options, listener));
         }
         Ok(Self {
@@ -98,13 +101,32 @@ pub fn executor_options(
         } else {
             config.executor.slots
         },
-        memory: config.executor.memory,
+        memory: if config.executor.memory == 0 {
+            default_executor_memory()
+        } else {
+            config.executor.memory
+        },
+        max_disk_bytes: config.executor.max_disk_bytes,
         heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
         max_message_size: config.coordinator.max_message_size,
         allowed_paths: config.allowed_paths(),
         cache: cache_limits(config),
         s3: s3_options(config),
     }
+}
+
+/// Memory for an executor that was given none: 60% of the machine's, the rest left to the
+/// operating system, buffers and the coordinator (0, no limit, where it cannot be read).
+fn default_executor_memory() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    total_kib * 1024 / 10 * 6
 }
 
 /// The S3 settings of the config.

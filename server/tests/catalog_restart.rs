@@ -36,10 +36,42 @@ async fn catalog_survives_a_coordinator_crash() {
     let before = rows(&client.simple_query(check).await.expect("check"));
     assert_eq!(before[0][2].as_deref(), Some("25"));
     assert_eq!(before[0][3].as_deref(), Some("0"));
-    drop(client);
+
+    // A query running when the coordinator dies ends with an error, not a hang; its shuffle
+    // files do not outlive the crash.
+    let long = "select count(*) from (select l_orderkey k from tpch.lineitem group by 1) a, \
+                tpch.orders b where a.k + b.o_orderkey < 0";
+    let running = tokio::spawn(async move { client.simple_query(long).await });
+    let shuffle_files = |cluster: &ProcessCluster| {
+        (0..2).any(|i| {
+            std::fs::read_dir(cluster.work_dir(i).join("shuffle"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !shuffle_files(&cluster) {
+        assert!(!running.is_finished(), "the long query ended by itself");
+        assert!(std::time::Instant::now() < deadline, "the long query wrote no shuffle files");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     cluster.restart_coordinator();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("the client learns that its query is gone")
+        .expect("query task");
+    assert!(ended.is_err(), "the query cannot have finished");
+    // The executors reconnect by themselves, as new incarnations that keep no old files.
     let client = cluster.connect(2).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shuffle_files(&cluster) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shuffle files of the crashed coordinator's query are left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let after = rows(
         &client
             .simple_query(check)

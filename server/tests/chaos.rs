@@ -326,3 +326,80 @@ async fn cancel_stops_tasks_and_removes_files(cluster: &ProcessCluster, monitor:
         cancelled_at.elapsed().as_millis()
     );
 }
+
+/// With speculation on and a long heartbeat timeout, an executor stopped (SIGSTOP) in the middle
+/// of a stage gets its tasks copied elsewhere: the copies win and the answer is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculation_overtakes_a_stalled_executor() {
+    let data = tpch_data_dir(SCALE);
+    let env = [
+        ("EMBER_SCHEDULER_SPECULATION", "true"),
+        ("EMBER_SCHEDULER_SPECULATION_QUANTILE", "0.5"),
+        ("EMBER_COORDINATOR_EXECUTOR_TIMEOUT_MS", "120000"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let cluster = ProcessCluster::start_with_env(EXECUTORS, SCALE, &data, &env);
+    let monitor = cluster.connect(EXECUTORS).await;
+    let reference = datafusion_tpch(SCALE, &data).await;
+    let sql = ember_planner::tpch::QUERIES[17];
+
+    let mut speculated = false;
+    for _ in 0..5 {
+        let client = connect(cluster.pg_port).await.expect("connect");
+        client
+            .simple_query("SET search_path = tpch")
+            .await
+            .expect("set search_path");
+        let running = tokio::spawn(async move { client.simple_query(sql).await });
+        let victim = loop {
+            if running.is_finished() {
+                break None;
+            }
+            if let Some(port) = find_victim(&monitor, Fault::KillDuringMapStage).await {
+                break Some(port);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let stopped = victim.and_then(|port| cluster.executor_by_port(port));
+        if let Some(i) = stopped {
+            cluster.signal_executor(i, "STOP");
+        }
+        // A result task may have been sent to the stopped executor: it resumes after a while.
+        let answer = match tokio::time::timeout(Duration::from_secs(20), running).await {
+            Ok(joined) => joined,
+            Err(_) => panic!("the query did not finish\n{}", cluster.logs()),
+        };
+        if let Some(i) = stopped {
+            cluster.signal_executor(i, "CONT");
+        }
+        let answer = rows(&answer.expect("query task").expect("query succeeds"));
+        let expected = reference
+            .sql(sql)
+            .await
+            .expect("datafusion plans")
+            .collect()
+            .await
+            .expect("datafusion runs");
+        compare(&answer, &batches_to_rows(&expected), true).expect("exact answer");
+        let copies = rows(
+            &monitor
+                .simple_query(
+                    "select count(*) from system.tasks t join system.queries q \
+                     on t.query_id = q.query_id where t.speculative \
+                     and q.submitted_at = (select max(submitted_at) from system.queries \
+                     where sql like '%l_quantity%')",
+                )
+                .await
+                .expect("system.tasks"),
+        );
+        if stopped.is_some() && copies[0][0].as_deref() != Some("0") {
+            speculated = true;
+            break;
+        }
+    }
+    assert!(
+        speculated,
+        "no speculative copy won in 5 tries\n{}",
+        cluster.logs()
+    );
+}

@@ -144,6 +144,86 @@ pub struct ShuffleEnv {
     pub fetcher: Arc<dyn ShuffleFetcher>,
     /// Where a live (streamed) output hands its batches to the reader.
     pub live: Arc<LiveBlocks>,
+    /// The bytes of shuffle files this executor may keep.
+    pub disk: Arc<DiskBudget>,
+}
+
+/// How a write beyond the [`DiskBudget`] fails.
+pub(crate) const WORK_DIR_FULL: &str = "the executor's work dir is full";
+
+/// Bounds the bytes of shuffle files an executor keeps on disk (`executor.max_disk_bytes`).
+/// Writers reserve as they write; a query's reservation goes when its files are deleted.
+#[derive(Debug, Default)]
+pub struct DiskBudget {
+    /// 0 means no limit.
+    limit: u64,
+    // A std Mutex: held only to add or remove a number.
+    used: std::sync::Mutex<std::collections::HashMap<QueryId, u64>>,
+}
+
+impl DiskBudget {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: Default::default(),
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes of shuffle files on disk.
+    pub fn used(&self) -> u64 {
+        self.lock().values().sum()
+    }
+
+    /// Takes `bytes` for a file of `query`; fails when the budget would be exceeded.
+    pub fn reserve(&self, query: &QueryId, bytes: u64) -> std::io::Result<()> {
+        let mut used = self.lock();
+        let total: u64 = used.values().sum();
+        if self.limit > 0 && total + bytes > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                WORK_DIR_FULL,
+            ));
+        }
+        *used.entry(query.clone()).or_default() += bytes;
+        Ok(())
+    }
+
+    /// The query's files were deleted.
+    pub fn release(&self, query: &QueryId) {
+        self.lock().remove(query);
+    }
+
+    /// Every file was deleted.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<QueryId, u64>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A file whose writes are charged to a [`DiskBudget`].
+#[derive(Debug)]
+pub(crate) struct BudgetedFile {
+    pub(crate) file: std::fs::File,
+    pub(crate) budget: Arc<DiskBudget>,
+    pub(crate) query: QueryId,
+}
+
+impl std::io::Write for BudgetedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.budget.reserve(&self.query, buf.len() as u64)?;
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// An identity of this machine: `/etc/machine-id` where it exists, else the host name.

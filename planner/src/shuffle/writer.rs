@@ -21,7 +21,7 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 
-use super::{ShuffleBlock, ShuffleEnv, map_attempt_dir};
+use super::{BudgetedFile, DiskBudget, ShuffleBlock, ShuffleEnv, WORK_DIR_FULL, map_attempt_dir};
 use crate::ids::{QueryId, StageId};
 
 static MAP_OUTPUT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -226,6 +226,7 @@ impl ExecutionPlan for ShuffleWriterExec {
             work_dir: env.work_dir.clone(),
             dir,
             num_outputs: self.num_output_partitions(),
+            disk: Arc::clone(&env.disk),
         };
         let input = self.input.execute(partition, context)?;
         if self.live {
@@ -324,10 +325,30 @@ struct MapOutput {
     work_dir: PathBuf,
     dir: PathBuf,
     num_outputs: usize,
+    disk: Arc<DiskBudget>,
 }
 
 impl MapOutput {
     async fn write(
+        self,
+        input: SendableRecordBatchStream,
+        partitioner: Option<BatchPartitioner>,
+    ) -> Result<RecordBatch> {
+        let limit = self.disk.limit();
+        self.write_files(input, partitioner).await.map_err(|error| {
+            // Out of budget is a resource limit, not a broken file (it arrives as an IO error).
+            if error.to_string().contains(WORK_DIR_FULL) {
+                DataFusionError::ResourcesExhausted(format!(
+                    "{WORK_DIR_FULL}: its shuffle files may use at most \
+                     executor.max_disk_bytes = {limit} bytes"
+                ))
+            } else {
+                error
+            }
+        })
+    }
+
+    async fn write_files(
         self,
         mut input: SendableRecordBatchStream,
         mut partitioner: Option<BatchPartitioner>,
@@ -338,7 +359,12 @@ impl MapOutput {
         for output_partition in 0..self.num_outputs {
             let final_path = self.block_path(output_partition);
             let tmp_path = final_path.with_extension("arrow.inprogress");
-            let writer = FileWriter::try_new(BufWriter::new(File::create(&tmp_path)?), &schema)?;
+            let file = BudgetedFile {
+                file: File::create(&tmp_path)?,
+                budget: Arc::clone(&self.disk),
+                query: self.block.query_id.clone(),
+            };
+            let writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
             files.push((writer, tmp_path, final_path, 0u64));
         }
         while let Some(batch) = input.try_next().await? {

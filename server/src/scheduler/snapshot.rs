@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use datafusion::arrow::array::{
+    BooleanArray,
     ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
     UInt64Array,
 };
@@ -92,7 +93,8 @@ pub(crate) fn tasks_schema() -> SchemaRef {
     schema!(
         "query_id": DataType::Utf8, "stage_id": DataType::UInt32, "partition": DataType::UInt32,
         "attempt": DataType::UInt32, "status": DataType::Utf8, "executor_id": DataType::Utf8,
-        "rows": DataType::UInt64, "bytes": DataType::UInt64, "started_at": ts_type(),
+        "rows": DataType::UInt64, "bytes": DataType::UInt64, "spilled_bytes": DataType::UInt64,
+        "speculative": DataType::Boolean, "started_at": ts_type(),
         "finished_at": ts_type(), "duration_ms": DataType::UInt64, "error": DataType::Utf8,
     )
 }
@@ -269,6 +271,10 @@ fn tasks_batch(queries: &[&QueryState]) -> RecordBatch {
             ),
             u64s(r.iter().map(|(_, _, t)| Some(t.rows))),
             u64s(r.iter().map(|(_, _, t)| Some(t.bytes))),
+            u64s(r.iter().map(|(_, _, t)| Some(t.spilled_bytes))),
+            Arc::new(BooleanArray::from_iter(
+                r.iter().map(|(_, _, t)| Some(t.speculation_won)),
+            )),
             times(r.iter().map(|(_, _, t)| t.started_at)),
             times(r.iter().map(|(_, _, t)| t.finished_at)),
             u64s(

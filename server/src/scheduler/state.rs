@@ -127,6 +127,9 @@ pub(crate) struct TaskState {
     pub(crate) output: Option<MapOutputLocation>,
     pub(crate) rows: u64,
     pub(crate) bytes: u64,
+    pub(crate) spilled_bytes: u64,
+    /// The successful attempt was a speculative copy that beat the original.
+    pub(crate) speculation_won: bool,
     pub(crate) started_at: Option<SystemTime>,
     /// When the current attempt was launched, for speculation.
     pub(crate) started_instant: Option<Instant>,
@@ -149,6 +152,8 @@ impl TaskState {
             output: None,
             rows: 0,
             bytes: 0,
+            spilled_bytes: 0,
+            speculation_won: false,
             started_at: None,
             started_instant: None,
             finished_at: None,

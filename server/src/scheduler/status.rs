@@ -111,6 +111,8 @@ impl Scheduler {
         task.error = None;
         task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
         task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
+        task.spilled_bytes = succeeded.spilled_bytes;
+        task.speculation_won = which == Which::Speculative;
         task.output = Some(MapOutputLocation {
             map_partition: attempt.partition,
             attempt: attempt.attempt,

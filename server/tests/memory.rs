@@ -1,0 +1,104 @@
+//! Memory limits on real executor processes (TPC-H SF0.1, 12 MiB per executor): aggregations
+//! and sorts spill to the work dir and still return DataFusion's answers; a join whose build side
+//! cannot fit fails with SQLSTATE 53200, and the executors keep answering afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ProcessCluster, batches_to_rows, compare, datafusion_tpch, rows, tpch_data_dir};
+
+const SCALE: f64 = 0.1;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_memory_spills_and_refuses_what_cannot_fit() {
+    let data = tpch_data_dir(SCALE);
+    let env = [("EMBER_EXECUTOR_MEMORY", "12582912")].map(|(k, v)| (k.to_string(), v.to_string()));
+    let cluster = ProcessCluster::start_with_env(2, SCALE, &data, &env);
+    let client = cluster.connect(2).await;
+    let reference = datafusion_tpch(SCALE, &data).await;
+    client
+        .simple_query(
+            "SET search_path = tpch; \
+             SET datafusion.execution.sort_spill_reservation_bytes = 1048576",
+        )
+        .await
+        .expect("settings");
+    reference
+        .sql("SET datafusion.execution.sort_spill_reservation_bytes = 1048576")
+        .await
+        .expect("reference setting");
+
+    let queries = [
+        // ~600k groups of strings: the aggregation spills.
+        (
+            "select l_comment, count(*), sum(l_quantity) from lineitem \
+             group by l_comment order by 2 desc, 1 limit 20",
+            true,
+        ),
+        // One sort of the whole table.
+        (
+            "select count(*), max(rn), sum(rn * l_orderkey) from (select l_orderkey, \
+             row_number() over (order by l_comment, l_orderkey, l_linenumber) rn from lineitem)",
+            false,
+        ),
+        (ember_planner::tpch::QUERIES[17], true),
+    ];
+    for (sql, ordered) in queries {
+        let answer = tokio::time::timeout(Duration::from_secs(180), client.simple_query(sql))
+            .await
+            .unwrap_or_else(|_| panic!("timed out: {sql}\n{}", cluster.logs()))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}\n{}", cluster.logs()));
+        let expected = reference
+            .sql(sql)
+            .await
+            .expect("datafusion plans")
+            .collect()
+            .await
+            .expect("datafusion runs");
+        compare(&rows(&answer), &batches_to_rows(&expected), ordered)
+            .unwrap_or_else(|diff| panic!("{sql}: {diff}"));
+    }
+    let spilled = rows(
+        &client
+            .simple_query(
+                "select count(distinct query_id), sum(spilled_bytes) from system.tasks \
+                 where spilled_bytes > 0",
+            )
+            .await
+            .expect("system.tasks"),
+    );
+    assert!(
+        spilled[0][0].as_deref().unwrap_or("0").parse::<u32>().unwrap_or(0) >= 2,
+        "the aggregation and the sort spilled: {spilled:?}"
+    );
+
+    // A hash join's build side cannot spill: 600k strings do not fit in 12 MiB.
+    let error = client
+        .simple_query("select count(*) from lineitem a join lineitem b on a.l_comment = b.l_comment")
+        .await
+        .expect_err("the join cannot fit");
+    let db = error.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "53200", "{db:?}");
+    assert!(
+        db.message().contains("not enough resources") && db.message().contains("HashJoin"),
+        "the message says what ran out: {}",
+        db.message()
+    );
+
+    // The executors stay healthy.
+    let count = rows(
+        &client
+            .simple_query("select count(*) from lineitem")
+            .await
+            .expect("a query after the failure"),
+    );
+    assert_eq!(count[0][0].as_deref(), Some("600572"));
+    let alive = rows(
+        &client
+            .simple_query("select count(*) from system.executors where status = 'alive'")
+            .await
+            .expect("system.executors"),
+    );
+    assert_eq!(alive[0][0].as_deref(), Some("2"));
+}
