@@ -344,7 +344,9 @@ impl EmberConfig {
         if self.scheduler.task_max_attempts == 0 {
             return Err(invalid("scheduler.task_max_attempts", "must be at least 1"));
         }
-        if !(self.scheduler.speculation_multiplier >= 1.0) {
+        if self.scheduler.speculation_multiplier.is_nan()
+            || self.scheduler.speculation_multiplier < 1.0
+        {
             return Err(invalid(
                 "scheduler.speculation_multiplier",
                 "must be at least 1",

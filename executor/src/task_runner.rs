@@ -9,12 +9,12 @@ use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionState;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{DiskBudget, LiveBlocks, ShuffleEnv, ShuffleError, ShuffleFetcher};
-use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 
 use crate::proto::{
@@ -167,6 +167,13 @@ pub(crate) fn failure(error: &DataFusionError) -> TaskFailed {
                 })),
             };
         }
+        // A file that is not there will not be there on the next attempt either.
+        DataFusionError::ObjectStore(e)
+            if matches!(**e, datafusion::object_store::Error::NotFound { .. }) =>
+        {
+            ErrorKind::User
+        }
+        DataFusionError::IoError(e) if e.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
         DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::Io,
         DataFusionError::Internal(_) | DataFusionError::External(_) => ErrorKind::Internal,
         _ => ErrorKind::User,

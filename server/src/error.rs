@@ -82,6 +82,7 @@ impl Error {
             Error::Planner(_) => "XX000",
             Error::Task { kind, message } => match kind {
                 TaskErrorKind::User => message_sqlstate(message).unwrap_or("22000"),
+                TaskErrorKind::Resources if message.contains("work dir is full") => "53100",
                 TaskErrorKind::Resources => "53200",
                 TaskErrorKind::Io => "58030",
                 TaskErrorKind::Internal => "XX000",
@@ -146,7 +147,8 @@ fn arrow_sqlstate(error: &ArrowError) -> &'static str {
 /// Recognises errors whose type was lost on the way (task errors travel as text).
 fn message_sqlstate(message: &str) -> Option<&'static str> {
     let lower = message.to_ascii_lowercase();
-    let pairs: [(&str, &str); 15] = [
+    let pairs: [(&str, &str); 16] = [
+        ("no such file", "58P01"),
         ("permission denied", "42501"),
         ("already exists", "42P07"),
         ("doesn't exist", "42P01"),

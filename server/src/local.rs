@@ -123,7 +123,13 @@ fn default_executor_memory() -> u64 {
         .and_then(|info| {
             info.lines()
                 .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
         })
         .unwrap_or(0);
     total_kib * 1024 / 10 * 6

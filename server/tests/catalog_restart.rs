@@ -52,7 +52,10 @@ async fn catalog_survives_a_coordinator_crash() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !shuffle_files(&cluster) {
         assert!(!running.is_finished(), "the long query ended by itself");
-        assert!(std::time::Instant::now() < deadline, "the long query wrote no shuffle files");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long query wrote no shuffle files"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ProcessCluster, batches_to_rows, compare, connect, datafusion_tpch, rows, tpch_data_dir};
+use common::{
+    ProcessCluster, batches_to_rows, compare, connect, datafusion_tpch, rows, tpch_data_dir,
+};
 use datafusion::prelude::SessionContext;
 use tokio_postgres::Client;
 
@@ -23,6 +25,10 @@ enum Fault {
     KillAfterMapStage,
     /// SIGSTOP an executor running a task until it is declared lost, then SIGCONT it.
     StopPastTimeout,
+    /// SIGKILL the executor running a task of the result stage.
+    KillResultTask,
+    /// SIGKILL every executor during the first stage; one comes back a second later.
+    KillAll,
 }
 
 enum Outcome {
@@ -40,6 +46,7 @@ async fn answers_stay_exact_when_executors_die() {
         ("EMBER_EXECUTOR_HEARTBEAT_INTERVAL_MS", "250"),
         // Small partitions: more tasks per stage, so faults land mid-stage.
         ("EMBER_EXECUTOR_SLOTS", "2"),
+        ("EMBER_SCHEDULER_EXECUTOR_WAIT_MS", "4000"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     let mut cluster = ProcessCluster::start_with_env(EXECUTORS, SCALE, &data, &env);
@@ -48,12 +55,17 @@ async fn answers_stay_exact_when_executors_die() {
 
     let started = Instant::now();
     let mut results = vec![];
+    let rounds = [
+        Fault::KillDuringMapStage,
+        Fault::KillAfterMapStage,
+        Fault::StopPastTimeout,
+        Fault::KillResultTask,
+        Fault::KillDuringMapStage,
+        Fault::KillAfterMapStage,
+        Fault::KillAll,
+    ];
     for query in [9, 18, 21] {
-        for fault in [
-            Fault::KillDuringMapStage,
-            Fault::KillAfterMapStage,
-            Fault::StopPastTimeout,
-        ] {
+        for fault in rounds {
             let trial_started = Instant::now();
             let outcome = tokio::time::timeout(
                 Duration::from_secs(240),
@@ -109,6 +121,38 @@ async fn answers_stay_exact_when_executors_die() {
         eprintln!("{}", cluster.logs());
     }
     cancel_stops_tasks_and_removes_files(&cluster, &monitor).await;
+    no_executor_fails_after_the_wait(&mut cluster, &monitor).await;
+}
+
+/// Without any executor a query waits `scheduler.executor_wait_ms`, then fails clearly.
+async fn no_executor_fails_after_the_wait(cluster: &mut ProcessCluster, monitor: &Client) {
+    for i in 0..EXECUTORS {
+        cluster.kill_executor(i);
+    }
+    let started = Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        monitor.simple_query("select sum(l_quantity) from tpch.lineitem"),
+    )
+    .await
+    .expect("the query does not hang")
+    .expect_err("no executor can run it");
+    let waited = started.elapsed();
+    let db = error.as_db_error().expect("a database error");
+    assert!(
+        db.message().contains("no executor is alive"),
+        "clear message: {}",
+        db.message()
+    );
+    assert!(
+        waited >= Duration::from_secs(3),
+        "failed after {waited:?}, before the 4 s wait"
+    );
+    eprintln!(
+        "chaos: no executors: failed after {} ms: {}",
+        waited.as_millis(),
+        db.message()
+    );
 }
 
 async fn trial(
@@ -141,7 +185,21 @@ async fn trial(
             .executor_by_port(port)
             .expect("the victim is one of ours");
         match fault {
-            Fault::KillDuringMapStage | Fault::KillAfterMapStage => cluster.restart_executor(i),
+            Fault::KillDuringMapStage | Fault::KillAfterMapStage | Fault::KillResultTask => {
+                cluster.restart_executor(i)
+            }
+            Fault::KillAll => {
+                for j in 0..EXECUTORS {
+                    cluster.kill_executor(j);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                cluster.restart_executor(i);
+                let answer = running.await.expect("query task");
+                for j in (0..EXECUTORS).filter(|j| *j != i) {
+                    cluster.restart_executor(j);
+                }
+                return check(answer, reference, sql, true).await;
+            }
             Fault::StopPastTimeout => {
                 cluster.signal_executor(i, "STOP");
                 let deadline = Instant::now() + Duration::from_secs(30);
@@ -153,7 +211,18 @@ async fn trial(
             }
         }
     }
-    let answer = match running.await.expect("query task") {
+    let answer = running.await.expect("query task");
+    check(answer, reference, sql, victim.is_some()).await
+}
+
+/// Compares an answer with single-node DataFusion's.
+async fn check(
+    answer: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    reference: &SessionContext,
+    sql: &str,
+    fault_injected: bool,
+) -> Outcome {
+    let answer = match answer {
         Ok(messages) => rows(&messages),
         Err(error) => return Outcome::Wrong(format!("query failed: {error:?}")),
     };
@@ -166,7 +235,7 @@ async fn trial(
         .expect("datafusion runs");
     match compare(&answer, &batches_to_rows(&expected), true) {
         Err(diff) => Outcome::Wrong(diff),
-        Ok(()) if victim.is_none() => Outcome::Missed,
+        Ok(()) if !fault_injected => Outcome::Missed,
         Ok(()) => Outcome::Exact,
     }
 }
@@ -199,7 +268,14 @@ async fn find_victim(monitor: &Client, fault: Fault) -> Option<u16> {
     );
     let port = |row: &Vec<Option<String>>| row[2].as_deref()?.parse::<u16>().ok();
     match fault {
-        Fault::KillDuringMapStage | Fault::StopPastTimeout => tasks
+        Fault::KillResultTask => {
+            let last_stage = stages.last()?[0].clone()?;
+            tasks
+                .iter()
+                .find(|t| t[0].as_ref() == Some(&last_stage) && t[1].as_deref() == Some("running"))
+                .and_then(port)
+        }
+        Fault::KillDuringMapStage | Fault::StopPastTimeout | Fault::KillAll => tasks
             .iter()
             .find(|t| t[0].as_ref() == Some(&first_stage) && t[1].as_deref() == Some("running"))
             .and_then(port),
@@ -305,7 +381,9 @@ async fn cancel_stops_tasks_and_removes_files(cluster: &ProcessCluster, monitor:
     loop {
         let busy = rows(
             &monitor
-                .simple_query("select sum(active_tasks) from system.executors where status = 'alive'")
+                .simple_query(
+                    "select sum(active_tasks) from system.executors where status = 'alive'",
+                )
                 .await
                 .expect("system.executors"),
         );

@@ -69,13 +69,20 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
             .expect("system.tasks"),
     );
     assert!(
-        spilled[0][0].as_deref().unwrap_or("0").parse::<u32>().unwrap_or(0) >= 2,
+        spilled[0][0]
+            .as_deref()
+            .unwrap_or("0")
+            .parse::<u32>()
+            .unwrap_or(0)
+            >= 2,
         "the aggregation and the sort spilled: {spilled:?}"
     );
 
     // A hash join's build side cannot spill: 600k strings do not fit in 12 MiB.
     let error = client
-        .simple_query("select count(*) from lineitem a join lineitem b on a.l_comment = b.l_comment")
+        .simple_query(
+            "select count(*) from lineitem a join lineitem b on a.l_comment = b.l_comment",
+        )
         .await
         .expect_err("the join cannot fit");
     let db = error.as_db_error().expect("a database error");
@@ -101,4 +108,94 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
             .expect("system.executors"),
     );
     assert_eq!(alive[0][0].as_deref(), Some("2"));
+}
+
+/// At most one query runs and one waits; a third is refused at once. A work dir budget far too
+/// small for a shuffle fails the query with 53100, and the executor answers afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_and_the_disk_budget() {
+    let data = tpch_data_dir(0.01);
+    let env = [
+        ("EMBER_SCHEDULER_MAX_RUNNING_QUERIES", "1"),
+        ("EMBER_SCHEDULER_MAX_QUEUED_QUERIES", "1"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let cluster = ProcessCluster::start_with_env(1, 0.01, &data, &env);
+    let monitor = cluster.connect(1).await;
+
+    // A query that runs until cancelled (it writes no shuffle files while it runs).
+    let long = "select count(*) from tpch.lineitem a, tpch.lineitem b \
+                where a.l_orderkey + b.l_orderkey < 0";
+    let mut clients = vec![];
+    for _ in 0..2 {
+        let client = common::connect(cluster.pg_port).await.expect("connect");
+        let cancel = client.cancel_token();
+        let running = tokio::spawn(async move { client.simple_query(long).await });
+        clients.push((cancel, running));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let states = rows(
+        &monitor
+            .simple_query(
+                "select status, count(*) from system.queries \
+                 where status in ('running', 'queued') group by 1 order by 1",
+            )
+            .await
+            .expect("system.queries"),
+    );
+    assert_eq!(
+        states,
+        vec![
+            vec![Some("queued".to_string()), Some("1".to_string())],
+            vec![Some("running".to_string()), Some("1".to_string())],
+        ]
+    );
+    let refused = monitor
+        .simple_query(long)
+        .await
+        .expect_err("the queue is full");
+    let db = refused.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "53000", "{db:?}");
+    assert!(
+        db.message().contains("too many queries"),
+        "{}",
+        db.message()
+    );
+    for (cancel, running) in clients {
+        cancel
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel");
+        let error = running.await.expect("task").expect_err("cancelled");
+        assert_eq!(error.code().map(|c| c.code()), Some("57014"));
+    }
+
+    drop(monitor);
+    drop(cluster);
+
+    // 200 kB cannot hold lineitem's shuffle.
+    let env =
+        [("EMBER_EXECUTOR_MAX_DISK_BYTES", "200000")].map(|(k, v)| (k.to_string(), v.to_string()));
+    let cluster = ProcessCluster::start_with_env(1, 0.01, &data, &env);
+    let monitor = cluster.connect(1).await;
+    let full = monitor
+        .simple_query(
+            "select l_comment, count(*) from tpch.lineitem group by 1 order by 2 desc limit 1",
+        )
+        .await
+        .expect_err("the shuffle does not fit");
+    let db = full.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "53100", "{db:?}");
+    assert!(
+        db.message().contains("executor.max_disk_bytes"),
+        "{}",
+        db.message()
+    );
+    let nations = rows(
+        &monitor
+            .simple_query("select n_regionkey, count(*) from tpch.nation group by 1 order by 1")
+            .await
+            .expect("a small shuffle still fits"),
+    );
+    assert_eq!(nations.len(), 5);
 }
