@@ -708,8 +708,9 @@ impl Scheduler {
             .get_mut(executor_id)
             .expect("picked from the registry just before");
         if executor.tx.send(Ok(launch)).is_err() {
-            // The session is closing; its loss event will follow. Leave the task pending.
-            executor.status = ExecutorStatus::Lost;
+            // The session is gone: the task stays pending, and whatever ran there is re-run.
+            let executor_id = executor_id.clone();
+            self.executor_lost(&executor_id, "its session has closed");
             return Ok(());
         }
         executor.running.insert(attempt.clone());
