@@ -33,6 +33,8 @@ pub enum Error {
     StatementTimeout,
     #[error("{0}")]
     Unavailable(String),
+    #[error("terminating the query: the coordinator is shutting down")]
+    Shutdown,
     #[error("{0}")]
     NotSupported(String),
     #[error("{0}")]
@@ -90,6 +92,7 @@ impl Error {
             },
             Error::Cancelled | Error::StatementTimeout => "57014",
             Error::Unavailable(_) => "53000",
+            Error::Shutdown => "57P01",
             Error::NotSupported(_) => "0A000",
             Error::CardinalityViolation(_) => "21000",
             Error::PermissionDenied(_) => "42501",

@@ -53,6 +53,8 @@ async fn answers_stay_exact_when_executors_die() {
     let monitor = cluster.connect(EXECUTORS).await;
     let reference = datafusion_tpch(SCALE, &data).await;
 
+    user_errors_are_not_retried(&monitor).await;
+
     let started = Instant::now();
     let mut results = vec![];
     let rounds = [
@@ -138,6 +140,26 @@ async fn answers_stay_exact_when_executors_die() {
     }
     cancel_stops_tasks_and_removes_files(&cluster, &monitor).await;
     no_executor_fails_after_the_wait(&mut cluster, &monitor).await;
+}
+
+/// A deterministic error fails the query at once, with its SQLSTATE, after one attempt per task.
+async fn user_errors_are_not_retried(monitor: &Client) {
+    let error = monitor
+        .simple_query("select sum(1 / (l_orderkey - l_orderkey)) from tpch.lineitem")
+        .await
+        .expect_err("division by zero");
+    assert_eq!(error.code().map(|c| c.code()), Some("22012"), "{error:?}");
+    let attempts = rows(
+        &monitor
+            .simple_query(
+                "select max(t.attempt), count(*) filter (where t.status = 'failed') \
+                 from system.tasks t join system.queries q on t.query_id = q.query_id \
+                 where q.sql like '%l_orderkey - l_orderkey%' and q.status = 'failed'",
+            )
+            .await
+            .expect("system.tasks"),
+    );
+    assert_eq!(attempts[0][0].as_deref(), Some("0"), "no task was retried");
 }
 
 /// Without any executor a query waits `scheduler.executor_wait_ms`, then fails clearly.

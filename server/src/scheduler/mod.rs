@@ -220,9 +220,7 @@ impl Scheduler {
         }
         for query in std::mem::take(&mut self.running) {
             if let Some(tx) = &query.results_tx {
-                let _ = tx.send(ResultEvent::Failed(Error::Unavailable(
-                    "the coordinator is shutting down".into(),
-                )));
+                let _ = tx.send(ResultEvent::Failed(Error::Shutdown));
             }
         }
     }
