@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    ProcessCluster, batches_to_rows, compare, connect, datafusion_tpch, rows, tpch_data_dir,
+    ProcessCluster, compare, connect, datafusion_rows, datafusion_tpch, rows, tpch_data_dir,
 };
 use datafusion::prelude::SessionContext;
 use tokio_postgres::Client;
@@ -200,12 +200,7 @@ async fn trial(
     sql: &'static str,
     fault: Fault,
 ) -> Outcome {
-    let client = connect(cluster.pg_port).await.expect("connect");
-    client
-        .simple_query("SET search_path = tpch")
-        .await
-        .expect("set search_path");
-    let running = tokio::spawn(async move { client.simple_query(sql).await });
+    let running = spawn_query(cluster, sql).await;
 
     // Watch the query's stages and tasks until the moment for the fault comes.
     let victim = loop {
@@ -252,9 +247,24 @@ async fn trial(
     check(answer, reference, sql, victim.is_some()).await
 }
 
+type Answer = Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>;
+
+/// Runs `sql` over TPC-H on a connection of its own.
+async fn spawn_query(
+    cluster: &ProcessCluster,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Answer> {
+    let client = connect(cluster.pg_port).await.expect("connect");
+    client
+        .simple_query("SET search_path = tpch")
+        .await
+        .expect("set search_path");
+    tokio::spawn(async move { client.simple_query(sql).await })
+}
+
 /// Compares an answer with single-node DataFusion's.
 async fn check(
-    answer: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    answer: Answer,
     reference: &SessionContext,
     sql: &str,
     fault_injected: bool,
@@ -263,15 +273,9 @@ async fn check(
         Ok(messages) => rows(&messages),
         Err(error) => return Outcome::Wrong(format!("query failed: {error:?}")),
     };
-    let expected = reference
-        .sql(sql)
-        .await
-        .expect("datafusion plans")
-        .collect()
-        .await
-        .expect("datafusion runs");
+    let expected = datafusion_rows(reference, sql).await;
     let ordered = sql.to_ascii_lowercase().contains("order by");
-    match compare(&answer, &batches_to_rows(&expected), ordered) {
+    match compare(&answer, &expected, ordered) {
         Err(diff) => Outcome::Wrong(diff),
         Ok(()) if !fault_injected => Outcome::Missed,
         Ok(()) => Outcome::Exact,
@@ -461,12 +465,7 @@ async fn speculation_overtakes_a_stalled_executor() {
 
     let mut speculated = false;
     for _ in 0..5 {
-        let client = connect(cluster.pg_port).await.expect("connect");
-        client
-            .simple_query("SET search_path = tpch")
-            .await
-            .expect("set search_path");
-        let running = tokio::spawn(async move { client.simple_query(sql).await });
+        let running = spawn_query(&cluster, sql).await;
         let victim = loop {
             if running.is_finished() {
                 break None;
@@ -489,14 +488,8 @@ async fn speculation_overtakes_a_stalled_executor() {
             cluster.signal_executor(i, "CONT");
         }
         let answer = rows(&answer.expect("query task").expect("query succeeds"));
-        let expected = reference
-            .sql(sql)
-            .await
-            .expect("datafusion plans")
-            .collect()
-            .await
-            .expect("datafusion runs");
-        compare(&answer, &batches_to_rows(&expected), true).expect("exact answer");
+        let expected = datafusion_rows(&reference, sql).await;
+        compare(&answer, &expected, true).expect("exact answer");
         let copies = rows(
             &monitor
                 .simple_query(

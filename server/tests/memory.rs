@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ProcessCluster, batches_to_rows, compare, datafusion_tpch, rows, tpch_data_dir};
+use common::{ProcessCluster, compare, datafusion_rows, datafusion_tpch, rows, tpch_data_dir};
 
 const SCALE: f64 = 0.1;
 
@@ -49,15 +49,8 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
             .await
             .unwrap_or_else(|_| panic!("timed out: {sql}\n{}", cluster.logs()))
             .unwrap_or_else(|e| panic!("{sql}: {e:?}\n{}", cluster.logs()));
-        let expected = reference
-            .sql(sql)
-            .await
-            .expect("datafusion plans")
-            .collect()
-            .await
-            .expect("datafusion runs");
-        compare(&rows(&answer), &batches_to_rows(&expected), ordered)
-            .unwrap_or_else(|diff| panic!("{sql}: {diff}"));
+        let expected = datafusion_rows(&reference, sql).await;
+        compare(&rows(&answer), &expected, ordered).unwrap_or_else(|diff| panic!("{sql}: {diff}"));
     }
     let spilled = rows(
         &client

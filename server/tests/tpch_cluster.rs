@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ProcessCluster, batches_to_rows, compare, datafusion_tpch, rows, tpch_data_dir};
+use common::{ProcessCluster, compare, datafusion_rows, datafusion_tpch, rows, tpch_data_dir};
 
 const SCALE: f64 = 0.01;
 
@@ -33,14 +33,7 @@ async fn tpch_answers_match_datafusion_and_tasks_spread_over_executors() {
                 continue;
             }
         };
-        let expected = reference
-            .sql(sql)
-            .await
-            .expect("datafusion plans")
-            .collect()
-            .await
-            .expect("datafusion runs");
-        let expected = batches_to_rows(&expected);
+        let expected = datafusion_rows(&reference, sql).await;
         let ordered = sql.to_ascii_lowercase().contains("order by");
         if let Err(diff) = compare(&ember, &expected, ordered) {
             failures.push(format!("q{query}: {diff}"));

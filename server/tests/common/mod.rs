@@ -274,6 +274,18 @@ pub async fn datafusion_tpch(scale: f64, base: &Path) -> SessionContext {
     ctx
 }
 
+/// Single-node DataFusion's answer to `sql`, as text cells.
+pub async fn datafusion_rows(ctx: &SessionContext, sql: &str) -> Vec<Vec<Option<String>>> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .expect("datafusion plans")
+        .collect()
+        .await
+        .expect("datafusion runs");
+    batches_to_rows(&batches)
+}
+
 /// DataFusion's answer as text cells, formatted like Postgres text values.
 pub fn batches_to_rows(batches: &[RecordBatch]) -> Vec<Vec<Option<String>>> {
     let options = FormatOptions::default();
