@@ -135,6 +135,10 @@ impl Executor {
             fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
             live: Arc::clone(&live),
             disk: Arc::new(DiskBudget::new(options.max_disk_bytes)),
+            sort_spill_reservation: (options.memory > 0).then(|| {
+                let per_slot = options.memory as usize / options.slots.max(1);
+                (per_slot / 8).min(10 << 20)
+            }),
             allowed_paths: AllowedPaths::new(&options.allowed_paths)?,
         });
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);

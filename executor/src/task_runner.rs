@@ -33,6 +33,9 @@ pub(crate) struct TaskRunner {
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
     pub(crate) live: Arc<LiveBlocks>,
     pub(crate) disk: Arc<DiskBudget>,
+    /// Memory a sort sets aside for merging its spills, when the query does not say: scaled to
+    /// the slot's share of a limited pool (DataFusion's 10 MiB default alone can exceed it).
+    pub(crate) sort_spill_reservation: Option<usize>,
     /// The fragment's files are checked against these before anything runs.
     pub(crate) allowed_paths: AllowedPaths,
 }
@@ -65,6 +68,9 @@ impl TaskRunner {
         launch: &LaunchTask,
     ) -> datafusion::error::Result<TaskSucceeded> {
         let mut config = SessionConfig::new();
+        if let Some(bytes) = self.sort_spill_reservation {
+            config.options_mut().execution.sort_spill_reservation_bytes = bytes;
+        }
         for (key, value) in &launch.settings {
             config.options_mut().set(key, value)?;
         }

@@ -325,7 +325,8 @@ impl QueryEngine {
     ) -> Result<QueryOutput> {
         let physical = session.ctx.state().create_physical_plan(&plan).await?;
         Ok(QueryOutput::Rows(
-            self.run_physical(session, sql, physical).await?,
+            self.run_with_join_fallback(session, sql, &plan, physical)
+                .await?,
         ))
     }
 

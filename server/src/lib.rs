@@ -20,6 +20,7 @@ mod cursors;
 mod ddl;
 pub mod engine;
 pub mod error;
+mod join_fallback;
 pub mod local;
 mod pg_compat;
 mod pgwire;

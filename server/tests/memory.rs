@@ -1,6 +1,7 @@
-//! Memory limits on real executor processes (TPC-H SF0.1, 12 MiB per executor): aggregations
-//! and sorts spill to the work dir and still return DataFusion's answers; a join whose build side
-//! cannot fit fails with SQLSTATE 53200, and the executors keep answering afterwards.
+//! Memory limits on real executor processes (TPC-H SF0.1, 24 MiB per executor): aggregations
+//! and sorts spill to the work dir and still return DataFusion's answers; a hash join whose build
+//! side cannot fit is run again with sort-merge joins; a join that cannot fit either way fails with
+//! SQLSTATE 53200, and the executors keep answering afterwards.
 
 mod common;
 
@@ -13,21 +14,14 @@ const SCALE: f64 = 0.1;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_memory_spills_and_refuses_what_cannot_fit() {
     let data = tpch_data_dir(SCALE);
-    let env = [("EMBER_EXECUTOR_MEMORY", "12582912")].map(|(k, v)| (k.to_string(), v.to_string()));
+    let env = [("EMBER_EXECUTOR_MEMORY", "25165824")].map(|(k, v)| (k.to_string(), v.to_string()));
     let cluster = ProcessCluster::start_with_env(2, SCALE, &data, &env);
     let client = cluster.connect(2).await;
     let reference = datafusion_tpch(SCALE, &data).await;
     client
-        .simple_query(
-            "SET search_path = tpch; \
-             SET datafusion.execution.sort_spill_reservation_bytes = 1048576",
-        )
+        .simple_query("SET search_path = tpch")
         .await
         .expect("settings");
-    reference
-        .sql("SET datafusion.execution.sort_spill_reservation_bytes = 1048576")
-        .await
-        .expect("reference setting");
 
     let queries = [
         // ~600k groups of strings: the aggregation spills.
@@ -43,6 +37,11 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
             false,
         ),
         (ember_planner::tpch::QUERIES[17], true),
+        // 600k strings on the build side of a hash join do not fit: sort-merge joins do.
+        (
+            "select count(*) from lineitem a join lineitem b on a.l_comment = b.l_comment",
+            false,
+        ),
     ];
     for (sql, ordered) in queries {
         let answer = tokio::time::timeout(Duration::from_secs(180), client.simple_query(sql))
@@ -71,17 +70,18 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
         "the aggregation and the sort spilled: {spilled:?}"
     );
 
-    // A hash join's build side cannot spill: 600k strings do not fit in 12 MiB.
+    // Three join keys for 600k rows: neither a hash join nor a sort-merge join fits.
     let error = client
         .simple_query(
-            "select count(*) from lineitem a join lineitem b on a.l_comment = b.l_comment",
+            "select count(*) from lineitem a join lineitem b \
+             on a.l_returnflag = b.l_returnflag and a.l_comment < b.l_comment",
         )
         .await
         .expect_err("the join cannot fit");
     let db = error.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "53200", "{db:?}");
     assert!(
-        db.message().contains("not enough resources") && db.message().contains("HashJoin"),
+        db.message().contains("not enough resources") && db.message().contains("memory pool"),
         "the message says what ran out: {}",
         db.message()
     );
