@@ -150,6 +150,10 @@ impl QueryEngine {
             datafusion::config::Dialect::PostgreSQL;
         let mut session = self.session_with(state);
         session.postgres = true;
+        let variables = Arc::clone(&session.variables);
+        session
+            .ctx
+            .register_udf(crate::session::current_setting_udf(variables));
         session
     }
 

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -24,7 +25,7 @@ pub struct ClientSession {
     /// Variables this session set: Postgres ones (application_name, ...) shown by SHOW, and
     /// DataFusion options, which the context applies as well.
     // A std Mutex: only touched briefly, never across an await.
-    pub(crate) variables: Mutex<HashMap<String, String>>,
+    pub(crate) variables: Arc<Mutex<HashMap<String, String>>>,
     pub(crate) cursors: Cursors,
     /// Bumped by each cancel request; a running statement stops when it changes.
     pub(crate) cancels: watch::Sender<u64>,
@@ -344,8 +345,33 @@ fn default_variable(name: &str) -> Option<&'static str> {
         "application_name" => "",
         "extra_float_digits" => "1",
         "statement_timeout" => "0",
+        "default_table_access_method" => "heap",
         _ => return None,
     })
+}
+
+/// `current_setting(name[, missing_ok])` of a session: what `SHOW name` answers for the
+/// Postgres variables, NULL for an unknown one when `missing_ok`.
+pub(crate) fn current_setting_udf(variables: Arc<Mutex<HashMap<String, String>>>) -> ScalarUDF {
+    create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let names = ColumnarValue::values_to_arrays(args)?;
+            let names = names[0].as_string::<i32>();
+            let values = names
+                .iter()
+                .map(|name| {
+                    let name = name?.to_ascii_lowercase();
+                    let set = variables.lock().ok()?.get(&name).cloned();
+                    set.or_else(|| default_variable(&name).map(str::to_string))
+                })
+                .collect::<StringArray>();
+            Ok(ColumnarValue::Array(Arc::new(values)))
+        }),
+    )
 }
 
 /// A duration setting as Postgres reads it: a number of milliseconds, or a number with a unit
