@@ -14,7 +14,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
@@ -153,7 +153,9 @@ impl QueryEngine {
         let variables = Arc::clone(&session.variables);
         session
             .ctx
-            .register_udf(crate::session::current_setting_udf(variables));
+            .register_udf(ScalarUDF::from(crate::session::CurrentSetting::new(
+                variables,
+            )));
         session
     }
 

@@ -4,6 +4,7 @@
 //! on DataFusion. The tables and most functions come from the datafusion-pg-catalog crate.
 
 mod functions;
+mod information_schema;
 mod keys;
 mod rewrites;
 
@@ -31,12 +32,15 @@ use functions::{
     ExpandArray, GetExpr, JsonBuildObject, KeyDefinition, constant_udf, function_signatures,
     signature_udf, to_regtype_udf, version_text,
 };
+use information_schema::InformationSchemaViews;
 use rewrites::{
     CatalogLookups, KeepPlannableLookups, LikeEscape, RegprocNames, SetReturningArrays,
 };
 
 /// The PostgreSQL version Ember speaks for (catalog layout, protocol, functions).
 pub(crate) const PG_SERVER_VERSION: &str = "16.6";
+/// [`PG_SERVER_VERSION`] as `server_version_num` gives it (major * 10000 + minor).
+pub(crate) const PG_SERVER_VERSION_NUM: &str = "160006";
 
 /// `state` with `pg_catalog` and the Postgres functions: what every Postgres-wire session
 /// starts from.
@@ -170,6 +174,7 @@ impl Compatibility {
             let _ = statement.visit(&mut LikeEscape);
             let _ = statement.visit(&mut SetReturningArrays);
             let _ = statement.visit(&mut CatalogLookups);
+            let _ = statement.visit(&mut InformationSchemaViews);
         }
         Some(statements)
     }
@@ -193,6 +198,7 @@ impl Compatibility {
         let _ = statement.visit(&mut LikeEscape);
         let _ = statement.visit(&mut SetReturningArrays);
         let _ = statement.visit(&mut CatalogLookups);
+        let _ = statement.visit(&mut InformationSchemaViews);
         statement
     }
 }
@@ -234,6 +240,14 @@ mod tests {
         Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .expect("valid SQL")
             .remove(0)
+    }
+
+    #[test]
+    fn server_version_num_is_server_version() {
+        let (major, minor) = PG_SERVER_VERSION.split_once('.').expect("major.minor");
+        let num =
+            major.parse::<u32>().expect("major") * 10_000 + minor.parse::<u32>().expect("minor");
+        assert_eq!(PG_SERVER_VERSION_NUM, num.to_string());
     }
 
     #[test]
