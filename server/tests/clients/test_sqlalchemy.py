@@ -178,15 +178,26 @@ def keys_and_defaults():
         ],
     )
     pk = insp.get_pk_constraint("accounts", schema="sa_keys")
-    expect("primary key of accounts", ("accounts_pkey", ["id"]), (pk["name"], pk["constrained_columns"]))
+    expect(
+        "primary key of accounts",
+        ("accounts_pkey", ["id"]),
+        (pk["name"], pk["constrained_columns"]),
+    )
     pk = insp.get_pk_constraint("pairs", schema="sa_keys")
     expect("primary key of pairs", ["b", "a"], pk["constrained_columns"])
     expect(
         "unique constraints of accounts",
         [("accounts_code_key", ["code"])],
-        [(u["name"], u["column_names"]) for u in insp.get_unique_constraints("accounts", schema="sa_keys")],
+        [
+            (u["name"], u["column_names"])
+            for u in insp.get_unique_constraints("accounts", schema="sa_keys")
+        ],
     )
-    expect("primary key of tpch.nation", [], insp.get_pk_constraint("nation", schema="tpch")["constrained_columns"])
+    expect(
+        "primary key of tpch.nation",
+        [],
+        insp.get_pk_constraint("nation", schema="tpch")["constrained_columns"],
+    )
     accounts = Table("accounts", MetaData(), schema="sa_keys", autoload_with=ENGINE)
     expect("reflected primary key", ["id"], [c.name for c in accounts.primary_key.columns])
     expect(
