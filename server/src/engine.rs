@@ -14,7 +14,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
@@ -150,6 +150,12 @@ impl QueryEngine {
             datafusion::config::Dialect::PostgreSQL;
         let mut session = self.session_with(state);
         session.postgres = true;
+        let variables = Arc::clone(&session.variables);
+        session
+            .ctx
+            .register_udf(ScalarUDF::from(crate::session::CurrentSetting::new(
+                variables,
+            )));
         session
     }
 

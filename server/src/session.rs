@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -17,6 +20,7 @@ use tokio::sync::watch;
 use crate::cursors::Cursors;
 use crate::engine::QueryOutput;
 use crate::error::{Error, Result};
+use crate::pg_compat::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 
 /// One client's session: its DataFusion context and the Postgres-style variables it set.
 pub struct ClientSession {
@@ -24,7 +28,7 @@ pub struct ClientSession {
     /// Variables this session set: Postgres ones (application_name, ...) shown by SHOW, and
     /// DataFusion options, which the context applies as well.
     // A std Mutex: only touched briefly, never across an await.
-    pub(crate) variables: Mutex<HashMap<String, String>>,
+    pub(crate) variables: Arc<Mutex<HashMap<String, String>>>,
     pub(crate) cursors: Cursors,
     /// Bumped by each cancel request; a running statement stops when it changes.
     pub(crate) cancels: watch::Sender<u64>,
@@ -333,7 +337,8 @@ fn session_may_set(name: &str) -> bool {
 /// Values `SHOW` reports for variables a session has not set, as Postgres would.
 fn default_variable(name: &str) -> Option<&'static str> {
     Some(match name {
-        "server_version" => "16.0",
+        "server_version" => PG_SERVER_VERSION,
+        "server_version_num" => PG_SERVER_VERSION_NUM,
         "server_encoding" | "client_encoding" => "UTF8",
         "datestyle" => "ISO, MDY",
         "timezone" => "UTC",
@@ -344,8 +349,92 @@ fn default_variable(name: &str) -> Option<&'static str> {
         "application_name" => "",
         "extra_float_digits" => "1",
         "statement_timeout" => "0",
+        "default_table_access_method" => "heap",
         _ => return None,
     })
+}
+
+/// `current_setting(name[, missing_ok])` of a session: what `SHOW name` answers for the
+/// Postgres variables (the search path and time zone from the session's options), NULL for
+/// one it does not know.
+#[derive(Debug)]
+pub(crate) struct CurrentSetting {
+    signature: Signature,
+    variables: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl CurrentSetting {
+    pub(crate) fn new(variables: Arc<Mutex<HashMap<String, String>>>) -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![
+                    TypeSignature::Exact(vec![DataType::Utf8]),
+                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+                ],
+                Volatility::Stable,
+            ),
+            variables,
+        }
+    }
+
+    fn value(&self, name: &str, options: &ConfigOptions) -> Option<String> {
+        match name {
+            "search_path" => Some(options.catalog.default_schema.clone()),
+            "timezone" => Some(
+                options
+                    .execution
+                    .time_zone
+                    .clone()
+                    .filter(|z| !z.is_empty())
+                    .unwrap_or_else(|| "UTC".into()),
+            ),
+            _ => {
+                let set = self.variables.lock().ok()?.get(name).cloned();
+                set.or_else(|| default_variable(name).map(str::to_string))
+            }
+        }
+    }
+}
+
+impl PartialEq for CurrentSetting {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.variables, &other.variables)
+    }
+}
+
+impl Eq for CurrentSetting {}
+
+impl std::hash::Hash for CurrentSetting {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "current_setting".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let names = ColumnarValue::values_to_arrays(&args.args[..1])?;
+        let names = names[0].as_string::<i32>();
+        let values = names
+            .iter()
+            .map(|name| self.value(&name?.to_ascii_lowercase(), &args.config_options))
+            .collect::<StringArray>();
+        Ok(ColumnarValue::Array(Arc::new(values)))
+    }
 }
 
 /// A duration setting as Postgres reads it: a number of milliseconds, or a number with a unit

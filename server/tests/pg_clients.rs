@@ -1,7 +1,8 @@
 //! Real Postgres clients against a running cluster: psql, pgJDBC, psycopg 3 and SQLAlchemy, each
-//! driving its own programs from `tests/clients/`. They use the extended query protocol, binary
-//! results, pg_catalog, SET/SHOW and transactions the way applications do, so these tests prove
-//! the frontend works with them rather than with our own idea of the protocol.
+//! driving its own programs from `tests/clients/`, and the catalog queries of DBeaver, Grafana
+//! and Metabase. They use the extended query protocol, binary results, pg_catalog, SET/SHOW and
+//! transactions the way applications do, so these tests prove the frontend works with them
+//! rather than with our own idea of the protocol.
 //!
 //! The tools come from `bash scripts/test.sh`: psql, javac and java on PATH, pgJDBC's jar in
 //! `EMBER_TEST_JDBC_JAR`, and a Python with psycopg and SQLAlchemy in `EMBER_TEST_PYTHON`.
@@ -314,4 +315,10 @@ async fn psycopg_checks_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_checks_pass() {
     python_checks_pass("test_sqlalchemy.py").await;
+}
+
+/// The catalog queries of DBeaver, Grafana and Metabase, sent with psycopg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bi_tool_catalog_queries_pass() {
+    python_checks_pass("test_bi_tools.py").await;
 }

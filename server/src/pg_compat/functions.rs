@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, StringArray};
-use datafusion::arrow::datatypes::{DataType, Int32Type};
+use datafusion::arrow::array::{Array, AsArray, Int32Array, ListArray, StringArray, StructArray};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Int64Type};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
@@ -13,6 +13,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use super::PG_SERVER_VERSION;
+use super::keys::KeyDefinitions;
 use crate::error::{Error, Result};
 
 /// A function whose answer is the same for every argument: what Ember's catalog knows of all
@@ -118,6 +119,212 @@ fn json_value(value: &ScalarValue) -> serde_json::Value {
         | ScalarValue::Utf8View(Some(s))
         | ScalarValue::LargeUtf8(Some(s)) => Json::String(s.clone()),
         other => Json::String(other.to_string()),
+    }
+}
+
+/// `_pg_expandarray(array)` as one value: the list of `(x, n)` pairs, each element with its
+/// position from 1, that `information_schema._pg_expandarray` returns as rows (the
+/// rewrite of client queries unnests it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct ExpandArray {
+    signature: Signature,
+}
+
+impl ExpandArray {
+    pub(super) fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    fn pair(element: &DataType) -> Fields {
+        Fields::from(vec![
+            Field::new("x", element.clone(), true),
+            Field::new("n", DataType::Int32, false),
+        ])
+    }
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        "_pg_expandarray"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> datafusion::error::Result<DataType> {
+        match args.first() {
+            Some(DataType::List(element)) => Ok(DataType::List(Arc::new(Field::new_list_field(
+                DataType::Struct(Self::pair(element.data_type())),
+                true,
+            )))),
+            other => datafusion::common::plan_err!("_pg_expandarray takes an array, not {other:?}"),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let lists = arrays[0].as_list::<i32>();
+        let DataType::List(element) = lists.data_type() else {
+            return datafusion::common::exec_err!("_pg_expandarray takes an array");
+        };
+        let positions: Int32Array = lists
+            .offsets()
+            .windows(2)
+            .flat_map(|w| 1..=(w[1] - w[0]))
+            .collect();
+        let pairs = StructArray::try_new(
+            Self::pair(element.data_type()),
+            vec![Arc::clone(lists.values()), Arc::new(positions)],
+            None,
+        )?;
+        let field = Arc::new(Field::new_list_field(pairs.data_type().clone(), true));
+        let list = ListArray::try_new(
+            field,
+            lists.offsets().clone(),
+            Arc::new(pairs),
+            lists.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
+
+/// `pg_get_expr(expression, relation[, pretty])`: the expression as SQL. Ember's pg_catalog
+/// keeps expressions (column defaults) as SQL text already.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct GetExpr {
+    signature: Signature,
+}
+
+impl GetExpr {
+    pub(super) fn new() -> Self {
+        Self {
+            signature: Signature::variadic_any(Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for GetExpr {
+    fn name(&self) -> &str {
+        "pg_get_expr"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        match args.args.first() {
+            Some(expression) => expression.cast_to(&DataType::Utf8, None),
+            None => datafusion::common::exec_err!("pg_get_expr takes an expression"),
+        }
+    }
+}
+
+/// `pg_get_indexdef(oid[, column, pretty])` and `pg_get_constraintdef(oid[, pretty])` of the
+/// indexes and constraints of keys; NULL for other oids.
+#[derive(Debug)]
+pub(super) struct KeyDefinition {
+    name: &'static str,
+    signature: Signature,
+    definitions: Arc<KeyDefinitions>,
+}
+
+impl KeyDefinition {
+    pub(super) fn index(definitions: &Arc<KeyDefinitions>) -> Self {
+        Self::new("pg_get_indexdef", definitions)
+    }
+
+    pub(super) fn constraint(definitions: &Arc<KeyDefinitions>) -> Self {
+        Self::new("pg_get_constraintdef", definitions)
+    }
+
+    fn new(name: &'static str, definitions: &Arc<KeyDefinitions>) -> Self {
+        Self {
+            name,
+            signature: Signature::variadic_any(Volatility::Stable),
+            definitions: Arc::clone(definitions),
+        }
+    }
+}
+
+impl PartialEq for KeyDefinition {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.definitions, &other.definitions)
+    }
+}
+
+impl Eq for KeyDefinition {}
+
+impl std::hash::Hash for KeyDefinition {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for KeyDefinition {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(oids) = arrays.first() else {
+            return datafusion::common::exec_err!("{} takes an oid", self.name);
+        };
+        let oids = datafusion::arrow::compute::cast(oids, &DataType::Int64)?;
+        let oids = oids.as_primitive::<Int64Type>();
+        // Column 0 (or none given) asks for the whole index definition.
+        let columns = match arrays.get(1) {
+            Some(c) if self.name == "pg_get_indexdef" => {
+                Some(datafusion::arrow::compute::cast(c, &DataType::Int64)?)
+            }
+            _ => None,
+        };
+        let definitions: StringArray = (0..rows)
+            .map(|row| {
+                let oid = oids.is_valid(row).then(|| oids.value(row))?;
+                let definition = self.definitions.get(i32::try_from(oid).ok()?)?;
+                if self.name == "pg_get_constraintdef" {
+                    return definition.constraint_definition();
+                }
+                let column = columns
+                    .as_ref()
+                    .map(|c| c.as_primitive::<Int64Type>())
+                    .filter(|c| c.is_valid(row))
+                    .map_or(0, |c| c.value(row));
+                if column == 0 {
+                    definition.index_definition()
+                } else {
+                    definition.index_column(column)
+                }
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(definitions)))
     }
 }
 

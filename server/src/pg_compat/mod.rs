@@ -4,6 +4,8 @@
 //! on DataFusion. The tables and most functions come from the datafusion-pg-catalog crate.
 
 mod functions;
+mod information_schema;
+mod keys;
 mod rewrites;
 
 use std::ops::ControlFlow;
@@ -27,12 +29,18 @@ use ember_planner::session::DEFAULT_CATALOG;
 
 use crate::error::{Error, Result};
 use functions::{
-    JsonBuildObject, constant_udf, function_signatures, signature_udf, to_regtype_udf, version_text,
+    ExpandArray, GetExpr, JsonBuildObject, KeyDefinition, constant_udf, function_signatures,
+    signature_udf, to_regtype_udf, version_text,
 };
-use rewrites::{CatalogLookups, LikeEscape, RegprocNames};
+use information_schema::InformationSchemaViews;
+use rewrites::{
+    CatalogLookups, KeepPlannableLookups, LikeEscape, RegprocNames, SetReturningArrays,
+};
 
 /// The PostgreSQL version Ember speaks for (catalog layout, protocol, functions).
 pub(crate) const PG_SERVER_VERSION: &str = "16.6";
+/// [`PG_SERVER_VERSION`] as `server_version_num` gives it (major * 10000 + minor).
+pub(crate) const PG_SERVER_VERSION_NUM: &str = "160006";
 
 /// `state` with `pg_catalog` and the Postgres functions: what every Postgres-wire session
 /// starts from.
@@ -40,6 +48,20 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
     let ctx = SessionContext::new_with_state(state.clone());
     setup_pg_catalog(&ctx, DEFAULT_CATALOG, EmptyContextProvider)
         .map_err(|e| Error::DataFusion(*e))?;
+    // Keys and column defaults of managed tables show in pg_catalog, built at each query.
+    if let Some(catalog) = ctx.catalog(DEFAULT_CATALOG)
+        && let Some(pg_catalog) = catalog.schema("pg_catalog")
+    {
+        let definitions = Arc::new(keys::KeyDefinitions::default());
+        let keyed = keys::KeyedPgCatalog::new(
+            pg_catalog,
+            Arc::clone(ctx.state().catalog_list()),
+            Arc::clone(&definitions),
+        );
+        catalog.register_schema("pg_catalog", Arc::new(keyed))?;
+        ctx.register_udf(ScalarUDF::from(KeyDefinition::index(&definitions)));
+        ctx.register_udf(ScalarUDF::from(KeyDefinition::constraint(&definitions)));
+    }
     ctx.register_udf(constant_udf(
         "version",
         vec![],
@@ -76,6 +98,8 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
         ScalarValue::Utf8(None),
     ));
     ctx.register_udf(ScalarUDF::from(JsonBuildObject::new()));
+    ctx.register_udf(ScalarUDF::from(ExpandArray::new()));
+    ctx.register_udf(ScalarUDF::from(GetExpr::new()));
     let signatures = Arc::new(function_signatures(&ctx).await?);
     ctx.register_udf(signature_udf("pg_get_function_result", &signatures, |s| {
         &s.result
@@ -118,26 +142,39 @@ impl Compatibility {
     /// Parses `sql` with the known client catalog queries replaced, if the Postgres parser
     /// takes all of it.
     pub(crate) fn parse(&self, sql: &str) -> Option<Vec<Statement>> {
-        // `'name'::regproc` must become the name before the crate turns it into an oid lookup.
+        // Two rewrites must come before the crate's: `'name'::regproc` must become the name
+        // before it turns into an oid lookup, and plannable catalog lookups of select lists
+        // must be kept from becoming NULL. The statements then go back to text, which the
+        // crate reparses (its replacements of whole client queries work on the text).
         let rewritten;
-        let sql = if sql.to_ascii_lowercase().contains("regproc") {
-            let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-            for statement in &mut statements {
-                let _ = statement.visit(&mut RegprocNames);
+        let sql = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(mut statements) => {
+                let mut lookups = KeepPlannableLookups::default();
+                for statement in &mut statements {
+                    let _ = statement.visit(&mut lookups);
+                }
+                if lookups.num_kept > 0 || sql.to_ascii_lowercase().contains("regproc") {
+                    for statement in &mut statements {
+                        let _ = statement.visit(&mut RegprocNames);
+                    }
+                    rewritten = statements
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(";\n");
+                    rewritten.as_str()
+                } else {
+                    sql
+                }
             }
-            rewritten = statements
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(";\n");
-            rewritten.as_str()
-        } else {
-            sql
+            Err(_) => sql,
         };
         let mut statements = self.parser.parse(sql).ok()?;
         for statement in &mut statements {
             let _ = statement.visit(&mut LikeEscape);
+            let _ = statement.visit(&mut SetReturningArrays);
             let _ = statement.visit(&mut CatalogLookups);
+            let _ = statement.visit(&mut InformationSchemaViews);
         }
         Some(statements)
     }
@@ -156,9 +193,12 @@ impl Compatibility {
     pub(crate) fn rewrite(&self, statement: Statement) -> Statement {
         let mut statement = statement;
         let _ = statement.visit(&mut RegprocNames);
+        let _ = statement.visit(&mut KeepPlannableLookups::default());
         let mut statement = self.parser.rewrite(statement);
         let _ = statement.visit(&mut LikeEscape);
+        let _ = statement.visit(&mut SetReturningArrays);
         let _ = statement.visit(&mut CatalogLookups);
+        let _ = statement.visit(&mut InformationSchemaViews);
         statement
     }
 }
@@ -200,6 +240,14 @@ mod tests {
         Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .expect("valid SQL")
             .remove(0)
+    }
+
+    #[test]
+    fn server_version_num_is_server_version() {
+        let (major, minor) = PG_SERVER_VERSION.split_once('.').expect("major.minor");
+        let num =
+            major.parse::<u32>().expect("major") * 10_000 + minor.parse::<u32>().expect("minor");
+        assert_eq!(PG_SERVER_VERSION_NUM, num.to_string());
     }
 
     #[test]
@@ -257,6 +305,54 @@ mod tests {
             parsed
                 .to_string()
                 .contains("SELECT max(d.adbin) FROM pg_attrdef")
+        );
+    }
+
+    #[test]
+    fn conditions_on_the_outer_row_move_out_of_lookups() {
+        let mut parsed = statement(
+            "select (select d.adbin from pg_attrdef d where a.atthasdef \
+             and d.adrelid = a.attrelid) from pg_attribute a",
+        );
+        let _ = parsed.visit(&mut CatalogLookups);
+        assert!(parsed.to_string().contains(
+            "CASE WHEN a.atthasdef THEN (SELECT max(d.adbin) FROM pg_attrdef d \
+             WHERE d.adrelid = a.attrelid) END"
+        ));
+    }
+
+    #[test]
+    fn plannable_lookups_of_select_lists_keep_their_values() {
+        let compatibility = Compatibility::new();
+        let kept = compatibility
+            .parse(
+                "select (select d.adbin from pg_catalog.pg_attrdef d \
+                 where d.adrelid = a.attrelid) as x from pg_catalog.pg_attribute a",
+            )
+            .expect("parses");
+        assert!(kept[0].to_string().contains("SELECT max(d.adbin)"));
+        // A correlation DataFusion cannot decorrelate stays NULL, as before.
+        let dropped = compatibility
+            .parse(
+                "select (select d.adbin from pg_catalog.pg_attrdef d \
+                 where d.adrelid <> a.attrelid) as x from pg_catalog.pg_attribute a",
+            )
+            .expect("parses");
+        assert!(dropped[0].to_string().starts_with("SELECT NULL AS x"));
+    }
+
+    #[test]
+    fn set_returning_array_functions_become_unnest() {
+        let mut parsed = statement(
+            "select (information_schema._pg_expandarray(i.indkey)).N, \
+             generate_subscripts(i.indkey, 1) from pg_index i",
+        );
+        let _ = parsed.visit(&mut SetReturningArrays);
+        assert_eq!(
+            parsed.to_string(),
+            "SELECT get_field((unnest(_pg_expandarray(i.indkey))), 'n'), \
+             unnest(generate_series(array_lower(i.indkey, 1), array_upper(i.indkey, 1))) \
+             FROM pg_index i"
         );
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::*;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -15,6 +15,11 @@ use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
+
+/// Field metadata naming the Postgres type a column is sent as, where its Arrow type alone
+/// would say otherwise: [`INT2VECTOR`] for a list of int2 that pg_catalog has as `int2vector`.
+pub(crate) const PG_TYPE_METADATA: &str = "ember.pg_type";
+pub(crate) const INT2VECTOR: &str = "int2vector";
 
 /// The Postgres type a column of `data_type` is sent as.
 pub(crate) fn pg_type(data_type: &DataType) -> Type {
@@ -82,11 +87,19 @@ pub(crate) fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
         .iter()
         .enumerate()
         .map(|(i, field)| {
+            let int2vector = field.metadata().get(PG_TYPE_METADATA).map(String::as_str)
+                == Some(INT2VECTOR)
+                && matches!(field.data_type(), DataType::List(e) if *e.data_type() == DataType::Int16);
+            let data_type = if int2vector {
+                Type::INT2_VECTOR
+            } else {
+                pg_type(field.data_type())
+            };
             let info = FieldInfo::new(
                 field.name().clone(),
                 None,
                 None,
-                pg_type(field.data_type()),
+                data_type,
                 format.format_for(i),
             );
             match field.data_type() {
@@ -109,7 +122,7 @@ pub(crate) fn encode_batch(
         .columns()
         .iter()
         .zip(fields.iter())
-        .map(|(array, field)| Column::try_new(array, field.format()))
+        .map(|(array, field)| Column::try_new(array, field))
         .collect::<PgWireResult<_>>()?;
     let mut encoder = DataRowEncoder::new(Arc::clone(fields));
     let mut rows = Vec::with_capacity(batch.num_rows());
@@ -134,7 +147,8 @@ fn arrow_err(e: impl std::fmt::Display) -> PgWireError {
 }
 
 impl Column {
-    fn try_new(array: &ArrayRef, format: FieldFormat) -> PgWireResult<Self> {
+    fn try_new(array: &ArrayRef, field: &FieldInfo) -> PgWireResult<Self> {
+        let format = field.format();
         let array = match array.data_type() {
             DataType::Dictionary(_, value) => cast(array, value).map_err(arrow_err)?,
             DataType::LargeUtf8 | DataType::Utf8View => {
@@ -171,9 +185,33 @@ impl Column {
                 .map_err(arrow_err)?,
                 None => Arc::clone(array),
             },
+            // A NullArray has no validity buffer, so its rows would read as valid: every value
+            // of the Null type is NULL.
+            DataType::Null => new_null_array(&DataType::Utf8, array.len()),
             _ => Arc::clone(array),
         };
-        let formatter_text = if native(array.data_type()) {
+        // int2vector's text form is its numbers separated by spaces; in binary it is an int2
+        // array, as the list goes anyway.
+        let formatter_text = if *field.datatype() == Type::INT2_VECTOR
+            && format == FieldFormat::Text
+        {
+            let lists = array.as_list::<i32>();
+            Some(
+                (0..lists.len())
+                    .map(|i| {
+                        lists.is_valid(i).then(|| {
+                            let values = lists.value(i);
+                            let values = values.as_primitive::<Int16Type>();
+                            values
+                                .iter()
+                                .map(|v| v.map_or_else(String::new, |v| v.to_string()))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                    })
+                    .collect(),
+            )
+        } else if native(array.data_type()) {
             None
         } else {
             let options = FormatOptions::default().with_null("");

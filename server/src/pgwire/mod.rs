@@ -5,7 +5,7 @@
 //! SQLSTATE; a failing statement never closes the connection or affects other clients.
 
 pub(crate) mod auth;
-mod encode;
+pub(crate) mod encode;
 mod extended;
 
 use std::collections::HashMap;

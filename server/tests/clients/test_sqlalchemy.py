@@ -13,6 +13,8 @@ import traceback
 
 from sqlalchemy import (
     BIGINT,
+    DOUBLE_PRECISION,
+    INTEGER,
     TEXT,
     MetaData,
     Table,
@@ -32,12 +34,7 @@ ENGINE = create_engine(
 CHECKS = []
 # Checks that fail today for a known reason. They still run: a known gap that starts passing
 # fails the run, so this list only ever shrinks and never hides a new failure.
-KNOWN_GAPS = {
-    # get_columns() looks up each column's collation with a correlated scalar subquery on a
-    # non-equality (attcollation <> typcollation), which DataFusion cannot decorrelate.
-    "column_reflection": "correlated scalar subquery on a non-equality predicate",
-    "table_reflection": "needs get_columns(), see column_reflection",
-}
+KNOWN_GAPS = {}
 
 
 def check(fn):
@@ -149,6 +146,65 @@ def table_reflection():
                 select(func.count()).select_from(nation).where(nation.c.n_regionkey == 3)
             ).scalar_one(),
         )
+
+
+@check
+def keys_and_defaults():
+    """Primary key, unique constraint and column defaults of a CREATE TABLE, reflected as
+    PostgreSQL 15 reflects the same table."""
+    with ENGINE.begin() as conn:
+        conn.execute(text("create schema sa_keys"))
+        conn.execute(
+            text(
+                "create table sa_keys.accounts (id bigint not null primary key, "
+                "region int not null, name text default 'unknown', "
+                "balance double precision default 0, code text unique)"
+            )
+        )
+        conn.execute(text("create table sa_keys.pairs (a int, b int, primary key (b, a))"))
+    insp = inspect(ENGINE)
+    expect(
+        "columns of sa_keys.accounts",
+        [
+            ("id", BIGINT, False, None),
+            ("region", INTEGER, False, None),
+            ("name", TEXT, True, "'unknown'::text"),
+            ("balance", DOUBLE_PRECISION, True, "0"),
+            ("code", TEXT, True, None),
+        ],
+        [
+            (c["name"], type(c["type"]), c["nullable"], c["default"])
+            for c in insp.get_columns("accounts", schema="sa_keys")
+        ],
+    )
+    pk = insp.get_pk_constraint("accounts", schema="sa_keys")
+    expect(
+        "primary key of accounts",
+        ("accounts_pkey", ["id"]),
+        (pk["name"], pk["constrained_columns"]),
+    )
+    pk = insp.get_pk_constraint("pairs", schema="sa_keys")
+    expect("primary key of pairs", ["b", "a"], pk["constrained_columns"])
+    expect(
+        "unique constraints of accounts",
+        [("accounts_code_key", ["code"])],
+        [
+            (u["name"], u["column_names"])
+            for u in insp.get_unique_constraints("accounts", schema="sa_keys")
+        ],
+    )
+    expect(
+        "primary key of tpch.nation",
+        [],
+        insp.get_pk_constraint("nation", schema="tpch")["constrained_columns"],
+    )
+    accounts = Table("accounts", MetaData(), schema="sa_keys", autoload_with=ENGINE)
+    expect("reflected primary key", ["id"], [c.name for c in accounts.primary_key.columns])
+    expect(
+        "reflected server default of name",
+        "'unknown'::text",
+        str(accounts.c.name.server_default.arg),
+    )
 
 
 def main():
