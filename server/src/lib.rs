@@ -20,6 +20,7 @@ mod cursors;
 mod ddl;
 pub mod engine;
 pub mod error;
+pub mod flight_sql;
 pub mod local;
 mod pg_compat;
 mod pgwire;

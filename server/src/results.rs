@@ -122,7 +122,11 @@ impl Relay {
 
     /// Relays one partition, following its task through re-runs while none of its rows has
     /// reached the client.
-    async fn relay_partition(&mut self, partition: usize, batches_tx: &BatchTx) -> Result<Flow, Error> {
+    async fn relay_partition(
+        &mut self,
+        partition: usize,
+        batches_tx: &BatchTx,
+    ) -> Result<Flow, Error> {
         let mut held = Held::default();
         loop {
             let location = loop {
@@ -136,7 +140,9 @@ impl Relay {
             let attempt = location.attempt;
             held.batches.clear();
             held.bytes = 0;
-            let read = self.read_attempt(partition, &location, &mut held, batches_tx).await?;
+            let read = self
+                .read_attempt(partition, &location, &mut held, batches_tx)
+                .await?;
             let broken = match read {
                 Read::ClientGone => return Ok(Flow::ClientGone),
                 Read::Replaced => {

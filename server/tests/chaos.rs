@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ProcessCluster, batches_to_rows, compare, connect, datafusion_tpch, rows, tpch_data_dir};
+use common::{
+    ProcessCluster, batches_to_rows, compare, connect, datafusion_tpch, rows, tpch_data_dir,
+};
 use datafusion::prelude::SessionContext;
 use tokio_postgres::Client;
 
@@ -305,7 +307,9 @@ async fn cancel_stops_tasks_and_removes_files(cluster: &ProcessCluster, monitor:
     loop {
         let busy = rows(
             &monitor
-                .simple_query("select sum(active_tasks) from system.executors where status = 'alive'")
+                .simple_query(
+                    "select sum(active_tasks) from system.executors where status = 'alive'",
+                )
                 .await
                 .expect("system.executors"),
         );

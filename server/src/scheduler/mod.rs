@@ -508,8 +508,7 @@ impl Scheduler {
             .and_then(|e| self.executors.get(e))
             .is_some_and(|e| e.status == ExecutorStatus::Alive);
         // A running attempt on a live executor will report how it ended; act on that report.
-        if task.status == Status::Succeeded || (task.status == Status::Running && !executor_alive)
-        {
+        if task.status == Status::Succeeded || (task.status == Status::Running && !executor_alive) {
             info!(%query_id, partition, attempt, "re-running a result partition whose stream was lost");
             if let Some(executor) = &task.executor {
                 task.excluded.insert(executor.clone());
@@ -626,8 +625,7 @@ impl Scheduler {
                     let Some(executor_id) = self.pick_executor(&task.excluded, None) else {
                         continue;
                     };
-                    if let Err(error) = self.launch(qi, stage_id, partition, &executor_id, false)
-                    {
+                    if let Err(error) = self.launch(qi, stage_id, partition, &executor_id, false) {
                         let query_id = self.running[qi].id.clone();
                         self.finish_query(&query_id, Err(error));
                         break;
@@ -784,10 +782,7 @@ fn recompute_lost_outputs(query: &mut QueryState, executors: &HashMap<ExecutorId
         let stage = &mut query.stages[si];
         let mut reset = 0;
         for task in &mut stage.tasks {
-            let lost = task
-                .output
-                .as_ref()
-                .is_some_and(|o| !alive(&o.executor_id));
+            let lost = task.output.as_ref().is_some_and(|o| !alive(&o.executor_id));
             if task.status == Status::Succeeded && lost {
                 task.reset();
                 reset += 1;
@@ -809,7 +804,8 @@ fn recompute_lost_outputs(query: &mut QueryState, executors: &HashMap<ExecutorId
         query.finished_at = None;
     }
     for stage in &mut query.stages {
-        if stage.status == Status::Succeeded && stage.tasks.iter().any(|t| t.status != Status::Succeeded)
+        if stage.status == Status::Succeeded
+            && stage.tasks.iter().any(|t| t.status != Status::Succeeded)
         {
             stage.status = Status::Running;
             stage.finished_at = None;

@@ -30,7 +30,9 @@ impl Scheduler {
                 for (partition, task) in stage.tasks.iter().enumerate() {
                     if task.status == Status::Running
                         && task.speculative.is_none()
-                        && task.started_instant.is_some_and(|t| t.elapsed() > threshold)
+                        && task
+                            .started_instant
+                            .is_some_and(|t| t.elapsed() > threshold)
                         && let Some(executor) = &task.executor
                     {
                         candidates.push((qi, stage.id, partition, executor.clone()));
@@ -73,5 +75,9 @@ fn threshold(
     }
     finished.sort_unstable();
     let median = Duration::from_micros(finished[finished.len() / 2]);
-    Some(median.mul_f64(speculation.multiplier).max(speculation.min_runtime))
+    Some(
+        median
+            .mul_f64(speculation.multiplier)
+            .max(speculation.min_runtime),
+    )
 }

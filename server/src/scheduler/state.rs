@@ -195,7 +195,10 @@ pub(crate) enum ResultEvent {
         location: MapOutputLocation,
     },
     /// That attempt of a result partition's task has succeeded: its stream ended complete.
-    Committed { partition: usize, attempt: u32 },
+    Committed {
+        partition: usize,
+        attempt: u32,
+    },
     Failed(Error),
 }
 

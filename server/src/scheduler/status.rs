@@ -64,7 +64,14 @@ impl Scheduler {
                 if let Some(executor) = self.executors.get_mut(executor_id) {
                     executor.tasks_succeeded += 1;
                 }
-                self.attempt_succeeded(qi, &attempt, executor_id, which, status.elapsed_us, &succeeded);
+                self.attempt_succeeded(
+                    qi,
+                    &attempt,
+                    executor_id,
+                    which,
+                    status.elapsed_us,
+                    &succeeded,
+                );
             }
             Some(task_status::Result::Failed(failed)) => {
                 if let Some(executor) = self.executors.get_mut(executor_id) {
@@ -92,10 +99,7 @@ impl Scheduler {
             [attempt.partition as usize];
         // The other attempt of a speculated task lost the race.
         let loser = match which {
-            Which::Primary => task
-                .speculative
-                .take()
-                .map(|s| (s.attempt, s.executor)),
+            Which::Primary => task.speculative.take().map(|s| (s.attempt, s.executor)),
             Which::Speculative => {
                 task.speculative = None;
                 let loser = task.executor.clone().map(|e| (task.attempt, e));
@@ -178,8 +182,7 @@ impl Scheduler {
             ),
             None => (TaskErrorKind::Internal, "task failed".to_string(), None),
         };
-        let task = &mut query.stages[attempt.stage_id.0 as usize].tasks
-            [attempt.partition as usize];
+        let task = &mut query.stages[attempt.stage_id.0 as usize].tasks[attempt.partition as usize];
         task.error = Some(message.clone());
         if kind == TaskErrorKind::User {
             // Deterministic: every attempt would fail the same way.
@@ -235,9 +238,10 @@ fn lose_map_output(query: &mut QueryState, fetch: &FetchFailed) {
     let Some(task) = stage.tasks.get_mut(fetch.map_partition as usize) else {
         return;
     };
-    let is_that_output = task.output.as_ref().is_some_and(|o| {
-        o.attempt == fetch.map_attempt && o.executor_id.0 == fetch.executor_id
-    });
+    let is_that_output = task
+        .output
+        .as_ref()
+        .is_some_and(|o| o.attempt == fetch.map_attempt && o.executor_id.0 == fetch.executor_id);
     if task.status == Status::Succeeded && is_that_output {
         info!(
             query_id = %query.id,
