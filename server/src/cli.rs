@@ -32,6 +32,8 @@ pub enum Command {
     Executor(ExecutorArgs),
     /// Run a coordinator and executors in one process (the quickest start).
     Local(LocalArgs),
+    /// An interactive SQL shell over Flight SQL (or `-e SQL`, `-f FILE`).
+    Sql(crate::shell::SqlArgs),
     /// Benchmarks comparing Ember with single-node DataFusion.
     Bench {
         #[command(subcommand)]
@@ -269,6 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster.run(shutdown_signal()).await?;
         }
         Command::Bench { bench } => crate::bench::run(bench, cli.config.as_ref()).await?,
+        Command::Sql(args) => crate::shell::run(args).await?,
         Command::Passwd { name, md5 } => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;

@@ -27,6 +27,7 @@ mod pgwire;
 mod results;
 mod scheduler;
 pub mod session;
+pub mod shell;
 mod system_tables;
 mod writes;
 

@@ -481,3 +481,91 @@ async fn adbc_python_client() {
         );
     }
 }
+
+/// Runs `ember sql` with `args`; returns (success, stdout, stderr).
+async fn ember_sql(port: u16, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["sql", "--port", &port.to_string()])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ember sql took too long")
+    .expect("run ember sql");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ember_sql_shell_runs_statements_in_every_format() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = Cluster::start(&[]).await;
+        let port = cluster.flight_port;
+        let datafusion = datafusion_tpch(SCALE, &cluster.cluster.data_dir).await;
+
+        // CSV of a distributed aggregate, checked against DataFusion.
+        let sql = "select n_regionkey, count(*) as n from tpch.nation group by n_regionkey";
+        let (ok, stdout, stderr) = ember_sql(port, &["-e", sql, "--format", "csv"]).await;
+        assert!(ok, "{stderr}");
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("n_regionkey,n"));
+        let got: Vec<Vec<Option<String>>> = lines
+            .map(|l| l.split(',').map(|c| Some(c.to_string())).collect())
+            .collect();
+        let expected = datafusion.sql(sql).await.unwrap().collect().await.unwrap();
+        compare(&got, &batches_to_rows(&expected), false).unwrap();
+        assert!(stderr.contains("5 rows in"), "{stderr}");
+
+        // Several statements, DDL among them, from a file with a statement over two lines.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script.sql");
+        std::fs::write(
+            &script,
+            "create schema sh;\ncreate table sh.t (a int, b varchar);\n\
+             insert into sh.t values (1, 'x;y'), (2, null);\n\
+             select a, b\n  from sh.t order by a; -- done\n",
+        )
+        .unwrap();
+        let (ok, stdout, stderr) =
+            ember_sql(port, &["-f", script.to_str().unwrap(), "--format", "json"]).await;
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout.trim(), r#"[{"a":1,"b":"x;y"},{"a":2}]"#);
+        assert!(stderr.contains("OK, 2 rows affected"), "{stderr}");
+
+        // A table, and the progress line when asked for it.
+        let (ok, stdout, stderr) = ember_sql(
+            port,
+            &[
+                "--progress",
+                "-e",
+                "select count(*) as n from tpch.lineitem",
+            ],
+        )
+        .await;
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("| n "), "{stdout}");
+        let expected = datafusion
+            .sql("select count(*) as n from tpch.lineitem")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = batches_to_rows(&expected)[0][0].clone().unwrap();
+        assert!(stdout.contains(&format!("| {n} |")), "{stdout}");
+
+        // An error: its message, a failing exit status, and nothing after it runs.
+        let (ok, _, stderr) = ember_sql(port, &["-e", "select * from nope; select 1"]).await;
+        assert!(!ok);
+        assert!(stderr.contains("nope"), "{stderr}");
+        assert!(!stderr.contains("1 row in"), "{stderr}");
+    })
+    .await
+    .expect("the test took too long");
+}
