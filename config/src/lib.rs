@@ -349,7 +349,10 @@ impl EmberConfig {
         if self.scheduler.task_max_attempts == 0 {
             return Err(invalid("scheduler.task_max_attempts", "must be at least 1"));
         }
-        if !(self.scheduler.speculation_multiplier >= 1.0) {
+        // NaN fails too.
+        if self.scheduler.speculation_multiplier.partial_cmp(&1.0) == Some(std::cmp::Ordering::Less)
+            || self.scheduler.speculation_multiplier.is_nan()
+        {
             return Err(invalid(
                 "scheduler.speculation_multiplier",
                 "must be at least 1",

@@ -119,7 +119,7 @@ fn conform(
     scan: LogicalPlan,
     target: &datafusion::arrow::datatypes::Schema,
 ) -> datafusion::error::Result<LogicalPlan> {
-    let input = scan.schema().clone();
+    let input = Arc::clone(scan.schema());
     let exprs: Vec<Expr> = target
         .fields()
         .iter()

@@ -328,7 +328,7 @@ mod tests {
             .downcast_ref::<datafusion::arrow::array::StringArray>()
             .unwrap()
             .clone();
-        assert!(names.len() >= 14);
+        assert!(datafusion::arrow::array::Array::len(&names) >= 14);
         let ctx = SessionContext::new();
         for name in names.iter().flatten() {
             ctx.sql(&format!("select cast(null as {name})"))

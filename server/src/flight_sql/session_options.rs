@@ -21,7 +21,9 @@ pub(crate) struct SessionOptionValue {
     pub(crate) option_value: Option<OptionValue>,
 }
 
+/// Named as in `Flight.proto`.
 #[derive(Clone, PartialEq, prost::Oneof)]
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum OptionValue {
     #[prost(string, tag = "1")]
     StringValue(String),
@@ -157,7 +159,7 @@ mod tests {
             session_options: options,
         }
         .encode_to_vec();
-        assert_eq!(bytes, b"\n\x0e\n\x06schema\x12\x04\n\x04tpch".to_vec());
+        assert_eq!(bytes, b"\n\x10\n\x06schema\x12\x06\n\x04tpch".to_vec());
         let decoded = SetSessionOptionsRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(decoded.session_options["schema"], text("tpch"));
     }
