@@ -33,6 +33,9 @@ export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 # Python Postgres clients for the real-client tests, in the same venv.
 "$venv/bin/python" -c 'import psycopg' 2>/dev/null || "$venv/bin/pip" install -q 'psycopg[binary]'
 "$venv/bin/python" -c 'import sqlalchemy' 2>/dev/null || "$venv/bin/pip" install -q sqlalchemy
+# ADBC's Flight SQL driver and pyarrow for the Flight SQL client tests (server/tests/flight_sql.rs).
+"$venv/bin/python" -c 'import adbc_driver_flightsql, adbc_driver_manager, pyarrow' 2>/dev/null \
+  || "$venv/bin/pip" install -q adbc-driver-flightsql adbc-driver-manager pyarrow
 export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
 export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 

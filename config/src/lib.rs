@@ -70,6 +70,8 @@ pub struct SchedulerConfig {
 pub struct AuthConfig {
     pub method: String,
     pub users: Vec<String>,
+    pub token_ttl_ms: u64,
+    pub flight_secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +111,9 @@ pub struct CoordinatorConfig {
     pub executor_timeout_ms: u64,
     pub history_size: usize,
     pub max_message_size: usize,
+    pub flight_sql_port: u16,
+    pub flight_sql_proxy: bool,
+    pub flight_sql_fetch_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +388,15 @@ impl EmberConfig {
                 "tls.cert_file and tls.key_file go together",
             ));
         }
+        if self.auth.token_ttl_ms < 1000 {
+            return Err(invalid("auth.token_ttl_ms", "must be at least 1000"));
+        }
+        if self.coordinator.flight_sql_fetch_timeout_ms == 0 {
+            return Err(invalid(
+                "coordinator.flight_sql_fetch_timeout_ms",
+                "must be positive",
+            ));
+        }
         if !(self.tpch.scale >= 0.0 && self.tpch.scale <= 1000.0) {
             return Err(invalid("tpch.scale", "must be between 0 and 1000"));
         }
@@ -406,6 +420,7 @@ mod tests {
         let config = EmberConfig::defaults();
         assert_eq!(config.coordinator.pg_port, 5433);
         assert_eq!(config.coordinator.port, 50050);
+        assert_eq!(config.coordinator.flight_sql_port, 50051);
         assert_eq!(config.local.executors, 2);
     }
 

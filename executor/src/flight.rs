@@ -1,4 +1,5 @@
-//! The executor's Arrow Flight service: `do_get` streams one committed shuffle block.
+//! The executor's Arrow Flight service: `do_get` streams one committed shuffle block, a live
+//! result block to the coordinator, or a live result partition to a Flight SQL client.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -77,6 +78,10 @@ impl FlightService for ShuffleFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        if let Some(handle) = crate::client_results::client_ticket_handle(request.get_ref()) {
+            let stream = crate::client_results::serve(&self.live, &handle, request.metadata())?;
+            return Ok(Response::new(stream));
+        }
         let (block, live) = decode_ticket(request.get_ref())?;
         if live {
             let receiver = self

@@ -15,6 +15,8 @@
 //! The executor owns no query state beyond its running tasks: the coordinator decides what runs
 //! where and when files may go.
 
+pub mod client_auth;
+pub mod client_results;
 pub mod cpu_runtime;
 pub mod error;
 pub mod executor;

@@ -74,6 +74,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
             ("tpch.scale", Some(&scale_flag)),
             ("coordinator.port", Some(&zero)),
             ("coordinator.pg_port", Some(&zero)),
+            ("coordinator.flight_sql_port", Some(&zero)),
         ],
     )?;
     eprintln!("preparing TPC-H SF{scale} and a local cluster with {executors} executors");
@@ -184,6 +185,7 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
             ("tpch.scale", Some(&scale_flag)),
             ("coordinator.port", Some(&zero)),
             ("coordinator.pg_port", Some(&zero)),
+            ("coordinator.flight_sql_port", Some(&zero)),
         ];
         if !cached {
             flags.extend([

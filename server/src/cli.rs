@@ -32,6 +32,8 @@ pub enum Command {
     Executor(ExecutorArgs),
     /// Run a coordinator and executors in one process (the quickest start).
     Local(LocalArgs),
+    /// An interactive SQL shell over Flight SQL (or `-e SQL`, `-f FILE`).
+    Sql(crate::shell::SqlArgs),
     /// Benchmarks comparing Ember with single-node DataFusion.
     Bench {
         #[command(subcommand)]
@@ -59,6 +61,9 @@ pub struct CoordinatorArgs {
     /// gRPC port that executors dial.
     #[arg(long)]
     pub port: Option<String>,
+    /// Arrow Flight SQL port (0: any free port).
+    #[arg(long)]
+    pub flight_sql_port: Option<String>,
     /// Address to bind the listeners to.
     #[arg(long)]
     pub bind: Option<String>,
@@ -166,6 +171,7 @@ fn coordinator_flags(args: &CoordinatorArgs) -> Vec<(&'static str, Option<&Strin
         ("storage.allowed_paths", args.allowed_paths.as_ref()),
         ("coordinator.pg_port", args.pg_port.as_ref()),
         ("coordinator.port", args.port.as_ref()),
+        ("coordinator.flight_sql_port", args.flight_sql_port.as_ref()),
         ("coordinator.bind_host", args.bind.as_ref()),
         ("tpch.scale", args.tpch.as_ref()),
     ]
@@ -202,7 +208,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let host = config.coordinator.bind_host.as_str();
             let grpc = TcpListener::bind((host, config.coordinator.port)).await?;
             let pg = TcpListener::bind((host, config.coordinator.pg_port)).await?;
-            let coordinator = crate::Coordinator::new(&config, grpc, pg).await?;
+            let flight_sql = TcpListener::bind((host, config.coordinator.flight_sql_port)).await?;
+            let (key, shared) = crate::flight_sql::signing_key(&config);
+            let coordinator = crate::Coordinator::new(&config, grpc, pg)
+                .await?
+                .with_flight_sql(&config, flight_sql, key, shared)?;
             coordinator.run(shutdown_signal()).await?;
         }
         Command::Executor(args) => {
@@ -230,6 +240,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 config.executor.work_dir.clone()
             };
+            if !config.auth.flight_secret.is_empty() {
+                // Flight SQL clients fetch result partitions here with the coordinator's tickets.
+                ember_executor::client_auth::trust_key(
+                    ember_executor::client_auth::SigningKey::from_secret(
+                        &config.auth.flight_secret,
+                    ),
+                );
+            }
             let options = executor_options(&config, args.coordinator.clone(), work_dir);
             let executor = Executor::new(options, listener);
             info!(executor_id = %executor.id(), coordinator = %args.coordinator, "starting executor");
@@ -243,14 +261,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(cli.config.as_ref(), &flags)?;
             let cluster = LocalCluster::start(&config).await?;
             println!(
-                "ember local: {} executors; connect with psql -h {} -p {} -U ember -d ember",
+                "ember local: {} executors; connect with psql -h {} -p {} -U ember -d ember, \
+                 or Flight SQL at grpc://{}",
                 config.local.executors,
                 cluster.pg_addr.ip(),
-                cluster.pg_addr.port()
+                cluster.pg_addr.port(),
+                cluster.flight_sql_addr
             );
             cluster.run(shutdown_signal()).await?;
         }
         Command::Bench { bench } => crate::bench::run(bench, cli.config.as_ref()).await?,
+        Command::Sql(args) => crate::shell::run(args).await?,
         Command::Passwd { name, md5 } => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;

@@ -35,6 +35,7 @@ pub struct Coordinator {
     pg_listener: TcpListener,
     security: crate::pgwire::Security,
     max_message_size: usize,
+    flight_sql: Option<(TcpListener, crate::flight_sql::EmberFlightSql)>,
 }
 
 impl Coordinator {
@@ -82,7 +83,23 @@ impl Coordinator {
             pg_listener,
             security: crate::pgwire::Security::from_config(&config.auth, &config.tls)?,
             max_message_size: config.coordinator.max_message_size,
+            flight_sql: None,
         })
+    }
+
+    /// Serves Arrow Flight SQL on `listener` too. `key` signs its tokens and tickets;
+    /// `shared_key` says whether every executor trusts it (else results are relayed here).
+    pub fn with_flight_sql(
+        mut self,
+        config: &EmberConfig,
+        listener: TcpListener,
+        key: ember_executor::client_auth::SigningKey,
+        shared_key: bool,
+    ) -> Result<Self> {
+        let options = crate::flight_sql::FlightSqlOptions::from_config(config, key, shared_key);
+        let service = crate::flight_sql::service(Arc::clone(&self.engine), config, options)?;
+        self.flight_sql = Some((listener, service));
+        Ok(self)
     }
 
     pub fn engine(&self) -> Arc<QueryEngine> {
@@ -112,9 +129,19 @@ impl Coordinator {
             self.security,
             stopped(stop_rx.clone()),
         ));
+        let flight_sql = self.flight_sql.map(|(listener, service)| {
+            tokio::spawn(crate::flight_sql::serve(
+                listener,
+                service,
+                stopped(stop_rx.clone()),
+            ))
+        });
         shutdown.await;
         info!("coordinator shutting down");
         let _ = stop_tx.send(true);
+        if let Some(flight_sql) = flight_sql {
+            let _ = flight_sql.await;
+        }
         let _ = pg.await;
         let _ = grpc.await;
         let _ = scheduler.await;

@@ -71,6 +71,22 @@ pub enum QueryOutput {
     TransactionEnd(String),
 }
 
+/// A query that has started: answered here, or by the result stage's tasks on the executors.
+pub(crate) enum StartedQuery {
+    Local(SendableRecordBatchStream),
+    Distributed(DistributedQuery),
+}
+
+/// A submitted distributed query whose result stage nobody reads yet: the scheduler reports
+/// where each partition's task runs and when it commits on `events_rx`.
+pub(crate) struct DistributedQuery {
+    pub(crate) schema: datafusion::arrow::datatypes::SchemaRef,
+    pub(crate) query_id: QueryId,
+    pub(crate) stage_id: ember_planner::ids::StageId,
+    pub(crate) num_partitions: usize,
+    pub(crate) events_rx: mpsc::UnboundedReceiver<crate::scheduler::ResultEvent>,
+}
+
 /// Plans and runs statements; holds the shared catalog.
 pub struct QueryEngine {
     pub(crate) base_state: SessionState,
@@ -344,6 +360,40 @@ impl QueryEngine {
         sql: &str,
         physical: Arc<dyn ExecutionPlan>,
     ) -> Result<SendableRecordBatchStream> {
+        Ok(match self.start_physical(session, sql, physical).await? {
+            StartedQuery::Local(stream) => stream,
+            StartedQuery::Distributed(query) => result_stream(
+                query.schema,
+                query.query_id,
+                query.stage_id,
+                query.num_partitions,
+                query.events_rx,
+                Arc::clone(&self.fetcher),
+                self.scheduler.clone(),
+            ),
+        })
+    }
+
+    /// Plans and starts a query (a statement that returns rows), leaving it to the caller to
+    /// read a distributed answer: the Flight SQL frontend hands its partitions to clients.
+    pub(crate) async fn start_query(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: LogicalPlan,
+    ) -> Result<StartedQuery> {
+        let physical = session.ctx.state().create_physical_plan(&plan).await?;
+        self.start_physical(session, sql, physical).await
+    }
+
+    /// Like [`Self::run_physical`], but a distributed query's result stage is handed back
+    /// unread.
+    pub(crate) async fn start_physical(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        physical: Arc<dyn ExecutionPlan>,
+    ) -> Result<StartedQuery> {
         let (physical, subqueries) = take_scalar_subqueries(physical)?;
         for subquery in subqueries {
             let value =
@@ -354,7 +404,10 @@ impl QueryEngine {
         if !scans_files(&physical)? || runs_on_coordinator(&physical)? {
             // Nothing to distribute (constants, VALUES, system tables), or a plan that has to
             // stay in one process (recursive queries feed their output back): answer here.
-            return Ok(execute_stream(physical, session.ctx.task_ctx())?);
+            return Ok(StartedQuery::Local(execute_stream(
+                physical,
+                session.ctx.task_ctx(),
+            )?));
         }
         let query_id = QueryId::random();
         let graph = StageGraph::try_new(query_id.clone(), physical)?;
@@ -370,15 +423,21 @@ impl QueryEngine {
             settings: changed_settings(state.config_options()),
             results_tx,
         });
-        Ok(result_stream(
+        Ok(StartedQuery::Distributed(DistributedQuery {
             schema,
             query_id,
-            result_stage_id,
+            stage_id: result_stage_id,
             num_partitions,
-            results_rx,
-            Arc::clone(&self.fetcher),
-            self.scheduler.clone(),
-        ))
+            events_rx: results_rx,
+        }))
+    }
+
+    pub(crate) fn scheduler(&self) -> &SchedulerHandle {
+        &self.scheduler
+    }
+
+    pub(crate) fn fetcher(&self) -> &Arc<FlightShuffleFetcher> {
+        &self.fetcher
     }
 
     /// The single value of a scalar subquery: NULL without rows, an error with several.

@@ -20,6 +20,7 @@ mod cursors;
 mod ddl;
 pub mod engine;
 pub mod error;
+pub mod flight_sql;
 mod join_fallback;
 pub mod local;
 mod pg_compat;
@@ -27,6 +28,7 @@ mod pgwire;
 mod results;
 mod scheduler;
 pub mod session;
+pub mod shell;
 mod system_tables;
 mod writes;
 

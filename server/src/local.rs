@@ -17,6 +17,7 @@ use crate::error::Result;
 pub struct LocalCluster {
     pub pg_addr: std::net::SocketAddr,
     pub grpc_addr: std::net::SocketAddr,
+    pub flight_sql_addr: std::net::SocketAddr,
     coordinator: Coordinator,
     executors: Vec<Executor>,
 }
@@ -29,7 +30,15 @@ impl LocalCluster {
         let pg_listener = TcpListener::bind((host.as_str(), config.coordinator.pg_port)).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let pg_addr = pg_listener.local_addr()?;
-        let coordinator = Coordinator::new(config, grpc_listener, pg_listener).await?;
+        let flight_sql_listener =
+            TcpListener::bind((host.as_str(), config.coordinator.flight_sql_port)).await?;
+        let flight_sql_addr = flight_sql_listener.local_addr()?;
+        // The executors run in this process: they trust the key whether configured or random.
+        let (key, _) = crate::flight_sql::signing_key(config);
+        ember_executor::client_auth::trust_key(key.clone());
+        let coordinator = Coordinator::new(config, grpc_listener, pg_listener)
+            .await?
+            .with_flight_sql(config, flight_sql_listener, key, true)?;
         let mut executors = vec![];
         for i in 0..config.local.executors {
             let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
@@ -57,6 +66,7 @@ impl LocalCluster {
         Ok(Self {
             pg_addr,
             grpc_addr,
+            flight_sql_addr,
             coordinator,
             executors,
         })

@@ -21,6 +21,14 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The Flight SQL port a test asked for in `env`, else 0 (any free port).
+pub fn flight_sql_port(env: &[(String, String)]) -> u16 {
+    env.iter()
+        .find(|(k, _)| k == "EMBER_COORDINATOR_FLIGHT_SQL_PORT")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A coordinator and executors, each a separate `ember` process; killed on drop.
 pub struct ProcessCluster {
     pub pg_port: u16,
@@ -51,6 +59,8 @@ fn spawn_coordinator(
     Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["coordinator", "--pg-port", &pg_port.to_string()])
         .args(["--port", &grpc_port.to_string()])
+        // Each cluster its own Flight SQL port (EMBER_COORDINATOR_FLIGHT_SQL_PORT overrides).
+        .args(["--flight-sql-port", &flight_sql_port(env).to_string()])
         .args(["--tpch", &tpch_scale.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
@@ -257,6 +267,12 @@ pub fn tpch_data_dir(scale: f64) -> PathBuf {
     let tpch = base.join("tpch");
     ember_planner::tpch::generate(&tpch, scale).expect("generate tpch");
     base
+}
+
+/// The directory of the TPC-H files of `scale` under a data dir.
+pub fn tpch_scale_dir(base: &Path, scale: f64) -> PathBuf {
+    std::fs::canonicalize(ember_planner::tpch::scale_dir(&base.join("tpch"), scale))
+        .expect("tpch dir")
 }
 
 /// Single-node DataFusion over the same TPC-H files.
