@@ -12,7 +12,6 @@
 //! they name cannot be guessed.
 
 use std::fmt::Debug;
-use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_flight::{IpcMessage, SchemaAsIpc};
@@ -196,31 +195,6 @@ impl SigningKey {
 /// Whether `bytes` look like a client ticket (as opposed to a shuffle ticket).
 pub fn is_client_ticket(bytes: &[u8]) -> bool {
     bytes.starts_with(TICKET_MAGIC)
-}
-
-/// Keys whose tickets the executors of this process accept. The executor's Flight service is
-/// built without configuration of its own, so the binary (or `ember local`, for its in-process
-/// executors) registers the key here before the executors start serving.
-static TRUSTED_KEYS: RwLock<Vec<SigningKey>> = RwLock::new(Vec::new());
-
-/// Lets this process's executors accept tickets and tokens signed with `key`.
-pub fn trust_key(key: SigningKey) {
-    let mut keys = TRUSTED_KEYS.write().unwrap_or_else(|e| e.into_inner());
-    keys.push(key);
-}
-
-/// Opens a ticket with whichever trusted key signed it.
-pub fn open_trusted_ticket(ticket: &[u8]) -> Result<(TicketClaims, SigningKey), CredentialError> {
-    let keys = TRUSTED_KEYS.read().unwrap_or_else(|e| e.into_inner());
-    let mut error = CredentialError::BadSignature("ticket");
-    for key in keys.iter() {
-        match key.open_ticket(ticket) {
-            Ok(claims) => return Ok((claims, key.clone())),
-            Err(CredentialError::BadSignature(_)) => continue,
-            Err(other) => error = other,
-        }
-    }
-    Err(error)
 }
 
 /// A schema as the bytes of an IPC schema message.

@@ -79,12 +79,12 @@ pub fn check_bearer(
 /// Streams the live result partition a client ticket names.
 pub(crate) fn serve(
     live: &LiveBlocks,
+    key: &SigningKey,
     handle: &[u8],
     metadata: &MetadataMap,
 ) -> Result<FlightDataStream, Status> {
-    let (claims, key) =
-        client_auth::open_trusted_ticket(handle).map_err(|e| credential_status(&e))?;
-    check_bearer(&key, &claims, metadata)?;
+    let claims = key.open_ticket(handle).map_err(|e| credential_status(&e))?;
+    check_bearer(key, &claims, metadata)?;
     let Some(TicketTarget::Partition(partition)) = claims.target else {
         return Err(Status::invalid_argument(
             "this ticket is served by the coordinator, not by an executor",

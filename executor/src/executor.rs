@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
+use crate::client_auth::SigningKey;
 use crate::cpu_runtime::CpuRuntime;
 use crate::fetcher::FlightShuffleFetcher;
 use crate::flight::ShuffleFlightService;
@@ -58,6 +59,9 @@ pub struct ExecutorOptions {
     pub cache: CacheLimits,
     /// How to reach `s3://` locations.
     pub s3: S3Options,
+    /// The coordinator's key for Flight SQL tickets: clients holding one fetch result
+    /// partitions straight from this executor.
+    pub client_key: Option<SigningKey>,
 }
 
 /// One executor. `run` serves until `shutdown` completes.
@@ -147,6 +151,7 @@ impl Executor {
         let flight = FlightServiceServer::new(ShuffleFlightService::new(
             options.work_dir.clone(),
             Arc::clone(&live),
+            options.client_key.clone(),
         ))
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);

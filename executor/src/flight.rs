@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::client_auth::SigningKey;
 use crate::proto::ShuffleTicket;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -28,11 +29,18 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct ShuffleFlightService {
     work_dir: PathBuf,
     live: Arc<LiveBlocks>,
+    /// The key of the coordinator's Flight SQL tickets and tokens; without one, clients cannot
+    /// fetch result partitions here.
+    client_key: Option<SigningKey>,
 }
 
 impl ShuffleFlightService {
-    pub fn new(work_dir: PathBuf, live: Arc<LiveBlocks>) -> Self {
-        Self { work_dir, live }
+    pub fn new(work_dir: PathBuf, live: Arc<LiveBlocks>, client_key: Option<SigningKey>) -> Self {
+        Self {
+            work_dir,
+            live,
+            client_key,
+        }
     }
 }
 
@@ -79,7 +87,13 @@ impl FlightService for ShuffleFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         if let Some(handle) = crate::client_results::client_ticket_handle(request.get_ref()) {
-            let stream = crate::client_results::serve(&self.live, &handle, request.metadata())?;
+            let Some(key) = &self.client_key else {
+                return Err(Status::failed_precondition(
+                    "this executor serves no Flight SQL results (auth.flight_secret is not set)",
+                ));
+            };
+            let stream =
+                crate::client_results::serve(&self.live, key, &handle, request.metadata())?;
             return Ok(Response::new(stream));
         }
         let (block, live) = decode_ticket(request.get_ref())?;

@@ -240,14 +240,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 config.executor.work_dir.clone()
             };
-            if !config.auth.flight_secret.is_empty() {
-                // Flight SQL clients fetch result partitions here with the coordinator's tickets.
-                ember_executor::client_auth::trust_key(
-                    ember_executor::client_auth::SigningKey::from_secret(
-                        &config.auth.flight_secret,
-                    ),
-                );
-            }
             let options = executor_options(&config, args.coordinator.clone(), work_dir);
             let executor = Executor::new(options, listener);
             info!(executor_id = %executor.id(), coordinator = %args.coordinator, "starting executor");

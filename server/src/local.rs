@@ -33,12 +33,11 @@ impl LocalCluster {
         let flight_sql_listener =
             TcpListener::bind((host.as_str(), config.coordinator.flight_sql_port)).await?;
         let flight_sql_addr = flight_sql_listener.local_addr()?;
-        // The executors run in this process: they trust the key whether configured or random.
+        // The executors run in this process: they share the key whether configured or random.
         let (key, _) = crate::flight_sql::signing_key(config);
-        ember_executor::client_auth::trust_key(key.clone());
         let coordinator = Coordinator::new(config, grpc_listener, pg_listener)
             .await?
-            .with_flight_sql(config, flight_sql_listener, key, true)?;
+            .with_flight_sql(config, flight_sql_listener, key.clone(), true)?;
         let mut executors = vec![];
         for i in 0..config.local.executors {
             let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
@@ -61,6 +60,7 @@ impl LocalCluster {
             if config.executor.memory == 0 {
                 options.memory /= config.local.executors.max(1) as u64;
             }
+            options.client_key = Some(key.clone());
             executors.push(Executor::new(options, listener));
         }
         Ok(Self {
@@ -122,6 +122,11 @@ pub fn executor_options(
         allowed_paths: config.allowed_paths(),
         cache: cache_limits(config),
         s3: s3_options(config),
+        // Flight SQL clients fetch result partitions from executors with the coordinator's
+        // tickets: a stand-alone executor needs the shared secret to check them.
+        client_key: (!config.auth.flight_secret.is_empty()).then(|| {
+            ember_executor::client_auth::SigningKey::from_secret(&config.auth.flight_secret)
+        }),
     }
 }
 
