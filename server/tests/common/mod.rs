@@ -263,6 +263,9 @@ pub fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 
 /// Where the shared TPC-H test data lives (generated once per test binary run).
 pub fn tpch_data_dir(scale: f64) -> PathBuf {
+    // Tests of one binary run in parallel: one generates, the others wait for it.
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _generating = GENERATING.lock().unwrap_or_else(|e| e.into_inner());
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tpch-data");
     let tpch = base.join("tpch");
     ember_planner::tpch::generate(&tpch, scale).expect("generate tpch");
