@@ -491,6 +491,23 @@ fn strip_explain_distributed(text: &str) -> Option<String> {
     Some(trimmed[start..].to_string())
 }
 
+/// Whether `plan` is a query, which runs through the scheduler, rather than a command or EXPLAIN.
+pub(crate) fn is_query(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Explain(_)
+    )
+}
+
+/// Whether running `plan` yields rows (a query or EXPLAIN) rather than a command tag.
+pub(crate) fn returns_rows(plan: &LogicalPlan) -> bool {
+    is_query(plan) || matches!(plan, LogicalPlan::Explain(_))
+}
+
 pub(crate) fn command_tag(text: &str) -> String {
     let words: Vec<String> = text
         .split_whitespace()

@@ -151,18 +151,14 @@ impl Relay {
                     }
                     continue;
                 }
-                Read::Ended => None,
+                Read::Ended => false,
                 Read::Broken(error) => {
                     debug!(query_id = %self.query_id, partition, attempt, %error, "result stream broke");
                     if held.sent_any {
                         return Err(self.task_error_or(lost_after_send(partition)).await);
                     }
-                    self.scheduler.send(Event::RetryResult {
-                        query_id: self.query_id.clone(),
-                        partition,
-                        attempt,
-                    });
-                    Some(())
+                    self.ask_retry(partition, attempt);
+                    true
                 }
             };
             // Wait until this attempt is known to have succeeded, or has been replaced.
@@ -174,7 +170,7 @@ impl Relay {
                     break;
                 }
                 if self.committed.contains(&(partition, attempt)) {
-                    if broken.is_none() {
+                    if !broken {
                         for batch in held.batches.drain(..) {
                             if batches_tx.send(Ok(batch)).await.is_err() {
                                 return Ok(Flow::ClientGone);
@@ -184,11 +180,7 @@ impl Relay {
                     }
                     // It finished, but its rows were lost on the way: run it again.
                     self.committed.remove(&(partition, attempt));
-                    self.scheduler.send(Event::RetryResult {
-                        query_id: self.query_id.clone(),
-                        partition,
-                        attempt,
-                    });
+                    self.ask_retry(partition, attempt);
                 }
                 if let Flow::ClientGone = self.next_event(batches_tx).await? {
                     return Ok(Flow::ClientGone);
@@ -196,6 +188,15 @@ impl Relay {
             }
             info!(query_id = %self.query_id, partition, "reading a result partition again from its new attempt");
         }
+    }
+
+    /// Asks the scheduler to run this attempt of a partition again (it decides whether it must).
+    fn ask_retry(&self, partition: usize, attempt: u32) {
+        self.scheduler.send(Event::RetryResult {
+            query_id: self.query_id.clone(),
+            partition,
+            attempt,
+        });
     }
 
     /// Whether the scheduler has launched an attempt newer than `attempt`.

@@ -173,11 +173,6 @@ impl DiskBudget {
         self.limit
     }
 
-    /// Bytes of shuffle files on disk.
-    pub fn used(&self) -> u64 {
-        self.lock().values().sum()
-    }
-
     /// Takes `bytes` for a file of `query`; fails when the budget would be exceeded.
     pub fn reserve(&self, query: &QueryId, bytes: u64) -> std::io::Result<()> {
         let mut used = self.lock();

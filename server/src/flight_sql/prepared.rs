@@ -18,9 +18,9 @@ use futures::TryStreamExt;
 use tonic::Status;
 
 use super::auth::Caller;
-use super::statements::returns_rows;
 use super::status::status;
 use crate::engine::ParsedStatement;
+use crate::engine::is_query;
 use crate::error::Error;
 
 pub(crate) struct Prepared {
@@ -94,7 +94,7 @@ impl PreparedStatements {
             None => vec![],
         };
         let dataset = match &plan {
-            Some(plan) if returns_rows(plan) => plan.schema().as_arrow().clone(),
+            Some(plan) if is_query(plan) => plan.schema().as_arrow().clone(),
             _ => Schema::empty(),
         };
         let parameters = Schema::new(

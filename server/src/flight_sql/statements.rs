@@ -12,19 +12,7 @@ use super::auth::Caller;
 use super::results::flight_info;
 use super::service::EmberFlightSql;
 use super::status::status;
-use crate::engine::{ParsedStatement, QueryOutput, StartedQuery};
-
-/// Whether running `plan` yields rows for the client (rather than a command tag).
-pub(crate) fn returns_rows(plan: &LogicalPlan) -> bool {
-    !matches!(
-        plan,
-        LogicalPlan::Ddl(_)
-            | LogicalPlan::Dml(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Explain(_)
-    )
-}
+use crate::engine::{ParsedStatement, QueryOutput, StartedQuery, is_query};
 
 /// The rows a command tag reports (`INSERT 0 5`, `COPY 7`), 0 for DDL.
 pub(crate) fn affected_rows(tag: &str) -> i64 {
@@ -67,7 +55,7 @@ impl EmberFlightSql {
         let session = &caller.session.session;
         let sql = parsed.sql();
         let output = match plan {
-            Some(plan) if returns_rows(&plan) => {
+            Some(plan) if is_query(&plan) => {
                 let started = self
                     .engine
                     .start_query(session, &sql, plan)

@@ -28,7 +28,7 @@ use rust_decimal::Decimal;
 
 use super::{PgHandler, Sessions, encode, error_info, response};
 use crate::cursors::CursorStatement;
-use crate::engine::{ClientSession, ParsedStatement, QueryEngine};
+use crate::engine::{ClientSession, ParsedStatement, QueryEngine, returns_rows};
 use crate::error::Error;
 use crate::session::show_name;
 
@@ -207,16 +207,6 @@ fn result_fields(
             }
         }
     }
-}
-
-fn returns_rows(plan: &LogicalPlan) -> bool {
-    !matches!(
-        plan,
-        LogicalPlan::Ddl(_)
-            | LogicalPlan::Dml(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::Statement(_)
-    )
 }
 
 /// The Arrow type of a value the client declared as `pg_type`.

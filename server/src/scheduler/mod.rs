@@ -10,6 +10,8 @@
 //! One task owns the state; everyone else holds a [`SchedulerHandle`] and sends events, so no
 //! lock is ever held across the scheduling logic.
 
+mod placement;
+mod recovery;
 pub(crate) mod snapshot;
 mod speculation;
 mod state;
@@ -21,22 +23,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ember_executor::proto::{
-    CancelQuery, CancelTask, CoordinatorMessage, LaunchTask, ReleaseQuery, TaskId, TaskStatus,
-    coordinator_message,
+    CancelQuery, CoordinatorMessage, ReleaseQuery, TaskStatus, coordinator_message,
 };
-use ember_planner::codec::encode_plan;
-use ember_planner::ids::{ExecutorId, QueryId, StageId, TaskAttempt};
-use ember_planner::shuffle::MapOutputLocation;
+use ember_planner::ids::{ExecutorId, QueryId};
 use ember_planner::stage::StageGraph;
-use ember_planner::task::task_fragment;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 pub(crate) use snapshot::Snapshot;
 pub(crate) use state::{ExecutorInfo, ExecutorTx, ResultEvent};
-use state::{ExecutorState, ExecutorStatus, QueryState, SpeculativeAttempt, Status};
+use state::{ExecutorState, ExecutorStatus, QueryState, Status};
 
-use crate::error::{Error, TaskErrorKind};
+use crate::error::Error;
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -424,106 +422,8 @@ impl Scheduler {
         }
     }
 
-    /// An executor died or went silent: its running attempts are started again elsewhere and the
-    /// map outputs it held are recomputed where they are still needed.
-    fn executor_lost(&mut self, executor_id: &ExecutorId, reason: &str) {
-        let Some(executor) = self.executors.get_mut(executor_id) else {
-            return;
-        };
-        if executor.status == ExecutorStatus::Lost {
-            return;
-        }
-        warn!(%executor_id, reason, "executor lost");
-        executor.status = ExecutorStatus::Lost;
-        executor.running.clear();
-        // Ends the session: an executor that is merely slow (stopped, partitioned) notices,
-        // drops its tasks and registers again as a new incarnation.
-        let _ = executor.tx.send(Err(tonic::Status::unavailable(format!(
-            "the coordinator declared this executor lost: {reason}"
-        ))));
-        let cap = self.config.task_max_attempts + MAX_LOSSES_PER_TASK;
-        let mut exhausted = vec![];
-        for query in &mut self.running {
-            if !matches!(query.status, Status::Running | Status::Succeeded) {
-                continue;
-            }
-            for stage in &mut query.stages {
-                for task in &mut stage.tasks {
-                    if task
-                        .speculative
-                        .as_ref()
-                        .is_some_and(|s| &s.executor == executor_id)
-                    {
-                        task.speculative = None;
-                    }
-                    if task.status == Status::Running && task.executor.as_ref() == Some(executor_id)
-                    {
-                        task.excluded.insert(executor_id.clone());
-                        if let Some(copy) = task.speculative.take() {
-                            // Its speculative copy carries on alone.
-                            task.attempt = copy.attempt;
-                            task.executor = Some(copy.executor);
-                            continue;
-                        }
-                        if task.launches >= cap {
-                            exhausted.push(query.id.clone());
-                        }
-                        task.reset();
-                    }
-                }
-            }
-            recompute_lost_outputs(query, &self.executors);
-        }
-        for query_id in exhausted {
-            self.finish_query(
-                &query_id,
-                Err(Error::Task {
-                    kind: TaskErrorKind::ExecutorLost,
-                    message: format!(
-                        "a task of this query was lost with its executor too often; \
-                         last executor lost: {executor_id} ({reason})"
-                    ),
-                }),
-            );
-        }
-    }
-
-    /// The relay lost the stream of a result partition's attempt.
-    fn retry_result(&mut self, query_id: &QueryId, partition: usize, attempt: u32) {
-        let Some(query) = self.running.iter_mut().find(|q| &q.id == query_id) else {
-            return;
-        };
-        if !matches!(query.status, Status::Running | Status::Succeeded) {
-            return;
-        }
-        let result_stage = query.graph.result_stage().id;
-        let Some(task) = query.stages[result_stage.0 as usize]
-            .tasks
-            .get_mut(partition)
-        else {
-            return;
-        };
-        if task.attempt != attempt {
-            return; // already replaced
-        }
-        let executor_alive = task
-            .executor
-            .as_ref()
-            .and_then(|e| self.executors.get(e))
-            .is_some_and(|e| e.status == ExecutorStatus::Alive);
-        // A running attempt on a live executor will report how it ended; act on that report.
-        if task.status == Status::Succeeded || (task.status == Status::Running && !executor_alive) {
-            info!(%query_id, partition, attempt, "re-running a result partition whose stream was lost");
-            if let Some(executor) = &task.executor {
-                task.excluded.insert(executor.clone());
-            }
-            task.reset();
-            recompute_lost_outputs(query, &self.executors);
-        }
-    }
-
     /// Ends a query that has not succeeded: tells the client, stops its tasks.
-    fn finish_query(&mut self, query_id: &QueryId, outcome: Result<(), Error>) {
+    pub(super) fn finish_query(&mut self, query_id: &QueryId, outcome: Result<(), Error>) {
         let Some(query) = self.running.iter_mut().find(|q| &q.id == query_id) else {
             return;
         };
@@ -587,233 +487,6 @@ impl Scheduler {
         self.history.push_back(query);
         while self.history.len() > self.config.history_size {
             self.history.pop_front();
-        }
-    }
-
-    /// Launches runnable tasks on free slots, oldest query first, then speculative copies.
-    fn schedule(&mut self) {
-        self.admit();
-        for qi in 0..self.running.len() {
-            if self.running[qi].status != Status::Running {
-                continue;
-            }
-            if self.running[qi]
-                .stages
-                .iter()
-                .all(|s| s.status == Status::Succeeded)
-            {
-                // Only possible when every stage was empty from the start.
-                let query = &mut self.running[qi];
-                query.status = Status::Succeeded;
-                query.finished_at = Some(SystemTime::now());
-                continue;
-            }
-            for si in 0..self.running[qi].stages.len() {
-                let stage_id = StageId(si as u32);
-                let query = &self.running[qi];
-                if query.stages[si].status.is_final() || !query.is_runnable(stage_id) {
-                    continue;
-                }
-                let pending: Vec<usize> = query.stages[si]
-                    .tasks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.status == Status::Pending)
-                    .map(|(i, _)| i)
-                    .collect();
-                for partition in pending {
-                    if !self.any_free_slot() {
-                        return;
-                    }
-                    let task = &self.running[qi].stages[si].tasks[partition];
-                    let Some(executor_id) = self.pick_executor(&task.excluded, None) else {
-                        continue;
-                    };
-                    if let Err(error) = self.launch(qi, stage_id, partition, &executor_id, false) {
-                        let query_id = self.running[qi].id.clone();
-                        self.finish_query(&query_id, Err(error));
-                        break;
-                    }
-                }
-            }
-        }
-        self.launch_speculative();
-    }
-
-    fn any_free_slot(&self) -> bool {
-        self.executors
-            .values()
-            .any(|e| e.status == ExecutorStatus::Alive && e.free_slots() > 0)
-    }
-
-    /// The live executor with the most free slots (ties: the one used least recently), avoiding
-    /// `excluded` unless every live executor is excluded, and never `not`.
-    fn pick_executor(
-        &self,
-        excluded: &std::collections::BTreeSet<ExecutorId>,
-        not: Option<&ExecutorId>,
-    ) -> Option<ExecutorId> {
-        let alive = || {
-            self.executors
-                .values()
-                .filter(|e| e.status == ExecutorStatus::Alive && Some(&e.info.id) != not)
-        };
-        let all_excluded = alive().all(|e| excluded.contains(&e.info.id));
-        alive()
-            .filter(|e| e.free_slots() > 0 && (all_excluded || !excluded.contains(&e.info.id)))
-            .max_by(|a, b| {
-                a.free_slots()
-                    .cmp(&b.free_slots())
-                    .then(b.last_assigned.cmp(&a.last_assigned))
-            })
-            .map(|e| e.info.id.clone())
-    }
-
-    fn launch(
-        &mut self,
-        qi: usize,
-        stage_id: StageId,
-        partition: usize,
-        executor_id: &ExecutorId,
-        speculative: bool,
-    ) -> Result<(), Error> {
-        let query = &self.running[qi];
-        let stage = query.graph.stage(stage_id);
-        let locations: HashMap<StageId, Vec<MapOutputLocation>> = stage
-            .inputs
-            .iter()
-            .map(|input| (*input, query.map_outputs(*input)))
-            .collect();
-        let fragment = task_fragment(stage, partition, &locations)?;
-        let plan = encode_plan(fragment)?;
-        let task = &query.stages[stage_id.0 as usize].tasks[partition];
-        let attempt = TaskAttempt {
-            query_id: query.id.clone(),
-            stage_id,
-            partition: partition as u32,
-            attempt: task.launches,
-        };
-        let launch = CoordinatorMessage {
-            message: Some(coordinator_message::Message::LaunchTask(LaunchTask {
-                task: Some(TaskId::from_attempt(&attempt)),
-                plan,
-                settings: query.settings.clone(),
-            })),
-        };
-        self.assignments += 1;
-        let executor = self
-            .executors
-            .get_mut(executor_id)
-            .expect("picked from the registry just before");
-        if executor.tx.send(Ok(launch)).is_err() {
-            // The session is gone: the task stays pending, and whatever ran there is re-run.
-            let executor_id = executor_id.clone();
-            self.executor_lost(&executor_id, "its session has closed");
-            return Ok(());
-        }
-        executor.running.insert(attempt.clone());
-        executor.last_assigned = self.assignments;
-        let location = MapOutputLocation {
-            map_partition: attempt.partition,
-            attempt: attempt.attempt,
-            executor_id: executor_id.clone(),
-            flight_address: executor.info.flight_address(),
-            host_key: executor.info.host_key.clone(),
-            work_dir: executor.info.work_dir.clone(),
-        };
-        let query = &mut self.running[qi];
-        if query.is_result_stage(stage_id)
-            && let Some(tx) = &query.results_tx
-        {
-            let _ = tx.send(ResultEvent::Launched {
-                partition,
-                location,
-            });
-        }
-        query.executors_used.insert(executor_id.clone());
-        let stage_state = &mut query.stages[stage_id.0 as usize];
-        if !matches!(stage_state.status, Status::Running) {
-            stage_state.status = Status::Running;
-            stage_state.started_at.get_or_insert_with(SystemTime::now);
-            stage_state.finished_at = None;
-        }
-        let task = &mut stage_state.tasks[partition];
-        task.launches += 1;
-        if speculative {
-            task.speculative = Some(SpeculativeAttempt {
-                attempt: attempt.attempt,
-                executor: executor_id.clone(),
-            });
-            info!(task = %attempt, %executor_id, "speculative copy launched");
-        } else {
-            task.attempt = attempt.attempt;
-            task.status = Status::Running;
-            task.executor = Some(executor_id.clone());
-            task.started_at = Some(SystemTime::now());
-            task.started_instant = Some(Instant::now());
-            debug!(task = %attempt, %executor_id, "task launched");
-        }
-        Ok(())
-    }
-
-    /// Tells an executor to stop one attempt (the loser of a speculative race).
-    fn cancel_attempt(&mut self, attempt: &TaskAttempt, executor_id: &ExecutorId) {
-        if let Some(executor) = self.executors.get(executor_id) {
-            let _ = executor.tx.send(Ok(CoordinatorMessage {
-                message: Some(coordinator_message::Message::CancelTask(CancelTask {
-                    task: Some(TaskId::from_attempt(attempt)),
-                })),
-            }));
-        }
-    }
-}
-
-/// Map outputs that lived on executors no longer alive are recomputed where a stage still has to
-/// read them. Consumers are looked at first (stage ids are topological), so a reset consumer makes
-/// its inputs needed again.
-fn recompute_lost_outputs(query: &mut QueryState, executors: &HashMap<ExecutorId, ExecutorState>) {
-    let alive = |id: &ExecutorId| {
-        executors
-            .get(id)
-            .is_some_and(|e| e.status == ExecutorStatus::Alive)
-    };
-    let result_stage = query.graph.result_stage().id;
-    let mut reset_any = false;
-    for si in (0..query.stages.len()).rev() {
-        let stage_id = StageId(si as u32);
-        if stage_id == result_stage || !query.outputs_needed(stage_id) {
-            continue;
-        }
-        let stage = &mut query.stages[si];
-        let mut reset = 0;
-        for task in &mut stage.tasks {
-            let lost = task.output.as_ref().is_some_and(|o| !alive(&o.executor_id));
-            if task.status == Status::Succeeded && lost {
-                task.reset();
-                reset += 1;
-            }
-        }
-        if reset > 0 {
-            info!(query_id = %query.id, stage = %stage_id, tasks = reset, "recomputing map outputs of a lost executor");
-            stage.status = Status::Running;
-            stage.finished_at = None;
-            reset_any = true;
-        }
-    }
-    let any_unfinished = query
-        .stages
-        .iter()
-        .any(|s| s.tasks.iter().any(|t| t.status != Status::Succeeded));
-    if (reset_any || any_unfinished) && query.status == Status::Succeeded {
-        query.status = Status::Running;
-        query.finished_at = None;
-    }
-    for stage in &mut query.stages {
-        if stage.status == Status::Succeeded
-            && stage.tasks.iter().any(|t| t.status != Status::Succeeded)
-        {
-            stage.status = Status::Running;
-            stage.finished_at = None;
         }
     }
 }
