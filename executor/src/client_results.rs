@@ -12,17 +12,18 @@ use arrow_flight::sql::{Any, TicketStatementQuery};
 use arrow_flight::{FlightData, Ticket};
 use datafusion::arrow::datatypes::SchemaRef;
 use ember_planner::ids::{QueryId, StageId};
-use ember_planner::shuffle::{LiveBlocks, ShuffleBlock};
+use ember_planner::shuffle::{LiveBlocks, ShuffleBlock, live_batches};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use std::sync::Arc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::client_auth::{
     self, CredentialError, SigningKey, TicketClaims, TicketTarget, is_client_ticket,
 };
+use crate::proto::TaskId;
 
 pub type FlightDataStream =
     Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -76,12 +77,14 @@ pub fn check_bearer(
     }
 }
 
-/// Streams the live result partition a client ticket names.
+/// Streams the live result partition a client ticket names; once the client has read it to its
+/// end, tells the coordinator through `served_tx` (it may then release the query at once).
 pub(crate) fn serve(
     live: &LiveBlocks,
     key: &SigningKey,
     handle: &[u8],
     metadata: &MetadataMap,
+    served_tx: mpsc::UnboundedSender<TaskId>,
 ) -> Result<FlightDataStream, Status> {
     let claims = key.open_ticket(handle).map_err(|e| credential_status(&e))?;
     check_bearer(key, &claims, metadata)?;
@@ -111,8 +114,17 @@ pub(crate) fn serve(
             "this result partition has already been fetched, or its query has ended",
         )
     })?;
-    let batches =
-        ReceiverStream::new(receiver).map_err(|e| FlightError::ExternalError(Box::new(e)));
+    let task = TaskId {
+        query_id: partition.query_id,
+        stage_id: partition.stage_id,
+        partition: partition.partition,
+        attempt,
+    };
+    let batches = live_batches(receiver, move || {
+        // No session to the coordinator right now: it will release the query on its own.
+        let _ = served_tx.send(task);
+    })
+    .map_err(|e| FlightError::ExternalError(Box::new(e)));
     Ok(encode(schema, batches))
 }
 

@@ -30,7 +30,7 @@ use crate::fetcher::FlightShuffleFetcher;
 use crate::flight::ShuffleFlightService;
 use crate::proto::cluster_service_client::ClusterServiceClient;
 use crate::proto::{
-    CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor,
+    CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor, TaskId,
     coordinator_message, executor_message,
 };
 use crate::task_runner::{TaskRunner, cancelled};
@@ -148,10 +148,12 @@ impl Executor {
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
 
         let (flight_stop_tx, flight_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (served_tx, served_rx) = mpsc::unbounded_channel();
         let flight = FlightServiceServer::new(ShuffleFlightService::new(
             options.work_dir.clone(),
             Arc::clone(&live),
             options.client_key.clone(),
+            served_tx,
         ))
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);
@@ -174,6 +176,7 @@ impl Executor {
             host_key,
             runner,
             cpu,
+            served_rx: tokio::sync::Mutex::new(served_rx),
         };
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
@@ -212,6 +215,9 @@ struct Session {
     host_key: String,
     runner: Arc<TaskRunner>,
     cpu: Arc<CpuRuntime>,
+    /// Result partitions clients have read from this executor (see `ShuffleFlightService`);
+    /// the current session forwards them to the coordinator.
+    served_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<TaskId>>,
 }
 
 impl Session {
@@ -254,8 +260,15 @@ impl Session {
         let running: RunningTasks = Arc::default();
         let slots = Arc::new(Semaphore::new(self.options.slots.max(1)));
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
+        let mut served_rx = self.served_rx.lock().await;
         let result = loop {
             tokio::select! {
+                Some(task) = served_rx.recv() => {
+                    let served = executor_message::Message::ResultServed(task);
+                    if tx.send(message(served)).await.is_err() {
+                        break Ok(());
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let running_tasks = lock(&running).len() as u32;
                     let beat = executor_message::Message::Heartbeat(Heartbeat { running_tasks });

@@ -12,15 +12,15 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use ember_planner::ids::{QueryId, StageId};
-use ember_planner::shuffle::{LiveBlocks, ShuffleBlock, read_local_block};
+use ember_planner::shuffle::{LiveBlocks, ShuffleBlock, live_batches, read_local_block};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use std::sync::Arc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::client_auth::SigningKey;
-use crate::proto::ShuffleTicket;
+use crate::proto::{ShuffleTicket, TaskId};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -32,14 +32,22 @@ pub struct ShuffleFlightService {
     /// The key of the coordinator's Flight SQL tickets and tokens; without one, clients cannot
     /// fetch result partitions here.
     client_key: Option<SigningKey>,
+    /// Result partitions a client has read to their end, for the coordinator.
+    served_tx: mpsc::UnboundedSender<TaskId>,
 }
 
 impl ShuffleFlightService {
-    pub fn new(work_dir: PathBuf, live: Arc<LiveBlocks>, client_key: Option<SigningKey>) -> Self {
+    pub fn new(
+        work_dir: PathBuf,
+        live: Arc<LiveBlocks>,
+        client_key: Option<SigningKey>,
+        served_tx: mpsc::UnboundedSender<TaskId>,
+    ) -> Self {
         Self {
             work_dir,
             live,
             client_key,
+            served_tx,
         }
     }
 }
@@ -92,8 +100,13 @@ impl FlightService for ShuffleFlightService {
                     "this executor serves no Flight SQL results (auth.flight_secret is not set)",
                 ));
             };
-            let stream =
-                crate::client_results::serve(&self.live, key, &handle, request.metadata())?;
+            let stream = crate::client_results::serve(
+                &self.live,
+                key,
+                &handle,
+                request.metadata(),
+                self.served_tx.clone(),
+            )?;
             return Ok(Response::new(stream));
         }
         let (block, live) = decode_ticket(request.get_ref())?;
@@ -103,7 +116,7 @@ impl FlightService for ShuffleFlightService {
                 .receiver(&block)
                 .ok_or_else(|| Status::already_exists("this result block is already being read"))?;
             let batches =
-                ReceiverStream::new(receiver).map_err(|e| FlightError::ExternalError(Box::new(e)));
+                live_batches(receiver, || {}).map_err(|e| FlightError::ExternalError(Box::new(e)));
             let stream = FlightDataEncoderBuilder::new()
                 .build(batches)
                 .map_err(|e| Status::internal(e.to_string()));

@@ -103,6 +103,13 @@ impl ClusterService for ClusterManagerService {
                                 status,
                             });
                         }
+                        Some(executor_message::Message::ResultServed(task)) => {
+                            scheduler.send(Event::ResultServed {
+                                executor_id: executor_id.clone(),
+                                session,
+                                task,
+                            });
+                        }
                         Some(executor_message::Message::Register(_)) | None => {
                             warn!(%executor_id, "unexpected message in executor session");
                         }

@@ -14,7 +14,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility, create_udf};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
@@ -34,7 +34,7 @@ use crate::cursors::CursorStatement;
 use crate::error::{Error, Result};
 use crate::pg_compat;
 use crate::results::result_stream;
-use crate::scheduler::{Event, SchedulerHandle};
+use crate::scheduler::{Event, SchedulerHandle, Submission};
 pub use crate::session::ClientSession;
 
 /// A parsed statement, with Ember's own `EXPLAIN DISTRIBUTED` prefix noted.
@@ -148,9 +148,25 @@ impl QueryEngine {
     }
 
     fn session_with(&self, state: SessionState) -> ClientSession {
+        let id = ember_executor::client_auth::random_id(8)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let ctx = SessionContext::new_with_state(state);
+        // `ember_session_id()`: the id `system.queries.session_id` shows for this session's
+        // queries, so a client can follow its own.
+        let value = ScalarValue::Utf8(Some(id.clone()));
+        ctx.register_udf(create_udf(
+            "ember_session_id",
+            vec![],
+            DataType::Utf8,
+            Volatility::Stable,
+            Arc::new(move |_| Ok(ColumnarValue::Scalar(value.clone()))),
+        ));
         ClientSession {
-            initial_options: state.config_options().as_ref().clone(),
-            ctx: SessionContext::new_with_state(state),
+            id,
+            initial_options: ctx.state().config_options().as_ref().clone(),
+            ctx,
             variables: Default::default(),
             cursors: Default::default(),
             cancels: tokio::sync::watch::channel(0).0,
@@ -194,6 +210,9 @@ impl QueryEngine {
         let mut statements: Vec<DFStatement> = parser.parse_statements()?.into_iter().collect();
         if session.postgres {
             statements = postgres_compatible(&sql, statements);
+        }
+        for statement in &mut statements {
+            crate::placeholders::number_question_marks(statement)?;
         }
         if explain_distributed && statements.len() != 1 {
             return Err(Error::NotSupported(
@@ -416,13 +435,14 @@ impl QueryEngine {
         let num_partitions = result_stage.num_tasks();
         let result_stage_id = result_stage.id;
         let (results_tx, results_rx) = mpsc::unbounded_channel();
-        self.scheduler.send(Event::Submit {
+        self.scheduler.send(Event::Submit(Submission {
             query_id: query_id.clone(),
+            session_id: session.id.clone(),
             sql: sql.to_string(),
             graph,
             settings: changed_settings(state.config_options()),
             results_tx,
-        });
+        }));
         Ok(StartedQuery::Distributed(DistributedQuery {
             schema,
             query_id,

@@ -25,6 +25,7 @@ mod join_fallback;
 pub mod local;
 mod pg_compat;
 mod pgwire;
+mod placeholders;
 mod results;
 mod scheduler;
 pub mod session;

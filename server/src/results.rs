@@ -289,6 +289,8 @@ impl Relay {
             Some(ResultEvent::Committed { partition, attempt }) => {
                 self.committed.insert((partition, attempt));
             }
+            // Only Flight SQL clients fetch partitions from executors themselves.
+            Some(ResultEvent::Served { .. }) => {}
             Some(ResultEvent::Failed(error)) => return Err(error),
             None => {
                 return Err(Error::Unavailable(

@@ -24,6 +24,8 @@ use crate::pg_compat::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 
 /// One client's session: its DataFusion context and the Postgres-style variables it set.
 pub struct ClientSession {
+    /// Random; shown as `system.queries.session_id` and by `ember_session_id()`.
+    pub(crate) id: String,
     pub(crate) ctx: SessionContext,
     /// Variables this session set: Postgres ones (application_name, ...) shown by SHOW, and
     /// DataFusion options, which the context applies as well.

@@ -214,6 +214,18 @@ async fn flight_sql_queries_prepared_statements_and_metadata() {
             false,
         )
         .unwrap();
+        // The coordinator can fetch each partition too, should the client not reach its executor.
+        for endpoint in &info.endpoint {
+            let uris: Vec<&str> = endpoint.location.iter().map(|l| l.uri.as_str()).collect();
+            assert_eq!(
+                uris.get(1),
+                Some(&"arrow-flight-reuse-connection://?"),
+                "{uris:?}"
+            );
+        }
+        // The executors report each partition read to its end, so the query (and its shuffle
+        // files) goes at once, not after the wait for clients that never come back.
+        assert_released_soon(&cluster.cluster).await;
 
         // A ticket is read once.
         let info = client
@@ -276,6 +288,55 @@ async fn flight_sql_queries_prepared_statements_and_metadata() {
             true,
         )
         .unwrap();
+
+        // `?` parameters, as ADBC and ODBC applications write them, bind in order.
+        let mut prepared = client
+            .prepare(
+                "select count(*) as n from tpch.orders where o_orderkey < ? and o_custkey > ?"
+                    .into(),
+                None,
+            )
+            .await
+            .expect("prepare with ?");
+        assert_eq!(prepared.parameter_schema().unwrap().fields().len(), 2);
+        let parameters = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("$1", DataType::Int64, true),
+                Field::new("$2", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![3000])),
+                Arc::new(Int64Array::from(vec![100])),
+            ],
+        )
+        .unwrap();
+        prepared.set_parameters(parameters).unwrap();
+        let info = prepared.execute().await.expect("execute prepared with ?");
+        let (batches, _) = fetch_all(&client, &info).await;
+        let expected = datafusion
+            .sql(
+                "select count(*) as n from tpch.orders where o_orderkey < 3000 and o_custkey > 100",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(batches_to_rows(&batches), batches_to_rows(&expected));
+        prepared.close().await.expect("close");
+        // A prepared EXPLAIN announces the rows it returns.
+        let mut prepared = client
+            .prepare("explain select count(*) from tpch.orders".into(), None)
+            .await
+            .expect("prepare explain");
+        let dataset = prepared.dataset_schema().unwrap().clone();
+        let names: Vec<&str> = dataset.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["plan_type", "plan"]);
+        let info = prepared.execute().await.expect("execute explain");
+        let (batches, schemas) = fetch_all(&client, &info).await;
+        assert_eq!(schemas[0].as_ref(), &dataset);
+        assert!(batches.iter().map(RecordBatch::num_rows).sum::<usize>() >= 1);
+        prepared.close().await.expect("close");
 
         // DDL and DML report their rows.
         assert_eq!(
@@ -366,6 +427,22 @@ async fn flight_sql_queries_prepared_statements_and_metadata() {
         // Still serving.
         let info = client.execute("select 1".into(), None).await.unwrap();
         assert_eq!(fetch_all(&client, &info).await.0[0].num_rows(), 1);
+        // The session's distributed queries carry its id (the shell follows its own by it);
+        // another session sees its own id.
+        let sql = "select count(*) from system.queries where session_id = ember_session_id()";
+        let info = client.execute(sql.into(), None).await.unwrap();
+        let (batches, _) = fetch_all(&client, &info).await;
+        let own: i64 = batches_to_rows(&batches)[0][0]
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(own >= 3, "{own} queries of this session");
+        let mut other = cluster.client().await;
+        other.handshake("ember", "").await.expect("handshake");
+        let info = other.execute(sql.into(), None).await.unwrap();
+        let (batches, _) = fetch_all(&other, &info).await;
+        assert_eq!(batches_to_rows(&batches), vec![vec![Some("0".to_string())]]);
     })
     .await
     .expect("the test took too long");
@@ -446,6 +523,103 @@ fn clients_dir() -> PathBuf {
 }
 
 /// The Python ADBC client program against a direct-endpoint cluster and a proxying one.
+/// Waits until no executor holds files of any query: the coordinator has released them.
+async fn assert_released_soon(cluster: &ProcessCluster) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<PathBuf> = (0..cluster.executors.len())
+            .flat_map(|i| std::fs::read_dir(cluster.work_dir(i).join("shuffle")).into_iter())
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queries not released 5 s after their results were read: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A partition whose executor died before the client read it is read through the coordinator,
+/// which has it computed again: the second location of every endpoint, which clients such as
+/// ADBC try when the first fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_of_a_lost_executor_are_served_by_the_coordinator() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut cluster = Cluster::start(&[]).await;
+        let data_dir = cluster.cluster.data_dir.clone();
+        let datafusion = datafusion_tpch(SCALE, &data_dir).await;
+        let mut client = cluster.client().await;
+        client.handshake("ember", "").await.expect("handshake");
+        let sql = "select o_orderkey, o_custkey, o_totalprice from tpch.orders";
+        let info = client.execute(sql.into(), None).await.expect("execute");
+        let victim_port: u16 = info
+            .endpoint
+            .iter()
+            .filter_map(|e| e.location.first())
+            .find_map(|l| l.uri.rsplit(':').next()?.parse().ok())
+            .expect("an endpoint on an executor");
+        let victim = cluster
+            .cluster
+            .executor_by_port(victim_port)
+            .expect("executor");
+        cluster.cluster.kill_executor(victim);
+
+        let mut batches = vec![];
+        let mut through_coordinator = 0;
+        for endpoint in &info.endpoint {
+            let ticket = endpoint.ticket.clone().expect("ticket");
+            let direct = async {
+                let uri = endpoint
+                    .location
+                    .first()?
+                    .uri
+                    .replace("grpc+tcp://", "http://");
+                let channel = Endpoint::from_shared(uri).ok()?.connect().await.ok()?;
+                let mut reader = FlightSqlServiceClient::new(channel);
+                reader.set_token(client.token()?.clone());
+                let stream = reader.do_get(ticket.clone()).await.ok()?;
+                stream.try_collect::<Vec<_>>().await.ok()
+            };
+            match direct.await {
+                Some(read) => batches.extend(read),
+                None => {
+                    assert_eq!(
+                        endpoint.location.get(1).map(|l| l.uri.as_str()),
+                        Some("arrow-flight-reuse-connection://?")
+                    );
+                    through_coordinator += 1;
+                    let read: Vec<RecordBatch> = client
+                        .do_get(ticket)
+                        .await
+                        .expect("do_get through the coordinator")
+                        .try_collect()
+                        .await
+                        .expect("read through the coordinator");
+                    batches.extend(read);
+                }
+            }
+        }
+        assert!(
+            through_coordinator >= 1,
+            "no partition lived on the killed executor"
+        );
+        let expected = datafusion.sql(sql).await.unwrap().collect().await.unwrap();
+        compare(
+            &batches_to_rows(&batches),
+            &batches_to_rows(&expected),
+            false,
+        )
+        .unwrap();
+    })
+    .await
+    .expect("the test took too long");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adbc_python_client() {
     let python = std::env::var_os("EMBER_TEST_PYTHON").unwrap_or_else(|| {

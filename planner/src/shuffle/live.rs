@@ -2,13 +2,16 @@
 //! Flight fetch) through a bounded channel, so answers stream while they are computed.
 //!
 //! Either side may arrive first; the first to ask creates the channel. Back-pressure reaches the
-//! task: it pauses when the client reads slowly.
+//! task: it pauses when the client reads slowly. A task that finishes sends [`LiveItem::End`]
+//! last, so a reader can tell a complete partition from one whose task was stopped (cancelled,
+//! its query released) and dropped the channel half-way.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
+use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::ShuffleBlock;
@@ -17,8 +20,44 @@ use crate::ids::QueryId;
 /// Batches in flight per live block.
 const LIVE_CAPACITY: usize = 4;
 
-pub type LiveSender = mpsc::Sender<Result<RecordBatch>>;
-pub type LiveReceiver = mpsc::Receiver<Result<RecordBatch>>;
+/// What goes through a live channel: the partition's batches, then its end.
+#[derive(Debug)]
+pub enum LiveItem {
+    Batch(RecordBatch),
+    /// The task produced its whole partition.
+    End,
+}
+
+pub type LiveSender = mpsc::Sender<Result<LiveItem>>;
+pub type LiveReceiver = mpsc::Receiver<Result<LiveItem>>;
+
+/// The batches of a live channel. It ends cleanly only after [`LiveItem::End`]; a channel
+/// closed before that (its task stopped early) ends with an error, never as a short answer.
+/// `on_end` runs once the end has been read.
+pub fn live_batches(
+    receiver: LiveReceiver,
+    on_end: impl FnOnce() + Send + 'static,
+) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
+    futures::stream::unfold(Some((receiver, Some(on_end))), |state| async move {
+        let (mut receiver, mut on_end) = state?;
+        match receiver.recv().await {
+            Some(Ok(LiveItem::Batch(batch))) => Some((Ok(batch), Some((receiver, on_end)))),
+            Some(Ok(LiveItem::End)) => {
+                if let Some(on_end) = on_end.take() {
+                    on_end();
+                }
+                None
+            }
+            Some(Err(error)) => Some((Err(error), None)),
+            None => Some((
+                Err(DataFusionError::Execution(
+                    "the task computing this result partition stopped before its end".into(),
+                )),
+                None,
+            )),
+        }
+    })
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -120,10 +159,45 @@ mod tests {
         let batch = RecordBatch::new_empty(std::sync::Arc::new(
             datafusion::arrow::datatypes::Schema::empty(),
         ));
-        tx.send(Ok(batch)).await.unwrap();
+        tx.send(Ok(LiveItem::Batch(batch))).await.unwrap();
         drop(tx);
         assert!(rx.recv().await.is_some());
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_channel_closed_before_its_end_is_an_error() {
+        use futures::StreamExt;
+        let batch = RecordBatch::new_empty(std::sync::Arc::new(
+            datafusion::arrow::datatypes::Schema::empty(),
+        ));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(LiveItem::Batch(batch.clone()))).await.unwrap();
+        tx.send(Ok(LiveItem::End)).await.unwrap();
+        let flag = std::sync::Arc::clone(&ended);
+        let items: Vec<_> = live_batches(rx, move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst)
+        })
+        .collect()
+        .await;
+        assert_eq!(items.len(), 1);
+        assert!(items[0].is_ok());
+        assert!(ended.load(std::sync::atomic::Ordering::SeqCst));
+
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(LiveItem::Batch(batch))).await.unwrap();
+        drop(tx);
+        let items: Vec<_> = live_batches(rx, || panic!("not ended")).collect().await;
+        assert_eq!(items.len(), 2);
+        assert!(
+            items[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("stopped before its end")
+        );
     }
 
     #[test]

@@ -265,13 +265,16 @@ async fn stream_live(
                 rows += batch.num_rows() as u64;
                 bytes += batch.get_array_memory_size() as u64;
                 let batch = compact_views(batch)?;
-                if tx.send(Ok(batch)).await.is_err() {
-                    return Err(DataFusionError::Execution(
-                        "the reader of the query result went away".into(),
-                    ));
+                if tx.send(Ok(super::LiveItem::Batch(batch))).await.is_err() {
+                    return Err(reader_gone());
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                if tx.send(Ok(super::LiveItem::End)).await.is_err() {
+                    return Err(reader_gone());
+                }
+                break;
+            }
             Err(error) => {
                 let message = error.to_string();
                 let _ = tx.send(Err(DataFusionError::Execution(message))).await;
@@ -287,6 +290,10 @@ async fn stream_live(
             Arc::new(UInt64Array::from(vec![bytes])),
         ],
     )?)
+}
+
+fn reader_gone() -> DataFusionError {
+    DataFusionError::Execution("the reader of the query result went away".into())
 }
 
 /// String and binary views of a sliced or filtered batch still point into the whole original data

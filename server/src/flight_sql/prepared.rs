@@ -20,7 +20,7 @@ use tonic::Status;
 use super::auth::Caller;
 use super::status::status;
 use crate::engine::ParsedStatement;
-use crate::engine::is_query;
+use crate::engine::returns_rows;
 use crate::error::Error;
 
 pub(crate) struct Prepared {
@@ -94,7 +94,7 @@ impl PreparedStatements {
             None => vec![],
         };
         let dataset = match &plan {
-            Some(plan) if is_query(plan) => plan.schema().as_arrow().clone(),
+            Some(plan) if returns_rows(plan) => plan.schema().as_arrow().clone(),
             _ => Schema::empty(),
         };
         let parameters = Schema::new(

@@ -4,17 +4,21 @@
 //! - a **held** answer (computed on the coordinator, metadata, or a distributed query relayed
 //!   in proxy mode) is one stream, read by the first DoGet of its ticket;
 //! - a **live** answer is a distributed query whose result stage nobody reads yet: one endpoint
-//!   per partition, on the executor running its task. Its driver follows the scheduler's
-//!   reports (where each partition runs, when it commits) and releases the query when every
-//!   partition has committed, when it fails, when it is cancelled, or when nobody fetched it in
-//!   time. A partition is read exactly once: by the client from its executor, or through the
-//!   coordinator (a partition not yet launched when the FlightInfo went out).
+//!   per partition, on the executor running its task, with the coordinator as the second
+//!   location. Its driver follows the scheduler's reports (where each partition runs, when it
+//!   commits, when a client has read it to its end) and releases the query when every partition
+//!   has committed and been read, when it fails, when it is cancelled, or when nobody fetched it
+//!   in time. A partition is read exactly once: by the client from its executor, or through the
+//!   coordinator (a partition not yet launched when the FlightInfo went out, or one whose
+//!   executor the client could not reach: clients such as ADBC try the next location then).
 //!
 //! Unlike the Postgres relay, which holds a partition back until its task commits and re-reads a
-//! lost one from its new attempt, a client reading straight from an executor sees a lost task as
-//! an error: its rows went out as they were computed.
+//! lost one from its new attempt, a client reading straight from an executor sees a task lost
+//! mid-stream as an error: its rows went out as they were computed. A task lost before the
+//! client opened its stream is re-run and served through the coordinator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,9 +33,9 @@ use ember_executor::client_auth::{
 use ember_executor::client_results::{FlightDataStream, encode};
 use ember_planner::ids::{QueryId, StageId};
 use ember_planner::shuffle::{MapOutputLocation, ShuffleBlock};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -43,12 +47,21 @@ use crate::scheduler::{Event, ResultEvent};
 /// partitions launched later are served through the coordinator.
 const LAUNCH_GRACE: Duration = Duration::from_millis(500);
 
-/// How long a live answer stays after its last partition committed. A partition small enough
-/// to fit the live channel commits before anyone reads it, and releasing the query drops such
-/// unread channels on the executors; the coordinator cannot see the client open them there.
-/// Large partitions commit only once read (back-pressure), so this bounds the wait for a client
-/// to open the small ones.
+/// How long a live answer stays after its last partition committed when not every partition
+/// has been read to its end. A partition small enough to fit the live channel commits before
+/// anyone reads it, and releasing the query drops such unread channels on the executors, so
+/// this bounds the wait for a client to open (or finish) the last ones. Executors report each
+/// partition a client has read completely, so a client that reads everything releases the
+/// query at once.
 const RELEASE_LINGER: Duration = Duration::from_secs(30);
+
+/// How often the coordinator asks for a result partition to be re-run because it could not open
+/// its stream, before giving up.
+const MAX_REOPENS: usize = 3;
+
+/// The Flight location telling a client to fetch through the connection it already has (here:
+/// the coordinator, which can re-run a lost partition).
+const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 
 /// A held answer and whom it belongs to.
 struct Held {
@@ -74,6 +87,8 @@ struct Live {
     schema: SchemaRef,
     state_rx: watch::Receiver<LiveState>,
     cancel: Notify,
+    /// Partitions (and attempts) read to their end through the coordinator.
+    served_tx: mpsc::UnboundedSender<(usize, u32)>,
 }
 
 /// The answers of every Flight SQL client, by ticket.
@@ -157,6 +172,7 @@ impl ResultStore {
             events_rx,
         } = query;
         let (state_tx, mut state_rx) = watch::channel(LiveState::default());
+        let (served_tx, served_rx) = mpsc::unbounded_channel();
         let live = Arc::new(Live {
             user: user.to_string(),
             query_id: query_id.clone(),
@@ -165,6 +181,7 @@ impl ResultStore {
             schema: Arc::clone(&schema),
             state_rx: state_rx.clone(),
             cancel: Notify::new(),
+            served_tx,
         });
         self.lock_live().insert(query_id.clone(), Arc::clone(&live));
         tokio::spawn(drive(
@@ -172,6 +189,7 @@ impl ResultStore {
             Arc::clone(engine),
             Arc::clone(&live),
             events_rx,
+            served_rx,
             state_tx,
         ));
         // Wait for the first result task (the stages before it have run by then), then a
@@ -205,8 +223,9 @@ impl ResultStore {
             let ticket = self.ticket(&self.claims(user, TicketTarget::Partition(target)));
             let mut endpoint = FlightEndpoint::new().with_ticket(ticket);
             if let Some(location) = location {
-                endpoint =
-                    endpoint.with_location(format!("grpc+tcp://{}", location.flight_address));
+                endpoint = endpoint
+                    .with_location(format!("grpc+tcp://{}", location.flight_address))
+                    .with_location(REUSE_CONNECTION);
             }
             endpoints.push(endpoint);
         }
@@ -263,34 +282,67 @@ impl ResultStore {
             .ok_or_else(|| Status::not_found("this result's query has ended"))?;
         let index = partition.partition as usize;
         let mut state_rx = live.state_rx.clone();
-        let state = state_rx
-            .wait_for(|s| s.ended.is_some() || s.launched.contains_key(&index))
-            .await
-            .map_err(|_| Status::not_found("this result's query has ended"))?
-            .clone();
-        let Some(location) = state.launched.get(&index).cloned() else {
-            return Err(Status::aborted(state.ended.unwrap_or_default()));
+        // The latest attempt: a client falls back to the coordinator when it cannot reach the
+        // executor its ticket names; that attempt is then re-run elsewhere (once its loss is
+        // known, or at our request when it had already finished there).
+        let mut tries = 0;
+        let (stream, attempt) = loop {
+            let state = state_rx
+                .wait_for(|s| s.ended.is_some() || s.launched.contains_key(&index))
+                .await
+                .map_err(|_| Status::not_found("this result's query has ended"))?
+                .clone();
+            let Some(location) = state.launched.get(&index).cloned() else {
+                return Err(Status::aborted(state.ended.unwrap_or_default()));
+            };
+            let block = ShuffleBlock {
+                query_id: query_id.clone(),
+                stage_id: live.stage_id,
+                map_partition: partition.partition,
+                attempt: location.attempt,
+                output_partition: 0,
+            };
+            let opened = engine
+                .fetcher()
+                .fetch_live(&location, block, Arc::clone(&live.schema))
+                .await;
+            match opened {
+                Ok(stream) => break (stream, location.attempt),
+                Err(error) if tries < MAX_REOPENS => {
+                    tracing::debug!(%query_id, partition = index, attempt = location.attempt, %error, "cannot open a result partition; asking for a re-run");
+                    tries += 1;
+                    engine.scheduler().send(Event::RetryResult {
+                        query_id: query_id.clone(),
+                        partition: index,
+                        attempt: location.attempt,
+                    });
+                    let replaced = state_rx.wait_for(|s| {
+                        s.ended.is_some()
+                            || s.launched.get(&index).map(|l| l.attempt) != Some(location.attempt)
+                    });
+                    if tokio::time::timeout(self.fetch_timeout, replaced)
+                        .await
+                        .is_err()
+                    {
+                        return Err(status(&crate::error::Error::from(error)));
+                    }
+                }
+                Err(error) => return Err(status(&crate::error::Error::from(error))),
+            }
         };
-        let location = match partition.attempt {
-            Some(attempt) if attempt != location.attempt => MapOutputLocation {
-                attempt,
-                ..location
-            },
-            _ => location,
-        };
-        let block = ShuffleBlock {
-            query_id,
-            stage_id: live.stage_id,
-            map_partition: partition.partition,
-            attempt: location.attempt,
-            output_partition: 0,
-        };
-        let stream = engine
-            .fetcher()
-            .fetch_live(&location, block, Arc::clone(&live.schema))
-            .await
-            .map_err(|e| status(&crate::error::Error::from(e)))?;
-        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(datafusion_status(e))));
+        // Once read to its end without an error, the partition counts as served.
+        let failed = Arc::new(AtomicBool::new(false));
+        let (seen_failure, served_tx) = (Arc::clone(&failed), live.served_tx.clone());
+        let end = futures::stream::once(async move {
+            if !seen_failure.load(Ordering::Relaxed) {
+                let _ = served_tx.send((index, attempt));
+            }
+        })
+        .filter_map(|()| async { None });
+        let batches = stream
+            .inspect_err(move |_| failed.store(true, Ordering::Relaxed))
+            .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(e))))
+            .chain(end);
         Ok(encode(Arc::clone(&live.schema), batches))
     }
 
@@ -342,14 +394,32 @@ async fn drive(
     store: Arc<ResultStore>,
     engine: Arc<QueryEngine>,
     live: Arc<Live>,
-    mut events_rx: tokio::sync::mpsc::UnboundedReceiver<ResultEvent>,
+    mut events_rx: mpsc::UnboundedReceiver<ResultEvent>,
+    mut served_rx: mpsc::UnboundedReceiver<(usize, u32)>,
     state_tx: watch::Sender<LiveState>,
 ) {
     let deadline = tokio::time::sleep(store.fetch_timeout);
     tokio::pin!(deadline);
-    let mut committed = std::collections::BTreeSet::new();
+    let linger = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(linger);
+    let mut committed = BTreeSet::new();
+    // Partition attempts read to their end, by the client on an executor or through us.
+    let mut served = BTreeSet::new();
+    let is_current = |state_tx: &watch::Sender<LiveState>, partition: usize, attempt: u32| {
+        state_tx
+            .borrow()
+            .launched
+            .get(&partition)
+            .map(|l| l.attempt)
+            == Some(attempt)
+    };
     let ended = loop {
-        if committed.len() == live.num_partitions {
+        let all_committed = committed.len() == live.num_partitions;
+        let all_served = (0..live.num_partitions).all(|p| {
+            let attempt = state_tx.borrow().launched.get(&p).map(|l| l.attempt);
+            attempt.is_some_and(|a| served.contains(&(p, a)))
+        });
+        if all_committed && all_served {
             break None;
         }
         tokio::select! {
@@ -358,30 +428,35 @@ async fn drive(
                     state_tx.send_modify(|s| { s.launched.insert(partition, location); });
                 }
                 Some(ResultEvent::Committed { partition, attempt }) => {
-                    let current = state_tx.borrow().launched.get(&partition).map(|l| l.attempt);
-                    if current == Some(attempt) {
+                    if is_current(&state_tx, partition, attempt) {
                         committed.insert(partition);
                         state_tx.send_modify(|s| s.num_committed = committed.len());
+                        if committed.len() == live.num_partitions {
+                            let wait = RELEASE_LINGER.min(store.fetch_timeout);
+                            linger.as_mut().reset(Instant::now() + wait);
+                        }
                     }
+                }
+                Some(ResultEvent::Served { partition, attempt }) => {
+                    served.insert((partition, attempt));
                 }
                 Some(ResultEvent::Failed(error)) => break Some(error.to_string()),
                 None => break Some("the scheduler stopped before the query finished".to_string()),
             },
+            Some(read) = served_rx.recv() => {
+                served.insert(read);
+            }
             () = live.cancel.notified() => break Some("the query was cancelled".to_string()),
-            () = &mut deadline => break Some("nobody fetched the result in time".to_string()),
-        }
-    };
-    match &ended {
-        Some(reason) => {
-            tracing::debug!(query_id = %live.query_id, %reason, "flight sql result ended early");
-            state_tx.send_modify(|s| s.ended = Some(reason.clone()));
-        }
-        None => {
-            tokio::select! {
-                () = tokio::time::sleep(RELEASE_LINGER.min(store.fetch_timeout)) => {}
-                () = live.cancel.notified() => {}
+            // Every partition is complete; some were not read to their end in time.
+            () = &mut linger => break None,
+            () = &mut deadline, if !all_committed => {
+                break Some("nobody fetched the result in time".to_string());
             }
         }
+    };
+    if let Some(reason) = &ended {
+        tracing::debug!(query_id = %live.query_id, %reason, "flight sql result ended early");
+        state_tx.send_modify(|s| s.ended = Some(reason.clone()));
     }
     engine.scheduler().send(Event::Release {
         query_id: live.query_id.clone(),

@@ -23,15 +23,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ember_executor::proto::{
-    CancelQuery, CoordinatorMessage, ReleaseQuery, TaskStatus, coordinator_message,
+    CancelQuery, CoordinatorMessage, ReleaseQuery, TaskId, TaskStatus, coordinator_message,
 };
 use ember_planner::ids::{ExecutorId, QueryId};
-use ember_planner::stage::StageGraph;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 pub(crate) use snapshot::Snapshot;
-pub(crate) use state::{ExecutorInfo, ExecutorTx, ResultEvent};
+pub(crate) use state::{ExecutorInfo, ExecutorTx, ResultEvent, Submission};
 use state::{ExecutorState, ExecutorStatus, QueryState, Status};
 
 use crate::error::Error;
@@ -105,13 +104,13 @@ pub(crate) enum Event {
         session: u64,
         reason: String,
     },
-    Submit {
-        query_id: QueryId,
-        sql: String,
-        graph: StageGraph,
-        settings: HashMap<String, String>,
-        results_tx: mpsc::UnboundedSender<ResultEvent>,
+    /// A Flight SQL client has read a result partition to its end on that executor.
+    ResultServed {
+        executor_id: ExecutorId,
+        session: u64,
+        task: TaskId,
     },
+    Submit(Submission),
     /// The result relay could not read this attempt of a result partition to its end (its
     /// executor died, say): run it again if it is not already being re-run.
     RetryResult {
@@ -266,13 +265,16 @@ impl Scheduler {
                     self.executor_lost(&executor_id, &reason);
                 }
             }
-            Event::Submit {
-                query_id,
-                sql,
-                graph,
-                settings,
-                results_tx,
-            } => self.submit(query_id, sql, graph, settings, results_tx),
+            Event::ResultServed {
+                executor_id,
+                session,
+                task,
+            } => {
+                if self.current(&executor_id, session).is_some() {
+                    self.result_served(&task);
+                }
+            }
+            Event::Submit(submission) => self.submit(submission),
             Event::RetryResult {
                 query_id,
                 partition,
@@ -300,30 +302,24 @@ impl Scheduler {
         self.total_slots.store(slots, Ordering::Relaxed);
     }
 
-    fn submit(
-        &mut self,
-        query_id: QueryId,
-        sql: String,
-        graph: StageGraph,
-        settings: HashMap<String, String>,
-        results_tx: mpsc::UnboundedSender<ResultEvent>,
-    ) {
+    fn submit(&mut self, submission: Submission) {
         let queued = self
             .running
             .iter()
             .filter(|q| q.status == Status::Queued)
             .count();
         if self.config.max_running_queries > 0 && queued >= self.config.max_queued_queries {
-            let _ = results_tx.send(ResultEvent::Failed(Error::Unavailable(format!(
-                "too many queries: {} are running and {queued} are waiting \
+            let _ = submission
+                .results_tx
+                .send(ResultEvent::Failed(Error::Unavailable(format!(
+                    "too many queries: {} are running and {queued} are waiting \
                  (scheduler.max_running_queries, scheduler.max_queued_queries)",
-                self.config.max_running_queries
-            ))));
+                    self.config.max_running_queries
+                ))));
             return;
         }
-        debug!(%query_id, stages = graph.stages.len(), "query submitted");
-        self.running
-            .push(QueryState::new(query_id, sql, graph, settings, results_tx));
+        debug!(query_id = %submission.query_id, stages = submission.graph.stages.len(), "query submitted");
+        self.running.push(QueryState::new(submission));
     }
 
     /// Starts queued queries while fewer than `max_running_queries` run, oldest first.
@@ -463,6 +459,21 @@ impl Scheduler {
                 let _ = executor.tx.send(Ok(cancel.clone()));
                 executor.running.retain(|t| &t.query_id != query_id);
             }
+        }
+    }
+
+    /// Tells whoever reads the query's result that a client fetched this partition itself.
+    fn result_served(&self, task: &TaskId) {
+        let Some(query) =
+            QueryId::parse(&task.query_id).and_then(|id| self.running.iter().find(|q| q.id == id))
+        else {
+            return;
+        };
+        if let Some(tx) = &query.results_tx {
+            let _ = tx.send(ResultEvent::Served {
+                partition: task.partition as usize,
+                attempt: task.attempt,
+            });
         }
     }
 

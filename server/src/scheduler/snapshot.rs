@@ -74,7 +74,7 @@ pub(crate) fn queries_schema() -> SchemaRef {
         "query_id": DataType::Utf8, "status": DataType::Utf8, "sql": DataType::Utf8,
         "stages": DataType::UInt32, "tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt32,
         "result_rows": DataType::UInt64, "submitted_at": ts_type(), "finished_at": ts_type(),
-        "duration_ms": DataType::UInt64, "error": DataType::Utf8,
+        "duration_ms": DataType::UInt64, "error": DataType::Utf8, "session_id": DataType::Utf8,
     )
 }
 
@@ -179,6 +179,7 @@ fn queries_batch(queries: &[&QueryState]) -> RecordBatch {
                     .map(|q| millis_between(Some(q.submitted_at), q.finished_at)),
             ),
             strings(q.iter().map(|q| q.error.clone())),
+            strings(q.iter().map(|q| Some(q.session_id.clone()))),
         ],
     )
 }

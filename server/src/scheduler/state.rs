@@ -204,12 +204,32 @@ pub(crate) enum ResultEvent {
         partition: usize,
         attempt: u32,
     },
+    /// A Flight SQL client has read that attempt of a result partition to its end, straight
+    /// from its executor.
+    Served {
+        partition: usize,
+        attempt: u32,
+    },
     Failed(Error),
+}
+
+/// A query handed to the scheduler.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub(crate) query_id: QueryId,
+    /// The client session that runs it (`system.queries.session_id`).
+    pub(crate) session_id: String,
+    pub(crate) sql: String,
+    pub(crate) graph: StageGraph,
+    /// The session's settings that differ from the defaults; tasks run with them.
+    pub(crate) settings: HashMap<String, String>,
+    pub(crate) results_tx: mpsc::UnboundedSender<ResultEvent>,
 }
 
 #[derive(Debug)]
 pub(crate) struct QueryState {
     pub(crate) id: QueryId,
+    pub(crate) session_id: String,
     pub(crate) sql: String,
     pub(crate) graph: StageGraph,
     pub(crate) settings: HashMap<String, String>,
@@ -225,13 +245,15 @@ pub(crate) struct QueryState {
 }
 
 impl QueryState {
-    pub(crate) fn new(
-        id: QueryId,
-        sql: String,
-        graph: StageGraph,
-        settings: HashMap<String, String>,
-        results_tx: mpsc::UnboundedSender<ResultEvent>,
-    ) -> Self {
+    pub(crate) fn new(submission: Submission) -> Self {
+        let Submission {
+            query_id: id,
+            session_id,
+            sql,
+            graph,
+            settings,
+            results_tx,
+        } = submission;
         let stages = graph
             .stages
             .iter()
@@ -250,6 +272,7 @@ impl QueryState {
             .collect();
         Self {
             id,
+            session_id,
             sql,
             graph,
             settings,

@@ -1,7 +1,7 @@
 //! The live progress line of a running statement, Spark-style, read from `system.queries` and
-//! `system.stages`: `[stages 1/3] tasks 4 running, 10/16 done`. It covers the queries submitted
-//! since the statement was sent (the statement's own, and any it runs first, such as scalar
-//! subqueries).
+//! `system.stages`: `[stages 1/3] tasks 4 running, 10/16 done`. It covers the queries the
+//! shell's session submitted since the statement was sent (the statement's own, and any it runs
+//! first, such as scalar subqueries); other clients' queries do not count.
 
 use std::io::Write;
 use std::time::SystemTime;
@@ -39,6 +39,7 @@ impl Progress {
                coalesce(sum(s.tasks), 0) \
              from system.stages s join system.queries q on s.query_id = q.query_id \
              where q.status in ('running', 'queued') \
+               and q.session_id = ember_session_id() \
                and q.submitted_at >= to_timestamp_micros({})",
             self.since_micros
         );

@@ -64,6 +64,18 @@ def query_with_parameters(conn):
         (count,) = cur.fetchone()
     expected = pc.sum(pc.equal(tpch("nation")["n_regionkey"], 1)).as_py()
     check(count == expected, f"nation count {count}, expected {expected}")
+    # `?` parameters, the driver's own paramstyle (qmark), bind in order.
+    check(flight_sql.paramstyle == "qmark", f"paramstyle {flight_sql.paramstyle}")
+    with conn.cursor() as cur:
+        cur.execute(
+            "select count(*) from tpch.nation where n_regionkey = ? and n_nationkey > ?",
+            parameters=(1, 5),
+        )
+        (count,) = cur.fetchone()
+    nation = tpch("nation")
+    mask = pc.and_(pc.equal(nation["n_regionkey"], 1), pc.greater(nation["n_nationkey"], 5))
+    expected = pc.sum(mask).as_py()
+    check(count == expected, f"nation count with ? parameters {count}, expected {expected}")
 
 
 def aggregate_values(conn):
