@@ -261,8 +261,8 @@ impl QueryEngine {
             return self.cursor_command(session, &text, cursor).await;
         }
         self.fit_partitions(session);
+        let plan = self.to_plan(session, statement).await?;
         let state = session.ctx.state();
-        let plan = state.statement_to_plan(statement).await?;
         if explain_distributed {
             let physical = state.create_physical_plan(&plan).await?;
             let graph = StageGraph::try_new(QueryId::random(), physical)?;
@@ -291,10 +291,21 @@ impl QueryEngine {
             return Ok(None);
         }
         self.fit_partitions(session);
-        let state = session.ctx.state();
-        Ok(Some(
-            state.statement_to_plan(parsed.statement.clone()).await?,
-        ))
+        Ok(Some(self.to_plan(session, parsed.statement.clone()).await?))
+    }
+
+    /// Plans one statement in `session`. A Postgres session's `::regclass` casts that
+    /// datafusion-pg-catalog leaves (of computed names) look the names up first.
+    async fn to_plan(
+        &self,
+        session: &ClientSession,
+        statement: DFStatement,
+    ) -> Result<LogicalPlan> {
+        let mut statement = statement;
+        if session.postgres && pg_compat::regclass::rewrite(&mut statement) {
+            pg_compat::regclass::register(&session.ctx, &session.current_schema()).await?;
+        }
+        Ok(session.ctx.state().statement_to_plan(statement).await?)
     }
 
     async fn cursor_command(
@@ -306,11 +317,7 @@ impl QueryEngine {
         match command {
             CursorStatement::Declare { name, hold, query } => {
                 self.fit_partitions(session);
-                let plan = session
-                    .ctx
-                    .state()
-                    .statement_to_plan(DFStatement::Statement(query))
-                    .await?;
+                let plan = self.to_plan(session, DFStatement::Statement(query)).await?;
                 let QueryOutput::Rows(stream) = self.run_query(session, text, plan).await? else {
                     return Err(Error::Syntax(
                         "a cursor needs a query that returns rows".into(),

@@ -35,6 +35,50 @@ pub(super) fn constant_udf(name: &str, arguments: Vec<DataType>, value: ScalarVa
     )
 }
 
+/// Like [`constant_udf`], for any arguments of any type (`arity` of them).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct AnyConstant {
+    name: String,
+    signature: Signature,
+    value: ScalarValue,
+}
+
+impl AnyConstant {
+    pub(super) fn new(name: &str, arity: usize, value: ScalarValue) -> Self {
+        Self {
+            name: name.to_string(),
+            signature: Signature::any(arity, Volatility::Stable),
+            value,
+        }
+    }
+}
+
+impl ScalarUDFImpl for AnyConstant {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        Ok(match args.args.first() {
+            Some(ColumnarValue::Array(_)) => {
+                ColumnarValue::Array(self.value.to_array_of_size(args.number_rows)?)
+            }
+            _ => ColumnarValue::Scalar(self.value.clone()),
+        })
+    }
+}
+
 /// `json_build_object(key, value, ...)`: a JSON object as text, keys and values in pairs.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(super) struct JsonBuildObject {
@@ -476,7 +520,10 @@ pub(super) async fn function_signatures(
     Ok(signatures)
 }
 
-async fn query_rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+pub(super) async fn query_rows(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>> {
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut rows = vec![];

@@ -38,8 +38,18 @@ FROM (SELECT n.nspname, r.relname, c.conname, c.conrelid, \
       WHERE c.contype IN ('p', 'u', 'f')) k \
 JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.attnum";
 
+// DataFusion's own view numbers columns from 0 and its numbers are unsigned 64-bit; PostgreSQL
+// numbers from 1, its `cardinal_number`s are integers.
 const COLUMNS: &str = "\
-SELECT c.*, current_database() AS udt_catalog, 'pg_catalog' AS udt_schema, \
+SELECT c.table_catalog, c.table_schema, c.table_name, c.column_name, \
+       CAST(c.ordinal_position + 1 AS INT) AS ordinal_position, c.column_default, c.is_nullable, \
+       c.data_type, CAST(c.character_maximum_length AS INT) AS character_maximum_length, \
+       CAST(c.character_octet_length AS INT) AS character_octet_length, \
+       CAST(c.numeric_precision AS INT) AS numeric_precision, \
+       CAST(c.numeric_precision_radix AS INT) AS numeric_precision_radix, \
+       CAST(c.numeric_scale AS INT) AS numeric_scale, \
+       CAST(c.datetime_precision AS INT) AS datetime_precision, c.interval_type, \
+       current_database() AS udt_catalog, 'pg_catalog' AS udt_schema, \
        t.typname AS udt_name, 'NO' AS is_identity, 'NEVER' AS is_generated, \
        'YES' AS is_updatable \
 FROM information_schema.columns c \

@@ -3,9 +3,11 @@
 //! the Postgres system functions they call, and the rewrites that let their catalog queries run
 //! on DataFusion. The tables and most functions come from the datafusion-pg-catalog crate.
 
+mod format;
 mod functions;
 mod information_schema;
 mod keys;
+pub(crate) mod regclass;
 mod rewrites;
 
 use std::ops::ControlFlow;
@@ -28,9 +30,10 @@ use datafusion_pg_catalog::sql::rules::{
 use ember_planner::session::DEFAULT_CATALOG;
 
 use crate::error::{Error, Result};
+use format::Format;
 use functions::{
-    ExpandArray, GetExpr, JsonBuildObject, KeyDefinition, constant_udf, function_signatures,
-    signature_udf, to_regtype_udf, version_text,
+    AnyConstant, ExpandArray, GetExpr, JsonBuildObject, KeyDefinition, constant_udf,
+    function_signatures, signature_udf, to_regtype_udf, version_text,
 };
 use information_schema::InformationSchemaViews;
 use rewrites::{
@@ -98,6 +101,14 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
         ScalarValue::Utf8(None),
     ));
     ctx.register_udf(ScalarUDF::from(JsonBuildObject::new()));
+    ctx.register_udf(ScalarUDF::from(Format::new()));
+    // Ember keeps no comments on columns (there is no COMMENT ON): NULL, as PostgreSQL
+    // answers for a column without one.
+    ctx.register_udf(ScalarUDF::from(AnyConstant::new(
+        "col_description",
+        2,
+        ScalarValue::Utf8(None),
+    )));
     ctx.register_udf(ScalarUDF::from(ExpandArray::new()));
     ctx.register_udf(ScalarUDF::from(GetExpr::new()));
     let signatures = Arc::new(function_signatures(&ctx).await?);

@@ -22,12 +22,7 @@ CONNINFO = f"host=127.0.0.1 port={PORT} user=ember dbname=ember connect_timeout=
 CHECKS = []
 # Checks that fail today for a known reason. They still run: a known gap that starts passing
 # fails the run, so this list only ever shrinks and never hides a new failure.
-KNOWN_GAPS = {
-    # describe-fields-sql names each table with format('%I.%I', schema, table)::regclass and
-    # reads col_description: Ember has neither format() nor a text-to-regclass cast of a value
-    # computed at run time (only of literals).
-    "metabase_fields": "format() and a run-time text::regclass cast",
-}
+KNOWN_GAPS = {}
 
 
 def check(fn):
@@ -360,18 +355,18 @@ def metabase_fields():
     expect(
         "fields of tools.accounts",
         [
-            ("id", "int8", 0, True),
-            ("region", "int4", 1, False),
-            ("name", "text", 2, False),
-            ("code", "text", 3, False),
+            ("id", "int8", 0, True, None),
+            ("region", "int4", 1, False, None),
+            ("name", "text", 2, False, None),
+            ("code", "text", 3, False, None),
         ],
-        [(r[0], r[1], r[2], r[5]) for r in fields],
+        [(r[0], r[1], r[2], r[5], r[6]) for r in fields],
     )
 
 
 @check
 def metabase_keys():
-    # What describe-fields reads of primary keys, without the comments (see metabase_fields).
+    # What describe-fields reads of primary keys and column types, piece by piece.
     expect(
         "primary key columns",
         [("tools", "accounts", "id", 1)],
@@ -425,6 +420,36 @@ def metabase_keys():
         [("tools", "accounts", "code"), ("tools", "accounts", "id")],
         sorted(indexes),
     )
+
+
+@check
+def postgres_functions():
+    # format() and ::regclass of computed names, as in user SQL (PostgreSQL 15's answers).
+    expect(
+        "format()",
+        [('tools."My T"', "a|NULL|'it''s'", "[  x][y  ]", "b a b", "t")],
+        rows(
+            "SELECT format('%I.%I', 'tools', 'My T'), format('%s|%L|%L', 'a', NULL, 'it''s'), "
+            "format('[%3s][%-3s]', 'x', 'y'), format('%2$s %1$s %s', 'a', 'b'), format('%s', true)"
+        ),
+    )
+    expect(
+        "::regclass of literals and computed names",
+        [(True, True, True)],
+        rows(
+            "SELECT 'tools.accounts'::regclass = c.oid, "
+            "format('%I.%I', n.nspname, c.relname)::regclass = c.oid, "
+            "CAST(c.oid AS regclass) = c.oid "
+            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'tools' AND c.relname = 'accounts'"
+        ),
+    )
+    try:
+        rows("SELECT 'tools.no_such_table'::regclass")
+        raise AssertionError("an unknown relation was not reported")
+    except psycopg.Error as e:
+        if "does not exist" not in str(e):
+            raise AssertionError(f"unexpected error: {e}")
 
 
 def main():
