@@ -143,6 +143,7 @@ fn arrow_sqlstate(error: &ArrowError) -> &'static str {
             message_sqlstate(&error.to_string()).unwrap_or("22003")
         }
         ArrowError::MemoryError(_) => "53200",
+        ArrowError::InvalidArgumentError(message) => message_sqlstate(message).unwrap_or("XX000"),
         _ => "XX000",
     }
 }
@@ -150,7 +151,10 @@ fn arrow_sqlstate(error: &ArrowError) -> &'static str {
 /// Recognises errors whose type was lost on the way (task errors travel as text).
 fn message_sqlstate(message: &str) -> Option<&'static str> {
     let lower = message.to_ascii_lowercase();
-    let pairs: [(&str, &str); 16] = [
+    let pairs: [(&str, &str); 18] = [
+        // A NULL written to a NOT NULL (or primary key) column.
+        ("non-nullable but contains null", "23502"),
+        ("has null but schema specifies non-nullable", "23502"),
         ("no such file", "58P01"),
         ("permission denied", "42501"),
         ("already exists", "42P07"),
@@ -185,6 +189,10 @@ mod tests {
             None,
         ));
         assert_eq!(sql.sqlstate(), "42601");
+        let not_null = Error::DataFusion(DataFusionError::Execution(
+            "Invalid batch column at '0' has null but schema specifies non-nullable".into(),
+        ));
+        assert_eq!(not_null.sqlstate(), "23502");
         let missing = Error::DataFusion(DataFusionError::Plan(
             "table 'ember.public.nope' not found".into(),
         ));

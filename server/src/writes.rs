@@ -15,8 +15,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::UInt64Type;
-use datafusion::common::SchemaError;
+use datafusion::arrow::datatypes::{Schema, UInt64Type};
+use datafusion::common::{Constraint, SchemaError};
 use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::DataFusionError;
@@ -179,7 +179,32 @@ impl QueryEngine {
         let location = ListingTableUrl::parse(format!("{}/", dir.display()))?
             .as_str()
             .to_string();
-        let schema = Arc::new(cmd.input.schema().as_arrow().clone());
+        // A primary key's columns are NOT NULL, as in PostgreSQL (and checked on every write).
+        let key_columns: Vec<usize> = cmd
+            .constraints
+            .iter()
+            .filter_map(|c| match c {
+                Constraint::PrimaryKey(columns) => Some(columns.clone()),
+                Constraint::Unique(_) => None,
+            })
+            .flatten()
+            .collect();
+        let input_schema = cmd.input.schema().as_arrow();
+        let schema = Arc::new(Schema::new_with_metadata(
+            input_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    if key_columns.contains(&i) {
+                        Arc::new(f.as_ref().clone().with_nullable(false))
+                    } else {
+                        Arc::clone(f)
+                    }
+                })
+                .collect::<Vec<_>>(),
+            input_schema.metadata().clone(),
+        ));
         let mut entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?
             .with_constraints_and_defaults(&cmd.constraints, &cmd.column_defaults)?;
         let state = session.ctx.state();

@@ -102,6 +102,7 @@ impl QueryParser for EmberQueryParser {
             .max()
             .unwrap_or(0)
             .max(types.len());
+        let writes = matches!(plan, Some(LogicalPlan::Dml(_)));
         let mut parameter_types = Vec::with_capacity(count);
         let mut parameter_data_types = Vec::with_capacity(count);
         for i in 0..count {
@@ -111,11 +112,15 @@ impl QueryParser for EmberQueryParser {
                 .flatten()
                 .filter(|t| *t != Type::UNKNOWN && t.oid() != 0);
             // A type the client declared wins, as in PostgreSQL (`%s * 2` with a float stays a
-            // float); the plan is coerced again once the values are in.
-            let data_type = declared
-                .as_ref()
-                .and_then(data_type_of)
-                .or_else(|| inferred.get(&i).cloned());
+            // float); the plan is coerced again once the values are in. Values written to
+            // columns (INSERT ... VALUES ($1), UPDATE ... SET c = $1) take the column's type,
+            // as PostgreSQL's assignment casts do: the write was planned for it.
+            let declared_type = declared.as_ref().and_then(data_type_of);
+            let data_type = if writes {
+                inferred.get(&i).cloned().or(declared_type)
+            } else {
+                declared_type.or_else(|| inferred.get(&i).cloned())
+            };
             let pg_type = declared.unwrap_or_else(|| match &data_type {
                 Some(data_type) => encode::pg_type(data_type),
                 // Nothing says what it is: Postgres would call it unknown and take text.

@@ -306,6 +306,31 @@ def errors_keep_the_connection():
         conn.commit()
 
 
+@check
+def primary_keys_are_not_null():
+    # As in PostgreSQL: a primary key's columns are NOT NULL, reported so and enforced (23502).
+    with connect() as conn:
+        conn.execute("drop table if exists pk_check")
+        conn.execute("create table pk_check (id bigint primary key, name varchar)")
+        expect(
+            "nullability of a primary key",
+            [("id", "NO"), ("name", "YES")],
+            conn.execute(
+                "select column_name, is_nullable from information_schema.columns "
+                "where table_name = 'pk_check' order by ordinal_position"
+            ).fetchall(),
+        )
+        conn.execute("insert into pk_check values (%s, %s)", (1, "a"))
+        try:
+            conn.execute("insert into pk_check values (%s, %s)", (None, "b"))
+        except errors.NotNullViolation:
+            pass
+        else:
+            raise AssertionError("a NULL key was accepted")
+        expect("rows after the refused insert", (1,), conn.execute("select count(*) from pk_check").fetchone())
+        conn.execute("drop table pk_check")
+
+
 def main():
     failed = []
     for fn in CHECKS:

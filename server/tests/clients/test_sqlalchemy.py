@@ -185,6 +185,12 @@ def keys_and_defaults():
     )
     pk = insp.get_pk_constraint("pairs", schema="sa_keys")
     expect("primary key of pairs", ["b", "a"], pk["constrained_columns"])
+    # A primary key's columns are NOT NULL without saying so, as in PostgreSQL.
+    expect(
+        "nullability of pairs",
+        [("a", False), ("b", False)],
+        [(c["name"], c["nullable"]) for c in insp.get_columns("pairs", schema="sa_keys")],
+    )
     expect(
         "unique constraints of accounts",
         [("accounts_code_key", ["code"])],
