@@ -85,6 +85,10 @@ def flight(port, runs):
         with conn.cursor() as cur:
             partitions, _ = cur.adbc_execute_partitions(LARGE)
             endpoints = len(partitions)
+            # Read them: unread partitions hold their executors' slots until the fetch timeout.
+            for partition in partitions:
+                cur.adbc_read_partition(partition)
+                cur.fetch_arrow_table()
         for _ in range(runs):
             started = time.perf_counter()
             with conn.cursor() as cur:

@@ -50,6 +50,12 @@ impl ParsedStatement {
         self.statement.to_string()
     }
 
+    /// The names PostgreSQL gives the result columns the statement leaves unnamed (see
+    /// `pgwire::column_names`).
+    pub(crate) fn postgres_column_names(&self) -> Option<Vec<Option<String>>> {
+        crate::pgwire::column_names::postgres_column_names(&self.statement)
+    }
+
     /// The cursor statement this is, if it is one.
     pub(crate) fn cursor_statement(&self) -> Option<CursorStatement> {
         match &self.statement {

@@ -398,7 +398,8 @@ async fn drive(
     mut served_rx: mpsc::UnboundedReceiver<(usize, u32)>,
     state_tx: watch::Sender<LiveState>,
 ) {
-    let deadline = tokio::time::sleep(store.fetch_timeout);
+    // Set at the first launch: until then the client waits in GetFlightInfo.
+    let deadline = tokio::time::sleep(Duration::MAX);
     tokio::pin!(deadline);
     let linger = tokio::time::sleep(Duration::MAX);
     tokio::pin!(linger);
@@ -425,6 +426,11 @@ async fn drive(
         tokio::select! {
             event = events_rx.recv() => match event {
                 Some(ResultEvent::Launched { partition, location }) => {
+                    // The client's wait for its FlightInfo ends with the first launch (a query
+                    // may queue behind others first): the time to fetch counts from there.
+                    if state_tx.borrow().launched.is_empty() {
+                        deadline.as_mut().reset(Instant::now() + store.fetch_timeout);
+                    }
                     state_tx.send_modify(|s| { s.launched.insert(partition, location); });
                 }
                 Some(ResultEvent::Committed { partition, attempt }) => {

@@ -80,8 +80,14 @@ fn array_type(element: &DataType) -> Type {
     }
 }
 
-/// Column descriptions for a result schema, each column in the format the client asked for.
-pub(crate) fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
+/// Column descriptions for a result schema, each column in the format the client asked for and
+/// named as `names` says where it names one (PostgreSQL's names of unnamed columns).
+pub(crate) fn fields(
+    schema: &Schema,
+    format: &Format,
+    names: Option<&[Option<String>]>,
+) -> Vec<FieldInfo> {
+    let names = names.filter(|n| n.len() == schema.fields().len());
     schema
         .fields()
         .iter()
@@ -95,8 +101,11 @@ pub(crate) fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
             } else {
                 pg_type(field.data_type())
             };
+            let name = names
+                .and_then(|n| n[i].clone())
+                .unwrap_or_else(|| field.name().clone());
             let info = FieldInfo::new(
-                field.name().clone(),
+                name,
                 None,
                 None,
                 data_type,

@@ -43,6 +43,8 @@ pub(crate) struct Prepared {
     /// Arrow type each parameter's value is cast to (what DataFusion inferred or the client
     /// declared).
     parameter_data_types: Vec<Option<DataType>>,
+    /// PostgreSQL's names of the result columns the statement leaves unnamed.
+    column_names: Option<Vec<Option<String>>>,
 }
 
 pub(crate) struct EmberQueryParser {
@@ -130,6 +132,7 @@ impl QueryParser for EmberQueryParser {
             parameter_data_types.push(data_type);
         }
         Ok(Some(Prepared {
+            column_names: parsed.postgres_column_names(),
             parsed,
             plan,
             parameter_types,
@@ -150,7 +153,11 @@ impl QueryParser for EmberQueryParser {
         // the statement alone tells.
         let format = column_format.unwrap_or(&Format::UnifiedText);
         Ok(match &statement.plan {
-            Some(plan) if returns_rows(plan) => encode::fields(plan.schema().as_arrow(), format),
+            Some(plan) if returns_rows(plan) => encode::fields(
+                plan.schema().as_arrow(),
+                format,
+                statement.column_names.as_deref(),
+            ),
             _ => vec![],
         })
     }
@@ -191,14 +198,18 @@ fn result_fields(
 ) -> Vec<FieldInfo> {
     let format = format.unwrap_or(&Format::UnifiedText);
     match &statement.plan {
-        Some(plan) if returns_rows(plan) => encode::fields(plan.schema().as_arrow(), format),
+        Some(plan) if returns_rows(plan) => encode::fields(
+            plan.schema().as_arrow(),
+            format,
+            statement.column_names.as_deref(),
+        ),
         Some(_) => vec![],
         None => {
             // `SHOW name` answers one text column, `FETCH` the columns of its cursor; other
             // statements that are not planned ahead return no rows.
             if let Some(name) = show_name(&statement.parsed.sql()) {
                 let schema = Schema::new(vec![Field::new(name, DataType::Utf8, false)]);
-                return encode::fields(&schema, format);
+                return encode::fields(&schema, format, None);
             }
             match statement.parsed.cursor_statement() {
                 Some(
@@ -206,7 +217,7 @@ fn result_fields(
                 ) => session
                     .cursors
                     .schema(&name)
-                    .map(|schema| encode::fields(&schema, format))
+                    .map(|schema| encode::fields(&schema, format, None))
                     .unwrap_or_default(),
                 _ => vec![],
             }
@@ -367,7 +378,11 @@ impl ExtendedQueryHandler for PgHandler {
         let session = self.session(client);
         let format = &portal.result_column_format;
         Ok(DescribePortalResponse::new(match bound_plan(portal)? {
-            Some(plan) if returns_rows(&plan) => encode::fields(plan.schema().as_arrow(), format),
+            Some(plan) if returns_rows(&plan) => encode::fields(
+                plan.schema().as_arrow(),
+                format,
+                portal.statement.statement.column_names.as_deref(),
+            ),
             _ => result_fields(&portal.statement.statement, Some(format), &session),
         }))
     }
@@ -415,7 +430,11 @@ impl ExtendedQueryHandler for PgHandler {
             _ => {}
         }
         Ok(match output {
-            Ok(output) => response(output, &portal.result_column_format),
+            Ok(output) => response(
+                output,
+                &portal.result_column_format,
+                statement.column_names.as_deref(),
+            ),
             Err(error) => super::error_response(&error),
         })
     }

@@ -5,6 +5,7 @@
 //! SQLSTATE; a failing statement never closes the connection or affects other clients.
 
 pub(crate) mod auth;
+pub(crate) mod column_names;
 pub(crate) mod encode;
 mod extended;
 
@@ -388,6 +389,7 @@ impl SimpleQueryHandler for PgHandler {
         };
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
+            let names = statement.postgres_column_names();
             if let Some(refused) = failed_transaction(client, &statement.sql()) {
                 responses.push(refused);
                 break;
@@ -396,7 +398,9 @@ impl SimpleQueryHandler for PgHandler {
                 .run(&session, self.engine.execute(&session, statement))
                 .await
             {
-                Ok(output) => responses.push(response(output, &Format::UnifiedText)),
+                Ok(output) => {
+                    responses.push(response(output, &Format::UnifiedText, names.as_deref()))
+                }
                 Err(error) => {
                     responses.push(error_response(&error));
                     break;
@@ -420,14 +424,15 @@ fn failed_transaction<C: ClientInfo>(client: &C, sql: &str) -> Option<Response> 
     }
 }
 
-/// A statement's output as pgwire sends it, result columns in `format` (text or binary).
-fn response(output: QueryOutput, format: &Format) -> Response {
+/// A statement's output as pgwire sends it, result columns in `format` (text or binary) and
+/// named as `names` says.
+fn response(output: QueryOutput, format: &Format, names: Option<&[Option<String>]>) -> Response {
     match output {
         QueryOutput::Command(tag) => Response::Execution(Tag::new(&tag)),
         QueryOutput::TransactionStart(tag) => Response::TransactionStart(Tag::new(&tag)),
         QueryOutput::TransactionEnd(tag) => Response::TransactionEnd(Tag::new(&tag)),
         QueryOutput::Rows(batches) => {
-            let fields = Arc::new(encode::fields(&batches.schema(), format));
+            let fields = Arc::new(encode::fields(&batches.schema(), format, names));
             let row_fields = Arc::clone(&fields);
             let rows = batches.flat_map(move |batch| {
                 let rows = match batch {

@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import psycopg
 from psycopg import errors
+from psycopg.rows import dict_row
 
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 5432
 CONNINFO = f"host=127.0.0.1 port={PORT} user=ember dbname=ember connect_timeout=10"
@@ -304,6 +305,24 @@ def errors_keep_the_connection():
             conn.execute("select count(*) from tpch.region").fetchone(),
         )
         conn.commit()
+
+
+@check
+def unnamed_columns_are_named_as_postgres_names_them():
+    # PostgreSQL 15's names for the same select list; applications read columns by them.
+    sql = (
+        "select count(*), 1 + 1, 'x'::text, coalesce(max(n_regionkey), 0), n_name, "
+        "sum(n_nationkey) as total from tpch.nation group by n_name order by n_name limit 1"
+    )
+    want = ["count", "?column?", "text", "coalesce", "n_name", "total"]
+    with connect() as conn:
+        cur = conn.execute(sql)  # extended protocol
+        expect("column names (extended protocol)", want, [c.name for c in cur.description])
+        cur = psycopg.ClientCursor(conn)  # simple query protocol
+        cur.execute(sql)
+        expect("column names (simple protocol)", want, [c.name for c in cur.description])
+        row = conn.cursor(row_factory=dict_row).execute(sql).fetchone()
+        expect("a row by column name", (1, "ALGERIA"), (row["count"], row["n_name"]))
 
 
 @check
