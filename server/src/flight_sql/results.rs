@@ -55,6 +55,9 @@ const LAUNCH_GRACE: Duration = Duration::from_millis(500);
 /// query at once.
 const RELEASE_LINGER: Duration = Duration::from_secs(30);
 
+/// A timer's setting while it is off (far enough away never to fire).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How often the coordinator asks for a result partition to be re-run because it could not open
 /// its stream, before giving up.
 const MAX_REOPENS: usize = 3;
@@ -399,9 +402,9 @@ async fn drive(
     state_tx: watch::Sender<LiveState>,
 ) {
     // Set at the first launch: until then the client waits in GetFlightInfo.
-    let deadline = tokio::time::sleep(Duration::MAX);
+    let deadline = tokio::time::sleep(NEVER);
     tokio::pin!(deadline);
-    let linger = tokio::time::sleep(Duration::MAX);
+    let linger = tokio::time::sleep(NEVER);
     tokio::pin!(linger);
     let mut committed = BTreeSet::new();
     // Partition attempts read to their end, by the client on an executor or through us.
@@ -429,6 +432,13 @@ async fn drive(
                     // The client's wait for its FlightInfo ends with the first launch (a query
                     // may queue behind others first): the time to fetch counts from there.
                     if state_tx.borrow().launched.is_empty() {
+                        deadline.as_mut().reset(Instant::now() + store.fetch_timeout);
+                    }
+                    // A partition run again (its executor was lost before the client read it)
+                    // is complete only once the new attempt commits, and is being fetched now.
+                    if committed.remove(&partition) {
+                        state_tx.send_modify(|s| s.num_committed = committed.len());
+                        linger.as_mut().reset(Instant::now() + NEVER);
                         deadline.as_mut().reset(Instant::now() + store.fetch_timeout);
                     }
                     state_tx.send_modify(|s| { s.launched.insert(partition, location); });

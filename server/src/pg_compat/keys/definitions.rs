@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::KeyedTable;
+use crate::pg_compat::format::quote_ident;
 
 /// What `pg_get_indexdef` and `pg_get_constraintdef` say of the indexes and constraints of
 /// keys, by oid: recorded whenever pg_catalog lists keys, so a query that reads an oid from
@@ -66,9 +67,9 @@ impl KeyDefinition {
         self.index.then(|| {
             format!(
                 "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({})",
-                quote(&self.name),
-                quote(&self.schema),
-                quote(&self.table),
+                quote_ident(&self.name),
+                quote_ident(&self.schema),
+                quote_ident(&self.table),
                 self.column_list()
             )
         })
@@ -78,7 +79,7 @@ impl KeyDefinition {
     pub(crate) fn index_column(&self, n: i64) -> Option<String> {
         let position = usize::try_from(n.checked_sub(1)?).ok()?;
         self.index
-            .then(|| self.columns.get(position).map(|c| quote(c)))
+            .then(|| self.columns.get(position).map(|c| quote_ident(c)))
             .flatten()
     }
 
@@ -95,24 +96,8 @@ impl KeyDefinition {
     fn column_list(&self) -> String {
         self.columns
             .iter()
-            .map(|c| quote(c))
+            .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ")
-    }
-}
-
-/// An identifier as PostgreSQL prints it: bare when it can be, else in double quotes.
-fn quote(name: &str) -> String {
-    let bare = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if bare {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
