@@ -23,12 +23,5 @@ pub fn distributed_config(target_partitions: usize) -> SessionConfig {
     options.optimizer.enable_join_dynamic_filter_pushdown = false;
     options.optimizer.enable_topk_dynamic_filter_pushdown = false;
     options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-    // A join side estimated this small is cheaper to send whole to every task (a broadcast
-    // stage) than to shuffle both sides by key, which moves the large side through disk and
-    // Flight: DataFusion's single-process defaults (1 MiB, 128 Ki rows) shuffled all of
-    // lineitem in TPC-H q5 and q7, now 35-40% faster (SF1, two executors). The coordinator
-    // lowers the byte limit to a quarter of a task slot's memory; sessions can SET both.
-    options.optimizer.hash_join_single_partition_threshold = 32 << 20;
-    options.optimizer.hash_join_single_partition_threshold_rows = 1 << 20;
     config
 }

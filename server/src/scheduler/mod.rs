@@ -130,16 +130,8 @@ pub(crate) enum Event {
 #[derive(Clone, Debug)]
 pub(crate) struct SchedulerHandle {
     events_tx: mpsc::UnboundedSender<Event>,
-    capacity: Arc<Capacity>,
+    total_slots: Arc<AtomicUsize>,
     result_buffer_bytes: usize,
-}
-
-/// What planning needs to know of the cluster's live executors, as last seen by the scheduler.
-#[derive(Debug, Default)]
-struct Capacity {
-    slots: AtomicUsize,
-    /// The smallest memory pool per task slot of an executor with a bounded pool (0: none).
-    slot_memory: AtomicUsize,
 }
 
 impl SchedulerHandle {
@@ -156,13 +148,7 @@ impl SchedulerHandle {
 
     /// Task slots over all live executors, as last seen by the scheduler.
     pub(crate) fn total_slots(&self) -> usize {
-        self.capacity.slots.load(Ordering::Relaxed)
-    }
-
-    /// The least memory a task may find on an executor (its pool over its slots); 0 when no
-    /// executor bounds its memory.
-    pub(crate) fn slot_memory(&self) -> usize {
-        self.capacity.slot_memory.load(Ordering::Relaxed)
+        self.total_slots.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
@@ -176,7 +162,7 @@ impl SchedulerHandle {
 pub(crate) struct Scheduler {
     config: SchedulerConfig,
     events_rx: mpsc::UnboundedReceiver<Event>,
-    capacity: Arc<Capacity>,
+    total_slots: Arc<AtomicUsize>,
     executors: HashMap<ExecutorId, ExecutorState>,
     /// Submitted queries not yet released, in submission order (queued ones included).
     running: Vec<QueryState>,
@@ -190,16 +176,16 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub(crate) fn new(config: SchedulerConfig) -> (Self, SchedulerHandle) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let capacity = Arc::new(Capacity::default());
+        let total_slots = Arc::new(AtomicUsize::new(0));
         let handle = SchedulerHandle {
             events_tx,
-            capacity: Arc::clone(&capacity),
+            total_slots: Arc::clone(&total_slots),
             result_buffer_bytes: config.result_buffer_bytes,
         };
         let scheduler = Self {
             config,
             events_rx,
-            capacity,
+            total_slots,
             executors: HashMap::new(),
             running: vec![],
             history: VecDeque::new(),
@@ -307,21 +293,13 @@ impl Scheduler {
     }
 
     fn update_slots(&self) {
-        let alive = || {
-            self.executors
-                .values()
-                .filter(|e| e.status == ExecutorStatus::Alive)
-        };
-        let slots = alive().map(|e| e.info.slots).sum();
-        let slot_memory = alive()
-            .filter(|e| e.info.memory > 0)
-            .map(|e| e.info.memory as usize / e.info.slots.max(1))
-            .min()
-            .unwrap_or(0);
-        self.capacity.slots.store(slots, Ordering::Relaxed);
-        self.capacity
-            .slot_memory
-            .store(slot_memory, Ordering::Relaxed);
+        let slots = self
+            .executors
+            .values()
+            .filter(|e| e.status == ExecutorStatus::Alive)
+            .map(|e| e.info.slots)
+            .sum();
+        self.total_slots.store(slots, Ordering::Relaxed);
     }
 
     fn submit(&mut self, submission: Submission) {
