@@ -154,10 +154,7 @@ impl QueryEngine {
     }
 
     fn session_with(&self, state: SessionState) -> ClientSession {
-        let id = ember_executor::client_auth::random_id(8)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let id = crate::catalog::to_hex(&ember_executor::client_auth::random_id(8));
         let ctx = SessionContext::new_with_state(state);
         // `ember_session_id()`: the id `system.queries.session_id` shows for this session's
         // queries, so a client can follow its own.
