@@ -375,23 +375,27 @@ impl Session {
             let status = tokio::select! {
                 permit = slots.acquire_owned() => match permit {
                     Ok(_permit) => {
-                        let handle = cpu.spawn(async move { runner.run(launch).await });
-                        let abort = handle.abort_handle();
-                        tokio::select! {
-                            joined = handle => match joined {
-                                Ok(status) => status,
-                                Err(error) if error.is_cancelled() => cancelled(task_id),
-                                Err(error) => {
-                                    warn!(task = %attempt, %error, "task panicked");
-                                    crate::task_runner::TaskRunner::panicked(
-                                        task_id,
-                                        &error.to_string(),
-                                    )
-                                }
-                            },
+                        let mut handle = cpu.spawn(async move { runner.run(launch).await });
+                        let joined = tokio::select! {
+                            joined = &mut handle => joined,
                             _ = token.cancelled() => {
-                                abort.abort();
-                                cancelled(task_id)
+                                // The slot (and the report that frees it on the coordinator)
+                                // only goes once the task's plan is dropped and its memory
+                                // returned to the pool, so the next task finds it free.
+                                handle.abort();
+                                let _ = (&mut handle).await;
+                                Ok(cancelled(task_id.clone()))
+                            }
+                        };
+                        match joined {
+                            Ok(status) => status,
+                            Err(error) if error.is_cancelled() => cancelled(task_id),
+                            Err(error) => {
+                                warn!(task = %attempt, %error, "task panicked");
+                                crate::task_runner::TaskRunner::panicked(
+                                    task_id,
+                                    &error.to_string(),
+                                )
                             }
                         }
                     }

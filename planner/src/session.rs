@@ -23,5 +23,12 @@ pub fn distributed_config(target_partitions: usize) -> SessionConfig {
     options.optimizer.enable_join_dynamic_filter_pushdown = false;
     options.optimizer.enable_topk_dynamic_filter_pushdown = false;
     options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    // A join side estimated this small is cheaper to send whole to every task (a broadcast
+    // stage) than to shuffle both sides by key, which moves the large side through disk and
+    // Flight: DataFusion's single-process default (1 MiB) shuffled all of lineitem in TPC-H q5
+    // and q7. The coordinator lowers it to a quarter of a task slot's memory; sessions can SET
+    // it. The row limit for sides of unknown size stays DataFusion's (128 Ki rows): a guess that
+    // large could broadcast a table that does not fit.
+    options.optimizer.hash_join_single_partition_threshold = 32 << 20;
     config
 }

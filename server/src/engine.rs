@@ -499,17 +499,31 @@ impl QueryEngine {
         }
     }
 
-    /// Plans for as many partitions as the cluster has slots, unless the session chose.
+    /// Plans for as many partitions as the cluster has slots, and broadcasts only join sides
+    /// that fit a slot's memory comfortably, unless the session chose.
     fn fit_partitions(&self, session: &ClientSession) {
-        let explicit = session.has_variable("datafusion.execution.target_partitions");
         let slots = self.scheduler.total_slots();
-        if !explicit && slots > 0 {
-            let state = session.ctx.state_ref();
-            let mut state = state.write();
-            state.config_mut().options_mut().execution.target_partitions = slots;
+        let state = session.ctx.state_ref();
+        let mut state = state.write();
+        let options = state.config_mut().options_mut();
+        if slots > 0 && !session.has_variable("datafusion.execution.target_partitions") {
+            options.execution.target_partitions = slots;
+        }
+        let threshold = "datafusion.optimizer.hash_join_single_partition_threshold";
+        if !session.has_variable(threshold) {
+            // Every task builds its own hash table of a broadcast side.
+            let slot_memory = self.scheduler.slot_memory();
+            options.optimizer.hash_join_single_partition_threshold = match slot_memory {
+                0 => BROADCAST_BYTES,
+                memory => BROADCAST_BYTES.min(memory / 4),
+            };
         }
     }
 }
+
+/// The largest join side (estimated bytes) sent whole to every task rather than shuffled, when
+/// executors' memory allows (see `ember_planner::session::distributed_config`).
+const BROADCAST_BYTES: usize = 32 << 20;
 
 fn strip_explain_distributed(text: &str) -> Option<String> {
     let trimmed = text.trim_start();

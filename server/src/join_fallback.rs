@@ -38,6 +38,9 @@ impl QueryEngine {
             && hash_join_out_of_memory(error)
         {
             info!("a hash join ran out of memory: planning the query again with sort-merge joins");
+            // The failed attempt's tasks keep their slots until their executors report them
+            // stopped (and their memory returned), so the new plan's tasks start on free memory.
+            drop(stream);
             let mut state = session.ctx.state();
             state.config_mut().options_mut().optimizer.prefer_hash_join = false;
             let physical = state.create_physical_plan(plan).await?;

@@ -1,7 +1,7 @@
 //! Memory limits on real executor processes (TPC-H SF0.1, 24 MiB per executor): aggregations
 //! and sorts spill to the work dir and still return DataFusion's answers; a hash join whose build
-//! side cannot fit is run again with sort-merge joins; a join that cannot fit either way fails with
-//! SQLSTATE 53200, and the executors keep answering afterwards.
+//! side cannot fit is run again with sort-merge joins; what cannot fit at all (an aggregation state
+//! that cannot spill) fails with SQLSTATE 53200, and the executors keep answering afterwards.
 
 mod common;
 
@@ -70,14 +70,14 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
         "the aggregation and the sort spilled: {spilled:?}"
     );
 
-    // Three join keys for 600k rows: neither a hash join nor a sort-merge join fits.
+    // One group holding every comment four times over (~70 MB): an aggregation without GROUP BY
+    // cannot spill its state.
+    // (Joins always fit now: a hash join that cannot is run again as a sort-merge join, and
+    // sort-merge and nested-loop joins spill.)
     let error = client
-        .simple_query(
-            "select count(*) from lineitem a join lineitem b \
-             on a.l_returnflag = b.l_returnflag and a.l_comment < b.l_comment",
-        )
+        .simple_query("select string_agg(repeat(l_comment, 4), ',') is null from lineitem")
         .await
-        .expect_err("the join cannot fit");
+        .expect_err("the aggregation cannot fit");
     let db = error.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "53200", "{db:?}");
     assert!(
@@ -191,4 +191,84 @@ async fn admission_control_and_the_disk_budget() {
             .expect("a small shuffle still fits"),
     );
     assert_eq!(nations.len(), 5);
+}
+
+/// A client that reads its result slowly (here a cursor fetched a little at a time) does not
+/// hold task slots: the result tasks write what the client has not read yet to their work dir
+/// and finish, so other queries run at once; the cursor still reads every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_do_not_hold_task_slots() {
+    let data = tpch_data_dir(SCALE);
+    let env = [("EMBER_EXECUTOR_SLOTS", "1")].map(|(k, v)| (k.to_string(), v.to_string()));
+    let cluster = ProcessCluster::start_with_env(2, SCALE, &data, &env);
+    let monitor = cluster.connect(2).await;
+    let reader = common::connect(cluster.pg_port).await.expect("connect");
+    reader
+        .batch_execute(
+            "begin; declare slow cursor for \
+             select l_orderkey, l_comment from tpch.lineitem where l_orderkey % 3 = 0",
+        )
+        .await
+        .expect("declare");
+    let first = rows(
+        &reader
+            .simple_query("fetch 5 from slow")
+            .await
+            .expect("fetch"),
+    );
+    assert_eq!(first.len(), 5);
+
+    // Both slots are free again although the cursor has read only 5 rows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tasks = rows(
+            &monitor
+                .simple_query(
+                    "select count(*), sum(case when t.status = 'succeeded' then 1 else 0 end) \
+                     from system.tasks t join system.queries q on t.query_id = q.query_id \
+                     where lower(q.sql) like '%declare slow%'",
+                )
+                .await
+                .expect("system.tasks"),
+        );
+        if tasks[0][0].as_deref() != Some("0") && tasks[0][0] == tasks[0][1] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cursor's result tasks still run (tasks, succeeded): {tasks:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = tokio::time::timeout(
+        Duration::from_secs(30),
+        monitor.simple_query("select count(*) from tpch.orders where o_orderkey % 2 = 0"),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("a second query waited for the cursor\n{}", cluster.logs()))
+    .expect("second query");
+    assert_eq!(rows(&other)[0][0].as_deref(), Some("75000"));
+
+    let rest = rows(
+        &reader
+            .simple_query("fetch all from slow")
+            .await
+            .expect("fetch all"),
+    );
+    let reference = datafusion_tpch(SCALE, &data).await;
+    let expected = datafusion_rows(
+        &reference,
+        "select count(*) from lineitem where l_orderkey % 3 = 0",
+    )
+    .await;
+    assert_eq!(
+        Some((first.len() + rest.len()).to_string()),
+        expected[0][0].clone(),
+        "the cursor read every row"
+    );
+    reader
+        .batch_execute("close slow; commit")
+        .await
+        .expect("close");
 }

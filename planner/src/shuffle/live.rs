@@ -1,24 +1,35 @@
 //! Live blocks: the result stage's output handed from a running task to a reader (the coordinator's
 //! Flight fetch) through a bounded channel, so answers stream while they are computed.
 //!
-//! Either side may arrive first; the first to ask creates the channel. Back-pressure reaches the
-//! task: it pauses when the client reads slowly. A task that finishes sends [`LiveItem::End`]
-//! last, so a reader can tell a complete partition from one whose task was stopped (cancelled,
-//! its query released) and dropped the channel half-way.
+//! Either side may arrive first; the first to ask creates the channel. A reader that keeps up
+//! gets every batch from memory. One that falls behind (a client reading slowly, a cursor
+//! fetched now and then, the relay still busy with an earlier partition) does not hold the
+//! task back: after the channel has been full for [`OVERFLOW_AFTER`], the task writes the rest
+//! of its partition to an overflow file in its work dir and finishes, freeing its slot; the
+//! reader drains the channel, then reads the file. A task that finishes sends
+//! [`LiveItem::End`] last (or leaves a complete overflow file), so a reader can tell a complete
+//! partition from one whose task was stopped (cancelled, its query released) half-way.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
-use futures::Stream;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::ShuffleBlock;
+use super::{ShuffleBlock, read_local_block};
 use crate::ids::QueryId;
 
 /// Batches in flight per live block.
 const LIVE_CAPACITY: usize = 4;
+
+/// How long a task waits for a reader to make room before it writes the rest of its partition
+/// to an overflow file.
+pub const OVERFLOW_AFTER: Duration = Duration::from_millis(100);
 
 /// What goes through a live channel: the partition's batches, then its end.
 #[derive(Debug)]
@@ -31,38 +42,126 @@ pub enum LiveItem {
 pub type LiveSender = mpsc::Sender<Result<LiveItem>>;
 pub type LiveReceiver = mpsc::Receiver<Result<LiveItem>>;
 
-/// The batches of a live channel. It ends cleanly only after [`LiveItem::End`]; a channel
-/// closed before that (its task stopped early) ends with an error, never as a short answer.
-/// `on_end` runs once the end has been read.
+/// Where the rest of a live block went when its reader fell behind. Set by the task before it
+/// closes the channel, so a reader that finds the channel closed finds this already set.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    // A std Mutex: held only to set or take the outcome.
+    state: Mutex<Option<Result<PathBuf, String>>>,
+}
+
+impl Overflow {
+    /// The task wrote the rest of its partition to `path`, to the end.
+    pub fn complete(&self, path: PathBuf) {
+        *self.lock() = Some(Ok(path));
+    }
+
+    /// The task failed while writing its overflow file.
+    pub fn failed(&self, message: String) {
+        *self.lock() = Some(Err(message));
+    }
+
+    fn take(&self) -> Option<Result<PathBuf, String>> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Result<PathBuf, String>>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The task's end of a live block.
+#[derive(Debug)]
+pub struct LiveWriter {
+    pub tx: LiveSender,
+    pub overflow: Arc<Overflow>,
+}
+
+/// The reader's end of a live block.
+#[derive(Debug)]
+pub struct LiveReader {
+    rx: LiveReceiver,
+    overflow: Arc<Overflow>,
+}
+
+impl LiveReader {
+    /// A reader of a bare channel, with no overflow (tests, and callers that own both ends).
+    pub fn from_channel(rx: LiveReceiver) -> Self {
+        Self {
+            rx,
+            overflow: Arc::default(),
+        }
+    }
+}
+
+/// The batches of a live block: the channel's, then its overflow file's. It ends cleanly only
+/// after [`LiveItem::End`] or a complete overflow file; a channel closed without either (its
+/// task stopped early) ends with an error, never as a short answer. `on_end` runs once the end
+/// has been read.
 pub fn live_batches(
-    receiver: LiveReceiver,
+    reader: LiveReader,
     on_end: impl FnOnce() + Send + 'static,
 ) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
-    futures::stream::unfold(Some((receiver, Some(on_end))), |state| async move {
-        let (mut receiver, mut on_end) = state?;
-        match receiver.recv().await {
-            Some(Ok(LiveItem::Batch(batch))) => Some((Ok(batch), Some((receiver, on_end)))),
-            Some(Ok(LiveItem::End)) => {
-                if let Some(on_end) = on_end.take() {
-                    on_end();
-                }
-                None
+    futures::stream::unfold(
+        Some(ReadState::Channel(reader, on_end)),
+        |state| async move {
+            match state? {
+                ReadState::Channel(reader, on_end) => next_from_channel(reader, on_end).await,
+                ReadState::File(file, on_end) => next_from_file(file, on_end).await,
             }
-            Some(Err(error)) => Some((Err(error), None)),
+        },
+    )
+}
+
+enum ReadState<F> {
+    Channel(LiveReader, F),
+    File(SendableRecordBatchStream, F),
+}
+
+type Next<F> = Option<(Result<RecordBatch>, Option<ReadState<F>>)>;
+
+async fn next_from_channel<F: FnOnce()>(mut reader: LiveReader, on_end: F) -> Next<F> {
+    match reader.rx.recv().await {
+        Some(Ok(LiveItem::Batch(batch))) => {
+            Some((Ok(batch), Some(ReadState::Channel(reader, on_end))))
+        }
+        Some(Ok(LiveItem::End)) => {
+            on_end();
+            None
+        }
+        Some(Err(error)) => Some((Err(error), None)),
+        None => match reader.overflow.take() {
+            Some(Ok(path)) => match read_local_block(&path) {
+                Ok(file) => next_from_file(file, on_end).await,
+                Err(error) => Some((Err(error), None)),
+            },
+            Some(Err(message)) => Some((Err(DataFusionError::Execution(message)), None)),
             None => Some((
                 Err(DataFusionError::Execution(
                     "the task computing this result partition stopped before its end".into(),
                 )),
                 None,
             )),
+        },
+    }
+}
+
+async fn next_from_file<F: FnOnce()>(mut file: SendableRecordBatchStream, on_end: F) -> Next<F> {
+    match file.next().await {
+        Some(Ok(batch)) => Some((Ok(batch), Some(ReadState::File(file, on_end)))),
+        Some(Err(error)) => Some((Err(error), None)),
+        None => {
+            on_end();
+            None
         }
-    })
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     tx: Option<LiveSender>,
     rx: Option<LiveReceiver>,
+    overflow: Arc<Overflow>,
 }
 
 /// Released queries remembered, so that a task launched just before its query was released
@@ -84,13 +183,25 @@ struct Entries {
 
 impl LiveBlocks {
     /// The writing end for `block` (once).
-    pub fn sender(&self, block: &ShuffleBlock) -> Option<LiveSender> {
-        self.take(block, |e| e.tx.take())
+    pub fn sender(&self, block: &ShuffleBlock) -> Option<LiveWriter> {
+        self.take(block, |e| {
+            let tx = e.tx.take()?;
+            Some(LiveWriter {
+                tx,
+                overflow: Arc::clone(&e.overflow),
+            })
+        })
     }
 
     /// The reading end for `block` (once).
-    pub fn receiver(&self, block: &ShuffleBlock) -> Option<LiveReceiver> {
-        self.take(block, |e| e.rx.take())
+    pub fn receiver(&self, block: &ShuffleBlock) -> Option<LiveReader> {
+        self.take(block, |e| {
+            let rx = e.rx.take()?;
+            Some(LiveReader {
+                rx,
+                overflow: Arc::clone(&e.overflow),
+            })
+        })
     }
 
     fn take<T>(&self, block: &ShuffleBlock, f: impl FnOnce(&mut Entry) -> Option<T>) -> Option<T> {
@@ -104,6 +215,7 @@ impl LiveBlocks {
             Entry {
                 tx: Some(tx),
                 rx: Some(rx),
+                overflow: Arc::default(),
             }
         });
         let taken = f(entry);
@@ -133,6 +245,8 @@ impl LiveBlocks {
 
 #[cfg(test)]
 mod tests {
+    use futures::TryStreamExt;
+
     use super::*;
     use crate::ids::StageId;
 
@@ -155,7 +269,7 @@ mod tests {
             live.sender(&block("a")).is_some(),
             "a fresh channel after both ends went"
         );
-        let (tx, mut rx) = (tx.unwrap(), rx.unwrap());
+        let (tx, mut rx) = (tx.unwrap().tx, rx.unwrap().rx);
         let batch = RecordBatch::new_empty(std::sync::Arc::new(
             datafusion::arrow::datatypes::Schema::empty(),
         ));
@@ -177,7 +291,7 @@ mod tests {
         tx.send(Ok(LiveItem::Batch(batch.clone()))).await.unwrap();
         tx.send(Ok(LiveItem::End)).await.unwrap();
         let flag = std::sync::Arc::clone(&ended);
-        let items: Vec<_> = live_batches(rx, move || {
+        let items: Vec<_> = live_batches(LiveReader::from_channel(rx), move || {
             flag.store(true, std::sync::atomic::Ordering::SeqCst)
         })
         .collect()
@@ -189,7 +303,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         tx.send(Ok(LiveItem::Batch(batch))).await.unwrap();
         drop(tx);
-        let items: Vec<_> = live_batches(rx, || panic!("not ended")).collect().await;
+        let items: Vec<_> = live_batches(LiveReader::from_channel(rx), || panic!("not ended"))
+            .collect()
+            .await;
         assert_eq!(items.len(), 2);
         assert!(
             items[1]
@@ -205,9 +321,63 @@ mod tests {
         let live = LiveBlocks::default();
         let tx = live.sender(&block("a")).unwrap();
         live.release_query(&QueryId::parse("a").unwrap());
-        assert!(tx.is_closed());
+        assert!(tx.tx.is_closed());
         // A task of the released query that starts late gets no channel to block on.
         assert!(live.sender(&block("a")).is_none());
         assert!(live.sender(&block("b")).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_fell_behind_reads_the_overflow_file_after_the_channel() {
+        use datafusion::arrow::array::Int32Array;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::arrow::ipc::writer::FileWriter;
+
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, false)]));
+        let batch = |values: Vec<i32>| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int32Array::from(values))],
+            )
+            .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("overflow.arrow");
+        let mut file = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
+        file.write(&batch(vec![3, 4])).unwrap();
+        file.write(&batch(vec![5])).unwrap();
+        file.finish().unwrap();
+
+        let live = LiveBlocks::default();
+        let writer = live.sender(&block("c")).unwrap();
+        writer
+            .tx
+            .send(Ok(LiveItem::Batch(batch(vec![1, 2]))))
+            .await
+            .unwrap();
+        writer.overflow.complete(path);
+        drop(writer);
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&ended);
+        let reader = live.receiver(&block("c")).unwrap();
+        let batches: Vec<RecordBatch> = live_batches(reader, move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst)
+        })
+        .try_collect()
+        .await
+        .unwrap();
+        let values: Vec<i32> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int32Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(values, vec![1, 2, 3, 4, 5]);
+        assert!(ended.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

@@ -21,7 +21,10 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
-pub use live::{LiveBlocks, LiveItem, LiveReceiver, LiveSender, live_batches};
+pub use live::{
+    LiveBlocks, LiveItem, LiveReader, LiveReceiver, LiveSender, LiveWriter, OVERFLOW_AFTER,
+    Overflow, live_batches,
+};
 pub use reader::{ReadMode, ShuffleReaderExec};
 pub use writer::{ShuffleWriterExec, map_output_schema};
 

@@ -21,7 +21,12 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 
-use super::{BudgetedFile, DiskBudget, ShuffleBlock, ShuffleEnv, WORK_DIR_FULL, map_attempt_dir};
+use tokio::sync::mpsc::error::SendTimeoutError;
+
+use super::{
+    BudgetedFile, DiskBudget, LiveItem, LiveWriter, OVERFLOW_AFTER, Overflow, ShuffleBlock,
+    ShuffleEnv, WORK_DIR_FULL, map_attempt_dir,
+};
 use crate::ids::{QueryId, StageId};
 
 static MAP_OUTPUT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -230,7 +235,7 @@ impl ExecutionPlan for ShuffleWriterExec {
         };
         let input = self.input.execute(partition, context)?;
         if self.live {
-            let tx = env.live.sender(&output.block).ok_or_else(|| {
+            let writer = env.live.sender(&output.block).ok_or_else(|| {
                 DataFusionError::Execution(format!(
                     "live block {:?} is taken or its query was released",
                     output.block
@@ -238,7 +243,7 @@ impl ExecutionPlan for ShuffleWriterExec {
             })?;
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
                 map_output_schema(),
-                futures::stream::once(stream_live(input, tx)),
+                futures::stream::once(stream_live(input, writer, output)),
             )));
         }
         let fut = output.write(input, partitioner);
@@ -253,34 +258,70 @@ impl ExecutionPlan for ShuffleWriterExec {
     }
 }
 
-/// Hands every batch to the live reader; the reader's pace is the task's pace.
+/// Hands every batch to the live reader. A reader that leaves the channel full for
+/// [`OVERFLOW_AFTER`] does not hold the task (and its slot) back: the rest of the partition goes
+/// to an overflow file in the task's work dir, which the reader reads after the channel.
 async fn stream_live(
     mut input: SendableRecordBatchStream,
-    tx: super::LiveSender,
+    writer: LiveWriter,
+    output: MapOutput,
 ) -> Result<RecordBatch> {
+    let LiveWriter { tx, overflow } = writer;
+    let schema = input.schema();
     let (mut rows, mut bytes) = (0u64, 0u64);
-    loop {
-        match input.try_next().await {
-            Ok(Some(batch)) => {
-                rows += batch.num_rows() as u64;
-                bytes += batch.get_array_memory_size() as u64;
-                let batch = compact_views(batch)?;
-                if tx.send(Ok(super::LiveItem::Batch(batch))).await.is_err() {
+    let mut file = None;
+    let streamed: Result<()> = async {
+        while let Some(batch) = input.try_next().await? {
+            rows += batch.num_rows() as u64;
+            bytes += batch.get_array_memory_size() as u64;
+            let batch = compact_views(batch)?;
+            if let Some(file) = file.as_mut() {
+                if tx.is_closed() {
                     return Err(reader_gone());
                 }
+                output.write_overflow(file, &batch)?;
+                continue;
             }
-            Ok(None) => {
-                if tx.send(Ok(super::LiveItem::End)).await.is_err() {
-                    return Err(reader_gone());
+            match tx
+                .send_timeout(Ok(LiveItem::Batch(batch)), OVERFLOW_AFTER)
+                .await
+            {
+                Ok(()) => {}
+                Err(SendTimeoutError::Closed(_)) => return Err(reader_gone()),
+                Err(SendTimeoutError::Timeout(item)) => {
+                    let mut opened = output.open_overflow(&schema)?;
+                    if let Ok(LiveItem::Batch(batch)) = item {
+                        output.write_overflow(&mut opened, &batch)?;
+                    }
+                    file = Some(opened);
                 }
-                break;
-            }
-            Err(error) => {
-                let message = error.to_string();
-                let _ = tx.send(Err(DataFusionError::Execution(message))).await;
-                return Err(error);
             }
         }
+        Ok(())
+    }
+    .await;
+    let ended: Result<()> = match (streamed, file) {
+        (Ok(()), Some(file)) => output.finish_overflow(file, &overflow),
+        (Ok(()), None) => match tx.send_timeout(Ok(LiveItem::End), OVERFLOW_AFTER).await {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Closed(_)) => Err(reader_gone()),
+            // No room for the end: an empty overflow file says it.
+            Err(SendTimeoutError::Timeout(_)) => output
+                .open_overflow(&schema)
+                .and_then(|file| output.finish_overflow(file, &overflow)),
+        },
+        (Err(error), _) => Err(error),
+    };
+    if let Err(error) = ended {
+        // The reader learns why: through the channel if it has room, else after draining it.
+        let message = error.to_string();
+        if tx
+            .try_send(Err(DataFusionError::Execution(message.clone())))
+            .is_err()
+        {
+            overflow.failed(message);
+        }
+        return Err(error);
     }
     Ok(RecordBatch::try_new(
         map_output_schema(),
@@ -327,6 +368,23 @@ pub(crate) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
 }
 
 /// The files of one map attempt while they are written.
+struct OverflowFile {
+    writer: FileWriter<BufWriter<BudgetedFile>>,
+    path: PathBuf,
+}
+
+/// Out of budget is a resource limit, not a broken file (it arrives as an IO error).
+fn out_of_budget(error: DataFusionError, limit: u64) -> DataFusionError {
+    if error.to_string().contains(WORK_DIR_FULL) {
+        DataFusionError::ResourcesExhausted(format!(
+            "{WORK_DIR_FULL}: its shuffle files may use at most \
+             executor.max_disk_bytes = {limit} bytes"
+        ))
+    } else {
+        error
+    }
+}
+
 struct MapOutput {
     block: ShuffleBlock,
     work_dir: PathBuf,
@@ -342,17 +400,37 @@ impl MapOutput {
         partitioner: Option<BatchPartitioner>,
     ) -> Result<RecordBatch> {
         let limit = self.disk.limit();
-        self.write_files(input, partitioner).await.map_err(|error| {
-            // Out of budget is a resource limit, not a broken file (it arrives as an IO error).
-            if error.to_string().contains(WORK_DIR_FULL) {
-                DataFusionError::ResourcesExhausted(format!(
-                    "{WORK_DIR_FULL}: its shuffle files may use at most \
-                     executor.max_disk_bytes = {limit} bytes"
-                ))
-            } else {
-                error
-            }
-        })
+        self.write_files(input, partitioner)
+            .await
+            .map_err(|error| out_of_budget(error, limit))
+    }
+
+    /// The overflow file of a live block whose reader fell behind.
+    fn open_overflow(&self, schema: &SchemaRef) -> Result<OverflowFile> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join("result-overflow.arrow");
+        let file = BudgetedFile {
+            file: File::create(&path)?,
+            budget: Arc::clone(&self.disk),
+            query: self.block.query_id.clone(),
+        };
+        let writer = FileWriter::try_new(BufWriter::new(file), schema)?;
+        Ok(OverflowFile { writer, path })
+    }
+
+    fn write_overflow(&self, file: &mut OverflowFile, batch: &RecordBatch) -> Result<()> {
+        file.writer
+            .write(batch)
+            .map_err(|e| out_of_budget(e.into(), self.disk.limit()))
+    }
+
+    /// Completes the file and hands it to the reader.
+    fn finish_overflow(&self, mut file: OverflowFile, overflow: &Overflow) -> Result<()> {
+        file.writer
+            .finish()
+            .map_err(|e| out_of_budget(e.into(), self.disk.limit()))?;
+        overflow.complete(file.path);
+        Ok(())
     }
 
     async fn write_files(

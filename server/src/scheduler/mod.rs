@@ -130,8 +130,16 @@ pub(crate) enum Event {
 #[derive(Clone, Debug)]
 pub(crate) struct SchedulerHandle {
     events_tx: mpsc::UnboundedSender<Event>,
-    total_slots: Arc<AtomicUsize>,
+    capacity: Arc<Capacity>,
     result_buffer_bytes: usize,
+}
+
+/// What planning needs to know of the cluster's live executors, as last seen by the scheduler.
+#[derive(Debug, Default)]
+struct Capacity {
+    slots: AtomicUsize,
+    /// The smallest memory pool per task slot of an executor with a bounded pool (0: none).
+    slot_memory: AtomicUsize,
 }
 
 impl SchedulerHandle {
@@ -148,7 +156,13 @@ impl SchedulerHandle {
 
     /// Task slots over all live executors, as last seen by the scheduler.
     pub(crate) fn total_slots(&self) -> usize {
-        self.total_slots.load(Ordering::Relaxed)
+        self.capacity.slots.load(Ordering::Relaxed)
+    }
+
+    /// The least memory a task may find on an executor (its pool over its slots); 0 when no
+    /// executor bounds its memory.
+    pub(crate) fn slot_memory(&self) -> usize {
+        self.capacity.slot_memory.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
@@ -162,7 +176,7 @@ impl SchedulerHandle {
 pub(crate) struct Scheduler {
     config: SchedulerConfig,
     events_rx: mpsc::UnboundedReceiver<Event>,
-    total_slots: Arc<AtomicUsize>,
+    capacity: Arc<Capacity>,
     executors: HashMap<ExecutorId, ExecutorState>,
     /// Submitted queries not yet released, in submission order (queued ones included).
     running: Vec<QueryState>,
@@ -176,16 +190,16 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub(crate) fn new(config: SchedulerConfig) -> (Self, SchedulerHandle) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let total_slots = Arc::new(AtomicUsize::new(0));
+        let capacity = Arc::new(Capacity::default());
         let handle = SchedulerHandle {
             events_tx,
-            total_slots: Arc::clone(&total_slots),
+            capacity: Arc::clone(&capacity),
             result_buffer_bytes: config.result_buffer_bytes,
         };
         let scheduler = Self {
             config,
             events_rx,
-            total_slots,
+            capacity,
             executors: HashMap::new(),
             running: vec![],
             history: VecDeque::new(),
@@ -293,13 +307,21 @@ impl Scheduler {
     }
 
     fn update_slots(&self) {
-        let slots = self
-            .executors
-            .values()
-            .filter(|e| e.status == ExecutorStatus::Alive)
-            .map(|e| e.info.slots)
-            .sum();
-        self.total_slots.store(slots, Ordering::Relaxed);
+        let alive = || {
+            self.executors
+                .values()
+                .filter(|e| e.status == ExecutorStatus::Alive)
+        };
+        let slots = alive().map(|e| e.info.slots).sum();
+        let slot_memory = alive()
+            .filter(|e| e.info.memory > 0)
+            .map(|e| e.info.memory as usize / e.info.slots.max(1))
+            .min()
+            .unwrap_or(0);
+        self.capacity.slots.store(slots, Ordering::Relaxed);
+        self.capacity
+            .slot_memory
+            .store(slot_memory, Ordering::Relaxed);
     }
 
     fn submit(&mut self, submission: Submission) {
@@ -454,10 +476,11 @@ impl Scheduler {
                 query_id: query_id.to_string(),
             })),
         };
+        // The attempts keep their slots until their executors report them stopped: a cancelled
+        // task holds its memory until its plan is dropped, and the next query's tasks need it.
         for executor_id in &query.executors_used {
-            if let Some(executor) = self.executors.get_mut(executor_id) {
+            if let Some(executor) = self.executors.get(executor_id) {
                 let _ = executor.tx.send(Ok(cancel.clone()));
-                executor.running.retain(|t| &t.query_id != query_id);
             }
         }
     }
