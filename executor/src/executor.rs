@@ -128,8 +128,9 @@ impl Executor {
         if options.max_disk_bytes > 0 {
             runtime = runtime.with_max_temp_directory_size(options.max_disk_bytes);
         }
-        let base_state =
+        let mut base_state =
             SessionContext::new_with_config_rt(Default::default(), runtime.build_arc()?).state();
+        ember_planner::functions::register(&mut base_state)?;
         let live = Arc::new(LiveBlocks::default());
         let runner = Arc::new(TaskRunner {
             base: base_state,

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod codec;
 pub mod error;
 pub mod float_stats;
+pub mod functions;
 pub mod ids;
 pub mod joins;
 pub mod paths;

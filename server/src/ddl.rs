@@ -136,7 +136,10 @@ impl QueryEngine {
                 .await?;
                 Ok(QueryOutput::Command("CREATE VIEW".into()))
             }
-            DdlStatement::CreateMemoryTable(cmd) => self.create_table(session, cmd).await,
+            DdlStatement::CreateMemoryTable(cmd) => {
+                let declared = self.declared_strings(session, text);
+                self.create_table(session, cmd, &declared).await
+            }
             DdlStatement::CreateCatalogSchema(cmd) => {
                 let reference = match cmd.schema_name.split_once('.') {
                     Some((catalog, schema)) => SchemaReference::Full {

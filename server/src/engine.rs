@@ -14,7 +14,9 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{
+    ColumnarValue, Deallocate, LogicalPlan, ScalarUDF, Statement, Volatility, create_udf,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
@@ -54,6 +56,23 @@ impl ParsedStatement {
     /// `pgwire::column_names`).
     pub(crate) fn postgres_column_names(&self) -> Option<Vec<Option<String>>> {
         crate::pgwire::column_names::postgres_column_names(&self.statement)
+    }
+
+    /// The name a `DEALLOCATE name` statement names.
+    pub(crate) fn deallocated_name(&self) -> Option<String> {
+        match &self.statement {
+            DFStatement::Statement(inner) => match inner.as_ref() {
+                datafusion::sql::sqlparser::ast::Statement::Deallocate { name, .. } => {
+                    Some(name.value.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub(crate) fn statement(&self) -> &DFStatement {
+        &self.statement
     }
 
     /// The cursor statement this is, if it is one.
@@ -106,12 +125,13 @@ pub struct QueryEngine {
 
 impl QueryEngine {
     pub(crate) async fn new(
-        base_state: SessionState,
+        mut base_state: SessionState,
         scheduler: SchedulerHandle,
         fetcher: Arc<FlightShuffleFetcher>,
         catalog: Arc<CatalogStore>,
         allowed_paths: AllowedPaths,
     ) -> Result<Self> {
+        ember_planner::functions::register(&mut base_state)?;
         Ok(Self {
             postgres_state: pg_compat::postgres_state(&base_state).await?,
             base_state,
@@ -172,6 +192,7 @@ impl QueryEngine {
             ctx,
             variables: Default::default(),
             cursors: Default::default(),
+            prepared: Default::default(),
             cancels: tokio::sync::watch::channel(0).0,
             postgres: false,
         }
@@ -358,10 +379,32 @@ impl QueryEngine {
             LogicalPlan::Ddl(_) => self.execute_ddl(session, &text, plan).await,
             LogicalPlan::Dml(_) => self.insert(session, &text, plan).await,
             LogicalPlan::Copy(_) => self.copy(session, &text, plan).await,
-            LogicalPlan::Statement(_) => {
+            LogicalPlan::Statement(Statement::Deallocate(deallocate))
+                if deallocate.name.eq_ignore_ascii_case("all")
+                    && !text.contains(&format!("\"{}\"", deallocate.name)) =>
+            {
+                // `DEALLOCATE ALL` (psycopg sends it after DDL): every SQL-level prepared
+                // statement of the session goes.
+                for name in session.take_prepared() {
+                    let plan = LogicalPlan::Statement(Statement::Deallocate(Deallocate { name }));
+                    // A statement deallocated by name earlier is simply gone already.
+                    if let Ok(df) = session.ctx.execute_logical_plan(plan).await {
+                        df.collect().await?;
+                    }
+                }
+                Ok(QueryOutput::Command("DEALLOCATE ALL".into()))
+            }
+            LogicalPlan::Statement(statement) => {
                 let tag = command_tag(&text);
+                let prepared = match statement {
+                    Statement::Prepare(prepare) => Some(prepare.name.clone()),
+                    _ => None,
+                };
                 let df = session.ctx.execute_logical_plan(plan).await?;
                 df.collect().await?;
+                if let Some(name) = prepared {
+                    session.remember_prepared(&name);
+                }
                 Ok(QueryOutput::Command(tag))
             }
             _ => self.run_query(session, &text, plan).await,

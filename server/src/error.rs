@@ -151,9 +151,10 @@ fn arrow_sqlstate(error: &ArrowError) -> &'static str {
 /// Recognises errors whose type was lost on the way (task errors travel as text).
 fn message_sqlstate(message: &str) -> Option<&'static str> {
     let lower = message.to_ascii_lowercase();
-    let pairs: [(&str, &str); 18] = [
+    let pairs: [(&str, &str); 19] = [
         // A NULL written to a NOT NULL (or primary key) column.
         ("non-nullable but contains null", "23502"),
+        ("value too long for type", "22001"),
         ("has null but schema specifies non-nullable", "23502"),
         ("no such file", "58P01"),
         ("permission denied", "42501"),

@@ -1,7 +1,7 @@
 //! A client's session: its DataFusion context and the Postgres session commands (`SET`, `SHOW`)
 //! that DataFusion does not know.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
@@ -32,6 +32,9 @@ pub struct ClientSession {
     // A std Mutex: only touched briefly, never across an await.
     pub(crate) variables: Arc<Mutex<HashMap<String, String>>>,
     pub(crate) cursors: Cursors,
+    /// Names of the SQL-level prepared statements (`PREPARE`), for `DEALLOCATE ALL`.
+    // A std Mutex: only touched briefly, never across an await.
+    pub(crate) prepared: Mutex<HashSet<String>>,
     /// Bumped by each cancel request; a running statement stops when it changes.
     pub(crate) cancels: watch::Sender<u64>,
     /// The options the session started with, for `RESET`.
@@ -106,6 +109,18 @@ impl ClientSession {
     /// Stops the statement running in this session, if any (a Postgres CancelRequest).
     pub fn cancel(&self) {
         self.cancels.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A SQL-level `PREPARE name` succeeded.
+    pub(crate) fn remember_prepared(&self, name: &str) {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        prepared.insert(name.to_string());
+    }
+
+    /// The names of every SQL-level prepared statement, forgotten.
+    pub(crate) fn take_prepared(&self) -> Vec<String> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        prepared.drain().collect()
     }
 
     /// A guard for a statement starting now: earlier cancel requests do not count.

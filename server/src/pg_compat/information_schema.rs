@@ -39,21 +39,47 @@ FROM (SELECT n.nspname, r.relname, c.conname, c.conrelid, \
 JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.attnum";
 
 // DataFusion's own view numbers columns from 0 and its numbers are unsigned 64-bit; PostgreSQL
-// numbers from 1, its `cardinal_number`s are integers.
+// numbers from 1, its `cardinal_number`s are integers. The type columns follow pg_attribute, which
+// has the type each column is sent as (`character varying`, `numeric` with its precision and
+// scale, `ARRAY`), where DataFusion would name Arrow's types (`Utf8`, `Decimal128(15, 2)`).
 const COLUMNS: &str = "\
 SELECT c.table_catalog, c.table_schema, c.table_name, c.column_name, \
        CAST(c.ordinal_position + 1 AS INT) AS ordinal_position, c.column_default, c.is_nullable, \
-       c.data_type, CAST(c.character_maximum_length AS INT) AS character_maximum_length, \
-       CAST(c.character_octet_length AS INT) AS character_octet_length, \
-       CAST(c.numeric_precision AS INT) AS numeric_precision, \
-       CAST(c.numeric_precision_radix AS INT) AS numeric_precision_radix, \
-       CAST(c.numeric_scale AS INT) AS numeric_scale, \
-       CAST(c.datetime_precision AS INT) AS datetime_precision, c.interval_type, \
+       CASE WHEN t.atttypid IS NULL THEN c.data_type \
+            WHEN t.attndims > 0 THEN 'ARRAY' \
+            ELSE format_type(t.atttypid, NULL) END AS data_type, \
+       CAST(CASE WHEN t.atttypid IS NULL THEN c.character_maximum_length \
+                 WHEN t.atttypid IN (1042, 1043) AND t.atttypmod > 4 THEN t.atttypmod - 4 \
+            END AS INT) AS character_maximum_length, \
+       CAST(CASE WHEN t.atttypid IS NULL THEN c.character_octet_length \
+                 WHEN t.atttypid IN (1042, 1043) AND t.atttypmod > 4 THEN (t.atttypmod - 4) * 4 \
+                 WHEN t.atttypid IN (25, 1042, 1043) THEN 1073741824 \
+            END AS INT) AS character_octet_length, \
+       CAST(CASE WHEN t.atttypid IS NULL THEN c.numeric_precision \
+                 WHEN t.atttypid = 21 THEN 16 WHEN t.atttypid = 23 THEN 32 \
+                 WHEN t.atttypid = 20 THEN 64 WHEN t.atttypid = 700 THEN 24 \
+                 WHEN t.atttypid = 701 THEN 53 \
+                 WHEN t.atttypid = 1700 AND t.atttypmod > 4 THEN (t.atttypmod - 4) / 65536 \
+            END AS INT) AS numeric_precision, \
+       CAST(CASE WHEN t.atttypid IS NULL THEN c.numeric_precision_radix \
+                 WHEN t.atttypid IN (20, 21, 23, 700, 701) THEN 2 \
+                 WHEN t.atttypid = 1700 THEN 10 \
+            END AS INT) AS numeric_precision_radix, \
+       CAST(CASE WHEN t.atttypid IS NULL THEN c.numeric_scale \
+                 WHEN t.atttypid IN (20, 21, 23) THEN 0 \
+                 WHEN t.atttypid = 1700 AND t.atttypmod > 4 THEN (t.atttypmod - 4) % 65536 \
+            END AS INT) AS numeric_scale, \
+       CAST(CASE WHEN t.atttypid IS NULL THEN c.datetime_precision \
+                 WHEN t.atttypid = 1082 THEN 0 \
+                 WHEN t.atttypid IN (1083, 1114, 1184, 1186, 1266) THEN 6 \
+            END AS INT) AS datetime_precision, \
+       c.interval_type, \
        current_database() AS udt_catalog, 'pg_catalog' AS udt_schema, \
        t.typname AS udt_name, 'NO' AS is_identity, 'NEVER' AS is_generated, \
        'YES' AS is_updatable \
 FROM information_schema.columns c \
-LEFT JOIN (SELECT n.nspname, r.relname, a.attname, ty.typname \
+LEFT JOIN (SELECT n.nspname, r.relname, a.attname, a.atttypid, a.atttypmod, a.attndims, \
+                  ty.typname \
            FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_class r ON r.oid = a.attrelid \
            JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \

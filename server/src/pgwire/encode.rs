@@ -17,9 +17,93 @@ use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
 
 /// Field metadata naming the Postgres type a column is sent as, where its Arrow type alone
-/// would say otherwise: [`INT2VECTOR`] for a list of int2 that pg_catalog has as `int2vector`.
+/// would say otherwise: [`INT2VECTOR`] for a list of int2 that pg_catalog has as `int2vector`,
+/// and the declared type of a managed table's string column (`varchar(20)`, `bpchar(1)`).
 pub(crate) const PG_TYPE_METADATA: &str = "ember.pg_type";
 pub(crate) const INT2VECTOR: &str = "int2vector";
+
+/// The Postgres type and type modifier (-1: none) a column of `field` is sent with.
+pub(crate) fn column_type(field: &Field) -> (Type, i32) {
+    let declared = field.metadata().get(PG_TYPE_METADATA).map(String::as_str);
+    match (field.data_type(), declared) {
+        (DataType::List(element), Some(INT2VECTOR)) if *element.data_type() == DataType::Int16 => {
+            (Type::INT2_VECTOR, -1)
+        }
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Some(declared)) => {
+            match DeclaredString::parse(declared) {
+                Some(declared) => declared.pg_type(),
+                None => (Type::TEXT, -1),
+            }
+        }
+        // Postgres packs numeric(p, s) as ((p << 16) | s) + 4.
+        (DataType::Decimal128(p, s) | DataType::Decimal256(p, s), _) if *s >= 0 => (
+            Type::NUMERIC,
+            ((i32::from(*p) << 16) | i32::from(*s as u8)) + 4,
+        ),
+        (data_type, _) => (pg_type(data_type), -1),
+    }
+}
+
+/// A string column declared `varchar`, `varchar(n)` or `char(n)`; Arrow keeps it as text, the
+/// declaration lives in the field's [`PG_TYPE_METADATA`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeclaredString {
+    Varchar(Option<u32>),
+    Char(u32),
+}
+
+impl DeclaredString {
+    /// The metadata value that records the declaration.
+    pub(crate) fn metadata(self) -> String {
+        match self {
+            Self::Varchar(None) => "varchar".into(),
+            Self::Varchar(Some(n)) => format!("varchar({n})"),
+            Self::Char(n) => format!("bpchar({n})"),
+        }
+    }
+
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        if value == "varchar" {
+            return Some(Self::Varchar(None));
+        }
+        let length = |prefix: &str| {
+            value
+                .strip_prefix(prefix)?
+                .strip_suffix(')')?
+                .parse::<u32>()
+                .ok()
+        };
+        length("varchar(")
+            .map(|n| Self::Varchar(Some(n)))
+            .or_else(|| length("bpchar(").map(Self::Char))
+    }
+
+    /// PostgreSQL's name of the type, as its errors give it.
+    pub(crate) fn type_name(self) -> String {
+        match self {
+            Self::Varchar(None) => "character varying".into(),
+            Self::Varchar(Some(n)) => format!("character varying({n})"),
+            Self::Char(n) => format!("character({n})"),
+        }
+    }
+
+    /// At most this many characters fit.
+    pub(crate) fn max_length(self) -> Option<u32> {
+        match self {
+            Self::Varchar(n) => n,
+            Self::Char(n) => Some(n),
+        }
+    }
+
+    fn pg_type(self) -> (Type, i32) {
+        let typmod = |n: u32| i32::try_from(n).map_or(-1, |n| n.saturating_add(4));
+        match self {
+            Self::Varchar(None) => (Type::VARCHAR, -1),
+            Self::Varchar(Some(n)) => (Type::VARCHAR, typmod(n)),
+            Self::Char(n) => (Type::BPCHAR, typmod(n)),
+        }
+    }
+}
 
 /// The Postgres type a column of `data_type` is sent as.
 pub(crate) fn pg_type(data_type: &DataType) -> Type {
@@ -93,30 +177,15 @@ pub(crate) fn fields(
         .iter()
         .enumerate()
         .map(|(i, field)| {
-            let int2vector = field.metadata().get(PG_TYPE_METADATA).map(String::as_str)
-                == Some(INT2VECTOR)
-                && matches!(field.data_type(), DataType::List(e) if *e.data_type() == DataType::Int16);
-            let data_type = if int2vector {
-                Type::INT2_VECTOR
-            } else {
-                pg_type(field.data_type())
-            };
+            let (data_type, modifier) = column_type(field);
             let name = names
                 .and_then(|n| n[i].clone())
                 .unwrap_or_else(|| field.name().clone());
-            let info = FieldInfo::new(
-                name,
-                None,
-                None,
-                data_type,
-                format.format_for(i),
-            );
-            match field.data_type() {
-                // Postgres packs numeric(p, s) as ((p << 16) | s) + 4.
-                DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if *s >= 0 => {
-                    info.with_type_modifier(((i32::from(*p) << 16) | i32::from(*s as u8)) + 4)
-                }
-                _ => info,
+            let info = FieldInfo::new(name, None, None, data_type, format.format_for(i));
+            if modifier == -1 {
+                info
+            } else {
+                info.with_type_modifier(modifier)
             }
         })
         .collect()

@@ -394,6 +394,15 @@ impl SimpleQueryHandler for PgHandler {
                 responses.push(refused);
                 break;
             }
+            // `DEALLOCATE name` of a statement prepared through the extended protocol (psycopg
+            // drops its cached ones so): the protocol's statement store holds it, not the session.
+            if let Some(name) = statement.deallocated_name()
+                && client.portal_store().get_statement(&name).is_some()
+            {
+                client.portal_store().rm_statement(&name);
+                responses.push(Response::Execution(Tag::new("DEALLOCATE")));
+                continue;
+            }
             match self
                 .run(&session, self.engine.execute(&session, statement))
                 .await

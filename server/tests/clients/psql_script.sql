@@ -61,6 +61,13 @@ select $1::int as answer, n_name, n_regionkey from tpch.nation where n_nationkey
 \dt tpch.*
 \d tpch.nation
 \d tpch.no_such_table
+create table psql_typed (id int primary key, code char(1), name varchar(20), note varchar,
+                         price numeric(15,2), shipped date, seen timestamp);
+\d psql_typed
+select column_name, data_type, character_maximum_length, numeric_precision, numeric_scale,
+       datetime_precision, udt_name
+from information_schema.columns where table_name = 'psql_typed' order by ordinal_position;
+drop table psql_typed;
 \dv system.*
 \df ascii
 \l ember

@@ -350,6 +350,35 @@ def primary_keys_are_not_null():
         conn.execute("drop table pk_check")
 
 
+@check
+def declared_string_lengths():
+    # varchar(n) and char(n) columns: described with their type and length, values read back in
+    # both formats, and a value longer than the column refused with 22001 (nothing written), as
+    # in PostgreSQL.
+    with connect() as conn:
+        conn.execute("drop table if exists len_check")
+        conn.execute("create table len_check (code char(2), name varchar(5), note varchar)")
+        conn.execute("insert into len_check values (%s, %s, %s)", ("AB", "héllo", "any length"))
+        for binary in (False, True):
+            cur = conn.cursor(binary=binary)
+            cur.execute("select code, name, note from len_check")
+            expect(
+                f"column types (binary={binary})",
+                [("code", 1042, 2), ("name", 1043, 5), ("note", 1043, None)],
+                [(c.name, c.type_code, c.display_size) for c in cur.description],
+            )
+            expect(f"values (binary={binary})", [("AB", "héllo", "any length")], cur.fetchall())
+        for values in (("ABC", "x", None), ("A", "toolong", None)):
+            try:
+                conn.execute("insert into len_check values (%s, %s, %s)", values)
+            except errors.StringDataRightTruncation as e:
+                expect("message", True, "value too long for type" in str(e))
+            else:
+                raise AssertionError(f"{values} was accepted")
+        expect("rows after refused inserts", (1,), conn.execute("select count(*) from len_check").fetchone())
+        conn.execute("drop table len_check")
+
+
 def main():
     failed = []
     for fn in CHECKS:

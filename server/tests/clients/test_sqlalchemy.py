@@ -10,14 +10,23 @@ settings; the inspector and table reflection then query pg_catalog directly.
 import datetime
 import sys
 import traceback
+from datetime import date
+from decimal import Decimal
 
 from sqlalchemy import (
     BIGINT,
+    CHAR,
     DOUBLE_PRECISION,
     INTEGER,
     TEXT,
+    Column,
+    Date,
+    Integer,
     MetaData,
+    Numeric,
+    String,
     Table,
+    Text,
     create_engine,
     func,
     inspect,
@@ -211,6 +220,63 @@ def keys_and_defaults():
         "'unknown'::text",
         str(accounts.c.name.server_default.arg),
     )
+
+
+@check
+def declared_types():
+    """A table SQLAlchemy creates from its types reflects with the same types, lengths,
+    precision and scale, as in PostgreSQL 15."""
+    metadata = MetaData(schema="sa_types")
+    items = Table(
+        "items",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("sku", CHAR(8)),
+        Column("name", String(30), nullable=False),
+        Column("notes", Text),
+        Column("price", Numeric(12, 3)),
+        Column("added", Date),
+    )
+    with ENGINE.begin() as conn:
+        conn.execute(text("create schema sa_types"))
+    metadata.create_all(ENGINE)
+    with ENGINE.begin() as conn:
+        conn.execute(
+            items.insert(),
+            [
+                {"id": 1, "sku": "AB-12345", "name": "bolt", "notes": None,
+                 "price": Decimal("0.125"), "added": date(2024, 2, 29)},
+                {"id": 2, "sku": "CD-00001", "name": "nut", "notes": "metric",
+                 "price": Decimal("12.5"), "added": date(2025, 1, 1)},
+            ],
+        )
+    reflected = inspect(ENGINE).get_columns("items", schema="sa_types")
+    expect(
+        "reflected types",
+        [
+            ("id", "INTEGER", False),
+            ("sku", "CHAR(8)", True),
+            ("name", "VARCHAR(30)", False),
+            ("notes", "TEXT", True),
+            ("price", "NUMERIC(12, 3)", True),
+            ("added", "DATE", True),
+        ],
+        [(c["name"], str(c["type"]), c["nullable"]) for c in reflected],
+    )
+    table = Table("items", MetaData(), schema="sa_types", autoload_with=ENGINE)
+    with ENGINE.connect() as conn:
+        expect(
+            "rows read back through the reflected table",
+            [(1, "AB-12345", "bolt", Decimal("0.125")), (2, "CD-00001", "nut", Decimal("12.500"))],
+            [
+                tuple(r)
+                for r in conn.execute(
+                    select(table.c.id, table.c.sku, table.c.name, table.c.price).order_by(
+                        table.c.id
+                    )
+                )
+            ],
+        )
 
 
 def main():

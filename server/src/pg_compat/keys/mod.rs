@@ -1,8 +1,10 @@
 //! `pg_constraint`, `pg_index` and `pg_attrdef` built live from the PRIMARY KEY and UNIQUE
 //! constraints and the column defaults that managed tables keep, so clients that reflect keys
 //! (pgJDBC's `getPrimaryKeys`, SQLAlchemy's inspector, BI tools) see them. Each key also gets
-//! the index relation PostgreSQL would create for it in `pg_class`, and `pg_attribute.atthasdef`
-//! says which columns have a default. Every other table comes from datafusion-pg-catalog as is.
+//! the index relation PostgreSQL would create for it in `pg_class`; `pg_attribute.atthasdef`
+//! says which columns have a default, and each column's type is the one it is sent as (with
+//! `numeric(p,s)` and declared `varchar(n)` modifiers). Every other table comes from
+//! datafusion-pg-catalog as is.
 
 mod definitions;
 mod rows;
@@ -30,7 +32,7 @@ use futures::TryStreamExt;
 pub(super) use definitions::KeyDefinitions;
 use rows::{
     pg_attrdef_rows, pg_attrdef_schema, pg_constraint_rows, pg_constraint_schema, pg_index_rows,
-    pg_index_schema, with_defaults_flagged, with_index_relations,
+    pg_index_schema, with_ember_attributes, with_index_relations,
 };
 
 /// The pg_catalog datafusion-pg-catalog registers.
@@ -197,7 +199,10 @@ impl PartitionStream for LiveStream {
         Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             futures::stream::once(async move {
-                let tables = keyed_tables(&inner, &catalogs, Arc::clone(&ctx)).await?;
+                let LiveTables {
+                    keyed: tables,
+                    schemas,
+                } = live_tables(&inner, &catalogs, Arc::clone(&ctx)).await?;
                 definitions.record(&tables);
                 match live {
                     LiveTable::Class => {
@@ -206,7 +211,7 @@ impl PartitionStream for LiveStream {
                     }
                     LiveTable::Attribute => {
                         let rows = crate_rows(&inner, live.crate_name(), ctx).await?;
-                        with_defaults_flagged(&schema, rows, &tables)
+                        with_ember_attributes(&schema, rows, &tables, &schemas)
                     }
                     LiveTable::Index => pg_index_rows(&schema, &tables),
                     LiveTable::Constraint => pg_constraint_rows(&schema, &tables),
@@ -265,14 +270,23 @@ impl KeyedTable {
     }
 }
 
-/// The tables of Ember's catalog that have keys or defaults, with the oids pg_class gives them.
-async fn keyed_tables(
+/// The tables of Ember's catalog as pg_class numbers them.
+#[derive(Default)]
+struct LiveTables {
+    /// The tables that have keys or defaults.
+    keyed: Vec<KeyedTable>,
+    /// Every table's columns, by its oid.
+    schemas: HashMap<i32, SchemaRef>,
+}
+
+/// The tables of Ember's catalog, with the oids pg_class gives them.
+async fn live_tables(
     inner: &Arc<dyn SchemaProvider>,
     catalogs: &Arc<dyn CatalogProviderList>,
     ctx: Arc<TaskContext>,
-) -> Result<Vec<KeyedTable>> {
+) -> Result<LiveTables> {
     let Some(catalog) = catalogs.catalog(DEFAULT_CATALOG) else {
-        return Ok(vec![]);
+        return Ok(LiveTables::default());
     };
     let mut relations = HashMap::new();
     for batch in crate_rows(inner, "pg_class", Arc::clone(&ctx)).await? {
@@ -291,7 +305,7 @@ async fn keyed_tables(
         }
     }
     let namespace_rows = namespaces(inner, ctx).await?;
-    let mut tables = vec![];
+    let mut tables = LiveTables::default();
     for (namespace_oid, schema_name) in namespace_rows {
         let Some(schema) = catalog.schema(&schema_name) else {
             continue;
@@ -300,9 +314,10 @@ async fn keyed_tables(
             let Some(table) = schema.table(name).await? else {
                 continue;
             };
+            tables.schemas.insert(*oid, table.schema());
             let names = (schema_name.as_str(), name.as_str());
             if let Some(keyed) = keyed_table(table.as_ref(), *oid, namespace_oid, names) {
-                tables.push(keyed);
+                tables.keyed.push(keyed);
             }
         }
     }

@@ -5,16 +5,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int16Builder, Int32Builder, ListBuilder, RecordBatch,
+    ArrayRef, AsArray, BooleanArray, Int16Array, Int16Builder, Int32Array, Int32Builder,
+    ListBuilder, RecordBatch, StringArray,
 };
-use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{DataType, Field, Int16Type, Schema, SchemaRef};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Int16Type, Int32Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion_pg_catalog::pg_catalog::oid_field::{kind, oid_field};
 
 use super::{BTREE_AM_OID, DEFAULT_SLOTS, Key, KeyedTable, derived_oid, int32_column};
-use crate::pgwire::encode::{INT2VECTOR, PG_TYPE_METADATA};
+use pgwire::api::Type;
+
+use crate::pgwire::encode::{INT2VECTOR, PG_TYPE_METADATA, column_type};
 
 /// pg_class with a row for the index of every key.
 pub(super) fn with_index_relations(
@@ -68,34 +71,211 @@ pub(super) fn with_index_relations(
             .collect::<Result<Vec<ArrayRef>>>()?;
         rows.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
     }
-    Ok(concat_batches(schema, &rows)?)
+    let batch = concat_batches(schema, &rows)?;
+    // psql's `\d` lists a table's indexes only when pg_class says it has some.
+    let indexed: HashSet<i32> = tables
+        .iter()
+        .filter(|t| !t.keys.is_empty())
+        .map(|t| t.oid)
+        .collect();
+    let Some(position) = schema
+        .fields()
+        .iter()
+        .position(|f| f.name() == "relhasindex")
+    else {
+        return Ok(batch);
+    };
+    let oids = int32_column(&batch, "oid")?;
+    let olds = batch
+        .column(position)
+        .as_boolean_opt()
+        .ok_or_else(|| DataFusionError::Internal("pg_class.relhasindex is not bool".into()))?;
+    let flags: BooleanArray = (0..batch.num_rows())
+        .map(|row| Some(olds.value(row) || indexed.contains(&oids.value(row))))
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[position] = Arc::new(flags);
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
-/// pg_attribute with `atthasdef` true for the columns that have a default.
-pub(super) fn with_defaults_flagged(
+/// pg_attribute with `atthasdef` true for the columns that have a default, and every column of
+/// Ember's tables described as the type it is sent as (oid, modifier, length, alignment,
+/// storage, dimensions), which the crate derives from a coarser mapping without modifiers.
+pub(super) fn with_ember_attributes(
     schema: &SchemaRef,
     rows: Vec<RecordBatch>,
     tables: &[KeyedTable],
+    schemas: &HashMap<i32, SchemaRef>,
 ) -> Result<RecordBatch> {
     let batch = concat_batches(schema, &rows)?;
     let with_default: HashSet<(i32, i16)> = tables
         .iter()
         .flat_map(|t| t.defaults.iter().map(move |(attnum, _)| (t.oid, *attnum)))
         .collect();
-    let Some(position) = schema.fields().iter().position(|f| f.name() == "atthasdef") else {
-        return Ok(batch);
-    };
     let relids = int32_column(&batch, "attrelid")?;
     let attnums = batch
         .column_by_name("attnum")
         .and_then(|c| c.as_primitive_opt::<Int16Type>())
         .ok_or_else(|| DataFusionError::Internal("pg_attribute has no attnum".into()))?;
-    let flags: BooleanArray = (0..batch.num_rows())
-        .map(|row| Some(with_default.contains(&(relids.value(row), attnums.value(row)))))
-        .collect();
+    let row_type = |row: usize| {
+        let field = schemas
+            .get(&relids.value(row))?
+            .fields()
+            .get(usize::try_from(attnums.value(row)).ok()?.checked_sub(1)?)?;
+        Some(AttributeType::of(field))
+    };
+    let types: Vec<Option<AttributeType>> = (0..batch.num_rows()).map(row_type).collect();
     let mut columns = batch.columns().to_vec();
-    columns[position] = Arc::new(flags);
+    for (position, field) in schema.fields().iter().enumerate() {
+        let old = &columns[position];
+        let replaced: Option<ArrayRef> = match field.name().as_str() {
+            "atthasdef" => Some(Arc::new(
+                (0..batch.num_rows())
+                    .map(|row| {
+                        Some(with_default.contains(&(relids.value(row), attnums.value(row))))
+                    })
+                    .collect::<BooleanArray>(),
+            )),
+            "atttypid" => Some(replace_i32(old, &types, |t| t.oid)?),
+            "atttypmod" => Some(replace_i32(old, &types, |t| t.modifier)?),
+            "attndims" => Some(replace_i32(old, &types, |t| t.dimensions)?),
+            "attlen" => {
+                let olds = old.as_primitive_opt::<Int16Type>().ok_or_else(|| {
+                    DataFusionError::Internal("pg_attribute.attlen is not int2".into())
+                })?;
+                let values: Int16Array = types
+                    .iter()
+                    .enumerate()
+                    .map(|(row, t)| Some(t.map_or(olds.value(row), |t| t.length)))
+                    .collect();
+                Some(Arc::new(values))
+            }
+            "attbyval" => {
+                let olds = old.as_boolean_opt().ok_or_else(|| {
+                    DataFusionError::Internal("pg_attribute.attbyval is not bool".into())
+                })?;
+                let values: BooleanArray = types
+                    .iter()
+                    .enumerate()
+                    .map(|(row, t)| Some(t.map_or(olds.value(row), |t| t.by_value)))
+                    .collect();
+                Some(Arc::new(values))
+            }
+            "attalign" => Some(replace_char(old, &types, |t| t.align)?),
+            "attstorage" => Some(replace_char(old, &types, |t| t.storage)?),
+            _ => None,
+        };
+        if let Some(array) = replaced {
+            columns[position] = cast(&array, field.data_type())?;
+        }
+    }
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// How pg_attribute describes a column of a type.
+#[derive(Debug, Clone, Copy)]
+struct AttributeType {
+    oid: i32,
+    modifier: i32,
+    length: i16,
+    by_value: bool,
+    align: &'static str,
+    storage: &'static str,
+    dimensions: i32,
+}
+
+impl AttributeType {
+    fn of(field: &Field) -> Self {
+        let (pg_type, modifier) = column_type(field);
+        let fixed = |length, align| Self {
+            oid: pg_type.oid() as i32,
+            modifier,
+            length,
+            by_value: length <= 8,
+            align,
+            storage: "p",
+            dimensions: 0,
+        };
+        match pg_type {
+            Type::BOOL => fixed(1, "c"),
+            Type::INT2 => fixed(2, "s"),
+            Type::INT4 | Type::FLOAT4 | Type::DATE => fixed(4, "i"),
+            Type::INT8 | Type::FLOAT8 | Type::TIME | Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+                fixed(8, "d")
+            }
+            Type::INTERVAL => Self {
+                by_value: false,
+                ..fixed(16, "d")
+            },
+            Type::INT2_VECTOR => Self {
+                by_value: false,
+                ..fixed(-1, "i")
+            },
+            Type::NUMERIC => Self {
+                by_value: false,
+                storage: "m",
+                ..fixed(-1, "i")
+            },
+            Type::INT8_ARRAY | Type::FLOAT8_ARRAY => Self {
+                by_value: false,
+                storage: "x",
+                dimensions: 1,
+                ..fixed(-1, "d")
+            },
+            Type::BOOL_ARRAY
+            | Type::INT2_ARRAY
+            | Type::INT4_ARRAY
+            | Type::FLOAT4_ARRAY
+            | Type::DATE_ARRAY
+            | Type::TEXT_ARRAY => Self {
+                by_value: false,
+                storage: "x",
+                dimensions: 1,
+                ..fixed(-1, "i")
+            },
+            // text, varchar, bpchar, bytea
+            _ => Self {
+                by_value: false,
+                storage: "x",
+                ..fixed(-1, "i")
+            },
+        }
+    }
+}
+
+fn replace_i32(
+    old: &ArrayRef,
+    types: &[Option<AttributeType>],
+    value: impl Fn(&AttributeType) -> i32,
+) -> Result<ArrayRef> {
+    let olds = cast(old, &DataType::Int32)?;
+    let olds = olds.as_primitive::<Int32Type>();
+    let values: Int32Array = types
+        .iter()
+        .enumerate()
+        .map(|(row, t)| Some(t.as_ref().map_or(olds.value(row), &value)))
+        .collect();
+    Ok(Arc::new(values))
+}
+
+fn replace_char(
+    old: &ArrayRef,
+    types: &[Option<AttributeType>],
+    value: impl Fn(&AttributeType) -> &'static str,
+) -> Result<ArrayRef> {
+    let olds = cast(old, &DataType::Utf8)?;
+    let olds = olds.as_string::<i32>();
+    let values: StringArray = types
+        .iter()
+        .enumerate()
+        .map(|(row, t)| {
+            Some(match t {
+                Some(t) => value(t),
+                None => olds.value(row),
+            })
+        })
+        .collect();
+    Ok(Arc::new(values))
 }
 
 /// An `int2vector` column: a list of int2 that goes out as `int2vector`.
