@@ -71,6 +71,7 @@ impl ParsedStatement {
         }
     }
 
+    /// The statement as parsed.
     pub(crate) fn statement(&self) -> &DFStatement {
         &self.statement
     }

@@ -20,7 +20,6 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use futures::TryStreamExt;
-
 use tokio::sync::mpsc::error::SendTimeoutError;
 
 use super::{
@@ -367,7 +366,7 @@ pub(crate) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
-/// The files of one map attempt while they are written.
+/// The overflow file of a live block, while it is written.
 struct OverflowFile {
     writer: FileWriter<BufWriter<BudgetedFile>>,
     path: PathBuf,
@@ -385,6 +384,7 @@ fn out_of_budget(error: DataFusionError, limit: u64) -> DataFusionError {
     }
 }
 
+/// The files of one map attempt while they are written.
 struct MapOutput {
     block: ShuffleBlock,
     work_dir: PathBuf,
