@@ -85,8 +85,9 @@ pub struct LiveReader {
 }
 
 impl LiveReader {
-    /// A reader of a bare channel, with no overflow (tests, and callers that own both ends).
-    pub fn from_channel(rx: LiveReceiver) -> Self {
+    /// A reader of a bare channel, with no overflow.
+    #[cfg(test)]
+    fn from_channel(rx: LiveReceiver) -> Self {
         Self {
             rx,
             overflow: Arc::default(),

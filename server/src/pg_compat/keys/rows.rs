@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    ListBuilder, RecordBatch, StringArray,
+    ArrayRef, AsArray, BooleanArray, Int16Builder, Int32Array, Int32Builder, ListBuilder,
+    RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int16Type, Int32Type, Schema, SchemaRef};
@@ -139,17 +139,8 @@ pub(super) fn with_ember_attributes(
             "atttypid" => Some(replace_i32(old, &types, |t| t.oid)?),
             "atttypmod" => Some(replace_i32(old, &types, |t| t.modifier)?),
             "attndims" => Some(replace_i32(old, &types, |t| t.dimensions)?),
-            "attlen" => {
-                let olds = old.as_primitive_opt::<Int16Type>().ok_or_else(|| {
-                    DataFusionError::Internal("pg_attribute.attlen is not int2".into())
-                })?;
-                let values: Int16Array = types
-                    .iter()
-                    .enumerate()
-                    .map(|(row, t)| Some(t.map_or(olds.value(row), |t| t.length)))
-                    .collect();
-                Some(Arc::new(values))
-            }
+            // int2: the cast below narrows it back.
+            "attlen" => Some(replace_i32(old, &types, |t| i32::from(t.length))?),
             "attbyval" => {
                 let olds = old.as_boolean_opt().ok_or_else(|| {
                     DataFusionError::Internal("pg_attribute.attbyval is not bool".into())
