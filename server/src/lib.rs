@@ -18,6 +18,7 @@ mod cluster;
 pub mod coordinator;
 mod cursors;
 mod ddl;
+mod declared;
 pub mod engine;
 pub mod error;
 pub mod flight_sql;

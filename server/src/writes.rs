@@ -22,27 +22,20 @@ use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::expr::ScalarFunction;
-use datafusion::logical_expr::{
-    CreateMemoryTable, DmlStatement, Expr, LogicalPlan, Projection, ScalarUDF, WriteOp, lit,
-};
+use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{
-    CharacterLength, DataType as SqlDataType, Statement as SqlStatement,
-};
-use ember_planner::functions::CheckLength;
 use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
 use futures::TryStreamExt;
 
 use crate::catalog::{CatalogObject, ManagedEntry, ManagedFile, ManagedTable};
 use crate::ddl::ObjectName;
+use crate::declared::{DeclaredString, check_declared_lengths};
 use crate::engine::{QueryEngine, QueryOutput};
 use crate::error::{Error, Result};
-use crate::pgwire::encode::{DeclaredString, PG_TYPE_METADATA};
+use crate::pgwire::encode::PG_TYPE_METADATA;
 use crate::session::ClientSession;
 
 /// How long files replaced by an overwrite stay for queries that were planned before it.
@@ -134,50 +127,6 @@ impl QueryEngine {
             .write(session, sql, physical, Target::Directory)
             .await?;
         Ok(QueryOutput::Command(format!("COPY {rows}")))
-    }
-
-    /// The column types a `CREATE TABLE` statement declares as `varchar`/`char`, by position
-    /// (none for other statements, or other columns). Arrow keeps such columns as text; the
-    /// table's field metadata keeps the declaration, so clients see `character varying(20)`.
-    pub(crate) fn declared_strings(
-        &self,
-        session: &ClientSession,
-        text: &str,
-    ) -> Vec<Option<DeclaredString>> {
-        let Ok(statements) = self.parse(session, text) else {
-            return vec![];
-        };
-        let [parsed] = statements.as_slice() else {
-            return vec![];
-        };
-        let DFStatement::Statement(statement) = parsed.statement() else {
-            return vec![];
-        };
-        let SqlStatement::CreateTable(create) = statement.as_ref() else {
-            return vec![];
-        };
-        let length = |length: &Option<CharacterLength>| match length {
-            Some(CharacterLength::IntegerLength { length, .. }) => u32::try_from(*length).ok(),
-            _ => None,
-        };
-        create
-            .columns
-            .iter()
-            .map(|column| match &column.data_type {
-                SqlDataType::Varchar(n)
-                | SqlDataType::CharacterVarying(n)
-                | SqlDataType::CharVarying(n) => Some(DeclaredString::Varchar(length(n))),
-                // PostgreSQL's `char` without a length is char(1).
-                SqlDataType::Char(n) | SqlDataType::Character(n) => {
-                    Some(DeclaredString::Char(if n.is_none() {
-                        1
-                    } else {
-                        length(n)?
-                    }))
-                }
-                _ => None,
-            })
-            .collect()
     }
 
     /// `CREATE TABLE name (columns)` and `CREATE TABLE name AS query`: a managed table under
@@ -665,45 +614,6 @@ impl Drop for StagingGuard {
             handle.spawn(remove);
         }
     }
-}
-
-/// `input` with every value bound for a `varchar(n)` or `char(n)` column of `table` checked
-/// against the declared length, as PostgreSQL checks it (SQLSTATE 22001 when it does not fit).
-/// Columns match by position: DataFusion plans inserts with the table's columns in order.
-fn check_declared_lengths(input: Arc<LogicalPlan>, table: &Schema) -> Result<Arc<LogicalPlan>> {
-    let checks: Vec<Option<DeclaredString>> = table
-        .fields()
-        .iter()
-        .map(|field| {
-            let declared = DeclaredString::parse(field.metadata().get(PG_TYPE_METADATA)?)?;
-            declared.max_length().map(|_| declared)
-        })
-        .collect();
-    if checks.iter().all(Option::is_none) || input.schema().fields().len() != checks.len() {
-        return Ok(input);
-    }
-    let check = Arc::new(ScalarUDF::from(CheckLength::new()));
-    let exprs = input
-        .schema()
-        .columns()
-        .into_iter()
-        .zip(checks)
-        .map(|(column, declared)| {
-            let name = column.name.clone();
-            let value = Expr::Column(column);
-            match declared.and_then(|d| Some((d.max_length()?, d.type_name()))) {
-                Some((max, type_name)) => Expr::ScalarFunction(ScalarFunction::new_udf(
-                    Arc::clone(&check),
-                    vec![value, lit(i64::from(max)), lit(type_name)],
-                ))
-                .alias(name),
-                None => value,
-            }
-        })
-        .collect::<Vec<_>>();
-    Ok(Arc::new(LogicalPlan::Projection(Projection::try_new(
-        exprs, input,
-    )?)))
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
 
+use crate::declared::DeclaredString;
+
 /// Field metadata naming the Postgres type a column is sent as, where its Arrow type alone
 /// would say otherwise: [`INT2VECTOR`] for a list of int2 that pg_catalog has as `int2vector`,
 /// and the declared type of a managed table's string column (`varchar(20)`, `bpchar(1)`).
@@ -41,67 +43,6 @@ pub(crate) fn column_type(field: &Field) -> (Type, i32) {
             ((i32::from(*p) << 16) | i32::from(*s as u8)) + 4,
         ),
         (data_type, _) => (pg_type(data_type), -1),
-    }
-}
-
-/// A string column declared `varchar`, `varchar(n)` or `char(n)`; Arrow keeps it as text, the
-/// declaration lives in the field's [`PG_TYPE_METADATA`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeclaredString {
-    Varchar(Option<u32>),
-    Char(u32),
-}
-
-impl DeclaredString {
-    /// The metadata value that records the declaration.
-    pub(crate) fn metadata(self) -> String {
-        match self {
-            Self::Varchar(None) => "varchar".into(),
-            Self::Varchar(Some(n)) => format!("varchar({n})"),
-            Self::Char(n) => format!("bpchar({n})"),
-        }
-    }
-
-    pub(crate) fn parse(value: &str) -> Option<Self> {
-        if value == "varchar" {
-            return Some(Self::Varchar(None));
-        }
-        let length = |prefix: &str| {
-            value
-                .strip_prefix(prefix)?
-                .strip_suffix(')')?
-                .parse::<u32>()
-                .ok()
-        };
-        length("varchar(")
-            .map(|n| Self::Varchar(Some(n)))
-            .or_else(|| length("bpchar(").map(Self::Char))
-    }
-
-    /// PostgreSQL's name of the type, as its errors give it.
-    pub(crate) fn type_name(self) -> String {
-        match self {
-            Self::Varchar(None) => "character varying".into(),
-            Self::Varchar(Some(n)) => format!("character varying({n})"),
-            Self::Char(n) => format!("character({n})"),
-        }
-    }
-
-    /// At most this many characters fit.
-    pub(crate) fn max_length(self) -> Option<u32> {
-        match self {
-            Self::Varchar(n) => n,
-            Self::Char(n) => Some(n),
-        }
-    }
-
-    fn pg_type(self) -> (Type, i32) {
-        let typmod = |n: u32| i32::try_from(n).map_or(-1, |n| n.saturating_add(4));
-        match self {
-            Self::Varchar(None) => (Type::VARCHAR, -1),
-            Self::Varchar(Some(n)) => (Type::VARCHAR, typmod(n)),
-            Self::Char(n) => (Type::BPCHAR, typmod(n)),
-        }
     }
 }
 
