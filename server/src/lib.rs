@@ -31,6 +31,7 @@ mod results;
 mod scheduler;
 pub mod session;
 pub mod shell;
+mod statement;
 mod system_tables;
 mod writes;
 
