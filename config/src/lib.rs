@@ -18,125 +18,233 @@ pub const DEFAULT_CONFIG: &str = include_str!("../ember.toml");
 /// Result with the config crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why the configuration could not be read, merged or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// Text that is not valid TOML, or merged settings that do not fit [`EmberConfig`].
     #[error("invalid config in {origin}: {message}")]
-    Parse { origin: String, message: String },
+    Parse {
+        /// Where the text came from: a file, an environment variable or flag, or `merged
+        /// configuration`.
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key (or section) that the defaults in `ember.toml` do not define.
     #[error("unknown config key `{key}` in {origin}")]
-    UnknownKey { key: String, origin: String },
+    UnknownKey {
+        /// The key, as `section.key`.
+        key: String,
+        /// Where it came from: a file, an environment variable or a flag.
+        origin: String,
+    },
+    /// A value of the wrong type, or one outside the range the setting allows.
     #[error("invalid value for config key `{key}` in {origin}: {message}")]
     InvalidValue {
+        /// The offending key, as `section.key`.
         key: String,
+        /// Where the value came from: a file, an environment variable, a flag, or `configuration`
+        /// for the checks on the merged settings.
         origin: String,
+        /// What is wrong with the value.
         message: String,
     },
 }
 
+/// Ember's merged and validated settings, one field per section of `ember.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmberConfig {
+    /// `[coordinator]`: listeners, data dir, executor liveness and query history.
     pub coordinator: CoordinatorConfig,
+    /// `[scheduler]`: task retries, speculative execution and query admission.
     pub scheduler: SchedulerConfig,
+    /// `[auth]`: how Postgres and Flight SQL clients authenticate.
     pub auth: AuthConfig,
+    /// `[tls]`: TLS for the Postgres port.
     pub tls: TlsConfig,
+    /// `[executor]`: an executor's Flight service, work dir and resources.
     pub executor: ExecutorConfig,
+    /// `[storage]`: allowed local paths and S3-compatible object storage.
     pub storage: StorageConfig,
+    /// `[cache]`: sizes of the metadata, listing and statistics caches.
     pub cache: CacheConfig,
+    /// `[local]`: settings for `ember local`.
     pub local: LocalConfig,
+    /// `[tpch]`: generated TPC-H sample data.
     pub tpch: TpchConfig,
 }
 
+/// The `[scheduler]` section: task retries, speculative execution and query admission.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
+    /// Attempts of a task before its query fails (at least 1); deterministic user errors are never
+    /// retried, and re-runs after a lost executor or map output do not count.
     pub task_max_attempts: u32,
+    /// How long, in milliseconds, a query with no live executor waits for one to register before
+    /// it fails.
     pub executor_wait_ms: u64,
+    /// Bytes of a result partition held on the coordinator until its task finishes, so that a lost
+    /// result task can be re-run unnoticed; beyond this rows stream on, and a later loss fails the
+    /// query.
     pub result_buffer_bytes: u64,
+    /// Whether a task that runs much longer than its finished siblings gets a second attempt on
+    /// another executor; the first attempt to finish wins. Off by default.
     pub speculation: bool,
+    /// A task is slow once it has run this many times the median duration of its finished
+    /// siblings (at least 1).
     pub speculation_multiplier: f64,
+    /// Fraction (0 to 1) of a stage's tasks that must have finished before any of the rest is
+    /// speculated.
     pub speculation_quantile: f64,
+    /// Minimum time, in milliseconds, a task must have run before it can be speculated.
     pub speculation_min_ms: u64,
+    /// Queries running at once; further queries wait in a queue. 0 means no limit.
     pub max_running_queries: usize,
+    /// Queries that may wait for a running slot; a query arriving at a full queue is refused
+    /// (SQLSTATE 53000).
     pub max_queued_queries: usize,
 }
 
+/// The `[auth]` section: how Postgres and Flight SQL clients authenticate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Postgres authentication method: `trust` (the default; local use only), `password`, `md5`
+    /// or `scram-sha-256`.
     pub method: String,
+    /// Users allowed to connect when the method is not `trust`, as `name:verifier` entries; the
+    /// verifier is what `ember passwd NAME` prints.
     pub users: Vec<String>,
+    /// Lifetime, in milliseconds, of the Bearer tokens Flight SQL clients get at the handshake
+    /// (at least 1000).
     pub token_ttl_ms: u64,
+    /// Secret signing Flight SQL tokens and tickets, shared by the coordinator and every executor;
+    /// empty means the coordinator makes a random one at start.
     pub flight_secret: String,
 }
 
+/// The `[tls]` section: the certificate and key for TLS on the Postgres port.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain for the Postgres port; empty (together with `key_file`) means no TLS.
     pub cert_file: PathBuf,
+    /// PEM private key for `cert_file`; set or left empty together with it.
     pub key_file: PathBuf,
 }
 
+/// The `[cache]` section: memory for the Parquet metadata, file listing and statistics caches.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
+    /// Bytes of Parquet footers cached in memory on every node that reads files; 0 turns the
+    /// cache off.
     pub metadata_bytes: u64,
+    /// Bytes of table directory listings cached by the coordinator; 0 turns the cache off.
     pub listing_bytes: u64,
+    /// How long a cached listing stays valid, in milliseconds, for files added behind Ember's back;
+    /// 0 means until a write through Ember.
     pub listing_ttl_ms: u64,
+    /// Bytes of per-file statistics (row counts, min/max) the coordinator keeps for planning.
     pub statistics_bytes: u64,
 }
 
+/// The `[storage]` section: where local data may live and how to reach S3-compatible storage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Local directories that tables, COPY and scanned or written files must lie in; empty means
+    /// the data dir (see [`EmberConfig::allowed_paths`]). Remote object stores are not restricted.
     pub allowed_paths: Vec<PathBuf>,
+    /// Endpoint for `s3://` locations; empty falls back to `AWS_ENDPOINT`.
     pub s3_endpoint: String,
+    /// S3 region; empty falls back to `AWS_REGION`.
     pub s3_region: String,
+    /// S3 access key id; empty falls back to `AWS_ACCESS_KEY_ID`.
     pub s3_access_key_id: String,
+    /// S3 secret access key; empty falls back to `AWS_SECRET_ACCESS_KEY`.
     pub s3_secret_access_key: String,
+    /// Allow plain HTTP to the S3 endpoint (local S3-compatible servers).
     pub s3_allow_http: bool,
 }
 
+/// The `[coordinator]` section: listeners, data dir, executor liveness and query history.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
+    /// Address the coordinator's listeners bind to; `0.0.0.0` accepts remote clients and executors.
     pub bind_host: String,
+    /// gRPC port that executors dial to register, heartbeat and receive tasks (default 50050).
     pub port: u16,
+    /// Postgres wire protocol port (default 5433).
     pub pg_port: u16,
+    /// Directory for catalog data, generated sample data and, in local mode, executor work dirs.
     pub data_dir: PathBuf,
+    /// Milliseconds without a heartbeat after which an executor is declared lost; must exceed
+    /// `executor.heartbeat_interval_ms`.
     pub executor_timeout_ms: u64,
+    /// How many queries (with their tasks) stay visible in `system.queries` and `system.tasks`.
     pub history_size: usize,
+    /// Largest gRPC message accepted or sent between coordinator and executors, in bytes (at
+    /// least 4 MiB).
     pub max_message_size: usize,
+    /// Arrow Flight SQL port (default 50051); 0 picks a free port.
     pub flight_sql_port: u16,
+    /// Whether the coordinator relays all Flight SQL result data, instead of sending clients to
+    /// fetch each partition from the executor that computes it.
     pub flight_sql_proxy: bool,
+    /// Milliseconds a Flight SQL result may go unfetched before it is dropped and its tickets
+    /// expire.
     pub flight_sql_fetch_timeout_ms: u64,
 }
 
+/// The `[executor]` section: an executor's Flight service, work dir and resource limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorConfig {
+    /// Address the executor's Flight service binds to and advertises to peers.
     pub bind_host: String,
+    /// Arrow Flight port for shuffle data; 0 picks a free port.
     pub flight_port: u16,
+    /// Directory for shuffle files; empty means `<data_dir>/work/<executor id>`.
     pub work_dir: PathBuf,
+    /// Concurrent task slots; 0 means the number of CPU cores (divided among the executors in
+    /// `ember local`).
     pub slots: usize,
+    /// Bytes of memory for running tasks, shared by the slots (operators spill beyond their share);
+    /// 0 means 60% of the machine's memory (divided among the executors in `ember local`).
     pub memory: u64,
+    /// How often the executor reports that it is alive, in milliseconds (must be positive).
     pub heartbeat_interval_ms: u64,
+    /// Bytes of disk the work dir (shuffle files and spills) may use; a task that would write more
+    /// fails with SQLSTATE 53100. 0 means no limit.
     pub max_disk_bytes: u64,
 }
 
+/// The `[local]` section: settings for `ember local`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
+    /// Executors started in-process by `ember local` (default 2).
     pub executors: usize,
 }
 
+/// The `[tpch]` section: generated TPC-H sample data.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TpchConfig {
+    /// TPC-H scale factor generated into `<data_dir>/tpch` and registered as schema `tpch`; 0 turns
+    /// it off (at most 1000).
     pub scale: f64,
 }
 

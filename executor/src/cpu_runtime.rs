@@ -18,6 +18,8 @@ pub struct CpuRuntime {
 }
 
 impl CpuRuntime {
+    /// A runtime of `num_threads` threads (at least one) named `<name>-cpu`, on a thread of its
+    /// own so it can be dropped from async code.
     pub fn new(name: &str, num_threads: usize) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(num_threads.max(1))

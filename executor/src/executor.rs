@@ -24,17 +24,17 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
-use crate::client_auth::SigningKey;
 use crate::cpu_runtime::CpuRuntime;
-use crate::fetcher::FlightShuffleFetcher;
 use crate::flight::ShuffleFlightService;
-use crate::proto::cluster_service_client::ClusterServiceClient;
-use crate::proto::{
+use crate::task_runner::{TaskRunner, cancelled};
+use crate::{Error, Result};
+use ember_protocol::FlightShuffleFetcher;
+use ember_protocol::credentials::SigningKey;
+use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
+use ember_protocol::proto::{
     CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor, TaskId,
     coordinator_message, executor_message,
 };
-use crate::task_runner::{TaskRunner, cancelled};
-use crate::{Error, Result};
 
 /// How an executor is set up.
 #[derive(Debug, Clone)]
@@ -45,13 +45,16 @@ pub struct ExecutorOptions {
     pub advertise_host: String,
     /// Shuffle files live under `<work_dir>/shuffle`; spills under `<work_dir>/tmp`.
     pub work_dir: PathBuf,
+    /// Tasks that run at once.
     pub slots: usize,
     /// Bytes of memory shared by the slots; 0 means unbounded.
     pub memory: u64,
     /// Bytes of shuffle files and, separately, of spill files the work dir may hold; 0 means
     /// no limit.
     pub max_disk_bytes: u64,
+    /// How often the executor tells the coordinator it is alive.
     pub heartbeat_interval: Duration,
+    /// The largest gRPC message sent or received (task fragments, shuffle batches).
     pub max_message_size: usize,
     /// Local files that fragments may scan or write must lie under these directories.
     pub allowed_paths: Vec<PathBuf>,
@@ -62,6 +65,62 @@ pub struct ExecutorOptions {
     /// The coordinator's key for Flight SQL tickets: clients holding one fetch result
     /// partitions straight from this executor.
     pub client_key: Option<SigningKey>,
+}
+
+impl ExecutorOptions {
+    /// From the configuration: `executor.*` (`slots` 0: one per core; `memory` 0: 60% of the
+    /// machine's), the storage and cache settings, and `auth.flight_secret` to check the
+    /// tickets of Flight SQL clients. `coordinator` is its `host:port`.
+    pub fn from_config(
+        config: &ember_config::EmberConfig,
+        coordinator: String,
+        work_dir: PathBuf,
+    ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            coordinator,
+            advertise_host: config.executor.bind_host.clone(),
+            work_dir,
+            slots: match config.executor.slots {
+                0 => cores,
+                slots => slots,
+            },
+            memory: match config.executor.memory {
+                0 => default_memory(),
+                memory => memory,
+            },
+            max_disk_bytes: config.executor.max_disk_bytes,
+            heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
+            max_message_size: config.coordinator.max_message_size,
+            allowed_paths: config.allowed_paths(),
+            cache: CacheLimits::from_config(&config.cache),
+            s3: S3Options::from_config(&config.storage),
+            // Flight SQL clients fetch result partitions from executors with the coordinator's
+            // tickets: a stand-alone executor needs the shared secret to check them.
+            client_key: (!config.auth.flight_secret.is_empty())
+                .then(|| SigningKey::from_secret(&config.auth.flight_secret)),
+        }
+    }
+}
+
+/// Memory for an executor that was given none: 60% of the machine's, the rest left to the
+/// operating system, buffers and the coordinator (0, no limit, where it cannot be read).
+fn default_memory() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .unwrap_or(0);
+    total_kib * 1024 / 10 * 6
 }
 
 /// One executor. `run` serves until `shutdown` completes.
@@ -86,10 +145,13 @@ impl Executor {
         }
     }
 
+    /// The executor's id (random, `exec-...`), as `system.executors` shows it.
     pub fn id(&self) -> &ExecutorId {
         &self.id
     }
 
+    /// Registers with the coordinator (again after every lost session), runs the tasks it
+    /// launches and serves shuffle blocks until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Self {
             id,

@@ -11,16 +11,15 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use ember_planner::ids::{QueryId, StageId};
-use ember_planner::shuffle::{LiveBlocks, ShuffleBlock, live_batches, read_local_block};
+use ember_planner::shuffle::{LiveBlocks, live_batches, read_local_block};
 use futures::{Stream, StreamExt, TryStreamExt};
-use prost::Message;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::client_auth::SigningKey;
-use crate::proto::{ShuffleTicket, TaskId};
+use ember_protocol::credentials::{SigningKey, client_ticket_handle};
+use ember_protocol::proto::TaskId;
+use ember_protocol::tickets::decode_ticket;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -37,6 +36,8 @@ pub struct ShuffleFlightService {
 }
 
 impl ShuffleFlightService {
+    /// Serves the shuffle files under `work_dir` and the live blocks of `live`; client tickets
+    /// are checked with `client_key` and partitions read to their end reported on `served_tx`.
     pub fn new(
         work_dir: PathBuf,
         live: Arc<LiveBlocks>,
@@ -50,34 +51,6 @@ impl ShuffleFlightService {
             served_tx,
         }
     }
-}
-
-/// Encodes a block as a Flight ticket; `live` asks for the stream of a running task.
-pub fn encode_ticket(block: &ShuffleBlock, live: bool) -> Ticket {
-    let ticket = ShuffleTicket {
-        query_id: block.query_id.to_string(),
-        stage_id: block.stage_id.0,
-        map_partition: block.map_partition,
-        attempt: block.attempt,
-        output_partition: block.output_partition,
-        live,
-    };
-    Ticket::new(ticket.encode_to_vec())
-}
-
-fn decode_ticket(ticket: &Ticket) -> Result<(ShuffleBlock, bool), Status> {
-    let ticket = ShuffleTicket::decode(ticket.ticket.as_ref())
-        .map_err(|e| Status::invalid_argument(format!("malformed shuffle ticket: {e}")))?;
-    let query_id = QueryId::parse(&ticket.query_id)
-        .ok_or_else(|| Status::invalid_argument("malformed query id in shuffle ticket"))?;
-    let block = ShuffleBlock {
-        query_id,
-        stage_id: StageId(ticket.stage_id),
-        map_partition: ticket.map_partition,
-        attempt: ticket.attempt,
-        output_partition: ticket.output_partition,
-    };
-    Ok((block, ticket.live))
 }
 
 #[tonic::async_trait]
@@ -94,7 +67,7 @@ impl FlightService for ShuffleFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        if let Some(handle) = crate::client_results::client_ticket_handle(request.get_ref()) {
+        if let Some(handle) = client_ticket_handle(request.get_ref()) {
             let Some(key) = &self.client_key else {
                 return Err(Status::failed_precondition(
                     "this executor serves no Flight SQL results (auth.flight_secret is not set)",
@@ -218,31 +191,5 @@ impl FlightService for ShuffleFlightService {
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         Err(Status::unimplemented("the shuffle service has no actions"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tickets_round_trip_and_reject_garbage() {
-        let block = ShuffleBlock {
-            query_id: QueryId::parse("q1").unwrap(),
-            stage_id: StageId(3),
-            map_partition: 2,
-            attempt: 1,
-            output_partition: 7,
-        };
-        assert_eq!(
-            decode_ticket(&encode_ticket(&block, true)).unwrap(),
-            (block, true)
-        );
-        let evil = ShuffleTicket {
-            query_id: "../../etc".into(),
-            ..Default::default()
-        };
-        assert!(decode_ticket(&Ticket::new(evil.encode_to_vec())).is_err());
-        assert!(decode_ticket(&Ticket::new(vec![0xff, 0xff, 0xff])).is_err());
     }
 }

@@ -13,16 +13,15 @@
 //! ```
 //!
 //! The executor owns no query state beyond its running tasks: the coordinator decides what runs
-//! where and when files may go.
+//! where and when files may go. What it exchanges with the coordinator and its peers (the
+//! cluster protocol, shuffle tickets, the Flight shuffle client, typed task errors) is
+//! `ember-protocol`'s.
 
-pub mod client_auth;
-pub mod client_results;
+mod client_results;
 pub mod cpu_runtime;
 pub mod error;
 pub mod executor;
-pub mod fetcher;
 pub mod flight;
-pub mod proto;
 mod task_runner;
 
 pub use error::{Error, Result};

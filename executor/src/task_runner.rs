@@ -14,13 +14,13 @@ use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
-use ember_planner::shuffle::{DiskBudget, LiveBlocks, ShuffleEnv, ShuffleError, ShuffleFetcher};
+use ember_planner::shuffle::{DiskBudget, LiveBlocks, ShuffleEnv, ShuffleFetcher};
 use futures::TryStreamExt;
 
-use crate::proto::{
-    ErrorKind, ExecutionError, FetchFailed, LaunchTask, PartitionStats, TaskFailed, TaskId,
-    TaskStatus, TaskSucceeded, task_failed, task_status,
+use ember_protocol::proto::{
+    LaunchTask, PartitionStats, TaskId, TaskStatus, TaskSucceeded, task_status,
 };
+use ember_protocol::task_errors::TaskFailure;
 
 /// Everything a task needs from its executor.
 #[derive(Debug)]
@@ -57,7 +57,10 @@ impl TaskRunner {
             elapsed_us: started.elapsed().as_micros() as u64,
             result: Some(match result {
                 Ok(succeeded) => task_status::Result::Succeeded(succeeded),
-                Err(error) => task_status::Result::Failed(failure(&error)),
+                // Described where it arose, from its type: kind, SQLSTATE, or a lost map output.
+                Err(error) => {
+                    task_status::Result::Failed(TaskFailure::from_error(&error).to_proto())
+                }
             }),
         }
     }
@@ -143,67 +146,15 @@ fn spilled_bytes(plan: &dyn ExecutionPlan) -> u64 {
         .sum::<u64>()
 }
 
-/// Sorts an error into what the scheduler needs to decide: recompute a lost map output, fail the
-/// query at once, or retry.
-pub(crate) fn failure(error: &DataFusionError) -> TaskFailed {
-    if let Some(ShuffleError::FetchFailed {
-        executor_id,
-        stage_id,
-        map_partition,
-        map_attempt,
-        message,
-    }) = ShuffleError::find(error)
-    {
-        return TaskFailed {
-            reason: Some(task_failed::Reason::FetchFailed(FetchFailed {
-                executor_id: executor_id.0.clone(),
-                stage_id: stage_id.0,
-                map_partition: *map_partition,
-                map_attempt: *map_attempt,
-                message: message.clone(),
-            })),
-        };
-    }
-    let kind = match error.find_root() {
-        DataFusionError::ResourcesExhausted(message) => {
-            return TaskFailed {
-                reason: Some(task_failed::Reason::Execution(ExecutionError {
-                    kind: ErrorKind::Resources as i32,
-                    message: format!("not enough resources on the executor: {message}"),
-                })),
-            };
-        }
-        // A file that is not there will not be there on the next attempt either.
-        DataFusionError::ObjectStore(e)
-            if matches!(**e, datafusion::object_store::Error::NotFound { .. }) =>
-        {
-            ErrorKind::User
-        }
-        DataFusionError::IoError(e) if e.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
-        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::Io,
-        DataFusionError::Internal(_) | DataFusionError::External(_) => ErrorKind::Internal,
-        _ => ErrorKind::User,
-    };
-    TaskFailed {
-        reason: Some(task_failed::Reason::Execution(ExecutionError {
-            kind: kind as i32,
-            message: error.strip_backtrace(),
-        })),
-    }
-}
-
 impl TaskRunner {
     /// The status of a task whose code panicked.
     pub(crate) fn panicked(task: TaskId, message: &str) -> TaskStatus {
         TaskStatus {
             task: Some(task),
             elapsed_us: 0,
-            result: Some(task_status::Result::Failed(TaskFailed {
-                reason: Some(task_failed::Reason::Execution(ExecutionError {
-                    kind: ErrorKind::Internal as i32,
-                    message: format!("task panicked: {message}"),
-                })),
-            })),
+            result: Some(task_status::Result::Failed(
+                TaskFailure::panicked(message).to_proto(),
+            )),
         }
     }
 }
@@ -213,8 +164,8 @@ pub(crate) fn cancelled(task: TaskId) -> TaskStatus {
     TaskStatus {
         task: Some(task),
         elapsed_us: 0,
-        result: Some(task_status::Result::Failed(TaskFailed {
-            reason: Some(task_failed::Reason::Cancelled(Default::default())),
-        })),
+        result: Some(task_status::Result::Failed(
+            TaskFailure::Cancelled.to_proto(),
+        )),
     }
 }

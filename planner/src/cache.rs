@@ -19,14 +19,29 @@ use datafusion::object_store::path::Path;
 /// Byte limits of the caches; 0 turns a cache off.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheLimits {
+    /// Parquet footers and page indexes.
     pub metadata_bytes: usize,
+    /// File listings of tables.
     pub listing_bytes: usize,
+    /// Per-file statistics.
     pub statistics_bytes: usize,
     /// How long a listing stays valid; `None` until a write invalidates it.
     pub listing_ttl: Option<Duration>,
 }
 
 impl CacheLimits {
+    /// The `[cache]` settings.
+    pub fn from_config(cache: &ember_config::CacheConfig) -> Self {
+        let bytes = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+        Self {
+            metadata_bytes: bytes(cache.metadata_bytes),
+            listing_bytes: bytes(cache.listing_bytes),
+            statistics_bytes: bytes(cache.statistics_bytes),
+            listing_ttl: (cache.listing_ttl_ms > 0)
+                .then(|| Duration::from_millis(cache.listing_ttl_ms)),
+        }
+    }
+
     /// DataFusion's cache configuration with moka caches of these sizes.
     pub fn cache_config(&self) -> CacheManagerConfig {
         let metadata: Arc<dyn Cache<Path, CachedFileMetadataEntry>> = Arc::new(MokaCache::new(
@@ -70,6 +85,8 @@ struct Inner<K, V> {
 }
 
 impl<K: CacheKey + 'static, V: CacheValue + 'static> MokaCache<K, V> {
+    /// A cache of at most `limit` bytes of keys and values (0 keeps nothing) whose entries expire
+    /// `ttl` after they are written, if set. `name` is how DataFusion lists the cache.
     pub fn new(name: &'static str, limit: usize, ttl: Option<Duration>) -> Self {
         Self {
             name,
@@ -209,27 +226,68 @@ mod tests {
     use super::*;
     use datafusion::object_store::ObjectMeta;
 
-    #[test]
-    fn entries_are_bounded_and_removable() {
-        let cache: MokaCache<TableScopedPath, CachedFileList> =
-            MokaCache::new("test", 1 << 20, None);
+    fn listing(dir: &str, files: usize) -> (TableScopedPath, CachedFileList) {
         let key = TableScopedPath {
             table: None,
-            path: Path::from("a/b"),
+            path: Path::from(dir),
         };
-        let meta = ObjectMeta {
-            location: Path::from("a/b/f.parquet"),
-            last_modified: chrono::Utc::now(),
-            size: 10,
-            e_tag: None,
-            version: None,
-        };
-        assert!(cache.put(&key, CachedFileList::new(vec![meta])).is_none());
+        let files = (0..files)
+            .map(|i| ObjectMeta {
+                location: Path::from(format!("{dir}/part-{i:05}.parquet")),
+                last_modified: chrono::Utc::now(),
+                size: 10,
+                e_tag: None,
+                version: None,
+            })
+            .collect();
+        (key, CachedFileList::new(files))
+    }
+
+    #[test]
+    fn entries_can_be_read_listed_and_removed() {
+        let cache: MokaCache<TableScopedPath, CachedFileList> =
+            MokaCache::new("test", 1 << 20, None);
+        let (key, list) = listing("a/b", 1);
+        assert!(cache.put(&key, list).is_none());
         assert_eq!(cache.get(&key).map(|l| l.files.len()), Some(1));
         assert_eq!(cache.list_entries().len(), 1);
         assert!(cache.remove(&key).is_some());
         assert!(!cache.contains_key(&key));
-        cache.update_cache_limit(10);
-        assert_eq!(cache.cache_limit(), 10);
+    }
+
+    #[test]
+    fn the_byte_limit_evicts_entries() {
+        let (_, one) = listing("t/0", 50);
+        let entry_bytes = one.size();
+        // Room for about four listings of 50 files.
+        let limit = entry_bytes * 4 + entry_bytes / 2;
+        let cache: MokaCache<TableScopedPath, CachedFileList> = MokaCache::new("test", limit, None);
+        for table in 0..40 {
+            let (key, list) = listing(&format!("t/{table}"), 50);
+            cache.put(&key, list);
+            // Recently read entries are the ones moka keeps: read each a few times.
+            for _ in 0..3 {
+                let _ = cache.get(&key);
+            }
+        }
+        let kept = cache.len();
+        let kept_bytes: usize = cache.list_entries().values().map(|e| e.size_bytes).sum();
+        assert!(kept < 40, "nothing was evicted: {kept} entries");
+        assert!(
+            kept_bytes <= limit,
+            "{kept_bytes} bytes kept over a limit of {limit}"
+        );
+        // A smaller limit applies at once, to what is cached from then on.
+        cache.update_cache_limit(entry_bytes);
+        for table in 0..10 {
+            let (key, list) = listing(&format!("u/{table}"), 50);
+            cache.put(&key, list);
+        }
+        assert!(
+            cache.len() <= 1,
+            "{} entries over a one-entry limit",
+            cache.len()
+        );
+        assert_eq!(cache.cache_limit(), entry_bytes);
     }
 }

@@ -60,6 +60,7 @@ pub struct FloatSafeFormat {
 }
 
 impl FloatSafeFormat {
+    /// Wraps `inner`, normally DataFusion's parquet format.
     pub fn new(inner: Arc<dyn FileFormat>) -> Self {
         Self { inner }
     }

@@ -4,17 +4,19 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 
 /// Registers Ember's functions with a session or an executor's base state.
 pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(CheckLength::new())))?;
+    registry.register_udf(Arc::new(ScalarUDF::from(CheckNotNull::new())))?;
     Ok(())
 }
 
@@ -28,8 +30,10 @@ pub struct CheckLength {
 }
 
 impl CheckLength {
+    /// The function's name in SQL and in task fragments.
     pub const NAME: &str = "ember_check_length";
 
+    /// The function (one instance serves every column).
     pub fn new() -> Self {
         Self {
             signature: Signature::any(3, Volatility::Immutable),
@@ -41,11 +45,6 @@ impl Default for CheckLength {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The message PostgreSQL gives (SQLSTATE 22001).
-pub fn value_too_long(type_name: &str) -> String {
-    format!("value too long for type {type_name}")
 }
 
 impl ScalarUDFImpl for CheckLength {
@@ -92,7 +91,82 @@ impl ScalarUDFImpl for CheckLength {
             ColumnarValue::Array(array) => strings(array).all(|s| s.is_none_or(fits)),
         };
         if !all_fit {
-            return exec_err!("{}", value_too_long(type_name));
+            return Err(crate::Error::ValueTooLong {
+                type_name: type_name.clone(),
+            }
+            .into_datafusion());
+        }
+        Ok(value.clone())
+    }
+}
+
+/// `ember_check_not_null(value, column)`: the value itself, or PostgreSQL's not-null violation
+/// (SQLSTATE 23502) naming the column when a value is NULL. Writes to columns declared NOT NULL
+/// (and to primary keys) go through it, so the error is typed wherever the write runs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CheckNotNull {
+    signature: Signature,
+}
+
+impl CheckNotNull {
+    /// The function's name in SQL and in task fragments.
+    pub const NAME: &str = "ember_check_not_null";
+
+    /// The function (one instance serves every column).
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for CheckNotNull {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for CheckNotNull {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args.first() {
+            Some(data_type) => Ok(data_type.clone()),
+            None => plan_err!("{} takes a value and a column name", Self::NAME),
+        }
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let Some(value) = args.arg_fields.first() else {
+            return plan_err!("{} takes a value and a column name", Self::NAME);
+        };
+        // What passes is never NULL.
+        Ok(Arc::new(value.as_ref().clone().with_nullable(false)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [
+            value,
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(column))),
+        ] = args.args.as_slice()
+        else {
+            return exec_err!("{} takes a value and a constant column name", Self::NAME);
+        };
+        let has_null = match value {
+            ColumnarValue::Scalar(scalar) => scalar.is_null(),
+            ColumnarValue::Array(array) => array.null_count() > 0,
+        };
+        if has_null {
+            return Err(crate::Error::NotNullViolation {
+                column: column.clone(),
+            }
+            .into_datafusion());
         }
         Ok(value.clone())
     }

@@ -21,6 +21,7 @@ impl QueryId {
         Self(format!("{:016x}{:016x}", rand_u64(), rand_u64()))
     }
 
+    /// The id as text, as it appears in directory names and on the wire.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -72,9 +73,16 @@ impl fmt::Display for ExecutorId {
 /// One attempt at running one partition of one stage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TaskAttempt {
+    /// The query the task belongs to.
     pub query_id: QueryId,
+    /// The stage whose fragment the task runs.
     pub stage_id: StageId,
+    /// The partition of the stage the task computes; for a map task, also the map partition of its
+    /// output.
     pub partition: u32,
+    /// Counts the launches of this task from 0, speculative copies included. Each attempt writes
+    /// its map output to a directory of its own, so a retry never overwrites an earlier attempt's
+    /// files.
     pub attempt: u32,
 }
 

@@ -23,6 +23,7 @@ pub mod joins;
 pub mod paths;
 pub mod session;
 pub mod shuffle;
+pub mod sqlstate;
 pub mod stage;
 pub mod storage;
 pub mod subquery;

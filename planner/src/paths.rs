@@ -31,6 +31,7 @@ impl AllowedPaths {
         Ok(Self { roots: resolved })
     }
 
+    /// The roots, resolved (symbolic links followed) when the set was built.
     pub fn roots(&self) -> &[PathBuf] {
         &self.roots
     }
@@ -151,7 +152,7 @@ fn resolve(path: &Path) -> PathBuf {
 }
 
 fn denied(message: String) -> DataFusionError {
-    DataFusionError::Plan(format!("permission denied: {message}"))
+    crate::Error::PermissionDenied(message).into_datafusion()
 }
 
 #[cfg(test)]

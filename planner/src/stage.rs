@@ -49,6 +49,7 @@ pub enum StageKind {
 }
 
 impl StageKind {
+    /// The lower-case name shown by `EXPLAIN DISTRIBUTED` and the scheduler's snapshot.
     pub fn as_str(&self) -> &'static str {
         match self {
             StageKind::Shuffle => "shuffle",
@@ -62,8 +63,12 @@ impl StageKind {
 /// One stage: a plan fragment rooted at a [`ShuffleWriterExec`], run as one task per partition.
 #[derive(Debug, Clone)]
 pub struct Stage {
+    /// The stage's index in [`StageGraph::stages`].
     pub id: StageId,
+    /// What the output is for, which decides how the next stage reads it.
     pub kind: StageKind,
+    /// The fragment, rooted at its [`ShuffleWriterExec`]. Its [`ShuffleReaderExec`] leaves have no
+    /// map locations yet; each task's copy gets them when the task is launched.
     pub plan: Arc<dyn ExecutionPlan>,
     /// The stages whose outputs this one reads, in plan order.
     pub inputs: Vec<StageId>,
@@ -75,6 +80,7 @@ impl Stage {
         self.plan.output_partitioning().partition_count()
     }
 
+    /// The writer at the root of the fragment.
     pub fn writer(&self) -> &ShuffleWriterExec {
         self.plan
             .downcast_ref::<ShuffleWriterExec>()
@@ -91,7 +97,9 @@ impl Stage {
 /// produces the result.
 #[derive(Debug, Clone)]
 pub struct StageGraph {
+    /// The query whose plan was cut; its id names the query's shuffle files on every executor.
     pub query_id: QueryId,
+    /// Indexed by [`StageId`]: every stage after its inputs, the result stage last.
     pub stages: Vec<Stage>,
 }
 
@@ -110,10 +118,12 @@ impl StageGraph {
         })
     }
 
+    /// The stage with id `id`; panics if the graph has none.
     pub fn stage(&self, id: StageId) -> &Stage {
         &self.stages[id.0 as usize]
     }
 
+    /// The last stage, which streams the query's answer.
     pub fn result_stage(&self) -> &Stage {
         self.stages
             .last()

@@ -14,12 +14,29 @@ use url::Url;
 /// S3 settings; empty fields fall back to the standard `AWS_*` environment variables.
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {
+    /// The endpoint URL (a local S3-compatible server, say); empty: AWS.
     pub endpoint: String,
+    /// The region; empty: `AWS_REGION`.
     pub region: String,
+    /// The access key id; empty: `AWS_ACCESS_KEY_ID`.
     pub access_key_id: String,
+    /// The secret access key; empty: `AWS_SECRET_ACCESS_KEY`.
     pub secret_access_key: String,
     /// Plain HTTP to the endpoint (local test servers).
     pub allow_http: bool,
+}
+
+impl S3Options {
+    /// The `storage.s3_*` settings.
+    pub fn from_config(storage: &ember_config::StorageConfig) -> Self {
+        Self {
+            endpoint: storage.s3_endpoint.clone(),
+            region: storage.s3_region.clone(),
+            access_key_id: storage.s3_access_key_id.clone(),
+            secret_access_key: storage.s3_secret_access_key.clone(),
+            allow_http: storage.s3_allow_http,
+        }
+    }
 }
 
 /// Local files plus one S3 client per bucket, created when a location first names the bucket.
@@ -31,6 +48,8 @@ pub struct EmberObjectStores {
 }
 
 impl EmberObjectStores {
+    /// A registry with no S3 client yet; each bucket's client is built from `s3` when a location
+    /// first names it.
     pub fn new(s3: S3Options) -> Self {
         Self {
             s3,

@@ -17,6 +17,8 @@ use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 /// A subquery whose value the caller must compute and [`resolve`](Self::resolve).
 #[derive(Debug, Clone)]
 pub struct PendingSubquery {
+    /// The subquery's plan, which the coordinator runs as a query of its own before the outer
+    /// query is cut into stages.
     pub plan: Arc<dyn ExecutionPlan>,
     results: ScalarSubqueryResults,
     index: SubqueryIndex,

@@ -141,18 +141,24 @@ impl DistributedSinkExec {
         })
     }
 
+    /// The plan whose partitions are written, one task each.
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
         &self.input
     }
 
+    /// The planned sink: every task copies its format, options and partition columns, and writes
+    /// to a task directory of its own instead of its target.
     pub fn sink(&self) -> &Arc<dyn DataSink> {
         &self.sink
     }
 
+    /// URL of the staging directory, ending with `/`.
     pub fn staging(&self) -> &str {
         &self.staging
     }
 
+    /// The file name when the whole write is one file; `None` when each task writes a directory
+    /// of files.
     pub fn single_file(&self) -> Option<&str> {
         self.single_file.as_deref()
     }

@@ -10,14 +10,16 @@ use ember_planner::tpch;
 use futures::TryStreamExt;
 use tokio::sync::watch;
 
-use crate::coordinator::stopped;
-use crate::engine::QueryOutput;
 use crate::local::LocalCluster;
+use ember_coordinator::Output;
+use ember_coordinator::stopped;
 
+/// The benchmarks of `ember bench`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// TPC-H: generate the data, run the 22 queries on both engines, print times and ratios.
     Tpch {
+        /// TPC-H scale factor (1: about 1 GB of data).
         #[arg(long, default_value = "1")]
         scale: f64,
         /// Runs per query and engine; the fastest counts (the first run also warms caches).
@@ -33,6 +35,7 @@ pub enum BenchCommand {
     /// Metadata caches: the same short queries on a cluster with the configured caches and on
     /// one with every cache turned off, in one run on the same files.
     Cache {
+        /// TPC-H scale factor.
         #[arg(long, default_value = "1")]
         scale: f64,
         /// Runs per query and cluster; the mean of all but the first counts.
@@ -41,6 +44,7 @@ pub enum BenchCommand {
     },
 }
 
+/// Runs a benchmark and prints its table.
 pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
     let (scale, iterations, executors, queries) = match bench {
         BenchCommand::Tpch {
@@ -67,7 +71,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     let executors_flag = executors.to_string();
     let scale_flag = scale.to_string();
     let zero = "0".to_string();
-    let config = crate::cli::load_config(
+    let config = crate::layers::load_config(
         config_file,
         &[
             ("local.executors", Some(&executors_flag)),
@@ -98,9 +102,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     );
     tpch::register(&datafusion, "tpch", &dir).await?;
     let session = engine.new_session();
-    engine
-        .execute_sql(&session, "SET search_path = tpch")
-        .await?;
+    session.set_current_schema("tpch");
 
     println!("TPC-H SF{scale}, best of {iterations}, {executors} executors, {cores} cores");
     println!(
@@ -122,7 +124,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
             let start = Instant::now();
             let mut ember_rows = 0;
             for output in engine.execute_sql(&session, sql).await? {
-                if let QueryOutput::Rows(stream) = output {
+                if let Output::Rows(stream) = output {
                     let batches: Vec<_> = stream.try_collect().await?;
                     ember_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
                 }
@@ -194,7 +196,7 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
                 ("cache.statistics_bytes", Some(&zero)),
             ]);
         }
-        let config = crate::cli::load_config(config_file, &flags)?;
+        let config = crate::layers::load_config(config_file, &flags)?;
         let cluster = LocalCluster::start(&config).await?;
         let engine = cluster.engine();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -203,16 +205,14 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
             .wait_for_executors(config.local.executors, Duration::from_secs(30))
             .await?;
         let session = engine.new_session();
-        engine
-            .execute_sql(&session, "SET search_path = tpch")
-            .await?;
+        session.set_current_schema("tpch");
         let mut per_query = vec![];
         for (_, sql) in CACHE_QUERIES {
             let mut total = Duration::ZERO;
             for i in 0..iterations.max(2) {
                 let start = Instant::now();
                 for output in engine.execute_sql(&session, sql).await? {
-                    if let QueryOutput::Rows(stream) = output {
+                    if let Output::Rows(stream) = output {
                         let _: Vec<_> = stream.try_collect().await?;
                     }
                 }

@@ -3,13 +3,17 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ember_config::{ConfigBuilder, EmberConfig};
 use ember_executor::Executor;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::local::{LocalCluster, executor_options};
+use ember_executor::ExecutorOptions;
 
+use crate::layers::load_config;
+use crate::local::LocalCluster;
+use crate::roles::{CoordinatorListeners, CoordinatorRole, signing_key};
+
+/// The `ember` command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "ember",
@@ -20,10 +24,12 @@ pub struct Cli {
     /// TOML file overlaying the defaults (see config/ember.toml for every key).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// The role or tool to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// What `ember` runs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator: catalog, scheduler, cluster manager and client frontends.
@@ -36,6 +42,7 @@ pub enum Command {
     Sql(crate::shell::SqlArgs),
     /// Benchmarks comparing Ember with single-node DataFusion.
     Bench {
+        /// Which benchmark.
         #[command(subcommand)]
         bench: crate::bench::BenchCommand,
     },
@@ -50,6 +57,7 @@ pub enum Command {
     },
 }
 
+/// Flags of `ember coordinator` (and `ember local`); each overrides its configuration key.
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
     /// Directory for catalog and sample data.
@@ -76,6 +84,7 @@ pub struct CoordinatorArgs {
     pub allowed_paths: Option<String>,
 }
 
+/// Flags of `ember executor`; each overrides its configuration key.
 #[derive(Debug, Args)]
 pub struct ExecutorArgs {
     /// The coordinator's gRPC address, HOST:PORT.
@@ -106,8 +115,10 @@ pub struct ExecutorArgs {
     pub allowed_paths: Option<String>,
 }
 
+/// Flags of `ember local`.
 #[derive(Debug, Args)]
 pub struct LocalArgs {
+    /// The coordinator's flags.
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
     /// Executors to start in-process.
@@ -119,50 +130,6 @@ pub struct LocalArgs {
     /// Memory per executor, in bytes or with a unit (512MiB, 4GiB).
     #[arg(long)]
     pub memory: Option<String>,
-}
-
-/// Builds the configuration: defaults, file, environment, then flags.
-pub fn load_config(
-    file: Option<&PathBuf>,
-    flags: &[(&str, Option<&String>)],
-) -> anyhow::Result<EmberConfig> {
-    let mut builder = ConfigBuilder::new();
-    if let Some(path) = file {
-        builder = builder.file(path)?;
-    }
-    builder = builder.env(std::env::vars())?;
-    for (key, value) in flags {
-        if let Some(value) = value {
-            let value = if key.ends_with(".memory") {
-                parse_bytes(value)?.to_string()
-            } else {
-                value.to_string()
-            };
-            builder.set_str(key, &value, &format!("flag for {key}"))?;
-        }
-    }
-    Ok(builder.build()?)
-}
-
-/// `4GiB`, `512MB`, `1024` → bytes.
-fn parse_bytes(text: &str) -> anyhow::Result<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size {text:?}"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => anyhow::bail!("unknown size unit {other:?} in {text:?}"),
-    };
-    Ok((number * multiplier as f64) as u64)
 }
 
 fn coordinator_flags(args: &CoordinatorArgs) -> Vec<(&'static str, Option<&String>)> {
@@ -205,14 +172,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Coordinator(args) => {
             let config = load_config(cli.config.as_ref(), &coordinator_flags(&args))?;
-            let host = config.coordinator.bind_host.as_str();
-            let grpc = TcpListener::bind((host, config.coordinator.port)).await?;
-            let pg = TcpListener::bind((host, config.coordinator.pg_port)).await?;
-            let flight_sql = TcpListener::bind((host, config.coordinator.flight_sql_port)).await?;
-            let (key, shared) = crate::flight_sql::signing_key(&config);
-            let coordinator = crate::Coordinator::new(&config, grpc, pg)
-                .await?
-                .with_flight_sql(&config, flight_sql, key, shared)?;
+            let listeners = CoordinatorListeners::bind(&config).await?;
+            let (key, shared) = signing_key(&config);
+            let coordinator = CoordinatorRole::new(&config, listeners, key, shared).await?;
             coordinator.run(shutdown_signal()).await?;
         }
         Command::Executor(args) => {
@@ -240,7 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 config.executor.work_dir.clone()
             };
-            let options = executor_options(&config, args.coordinator.clone(), work_dir);
+            let options = ExecutorOptions::from_config(&config, args.coordinator.clone(), work_dir);
             let executor = Executor::new(options, listener);
             info!(executor_id = %executor.id(), coordinator = %args.coordinator, "starting executor");
             executor.run(shutdown_signal()).await?;
@@ -270,25 +232,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let password = password.trim_end_matches(['\n', '\r']);
             anyhow::ensure!(!password.is_empty(), "no password on standard input");
             let verifier = if md5 {
-                crate::pgwire::auth::md5_verifier(&name, password)
+                ember_coordinator::users::md5_verifier(&name, password)
             } else {
-                crate::pgwire::auth::scram_verifier(password)
+                ember_coordinator::users::scram_verifier(password)
             };
             println!("{name}:{verifier}");
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_bytes("1024").unwrap(), 1024);
-        assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
-        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
-        assert!(parse_bytes("lots").is_err());
-    }
 }

@@ -1,40 +1,39 @@
-//! Ember's server: the coordinator (Spark's driver), its built-in cluster manager, the client
-//! frontends and the `ember` binary's roles.
+//! The `ember` binary's library: the composition root. It parses the command line and runs a
+//! role, putting the coordinator (`ember-coordinator`), its frontends (`ember-pgwire`,
+//! `ember-flight-sql`) and executors (`ember-executor`) together; it also holds the benchmark
+//! and the `ember sql` shell, a Flight SQL client.
 //!
 //! ```text
-//!  psql / JDBC ──pgwire──► QueryEngine ── DataFusion plan ──► StageGraph ──► Scheduler
-//!                              ▲                                              │ launch tasks
-//!                              │ result batches (Flight)                      ▼
-//!                         result relay ◄──────────────── executors (ClusterService sessions)
-//!  system.* tables ◄── scheduler snapshots
+//!  ember coordinator ─► CoordinatorRole: Coordinator + PgServer + FlightSqlServer
+//!  ember executor    ─► Executor
+//!  ember local       ─► CoordinatorRole + N Executors in one process (LocalCluster)
+//!  ember sql         ─► shell ── Flight SQL ──► a coordinator
+//!  ember bench tpch  ─► LocalCluster vs single-node DataFusion, same files
 //! ```
-//! The server owns query state and client sessions; planning primitives live in `ember-planner`
-//! and task execution in `ember-executor`.
+//! Only this crate depends on every other one.
 
 pub mod bench;
-mod catalog;
 pub mod cli;
-mod cluster;
-pub mod coordinator;
-mod cursors;
-mod ddl;
-mod declared;
-pub mod engine;
-pub mod error;
-pub mod flight_sql;
-mod join_fallback;
+pub mod layers;
 pub mod local;
-mod pg_compat;
-mod pgwire;
-mod placeholders;
-mod results;
-mod scheduler;
-pub mod session;
+pub mod roles;
 pub mod shell;
-mod statement;
-mod system_tables;
-mod writes;
 
-pub use coordinator::Coordinator;
-pub use error::{Error, Result};
 pub use local::LocalCluster;
+
+/// Errors of the roles: a coordinator's, or an executor's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The coordinator or a frontend failed.
+    #[error(transparent)]
+    Coordinator(#[from] ember_coordinator::Error),
+    /// An executor failed.
+    #[error(transparent)]
+    Executor(#[from] ember_executor::Error),
+    /// A listener could not be bound.
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with the roles' [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

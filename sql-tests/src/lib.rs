@@ -13,6 +13,8 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 /// Why a record could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An error from the server or the connection; server errors read `SQLSTATE: message`, which
+    /// is what `statement error <regex>` records match against.
     #[error("{0}")]
     Postgres(String),
 }
@@ -33,6 +35,8 @@ pub struct PgDb {
 }
 
 impl PgDb {
+    /// Connects to the server at `host`:`port` as user `ember`, database `ember`, without TLS.
+    /// Must run inside a Tokio runtime, which drives the connection in a spawned task.
     pub async fn connect(host: &str, port: u16) -> Result<Self, Error> {
         let (client, connection) = tokio_postgres::connect(
             &format!("host={host} port={port} user=ember dbname=ember"),
@@ -96,7 +100,9 @@ impl AsyncDB for PgDb {
 /// Where and how to run a suite against a running server.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Host name or address of the server.
     pub host: String,
+    /// The server's Postgres wire protocol port.
     pub port: u16,
     /// The server's data dir (`$EMBER_DATA` in `.slt` files): tests write under it because
     /// locations outside the allowed paths are refused.
@@ -106,7 +112,9 @@ pub struct Target {
 /// The outcome of one file.
 #[derive(Debug)]
 pub struct FileOutcome {
+    /// The `.slt` file that was run.
     pub file: PathBuf,
+    /// Why the file failed (a mismatched record, an error or a timeout); `None` if it passed.
     pub error: Option<String>,
 }
 

@@ -34,12 +34,15 @@ pub const OVERFLOW_AFTER: Duration = Duration::from_millis(100);
 /// What goes through a live channel: the partition's batches, then its end.
 #[derive(Debug)]
 pub enum LiveItem {
+    /// The next batch of the partition, in order.
     Batch(RecordBatch),
     /// The task produced its whole partition.
     End,
 }
 
+/// The task's side of a live channel. An `Err` item tells the reader why the task failed.
 pub type LiveSender = mpsc::Sender<Result<LiveItem>>;
+/// The reader's side of a live channel.
 pub type LiveReceiver = mpsc::Receiver<Result<LiveItem>>;
 
 /// Where the rest of a live block went when its reader fell behind. Set by the task before it
@@ -73,7 +76,11 @@ impl Overflow {
 /// The task's end of a live block.
 #[derive(Debug)]
 pub struct LiveWriter {
+    /// Carries the batches, then [`LiveItem::End`]. It is bounded: a send that stays blocked means
+    /// the reader has fallen behind.
     pub tx: LiveSender,
+    /// Shared with the reader: where the task says it put the rest of the partition once the
+    /// reader fell behind, or why it failed.
     pub overflow: Arc<Overflow>,
 }
 

@@ -33,24 +33,36 @@ use crate::ids::{ExecutorId, QueryId, StageId};
 /// Where one map task's committed output lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOutputLocation {
+    /// The partition of the upstream stage, that is, which map task wrote the output.
     pub map_partition: u32,
+    /// The attempt that wrote the output; readers ask for this attempt's blocks and no other's.
     pub attempt: u32,
+    /// The executor holding the files. When the reader runs on this same executor, it opens them
+    /// from disk.
     pub executor_id: ExecutorId,
     /// `host:port` of the executor's Flight service.
     pub flight_address: String,
     /// The machine the executor runs on (empty if unknown) and its work dir there: a reader on the
     /// same machine opens the file instead of fetching it.
     pub host_key: String,
+    /// That executor's work dir, meaningful only on the machine named by
+    /// [`host_key`](Self::host_key).
     pub work_dir: PathBuf,
 }
 
 /// Identifies one output partition of one map attempt; doubles as the Flight ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShuffleBlock {
+    /// The query the block belongs to.
     pub query_id: QueryId,
+    /// The stage whose map task wrote the block.
     pub stage_id: StageId,
+    /// The map task (partition of that stage) that wrote the block.
     pub map_partition: u32,
+    /// The attempt of that map task.
     pub attempt: u32,
+    /// The reader partition the block is for; always 0 when each map task writes a single output
+    /// (gather, broadcast and result stages).
     pub output_partition: u32,
 }
 
@@ -91,15 +103,21 @@ pub fn map_attempt_dir(
 /// (recompute it) from a failing query.
 #[derive(Debug, thiserror::Error)]
 pub enum ShuffleError {
+    /// A block of a map output could not be opened or streamed. The scheduler takes the map output
+    /// as lost and re-runs the map task that wrote it.
     #[error(
         "fetch of stage {stage_id} map {map_partition} from executor {executor_id} failed: {message}"
     )]
     FetchFailed {
+        /// The executor that held the map output.
         executor_id: ExecutorId,
+        /// The upstream stage whose output was read.
         stage_id: StageId,
+        /// The map task whose output was read.
         map_partition: u32,
         /// The attempt of the map task whose output was read.
         map_attempt: u32,
+        /// What went wrong, for the task's error message.
         message: String,
     },
 }
@@ -139,20 +157,22 @@ pub trait ShuffleFetcher: fmt::Debug + Send + Sync {
 /// shuffle operators at `execute` time.
 #[derive(Debug)]
 pub struct ShuffleEnv {
+    /// This executor's work dir; shuffle files live under `shuffle/<query id>/` in it.
     pub work_dir: PathBuf,
+    /// This executor; blocks whose location names it are read straight from disk.
     pub executor_id: ExecutorId,
     /// This machine's identity, compared with [`MapOutputLocation::host_key`].
     pub host_key: String,
+    /// The attempt number of the task being run; the writer puts its files in that attempt's
+    /// directory.
     pub attempt: u32,
+    /// Fetches the blocks that cannot be read from this machine's disk.
     pub fetcher: Arc<dyn ShuffleFetcher>,
     /// Where a live (streamed) output hands its batches to the reader.
     pub live: Arc<LiveBlocks>,
     /// The bytes of shuffle files this executor may keep.
     pub disk: Arc<DiskBudget>,
 }
-
-/// How a write beyond the [`DiskBudget`] fails.
-pub(crate) const WORK_DIR_FULL: &str = "the executor's work dir is full";
 
 /// Bounds the bytes of shuffle files an executor keeps on disk (`executor.max_disk_bytes`).
 /// Writers reserve as they write; a query's reservation goes when its files are deleted.
@@ -165,6 +185,7 @@ pub struct DiskBudget {
 }
 
 impl DiskBudget {
+    /// A budget of `limit` bytes, none of them reserved; 0 means no limit.
     pub fn new(limit: u64) -> Self {
         Self {
             limit,
@@ -172,6 +193,7 @@ impl DiskBudget {
         }
     }
 
+    /// The limit in bytes; 0 means no limit.
     pub fn limit(&self) -> u64 {
         self.limit
     }
@@ -181,9 +203,10 @@ impl DiskBudget {
         let mut used = self.lock();
         let total: u64 = used.values().sum();
         if self.limit > 0 && total + bytes > self.limit {
+            // Typed inside the I/O error, so the task reports 53100 whichever layer it crosses.
             return Err(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
-                WORK_DIR_FULL,
+                crate::Error::DiskFull { limit: self.limit },
             ));
         }
         *used.entry(query.clone()).or_default() += bytes;

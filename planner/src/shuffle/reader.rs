@@ -21,7 +21,11 @@ use crate::ids::{QueryId, StageId};
 pub enum ReadMode {
     /// Hash or round-robin shuffle: reader partition `p` reads output partition `p` of every map
     /// task.
-    Shuffle { num_partitions: usize },
+    Shuffle {
+        /// The number of reader partitions, equal to the output partitions of every map
+        /// task.
+        num_partitions: usize,
+    },
     /// Gather and broadcast: reader partition `i` reads the single output of map task `i`, so the
     /// operator above (a merge or a coalesce) sees the upstream partitions as they were.
     PerMap,
@@ -114,22 +118,29 @@ impl ShuffleReaderExec {
         }
     }
 
+    /// The query whose shuffle files are read.
     pub fn query_id(&self) -> &QueryId {
         &self.query_id
     }
 
+    /// The upstream stage whose map outputs are read.
     pub fn stage_id(&self) -> StageId {
         self.stage_id
     }
 
+    /// Which blocks each reader partition consumes.
     pub fn mode(&self) -> ReadMode {
         self.mode
     }
 
+    /// The number of map tasks of the upstream stage, so the number of locations a launched task
+    /// needs.
     pub fn num_maps(&self) -> usize {
         self.num_maps
     }
 
+    /// One location per upstream map partition; empty in the stage graph, filled in when a task is
+    /// launched.
     pub fn locations(&self) -> &[MapOutputLocation] {
         &self.locations
     }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 
 use super::{
     BudgetedFile, DiskBudget, LiveItem, LiveWriter, OVERFLOW_AFTER, Overflow, ShuffleBlock,
-    ShuffleEnv, WORK_DIR_FULL, map_attempt_dir,
+    ShuffleEnv, map_attempt_dir,
 };
 use crate::ids::{QueryId, StageId};
 
@@ -57,6 +57,8 @@ pub struct ShuffleWriterExec {
 }
 
 impl ShuffleWriterExec {
+    /// A writer at the root of stage `stage_id`. `output_partitioning` must be hash or round-robin,
+    /// or `None` for a single output per task; anything else is a planning error.
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         query_id: QueryId,
@@ -98,22 +100,27 @@ impl ShuffleWriterExec {
         Ok(self)
     }
 
+    /// Whether the single output streams to a live reader (the result stage) instead of a file.
     pub fn is_live(&self) -> bool {
         self.live
     }
 
+    /// The stage's fragment below the writer.
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
         &self.input
     }
 
+    /// The query whose shuffle directory the files go to.
     pub fn query_id(&self) -> &QueryId {
         &self.query_id
     }
 
+    /// The stage this writer is the root of.
     pub fn stage_id(&self) -> StageId {
         self.stage_id
     }
 
+    /// How rows are split among output partitions; `None` when each task writes a single output.
     pub fn output_partitioning(&self) -> Option<&Partitioning> {
         self.output_partitioning.as_ref()
     }
@@ -372,18 +379,6 @@ struct OverflowFile {
     path: PathBuf,
 }
 
-/// Out of budget is a resource limit, not a broken file (it arrives as an IO error).
-fn out_of_budget(error: DataFusionError, limit: u64) -> DataFusionError {
-    if error.to_string().contains(WORK_DIR_FULL) {
-        DataFusionError::ResourcesExhausted(format!(
-            "{WORK_DIR_FULL}: its shuffle files may use at most \
-             executor.max_disk_bytes = {limit} bytes"
-        ))
-    } else {
-        error
-    }
-}
-
 /// The files of one map attempt while they are written.
 struct MapOutput {
     block: ShuffleBlock,
@@ -399,10 +394,8 @@ impl MapOutput {
         input: SendableRecordBatchStream,
         partitioner: Option<BatchPartitioner>,
     ) -> Result<RecordBatch> {
-        let limit = self.disk.limit();
-        self.write_files(input, partitioner)
-            .await
-            .map_err(|error| out_of_budget(error, limit))
+        // A write beyond the disk budget fails typed (`Error::DiskFull`, inside the I/O error).
+        self.write_files(input, partitioner).await
     }
 
     /// The overflow file of a live block whose reader fell behind.
@@ -419,16 +412,12 @@ impl MapOutput {
     }
 
     fn write_overflow(&self, file: &mut OverflowFile, batch: &RecordBatch) -> Result<()> {
-        file.writer
-            .write(batch)
-            .map_err(|e| out_of_budget(e.into(), self.disk.limit()))
+        file.writer.write(batch).map_err(Into::into)
     }
 
     /// Completes the file and hands it to the reader.
     fn finish_overflow(&self, mut file: OverflowFile, overflow: &Overflow) -> Result<()> {
-        file.writer
-            .finish()
-            .map_err(|e| out_of_budget(e.into(), self.disk.limit()))?;
+        file.writer.finish().map_err(DataFusionError::from)?;
         overflow.complete(file.path);
         Ok(())
     }

@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use render::Format;
 
+/// Flags of `ember sql`.
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// The coordinator's host.
@@ -60,6 +61,7 @@ struct Shell {
     progress: bool,
 }
 
+/// Runs the shell: the statements of `-e` or `-f`, or an interactive session.
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
     let uri = format!("http://{}:{}", args.host, args.port);
     let channel = Endpoint::from_shared(uri.clone())?

@@ -9,8 +9,11 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 /// How `ember sql` prints answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Aligned columns with a header, for people.
     Table,
+    /// Comma-separated values with a header row.
     Csv,
+    /// A JSON array with one object per row.
     Json,
 }
 

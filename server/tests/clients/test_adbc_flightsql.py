@@ -7,6 +7,7 @@ cluster serves). Answers are checked against pyarrow computing on those same fil
 
 import os
 import sys
+import traceback
 import threading
 import uuid
 
@@ -23,8 +24,7 @@ TPCH = os.environ["EMBER_TPCH_DIR"]
 
 def check(condition, message):
     if not condition:
-        print(f"FAILED: {message}", file=sys.stderr)
-        sys.exit(1)
+        raise AssertionError(message)
 
 
 def tpch(table):
@@ -201,15 +201,33 @@ def errors(conn):
         check(cur.fetchone()[0] == 2, "connection broken after an error")
 
 
+CHECKS = [
+    query_with_parameters,
+    aggregate_values,
+    parallel_partitions,
+    metadata,
+    ingest_and_update,
+    errors,
+]
+
+
 def main():
+    failed = []
     with connect() as conn:
-        query_with_parameters(conn)
-        aggregate_values(conn)
-        parallel_partitions(conn)
-        metadata(conn)
-        ingest_and_update(conn)
-        errors(conn)
-    print("adbc flight sql: ok")
+        for fn in CHECKS:
+            try:
+                fn(conn)
+            except Exception as e:  # every failure is reported, then the next check runs
+                failed.append(fn.__name__)
+                print(f"FAIL {fn.__name__}: {type(e).__name__}: {e}")
+                if not isinstance(e, AssertionError):
+                    traceback.print_exc(file=sys.stdout)
+            else:
+                print(f"ok   {fn.__name__}")
+    print(f"{len(CHECKS) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        print("failures: " + ", ".join(failed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

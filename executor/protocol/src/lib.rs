@@ -1,0 +1,27 @@
+//! The contract between Ember's coordinator and its executors, which both depend on and which
+//! depends on neither (as Ballista's `core` sits under its scheduler and executor):
+//!
+//! ```text
+//!        coordinator                                   executor
+//!  ClusterService (server) ◄── proto::ExecutorMessage ── session client
+//!                          ──► proto::CoordinatorMessage ─►  task runner
+//!                                 (launch, cancel, release;  TaskFailed with kind + SQLSTATE)
+//!  FlightShuffleFetcher ── ShuffleTicket (do_get) ──────────► Flight service
+//!  Flight SQL frontend ── credentials (signed tickets) ─────► result partitions for clients
+//! ```
+//!
+//! - [`proto`]: the gRPC service and its messages (`proto/cluster.proto`);
+//! - [`tickets`]: the Flight ticket naming one shuffle block;
+//! - [`fetcher`]: the Flight client that reads shuffle blocks and live result partitions;
+//! - [`task_errors`]: task failures as they cross the wire, typed;
+//! - [`credentials`] and [`flight_data`]: what a Flight SQL client presents to an executor and
+//!   what it receives.
+
+pub mod credentials;
+pub mod fetcher;
+pub mod flight_data;
+pub mod proto;
+pub mod task_errors;
+pub mod tickets;
+
+pub use fetcher::FlightShuffleFetcher;

@@ -1,0 +1,137 @@
+//! The coordinator (Spark's driver) as a service: the catalog, the query engine, the scheduler
+//! and the cluster manager's gRPC service for executors, built from the configuration. Client
+//! frontends are not part of it: they take its [`QueryEngine`] and serve beside it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionContext;
+use ember_config::EmberConfig;
+use ember_planner::cache::CacheLimits;
+use ember_planner::float_stats::FloatSafeParquetFactory;
+use ember_planner::paths::AllowedPaths;
+use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
+use ember_planner::storage::{EmberObjectStores, S3Options};
+use ember_protocol::FlightShuffleFetcher;
+use ember_protocol::proto::cluster_service_server::ClusterServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tracing::info;
+
+use crate::catalog::CatalogStore;
+use crate::cluster::ClusterManagerService;
+use crate::engine::QueryEngine;
+use crate::error::{Error, Result};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
+use crate::system_tables::{SYSTEM_SCHEMA, SystemSchema};
+
+/// A coordinator's parts, before `run` starts serving.
+pub struct Coordinator {
+    engine: Arc<QueryEngine>,
+    scheduler: Scheduler,
+    handle: SchedulerHandle,
+    grpc_listener: TcpListener,
+    max_message_size: usize,
+}
+
+impl Coordinator {
+    /// Builds the catalog (generating TPC-H sample data if configured), the engine and the
+    /// scheduler. The executors' listener is bound by the caller so tests can use ephemeral
+    /// ports.
+    pub async fn new(config: &EmberConfig, grpc_listener: TcpListener) -> Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(CacheLimits::from_config(&config.cache).cache_config())
+            .with_object_store_registry(Arc::new(EmberObjectStores::new(S3Options::from_config(
+                &config.storage,
+            ))))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(distributed_config(cores), runtime);
+        // `STORED AS PARQUET` and COPY resolve formats by name: theirs keeps NaN too.
+        ctx.state_ref()
+            .write()
+            .register_file_format(Arc::new(FloatSafeParquetFactory::default()), true)?;
+        let (scheduler, handle) = Scheduler::new(SchedulerConfig::from_config(config));
+        let catalog = ctx
+            .catalog(DEFAULT_CATALOG)
+            .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
+        catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(handle.clone())))?;
+        if config.tpch.scale > 0.0 {
+            register_tpch(&ctx, &config.coordinator.data_dir, config.tpch.scale).await?;
+        }
+        let fetcher = Arc::new(FlightShuffleFetcher::new(
+            config.coordinator.max_message_size,
+        ));
+        let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
+        store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
+        let allowed_paths = AllowedPaths::new(&config.allowed_paths())?;
+        let engine = Arc::new(QueryEngine::new(
+            ctx.state(),
+            handle.clone(),
+            fetcher,
+            store,
+            allowed_paths,
+        )?);
+        Ok(Self {
+            engine,
+            scheduler,
+            handle,
+            grpc_listener,
+            max_message_size: config.coordinator.max_message_size,
+        })
+    }
+
+    /// The engine frontends run statements through.
+    pub fn engine(&self) -> Arc<QueryEngine> {
+        Arc::clone(&self.engine)
+    }
+
+    /// Serves executors and schedules queries until `shutdown` completes; queries still running
+    /// then fail with 57P01.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(self.scheduler.run(stopped(stop_rx.clone())));
+        let cluster = ClusterServiceServer::new(ClusterManagerService::new(self.handle.clone()))
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
+        info!(addr = %self.grpc_listener.local_addr()?, "coordinator gRPC listening");
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(cluster)
+                .serve_with_incoming_shutdown(
+                    // Small messages (launches, statuses) must not wait for Nagle's algorithm.
+                    TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
+                    stopped(stop_rx.clone()),
+                ),
+        );
+        shutdown.await;
+        info!("coordinator shutting down");
+        let _ = stop_tx.send(true);
+        let _ = grpc.await;
+        let _ = scheduler.await;
+        Ok(())
+    }
+}
+
+/// Resolves once the watch flips to `true` (or its sender is gone).
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn register_tpch(ctx: &SessionContext, data_dir: &std::path::Path, scale: f64) -> Result<()> {
+    let base: PathBuf = data_dir.join("tpch");
+    info!(scale, path = %base.display(), "preparing TPC-H sample data");
+    let dir = tokio::task::spawn_blocking(move || ember_planner::tpch::generate(&base, scale))
+        .await
+        .map_err(|e| Error::Unavailable(format!("tpch generation panicked: {e}")))??;
+    let dir = std::fs::canonicalize(&dir)?;
+    ember_planner::tpch::register(ctx, "tpch", &dir).await?;
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The query engine, the coordinator's facade for frontends: sessions, statements parsed once
+//! into [`ParsedStatement`]s, planned with DataFusion and run — commands here, queries on the
+//! executors (`query.rs`). Frontends call it and nothing behind it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::CatalogProvider;
+use datafusion::common::ScalarValue;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{
+    ColumnarValue, DdlStatement, Deallocate as DeallocatePlan, LogicalPlan, Statement, Volatility,
+    create_udf,
+};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use ember_planner::paths::AllowedPaths;
+use ember_planner::session::DEFAULT_CATALOG;
+use ember_protocol::FlightShuffleFetcher;
+
+use crate::catalog::CatalogStore;
+use crate::statement::CursorStatement;
+use crate::error::{Error, Result};
+use crate::output::{Command, Output};
+use crate::scheduler::SchedulerHandle;
+use crate::session::ClientSession;
+use crate::session::dialect::{ClientDialect, DataFusionDialect};
+use crate::statement::{Deallocate, ParsedStatement};
+
+/// Plans and runs statements; holds the shared catalog.
+pub struct QueryEngine {
+    pub(crate) base_state: SessionState,
+    /// Ember's own SQL, for sessions that ask for no other dialect.
+    native: Arc<dyn ClientDialect>,
+    pub(crate) scheduler: SchedulerHandle,
+    pub(crate) fetcher: Arc<FlightShuffleFetcher>,
+    pub(crate) catalog: Arc<CatalogStore>,
+    pub(crate) allowed_paths: AllowedPaths,
+}
+
+impl QueryEngine {
+    pub(crate) fn new(
+        mut base_state: SessionState,
+        scheduler: SchedulerHandle,
+        fetcher: Arc<FlightShuffleFetcher>,
+        catalog: Arc<CatalogStore>,
+        allowed_paths: AllowedPaths,
+    ) -> Result<Self> {
+        ember_planner::functions::register(&mut base_state)?;
+        Ok(Self {
+            native: Arc::new(DataFusionDialect::new(base_state.clone())),
+            base_state,
+            scheduler,
+            fetcher,
+            catalog,
+            allowed_paths,
+        })
+    }
+
+    /// The state every session derives from: the server's catalog, Ember's functions and the
+    /// distributed planner settings. Dialects build their sessions' state from it.
+    pub fn base_state(&self) -> SessionState {
+        self.base_state.clone()
+    }
+
+    /// Ember's one catalog, shared by all sessions.
+    pub(crate) fn base_catalog(&self) -> Option<Arc<dyn CatalogProvider>> {
+        self.base_state.catalog_list().catalog(DEFAULT_CATALOG)
+    }
+
+    /// Waits until at least `executors` executors are registered and alive.
+    pub async fn wait_for_executors(
+        &self,
+        executors: usize,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let alive = self.scheduler.snapshot().await?.alive_executors();
+            if alive >= executors {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "{alive} of {executors} executors alive within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new session in Ember's own SQL (DataFusion's), sharing the server's catalog.
+    pub fn new_session(&self) -> ClientSession {
+        self.new_session_with(Arc::clone(&self.native))
+    }
+
+    /// A new session speaking `dialect`.
+    pub fn new_session_with(&self, dialect: Arc<dyn ClientDialect>) -> ClientSession {
+        let id = crate::catalog::to_hex(&ember_protocol::credentials::random_id(8));
+        let ctx = SessionContext::new_with_state(dialect.session_state());
+        // `ember_session_id()`: the id `system.queries.session_id` shows for this session's
+        // queries, so a client can follow its own.
+        let value = ScalarValue::Utf8(Some(id.clone()));
+        ctx.register_udf(create_udf(
+            "ember_session_id",
+            vec![],
+            DataType::Utf8,
+            Volatility::Stable,
+            Arc::new(move |_| Ok(ColumnarValue::Scalar(value.clone()))),
+        ));
+        let session = ClientSession {
+            id,
+            initial_options: ctx.state().config_options().as_ref().clone(),
+            ctx,
+            dialect: Arc::clone(&dialect),
+            cursors: Default::default(),
+            prepared: Default::default(),
+            options_set: Default::default(),
+            statement_timeout: Default::default(),
+            cancels: tokio::sync::watch::channel(0).0,
+        };
+        dialect.init_session(&session);
+        session
+    }
+
+    /// Splits `sql` into statements, in the session's SQL dialect
+    /// (`datafusion.sql_parser.dialect`) and rewritten by its [`ClientDialect`]; `?`
+    /// placeholders are numbered `$1`, `$2`, ...
+    pub fn parse(&self, session: &ClientSession, sql: &str) -> Result<Vec<ParsedStatement>> {
+        let options = session.ctx.state().config_options().sql_parser.clone();
+        let parsed = crate::statement::parse_statements(sql, &options)?;
+        let count = parsed.len();
+        let (statements, explain_flags): (Vec<DFStatement>, Vec<bool>) = parsed.into_iter().unzip();
+        let mut statements = session.dialect.rewrite(sql, statements);
+        if statements.len() != count {
+            return Err(Error::NotSupported(format!(
+                "the {} dialect turned {count} statements into {}",
+                session.dialect.name(),
+                statements.len()
+            )));
+        }
+        for statement in &mut statements {
+            crate::placeholders::number_question_marks(statement)?;
+        }
+        statements
+            .into_iter()
+            .zip(explain_flags)
+            .map(|(statement, explain)| ParsedStatement::from_ast(statement, explain))
+            .collect()
+    }
+
+    /// Runs every statement of `sql`, stopping at the first error.
+    pub async fn execute_sql(&self, session: &ClientSession, sql: &str) -> Result<Vec<Output>> {
+        let mut outputs = vec![];
+        for statement in self.parse(session, sql)? {
+            outputs.push(self.execute(session, &statement).await?);
+        }
+        Ok(outputs)
+    }
+
+    /// Whether `parsed` is a session command (answered without planning).
+    pub fn is_session_command(&self, session: &ClientSession, parsed: &ParsedStatement) -> bool {
+        parsed.session_command().is_some_and(|command| {
+            session.dialect.claims(&command) || ClientSession::engine_claims(&command)
+        })
+    }
+
+    /// Runs one statement.
+    pub async fn execute(
+        &self,
+        session: &ClientSession,
+        parsed: &ParsedStatement,
+    ) -> Result<Output> {
+        if let Some(command) = parsed.session_command() {
+            if session.dialect.claims(&command) {
+                return session.dialect.session_command(session, &command);
+            }
+            if let Some(output) = session.engine_command(&command)? {
+                return Ok(output);
+            }
+        }
+        if let Some(cursor) = parsed.cursor() {
+            return self.cursor_command(session, parsed, cursor).await;
+        }
+        self.fit_partitions(session);
+        let plan = self.to_plan(session, parsed.ast().clone()).await?;
+        if parsed.is_explain_distributed() {
+            return self.explain_distributed(session, &plan).await;
+        }
+        self.execute_plan(session, parsed, plan).await
+    }
+
+    /// Plans a statement ahead of running it (for the extended query protocol and prepared
+    /// statements): the plan, with its `$n` placeholders, gives parameter and result types
+    /// before anything runs. `None` for statements that are not planned ahead: session
+    /// commands, cursor statements and `EXPLAIN DISTRIBUTED`.
+    pub async fn plan(
+        &self,
+        session: &ClientSession,
+        parsed: &ParsedStatement,
+    ) -> Result<Option<LogicalPlan>> {
+        if parsed.is_explain_distributed()
+            || parsed.cursor().is_some()
+            || self.is_session_command(session, parsed)
+        {
+            return Ok(None);
+        }
+        self.fit_partitions(session);
+        Ok(Some(self.to_plan(session, parsed.ast().clone()).await?))
+    }
+
+    /// Plans one statement in `session`, after its dialect had its say. A statement that names
+    /// a table the catalog does not have fails as an undefined table (42P01).
+    async fn to_plan(
+        &self,
+        session: &ClientSession,
+        statement: DFStatement,
+    ) -> Result<LogicalPlan> {
+        let mut statement = statement;
+        session
+            .dialect
+            .before_planning(session, &mut statement)
+            .await?;
+        let state = session.ctx.state();
+        match state.statement_to_plan(statement.clone()).await {
+            Ok(plan) => Ok(plan),
+            Err(error) => Err(match missing_table(&state, &statement) {
+                // DataFusion's words, with the type the catalog says it is.
+                Some(_) => Error::UndefinedTable(Error::from(error).to_string()),
+                None => error.into(),
+            }),
+        }
+    }
+
+    async fn cursor_command(
+        &self,
+        session: &ClientSession,
+        parsed: &ParsedStatement,
+        command: &CursorStatement,
+    ) -> Result<Output> {
+        match command {
+            CursorStatement::Declare { name, hold, query } => {
+                self.fit_partitions(session);
+                let plan = self
+                    .to_plan(session, DFStatement::Statement(query.clone()))
+                    .await?;
+                let Output::Rows(stream) = self.run_query(session, parsed, plan).await? else {
+                    return Err(Error::Syntax(
+                        "a cursor needs a query that returns rows".into(),
+                    ));
+                };
+                session.cursors.declare(name.clone(), *hold, stream)?;
+                Ok(Output::done(Command::DeclareCursor))
+            }
+            CursorStatement::Fetch { name, count } => session.cursors.fetch(name, *count).await,
+            CursorStatement::Close { name } => {
+                session.cursors.close(name.as_deref())?;
+                Ok(Output::done(Command::CloseCursor))
+            }
+        }
+    }
+
+    /// Runs a statement planned by [`Self::plan`], its parameters bound.
+    pub async fn execute_plan(
+        &self,
+        session: &ClientSession,
+        parsed: &ParsedStatement,
+        plan: LogicalPlan,
+    ) -> Result<Output> {
+        match &plan {
+            LogicalPlan::Explain(_) => self.explain(session, plan).await,
+            LogicalPlan::Ddl(_) => self.execute_ddl(session, parsed, plan).await,
+            LogicalPlan::Dml(_) => self.insert(session, parsed.sql(), plan).await,
+            LogicalPlan::Copy(_) => self.copy(session, parsed.sql(), plan).await,
+            LogicalPlan::Statement(Statement::Deallocate(_))
+                if parsed.deallocate() == Some(Deallocate::All) =>
+            {
+                // `DEALLOCATE ALL` (psycopg sends it after DDL): every SQL-level prepared
+                // statement of the session goes.
+                for name in session.take_prepared() {
+                    let plan =
+                        LogicalPlan::Statement(Statement::Deallocate(DeallocatePlan { name }));
+                    // A statement deallocated by name earlier is simply gone already.
+                    if let Ok(df) = session.ctx.execute_logical_plan(plan).await {
+                        df.collect().await?;
+                    }
+                }
+                Ok(Output::done(Command::DeallocateAll))
+            }
+            LogicalPlan::Statement(statement) => {
+                let command = statement_command(statement);
+                let prepared = match statement {
+                    Statement::Prepare(prepare) => Some(prepare.name.clone()),
+                    _ => None,
+                };
+                let df = session.ctx.execute_logical_plan(plan).await?;
+                df.collect().await?;
+                if let Some(name) = prepared {
+                    session.remember_prepared(&name);
+                }
+                Ok(Output::done(command))
+            }
+            _ => self.run_query(session, parsed, plan).await,
+        }
+    }
+
+    /// Plans for as many partitions as the cluster has slots, and broadcasts only join sides
+    /// that fit a slot's memory comfortably, unless the session chose.
+    fn fit_partitions(&self, session: &ClientSession) {
+        let slots = self.scheduler.total_slots();
+        let state = session.ctx.state_ref();
+        let mut state = state.write();
+        let options = state.config_mut().options_mut();
+        if slots > 0 && !session.has_set("datafusion.execution.target_partitions") {
+            options.execution.target_partitions = slots;
+        }
+        let threshold = "datafusion.optimizer.hash_join_single_partition_threshold";
+        if !session.has_set(threshold) {
+            // Every task builds its own hash table of a broadcast side.
+            let slot_memory = self.scheduler.slot_memory();
+            options.optimizer.hash_join_single_partition_threshold = match slot_memory {
+                0 => BROADCAST_BYTES,
+                memory => BROADCAST_BYTES.min(memory / 4),
+            };
+        }
+    }
+}
+
+/// The largest join side (estimated bytes) sent whole to every task rather than shuffled, when
+/// executors' memory allows (see `ember_planner::session::distributed_config`).
+const BROADCAST_BYTES: usize = 32 << 20;
+
+/// The command a statement plan (`SET`, `PREPARE`, transaction control, ...) is.
+fn statement_command(statement: &Statement) -> Command {
+    use crate::statement::TransactionCommand;
+    match statement {
+        Statement::TransactionStart(_) => Command::Transaction(TransactionCommand::Begin),
+        Statement::TransactionEnd(end) => Command::Transaction(match end.conclusion {
+            datafusion::logical_expr::TransactionConclusion::Commit => TransactionCommand::Commit,
+            datafusion::logical_expr::TransactionConclusion::Rollback => {
+                TransactionCommand::Rollback
+            }
+        }),
+        Statement::SetVariable(_) => Command::Set,
+        Statement::ResetVariable(_) => Command::Reset,
+        Statement::Prepare(_) => Command::Prepare,
+        Statement::Execute(_) => Command::Execute,
+        Statement::Deallocate(_) => Command::Deallocate,
+    }
+}
+
+/// The command a catalog plan is (for those that report nothing more).
+pub(crate) fn ddl_command(ddl: &DdlStatement) -> Command {
+    match ddl {
+        DdlStatement::CreateExternalTable(_) | DdlStatement::CreateMemoryTable(_) => {
+            Command::CreateTable
+        }
+        DdlStatement::CreateView(_) => Command::CreateView,
+        DdlStatement::CreateCatalogSchema(_) | DdlStatement::CreateCatalog(_) => {
+            Command::CreateSchema
+        }
+        DdlStatement::CreateIndex(_) => Command::CreateIndex,
+        DdlStatement::DropTable(_) => Command::DropTable,
+        DdlStatement::DropView(_) => Command::DropView,
+        DdlStatement::DropCatalogSchema(_) => Command::DropSchema,
+        DdlStatement::CreateFunction(_) => Command::CreateFunction,
+        DdlStatement::DropFunction(_) => Command::DropFunction,
+    }
+}
+
+/// A table `statement` reads or writes that the catalog does not have (CTE names aside).
+fn missing_table(
+    state: &SessionState,
+    statement: &DFStatement,
+) -> Option<datafusion::common::TableReference> {
+    let tables = state.resolve_table_references(statement).ok()?;
+    tables.into_iter().find(|table| {
+        // Table functions (`generate_series(1, 3)`) are relations too.
+        if state.table_functions().contains_key(table.table()) {
+            return false;
+        }
+        // As DataFusion resolves it (`information_schema` included).
+        let exists = state
+            .schema_for_ref(table.clone())
+            .is_ok_and(|schema| schema.table_exist(table.table()));
+        !exists
+    })
+}
+
+/// Whether `plan` is a query, which runs through the scheduler, rather than a command or EXPLAIN.
+pub fn is_query(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Explain(_)
+    )
+}
+
+/// Whether running `plan` yields rows (a query or EXPLAIN) rather than an outcome.
+pub fn returns_rows(plan: &LogicalPlan) -> bool {
+    is_query(plan) || matches!(plan, LogicalPlan::Explain(_))
+}

@@ -1,0 +1,54 @@
+//! Ember's coordinator (Spark's driver) as a library: what turns SQL into distributed work and
+//! answers, with no client protocol in it. Frontends (the `ember-pgwire` and `ember-flight-sql`
+//! crates) translate their protocol into calls of its facade — [`QueryEngine`],
+//! [`ClientSession`], [`ParsedStatement`], [`Output`], [`ResultHandle`], [`Error`] — and bring
+//! their SQL flavour through a [`ClientDialect`].
+//!
+//! ```text
+//!  frontend ──parse──► ParsedStatement ──plan──► LogicalPlan ──execute──► Output (rows | Outcome)
+//!                           │ session command                 │ query
+//!                           ▼                                 ▼
+//!                    dialect / session          physical plan ─► StageGraph ─► Scheduler
+//!                                                                  │ launch tasks (gRPC)
+//!  ResultHandle ◄── result events, live partitions (Flight) ◄── executors (ClusterService)
+//!  system.* tables ◄── scheduler snapshots        catalog.json ◄── DDL, write commits
+//! ```
+//!
+//! The scheduler owns all query, stage and task state; everything else talks to it through
+//! events. Planning primitives (stage cutting, shuffle operators, task encoding) live in
+//! `ember-planner`; the wire contract with executors in `ember-protocol`.
+
+mod catalog;
+mod cluster;
+pub mod coordinator;
+mod cursors;
+mod ddl;
+pub mod declared;
+pub mod engine;
+pub mod error;
+pub mod ingest;
+mod join_fallback;
+pub mod output;
+mod placeholders;
+pub mod query;
+pub mod results;
+mod scheduler;
+pub mod session;
+pub mod statement;
+mod system_tables;
+pub mod users;
+mod writes;
+
+pub use coordinator::{Coordinator, stopped};
+pub use statement::CursorStatement;
+pub use ember_planner::sqlstate::SqlState;
+pub use engine::{QueryEngine, is_query, returns_rows};
+pub use error::{Error, Result, TaskErrorKind};
+pub use output::{Command, Outcome, Output};
+pub use placeholders::MAX_PARAMETERS;
+pub use query::StartedQuery;
+pub use results::{ResultEvent, ResultHandle, ResultPartitions};
+pub use session::dialect;
+pub use session::dialect::{ClientDialect, DataFusionDialect};
+pub use session::{ClientSession, StatementGuard};
+pub use statement::{Deallocate, ParsedStatement, SessionCommand, TransactionCommand};

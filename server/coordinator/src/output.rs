@@ -1,0 +1,109 @@
+//! What a statement produced: rows, or a typed outcome (which command ran and how many rows it
+//! wrote). Each frontend words outcomes its own way: pgwire as command tags (`INSERT 0 5`),
+//! Flight SQL as a count of affected rows.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+use crate::error::Result;
+use crate::statement::TransactionCommand;
+
+/// What running a statement produced.
+pub enum Output {
+    /// Rows, streamed as the final stage produces them.
+    Rows(SendableRecordBatchStream),
+    /// A command that returns no rows.
+    Done(Outcome),
+}
+
+impl Output {
+    /// An outcome that wrote no rows.
+    pub fn done(command: Command) -> Self {
+        Output::Done(Outcome {
+            command,
+            rows: None,
+        })
+    }
+
+    /// An outcome that wrote `rows` rows.
+    pub fn wrote(command: Command, rows: u64) -> Self {
+        Output::Done(Outcome {
+            command,
+            rows: Some(rows),
+        })
+    }
+
+    /// One row with one text column `name` holding `value` (`SHOW name`).
+    pub fn single_value(name: &str, value: String) -> Result<Self> {
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(vec![value]))],
+        )
+        .map_err(|e| crate::Error::DataFusion(e.into()))?;
+        Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(vec![Ok(batch)]),
+        ))))
+    }
+}
+
+/// A command's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Which command ran.
+    pub command: Command,
+    /// Rows it wrote (inserted, copied, created), for commands that write rows.
+    pub rows: Option<u64>,
+}
+
+/// The commands Ember runs that return no rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `INSERT` (also `INSERT OVERWRITE` and Flight SQL ingest into an existing table).
+    Insert,
+    /// `COPY (query) TO ...`.
+    Copy,
+    /// `CREATE TABLE ... AS query` (and Flight SQL ingest into a new table).
+    CreateTableAs,
+    /// `CREATE [EXTERNAL] TABLE`.
+    CreateTable,
+    /// `CREATE VIEW`.
+    CreateView,
+    /// `CREATE SCHEMA`.
+    CreateSchema,
+    /// `CREATE INDEX`.
+    CreateIndex,
+    /// `CREATE FUNCTION`.
+    CreateFunction,
+    /// `DROP TABLE`.
+    DropTable,
+    /// `DROP VIEW`.
+    DropView,
+    /// `DROP SCHEMA`.
+    DropSchema,
+    /// `DROP FUNCTION`.
+    DropFunction,
+    /// `SET`.
+    Set,
+    /// `RESET`.
+    Reset,
+    /// `PREPARE`.
+    Prepare,
+    /// `EXECUTE`.
+    Execute,
+    /// `DEALLOCATE name`.
+    Deallocate,
+    /// `DEALLOCATE ALL`.
+    DeallocateAll,
+    /// `DECLARE name CURSOR FOR ...`.
+    DeclareCursor,
+    /// `CLOSE name` or `CLOSE ALL`.
+    CloseCursor,
+    /// Transaction control.
+    Transaction(TransactionCommand),
+}

@@ -1,0 +1,529 @@
+//! The scheduler: owns all query, stage, task and executor state and decides what runs where.
+//!
+//! ```text
+//!  cluster service ──(register, heartbeat, task status, lost)──┐
+//!  query engine ─────(submit, cancel, release, snapshot)───────┼─► events ─► Scheduler::run
+//!  ticker ───────────(tick: heartbeat timeouts)────────────────┘       │
+//!        executors ◄── launch / cancel / release ──────────────────────┤
+//!        result streams ◄── result partition ready / query failed ─────┘
+//! ```
+//! One task owns the state; everyone else holds a [`SchedulerHandle`] and sends events, so no
+//! lock is ever held across the scheduling logic.
+
+mod placement;
+mod recovery;
+pub(crate) mod snapshot;
+mod speculation;
+mod state;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use ember_planner::ids::{ExecutorId, QueryId};
+use ember_protocol::proto::{
+    CancelQuery, CoordinatorMessage, ReleaseQuery, TaskId, TaskStatus, coordinator_message,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+pub(crate) use snapshot::Snapshot;
+pub use state::ResultEvent;
+pub(crate) use state::{ExecutorInfo, ExecutorTx, Submission};
+use state::{ExecutorState, ExecutorStatus, QueryState, Status};
+
+use crate::error::Error;
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulerConfig {
+    pub(crate) executor_timeout: Duration,
+    /// How long a query waits for a live executor before it fails.
+    pub(crate) executor_wait: Duration,
+    pub(crate) task_max_attempts: u32,
+    pub(crate) history_size: usize,
+    pub(crate) speculation: Option<Speculation>,
+    /// Queries running at once (0: no limit) and queries that may wait for admission.
+    pub(crate) max_running_queries: usize,
+    pub(crate) max_queued_queries: usize,
+    /// Bytes of a result partition the relay holds back until its task has finished.
+    pub(crate) result_buffer_bytes: usize,
+}
+
+impl SchedulerConfig {
+    pub(crate) fn from_config(config: &ember_config::EmberConfig) -> Self {
+        let s = &config.scheduler;
+        Self {
+            executor_timeout: Duration::from_millis(config.coordinator.executor_timeout_ms),
+            executor_wait: Duration::from_millis(s.executor_wait_ms),
+            task_max_attempts: s.task_max_attempts,
+            history_size: config.coordinator.history_size,
+            speculation: s.speculation.then(|| Speculation {
+                multiplier: s.speculation_multiplier,
+                quantile: s.speculation_quantile,
+                min_runtime: Duration::from_millis(s.speculation_min_ms),
+            }),
+            max_running_queries: s.max_running_queries,
+            max_queued_queries: s.max_queued_queries,
+            result_buffer_bytes: s.result_buffer_bytes as usize,
+        }
+    }
+}
+
+/// When a running task counts as a straggler worth a speculative copy.
+#[derive(Debug, Clone)]
+pub(crate) struct Speculation {
+    pub(crate) multiplier: f64,
+    pub(crate) quantile: f64,
+    pub(crate) min_runtime: Duration,
+}
+
+/// Launches and re-runs of one task beyond `task_max_attempts` that are tolerated when they are
+/// caused by lost executors or lost map outputs rather than by the task itself.
+const MAX_LOSSES_PER_TASK: u32 = 8;
+
+pub(crate) enum Event {
+    ExecutorRegistered {
+        info: ExecutorInfo,
+        session: u64,
+        tx: ExecutorTx,
+    },
+    Heartbeat {
+        executor_id: ExecutorId,
+        session: u64,
+        active_tasks: u32,
+    },
+    TaskStatus {
+        executor_id: ExecutorId,
+        session: u64,
+        status: TaskStatus,
+    },
+    ExecutorLost {
+        executor_id: ExecutorId,
+        session: u64,
+        reason: String,
+    },
+    /// A Flight SQL client has read a result partition to its end on that executor.
+    ResultServed {
+        executor_id: ExecutorId,
+        session: u64,
+        task: TaskId,
+    },
+    Submit(Submission),
+    /// The result relay could not read this attempt of a result partition to its end (its
+    /// executor died, say): run it again if it is not already being re-run.
+    RetryResult {
+        query_id: QueryId,
+        partition: usize,
+        attempt: u32,
+    },
+    /// The client has read the result (or gone): the query's files may go.
+    Release {
+        query_id: QueryId,
+    },
+    Snapshot(oneshot::Sender<Snapshot>),
+    Tick,
+}
+
+/// A cheap, cloneable way to talk to the scheduler.
+#[derive(Clone, Debug)]
+pub(crate) struct SchedulerHandle {
+    events_tx: mpsc::UnboundedSender<Event>,
+    capacity: Arc<Capacity>,
+    result_buffer_bytes: usize,
+}
+
+/// What planning needs to know of the cluster's live executors, as last seen by the scheduler.
+#[derive(Debug, Default)]
+struct Capacity {
+    slots: AtomicUsize,
+    /// The smallest memory pool per task slot of an executor with a bounded pool (0: none).
+    slot_memory: AtomicUsize,
+}
+
+impl SchedulerHandle {
+    pub(crate) fn send(&self, event: Event) {
+        // The scheduler only stops at shutdown; events sent after that have nobody to act on them.
+        let _ = self.events_tx.send(event);
+    }
+
+    /// Bytes of a result partition held back until its task has finished (so that a lost task
+    /// can be re-run without the client seeing rows twice).
+    pub(crate) fn result_buffer_bytes(&self) -> usize {
+        self.result_buffer_bytes
+    }
+
+    /// Task slots over all live executors, as last seen by the scheduler.
+    pub(crate) fn total_slots(&self) -> usize {
+        self.capacity.slots.load(Ordering::Relaxed)
+    }
+
+    /// The least memory a task may find on an executor (its pool over its slots); 0 when no
+    /// executor bounds its memory.
+    pub(crate) fn slot_memory(&self) -> usize {
+        self.capacity.slot_memory.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Snapshot(tx));
+        rx.await
+            .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
+    }
+}
+
+pub(crate) struct Scheduler {
+    config: SchedulerConfig,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    capacity: Arc<Capacity>,
+    executors: HashMap<ExecutorId, ExecutorState>,
+    /// Submitted queries not yet released, in submission order (queued ones included).
+    running: Vec<QueryState>,
+    /// Finished queries, newest last, for the system tables.
+    history: VecDeque<QueryState>,
+    assignments: u64,
+    /// Since when no executor has been alive.
+    no_executor_since: Option<Instant>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(config: SchedulerConfig) -> (Self, SchedulerHandle) {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let capacity = Arc::new(Capacity::default());
+        let handle = SchedulerHandle {
+            events_tx,
+            capacity: Arc::clone(&capacity),
+            result_buffer_bytes: config.result_buffer_bytes,
+        };
+        let scheduler = Self {
+            config,
+            events_rx,
+            capacity,
+            executors: HashMap::new(),
+            running: vec![],
+            history: VecDeque::new(),
+            assignments: 0,
+            no_executor_since: Some(Instant::now()),
+        };
+        (scheduler, handle)
+    }
+
+    /// Processes events until every handle is dropped or `shutdown` fires.
+    pub(crate) async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        tokio::pin!(shutdown);
+        loop {
+            let event = tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => Event::Tick,
+                event = self.events_rx.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+            };
+            self.handle(event);
+            // Drain whatever else is queued before scheduling once.
+            while let Ok(event) = self.events_rx.try_recv() {
+                self.handle(event);
+            }
+            self.schedule();
+        }
+        for query in std::mem::take(&mut self.running) {
+            if let Some(tx) = &query.results_tx {
+                let _ = tx.send(ResultEvent::Failed(Error::Shutdown));
+            }
+        }
+    }
+
+    /// The executor if this event comes from its current session.
+    fn current(&mut self, executor_id: &ExecutorId, session: u64) -> Option<&mut ExecutorState> {
+        self.executors
+            .get_mut(executor_id)
+            .filter(|e| e.session == session)
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::ExecutorRegistered { info, session, tx } => self.register(info, session, tx),
+            Event::Heartbeat {
+                executor_id,
+                session,
+                active_tasks,
+            } => {
+                if let Some(executor) = self.current(&executor_id, session) {
+                    executor.active_tasks = active_tasks;
+                    executor.last_heartbeat = Instant::now();
+                    executor.last_heartbeat_wall = SystemTime::now();
+                }
+            }
+            Event::TaskStatus {
+                executor_id,
+                session,
+                status,
+            } => {
+                // A session the scheduler has written off reports nothing that counts.
+                if self
+                    .current(&executor_id, session)
+                    .is_some_and(|e| e.status == ExecutorStatus::Alive)
+                {
+                    self.task_status(&executor_id, status);
+                }
+            }
+            Event::ExecutorLost {
+                executor_id,
+                session,
+                reason,
+            } => {
+                if self.current(&executor_id, session).is_some() {
+                    self.executor_lost(&executor_id, &reason);
+                }
+            }
+            Event::ResultServed {
+                executor_id,
+                session,
+                task,
+            } => {
+                if self.current(&executor_id, session).is_some() {
+                    self.result_served(&task);
+                }
+            }
+            Event::Submit(submission) => self.submit(submission),
+            Event::RetryResult {
+                query_id,
+                partition,
+                attempt,
+            } => self.retry_result(&query_id, partition, attempt),
+            Event::Release { query_id } => self.release(&query_id),
+            Event::Snapshot(tx) => {
+                let _ = tx.send(Snapshot::build(
+                    self.executors.values(),
+                    self.running.iter().chain(self.history.iter()),
+                ));
+            }
+            Event::Tick => self.tick(),
+        }
+        self.update_slots();
+    }
+
+    fn update_slots(&self) {
+        let alive = || {
+            self.executors
+                .values()
+                .filter(|e| e.status == ExecutorStatus::Alive)
+        };
+        let slots = alive().map(|e| e.info.slots).sum();
+        let slot_memory = alive()
+            .filter(|e| e.info.memory > 0)
+            .map(|e| e.info.memory as usize / e.info.slots.max(1))
+            .min()
+            .unwrap_or(0);
+        self.capacity.slots.store(slots, Ordering::Relaxed);
+        self.capacity
+            .slot_memory
+            .store(slot_memory, Ordering::Relaxed);
+    }
+
+    fn submit(&mut self, submission: Submission) {
+        let queued = self
+            .running
+            .iter()
+            .filter(|q| q.status == Status::Queued)
+            .count();
+        if self.config.max_running_queries > 0 && queued >= self.config.max_queued_queries {
+            let _ = submission
+                .results_tx
+                .send(ResultEvent::Failed(Error::Unavailable(format!(
+                    "too many queries: {} are running and {queued} are waiting \
+                 (scheduler.max_running_queries, scheduler.max_queued_queries)",
+                    self.config.max_running_queries
+                ))));
+            return;
+        }
+        debug!(query_id = %submission.query_id, stages = submission.graph.stages.len(), "query submitted");
+        self.running.push(QueryState::new(submission));
+    }
+
+    /// Starts queued queries while fewer than `max_running_queries` run, oldest first.
+    fn admit(&mut self) {
+        let limit = match self.config.max_running_queries {
+            0 => usize::MAX,
+            n => n,
+        };
+        let mut running = self
+            .running
+            .iter()
+            .filter(|q| q.status == Status::Running)
+            .count();
+        for query in &mut self.running {
+            if running >= limit {
+                break;
+            }
+            if query.status == Status::Queued {
+                query.status = Status::Running;
+                running += 1;
+            }
+        }
+    }
+
+    fn register(&mut self, info: ExecutorInfo, session: u64, tx: ExecutorTx) {
+        // The same executor registering again is a new incarnation: whatever the old session
+        // ran or stored is written off first.
+        if self
+            .executors
+            .get(&info.id)
+            .is_some_and(|e| e.status == ExecutorStatus::Alive)
+        {
+            self.executor_lost(&info.id, "the executor registered again");
+        }
+        info!(executor_id = %info.id, address = %info.flight_address(), slots = info.slots, "executor registered");
+        let now = SystemTime::now();
+        self.no_executor_since = None;
+        self.executors.insert(
+            info.id.clone(),
+            ExecutorState {
+                info,
+                status: ExecutorStatus::Alive,
+                session,
+                tx,
+                running: Default::default(),
+                active_tasks: 0,
+                registered_at: now,
+                last_heartbeat: Instant::now(),
+                last_heartbeat_wall: now,
+                tasks_succeeded: 0,
+                tasks_failed: 0,
+                last_assigned: 0,
+            },
+        );
+    }
+
+    fn tick(&mut self) {
+        let timeout = self.config.executor_timeout;
+        let silent: Vec<ExecutorId> = self
+            .executors
+            .values()
+            .filter(|e| e.status == ExecutorStatus::Alive && e.last_heartbeat.elapsed() > timeout)
+            .map(|e| e.info.id.clone())
+            .collect();
+        for id in silent {
+            self.executor_lost(&id, "no heartbeat within the executor timeout");
+        }
+        let any_alive = self
+            .executors
+            .values()
+            .any(|e| e.status == ExecutorStatus::Alive);
+        if any_alive {
+            self.no_executor_since = None;
+        } else {
+            let since = *self.no_executor_since.get_or_insert_with(Instant::now);
+            let wait = self.config.executor_wait;
+            let waited_too_long: Vec<QueryId> = self
+                .running
+                .iter()
+                .filter(|q| {
+                    matches!(q.status, Status::Running | Status::Queued)
+                        && since.max(q.submitted_instant).elapsed() > wait
+                })
+                .map(|q| q.id.clone())
+                .collect();
+            for id in waited_too_long {
+                self.finish_query(
+                    &id,
+                    Err(Error::Unavailable(format!(
+                        "no executor is alive: none registered within {} s \
+                         (scheduler.executor_wait_ms)",
+                        wait.as_secs()
+                    ))),
+                );
+            }
+        }
+    }
+
+    /// Ends a query that has not succeeded: tells the client, stops its tasks.
+    pub(super) fn finish_query(&mut self, query_id: &QueryId, outcome: Result<(), Error>) {
+        let Some(query) = self.running.iter_mut().find(|q| &q.id == query_id) else {
+            return;
+        };
+        if query.status.is_final() {
+            return;
+        }
+        let Err(error) = outcome else { return };
+        query.status = if matches!(error, Error::Cancelled) {
+            Status::Cancelled
+        } else {
+            Status::Failed
+        };
+        query.error = Some(error.to_string());
+        query.finished_at = Some(SystemTime::now());
+        info!(%query_id, %error, "query ended");
+        for stage in &mut query.stages {
+            for task in &mut stage.tasks {
+                if !task.status.is_final() {
+                    task.status = Status::Cancelled;
+                }
+                task.speculative = None;
+            }
+            if !stage.status.is_final() {
+                stage.status = query.status;
+            }
+        }
+        if let Some(tx) = query.results_tx.take() {
+            let _ = tx.send(ResultEvent::Failed(error));
+        }
+        let cancel = CoordinatorMessage {
+            message: Some(coordinator_message::Message::CancelQuery(CancelQuery {
+                query_id: query_id.to_string(),
+            })),
+        };
+        // The attempts keep their slots until their executors report them stopped: a cancelled
+        // task holds its memory until its plan is dropped, and the next query's tasks need it.
+        for executor_id in &query.executors_used {
+            if let Some(executor) = self.executors.get(executor_id) {
+                let _ = executor.tx.send(Ok(cancel.clone()));
+            }
+        }
+    }
+
+    /// Tells whoever reads the query's result that a client fetched this partition itself.
+    fn result_served(&self, task: &TaskId) {
+        let Some(query) =
+            QueryId::parse(&task.query_id).and_then(|id| self.running.iter().find(|q| q.id == id))
+        else {
+            return;
+        };
+        if let Some(tx) = &query.results_tx {
+            let _ = tx.send(ResultEvent::Served {
+                partition: task.partition as usize,
+                attempt: task.attempt,
+            });
+        }
+    }
+
+    /// The client is done with the query: stop anything left and delete its files.
+    fn release(&mut self, query_id: &QueryId) {
+        self.finish_query(query_id, Err(Error::Cancelled));
+        let Some(index) = self.running.iter().position(|q| &q.id == query_id) else {
+            return;
+        };
+        let mut query = self.running.remove(index);
+        query.results_tx = None;
+        let release = CoordinatorMessage {
+            message: Some(coordinator_message::Message::ReleaseQuery(ReleaseQuery {
+                query_id: query_id.to_string(),
+            })),
+        };
+        for executor_id in &query.executors_used {
+            if let Some(executor) = self.executors.get(executor_id) {
+                let _ = executor.tx.send(Ok(release.clone()));
+            }
+        }
+        self.history.push_back(query);
+        while self.history.len() > self.config.history_size {
+            self.history.pop_front();
+        }
+    }
+}

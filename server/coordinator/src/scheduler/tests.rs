@@ -1,0 +1,709 @@
+//! The scheduler driven without processes, in the style of Ballista's `SchedulerTest`: virtual
+//! executors are the sending halves of their session channels, tasks "run" when a test reports
+//! their status, and every event goes through the real `handle` and `schedule`. Time-dependent
+//! rules (heartbeats, speculation) are exercised by moving the recorded instants back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_plan::Partitioning;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use ember_planner::ids::{ExecutorId, QueryId, StageId, TaskAttempt};
+use ember_planner::sqlstate::{ErrorKind, SqlState};
+use ember_planner::stage::StageGraph;
+use ember_protocol::proto::{
+    CoordinatorMessage, PartitionStats, TaskId, TaskStatus, TaskSucceeded, coordinator_message,
+    task_status,
+};
+use ember_protocol::task_errors::TaskFailure;
+use tokio::sync::mpsc;
+
+use super::state::{ResultEvent, Status};
+use super::{Event, ExecutorInfo, Scheduler, SchedulerConfig, Speculation, Submission};
+use crate::error::{Error, TaskErrorKind};
+
+/// A map stage of `maps` tasks whose rows are hash-shuffled into a result stage of `reduces`
+/// tasks.
+fn two_stage_graph(maps: usize, reduces: usize) -> StageGraph {
+    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+    )
+    .expect("a batch");
+    let partitions = vec![vec![batch]; maps];
+    let scan = MemorySourceConfig::try_new_exec(&partitions, Arc::clone(&schema), None)
+        .expect("a memory scan");
+    let shuffle = RepartitionExec::try_new(
+        scan,
+        Partitioning::Hash(vec![col("a", &schema).expect("column a")], reduces),
+    )
+    .expect("a repartition");
+    let graph = StageGraph::try_new(QueryId::random(), Arc::new(shuffle)).expect("stages");
+    assert_eq!(graph.stages.len(), 2, "{}", graph.display());
+    graph
+}
+
+const MAP: StageId = StageId(0);
+const RESULT: StageId = StageId(1);
+
+fn config() -> SchedulerConfig {
+    SchedulerConfig {
+        executor_timeout: Duration::from_secs(60),
+        executor_wait: Duration::from_secs(60),
+        task_max_attempts: 3,
+        history_size: 10,
+        speculation: None,
+        max_running_queries: 0,
+        max_queued_queries: 0,
+        result_buffer_bytes: 1 << 20,
+    }
+}
+
+/// One virtual executor: what the scheduler sent it.
+struct VirtualExecutor {
+    id: ExecutorId,
+    session: u64,
+    rx: mpsc::UnboundedReceiver<Result<CoordinatorMessage, tonic::Status>>,
+}
+
+struct SchedulerTest {
+    scheduler: Scheduler,
+    executors: HashMap<&'static str, VirtualExecutor>,
+    results: HashMap<QueryId, mpsc::UnboundedReceiver<ResultEvent>>,
+    sessions: u64,
+}
+
+impl SchedulerTest {
+    fn new(config: SchedulerConfig) -> Self {
+        let (scheduler, _handle) = Scheduler::new(config);
+        Self {
+            scheduler,
+            executors: HashMap::new(),
+            results: HashMap::new(),
+            sessions: 0,
+        }
+    }
+
+    /// One event through the scheduler, then one scheduling round (as its loop does).
+    fn event(&mut self, event: Event) {
+        self.scheduler.handle(event);
+        self.scheduler.schedule();
+    }
+
+    /// Registers (or re-registers, as a new incarnation) executor `name` with `slots` slots.
+    fn executor(&mut self, name: &'static str, slots: usize) {
+        self.sessions += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = ExecutorId(name.to_string());
+        let info = ExecutorInfo {
+            id: id.clone(),
+            host: "127.0.0.1".into(),
+            flight_port: 1,
+            slots,
+            cores: slots,
+            memory: 0,
+            host_key: name.into(),
+            work_dir: std::path::PathBuf::from("/nonexistent"),
+        };
+        self.executors.insert(
+            name,
+            VirtualExecutor {
+                id,
+                session: self.sessions,
+                rx,
+            },
+        );
+        self.event(Event::ExecutorRegistered {
+            info,
+            session: self.sessions,
+            tx,
+        });
+    }
+
+    fn submit(&mut self, graph: StageGraph) -> QueryId {
+        let query_id = graph.query_id.clone();
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        self.results.insert(query_id.clone(), results_rx);
+        self.event(Event::Submit(Submission {
+            query_id: query_id.clone(),
+            session_id: "test".into(),
+            sql: "SELECT a FROM t".into(),
+            graph,
+            settings: HashMap::from([("datafusion.execution.batch_size".into(), "7".into())]),
+            results_tx,
+        }));
+        query_id
+    }
+
+    /// Everything the scheduler sent `name` since the last look.
+    fn messages(&mut self, name: &str) -> Vec<coordinator_message::Message> {
+        let executor = self.executors.get_mut(name).expect("a registered executor");
+        let mut messages = vec![];
+        while let Ok(message) = executor.rx.try_recv() {
+            if let Ok(CoordinatorMessage {
+                message: Some(message),
+            }) = message
+            {
+                messages.push(message);
+            }
+        }
+        messages
+    }
+
+    /// The attempts launched on `name` since the last look.
+    fn launched(&mut self, name: &str) -> Vec<TaskAttempt> {
+        self.messages(name)
+            .into_iter()
+            .filter_map(|message| match message {
+                coordinator_message::Message::LaunchTask(launch) => {
+                    assert!(!launch.plan.is_empty(), "a launch carries its fragment");
+                    assert_eq!(
+                        launch.settings.get("datafusion.execution.batch_size"),
+                        Some(&"7".to_string()),
+                        "a launch carries the session's settings"
+                    );
+                    launch.task.as_ref().and_then(TaskId::to_attempt)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn report(&mut self, name: &str, attempt: &TaskAttempt, result: task_status::Result) {
+        let executor = &self.executors[name];
+        let event = Event::TaskStatus {
+            executor_id: executor.id.clone(),
+            session: executor.session,
+            status: TaskStatus {
+                task: Some(TaskId::from_attempt(attempt)),
+                elapsed_us: 1_000,
+                result: Some(result),
+            },
+        };
+        self.event(event);
+    }
+
+    fn succeed(&mut self, name: &str, attempt: &TaskAttempt) {
+        let succeeded = TaskSucceeded {
+            partitions: vec![PartitionStats {
+                partition: 0,
+                num_rows: 3,
+                num_bytes: 24,
+            }],
+            spilled_bytes: 0,
+        };
+        self.report(name, attempt, task_status::Result::Succeeded(succeeded));
+    }
+
+    fn fail(&mut self, name: &str, attempt: &TaskAttempt, failure: TaskFailure) {
+        self.report(
+            name,
+            attempt,
+            task_status::Result::Failed(failure.to_proto()),
+        );
+    }
+
+    fn lose(&mut self, name: &str) {
+        let executor = &self.executors[name];
+        let event = Event::ExecutorLost {
+            executor_id: executor.id.clone(),
+            session: executor.session,
+            reason: "killed by the test".into(),
+        };
+        self.event(event);
+    }
+
+    /// What the query's reader has been told since the last look.
+    fn result_events(&mut self, query_id: &QueryId) -> Vec<ResultEvent> {
+        let rx = self.results.get_mut(query_id).expect("a submitted query");
+        let mut events = vec![];
+        while let Ok(event) = rx.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+
+    fn status(&self, query_id: &QueryId) -> Status {
+        self.scheduler
+            .running
+            .iter()
+            .chain(self.scheduler.history.iter())
+            .find(|q| &q.id == query_id)
+            .map(|q| q.status)
+            .expect("a known query")
+    }
+
+    fn task_status(&self, query_id: &QueryId, stage: StageId, partition: usize) -> Status {
+        let query = self
+            .scheduler
+            .running
+            .iter()
+            .find(|q| &q.id == query_id)
+            .expect("a running query");
+        query.stages[stage.0 as usize].tasks[partition].status
+    }
+
+    /// The executor running `attempt`.
+    fn runs_on(&self, attempt: &TaskAttempt) -> &'static str {
+        self.executors
+            .iter()
+            .find(|(_, e)| self.scheduler.executors[&e.id].running.contains(attempt))
+            .map(|(name, _)| *name)
+            .expect("a running attempt")
+    }
+
+    fn free_slots(&self, name: &str) -> usize {
+        self.scheduler.executors[&self.executors[name].id].free_slots()
+    }
+}
+
+fn in_stage(attempts: &[TaskAttempt], stage: StageId) -> Vec<TaskAttempt> {
+    attempts
+        .iter()
+        .filter(|a| a.stage_id == stage)
+        .cloned()
+        .collect()
+}
+
+fn execution_error(kind: ErrorKind, sqlstate: SqlState) -> TaskFailure {
+    TaskFailure::Execution {
+        kind,
+        sqlstate,
+        message: "it went wrong".into(),
+    }
+}
+
+#[test]
+fn tasks_fill_the_free_slots_and_stages_run_in_order() {
+    let mut test = SchedulerTest::new(config());
+    test.executor("a", 2);
+    test.executor("b", 2);
+    let query = test.submit(two_stage_graph(5, 2));
+    let (on_a, on_b) = (test.launched("a"), test.launched("b"));
+    // Four slots, five map tasks: the tasks spread, the fifth waits.
+    assert_eq!((on_a.len(), on_b.len()), (2, 2));
+    assert!(
+        on_a.iter()
+            .chain(&on_b)
+            .all(|a| a.stage_id == MAP && a.attempt == 0)
+    );
+    assert_eq!((test.free_slots("a"), test.free_slots("b")), (0, 0));
+    assert_eq!(test.task_status(&query, MAP, 4), Status::Pending);
+
+    test.succeed("a", &on_a[0]);
+    let next = test.launched("a");
+    assert_eq!(next.len(), 1, "the freed slot runs the waiting task");
+    assert_eq!(next[0].partition, 4);
+    for attempt in on_a[1..].iter().chain(&next) {
+        test.succeed("a", attempt);
+    }
+    // The result stage waits for every map output.
+    assert!(test.launched("a").is_empty());
+    for attempt in &on_b {
+        test.succeed("b", attempt);
+    }
+    let results: Vec<TaskAttempt> = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(in_stage(&results, RESULT).len(), 2);
+    let launched: Vec<usize> = test
+        .result_events(&query)
+        .into_iter()
+        .filter_map(|e| match e {
+            ResultEvent::Launched { partition, .. } => Some(partition),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        launched.len(),
+        2,
+        "the reader learns where each partition runs"
+    );
+
+    for attempt in &results {
+        let on = test.runs_on(attempt);
+        test.succeed(on, attempt);
+    }
+    let committed = test
+        .result_events(&query)
+        .into_iter()
+        .filter(|e| matches!(e, ResultEvent::Committed { .. }))
+        .count();
+    assert_eq!(committed, 2);
+    assert_eq!(test.status(&query), Status::Succeeded);
+    assert_eq!((test.free_slots("a"), test.free_slots("b")), (2, 2));
+}
+
+#[test]
+fn failed_tasks_run_again_elsewhere_until_their_attempts_run_out() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        task_max_attempts: 2,
+        ..config()
+    });
+    test.executor("a", 1);
+    test.executor("b", 1);
+    let query = test.submit(two_stage_graph(1, 1));
+    let mut attempts = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(attempts.len(), 1);
+    let first = attempts.remove(0);
+    let first_on = test.runs_on(&first);
+    let other = if first_on == "a" { "b" } else { "a" };
+    test.fail(
+        first_on,
+        &first,
+        execution_error(ErrorKind::Io, SqlState::IO_ERROR),
+    );
+    // Retried on the executor it has not failed on, as the next attempt.
+    let retry = test.launched(other);
+    assert_eq!(retry.len(), 1);
+    assert_eq!((retry[0].partition, retry[0].attempt), (0, 1));
+    assert!(test.launched(first_on).is_empty());
+    test.fail(
+        other,
+        &retry[0],
+        execution_error(ErrorKind::Internal, SqlState::INTERNAL),
+    );
+    // Two failures of two allowed: the query fails with the last error, and stops.
+    assert_eq!(test.status(&query), Status::Failed);
+    let failed = test.result_events(&query);
+    assert!(matches!(
+        failed.as_slice(),
+        [ResultEvent::Failed(Error::Task {
+            kind: TaskErrorKind::Internal,
+            ..
+        })]
+    ));
+    assert!(test.launched("a").is_empty() && test.launched("b").is_empty());
+}
+
+#[test]
+fn user_errors_fail_the_query_at_once_with_their_sqlstate() {
+    let mut test = SchedulerTest::new(config());
+    test.executor("a", 2);
+    let query = test.submit(two_stage_graph(2, 1));
+    let attempts = test.launched("a");
+    test.fail(
+        "a",
+        &attempts[0],
+        execution_error(ErrorKind::User, SqlState::DIVISION_BY_ZERO),
+    );
+    assert_eq!(test.status(&query), Status::Failed);
+    let events = test.result_events(&query);
+    let [ResultEvent::Failed(error)] = events.as_slice() else {
+        panic!("one failure, got {events:?}")
+    };
+    assert_eq!(error.sqlstate(), SqlState::DIVISION_BY_ZERO);
+    // Not retried; the executor is told to stop the query's other task.
+    let messages = test.messages("a");
+    assert!(
+        messages
+            .iter()
+            .all(|m| !matches!(m, coordinator_message::Message::LaunchTask(_)))
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| matches!(m, coordinator_message::Message::CancelQuery(_)))
+    );
+    // The other task's slot is held until its executor reports it stopped.
+    assert_eq!(test.free_slots("a"), 1);
+    test.fail("a", &attempts[1], TaskFailure::Cancelled);
+    assert_eq!(test.free_slots("a"), 2);
+}
+
+#[test]
+fn a_lost_executor_loses_its_running_tasks_and_the_outputs_still_needed() {
+    let mut test = SchedulerTest::new(config());
+    test.executor("a", 2);
+    test.executor("b", 2);
+    let query = test.submit(two_stage_graph(4, 1));
+    let (on_a, on_b) = (test.launched("a"), test.launched("b"));
+    assert_eq!((on_a.len(), on_b.len()), (2, 2));
+    // One map output is done on `a`, one still runs there; `b` finishes one of its two.
+    test.succeed("a", &on_a[0]);
+    test.succeed("b", &on_b[0]);
+    assert!(test.launched("a").is_empty());
+    test.lose("a");
+    // `a`'s running task and its finished output (the result stage still needs it) run again,
+    // as new attempts, on `b` only.
+    assert!(test.launched("a").is_empty());
+    let rerun = test.launched("b");
+    assert_eq!(rerun.len(), 1, "one free slot on b");
+    assert!(rerun[0].attempt >= 1);
+    // Rerunning already or waiting for a slot: not succeeded any more.
+    assert_ne!(
+        test.task_status(&query, MAP, on_a[0].partition as usize),
+        Status::Succeeded
+    );
+    assert_eq!(
+        test.task_status(&query, MAP, on_b[0].partition as usize),
+        Status::Succeeded,
+        "outputs on live executors stay"
+    );
+    // Reports from the lost session no longer count.
+    test.succeed("a", &on_a[1]);
+    assert_ne!(
+        test.task_status(&query, MAP, on_a[1].partition as usize),
+        Status::Succeeded
+    );
+    // The query completes on `b` alone.
+    let mut pending = [rerun, vec![on_b[1].clone()]].concat();
+    while let Some(attempt) = pending.pop() {
+        test.succeed("b", &attempt);
+        pending.extend(test.launched("b"));
+    }
+    assert_eq!(test.status(&query), Status::Succeeded);
+}
+
+#[test]
+fn executors_that_stop_heartbeating_are_lost() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        executor_timeout: Duration::from_millis(100),
+        ..config()
+    });
+    test.executor("a", 1);
+    test.executor("b", 1);
+    let id = ExecutorId("a".into());
+    test.scheduler
+        .executors
+        .get_mut(&id)
+        .expect("registered")
+        .last_heartbeat = Instant::now() - Duration::from_secs(1);
+    test.event(Event::Tick);
+    assert_eq!(
+        test.scheduler
+            .capacity
+            .slots
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Its session is ended so that it registers again as a new incarnation.
+    let executor = test.executors.get_mut("a").expect("registered");
+    assert!(matches!(executor.rx.try_recv(), Ok(Err(_))));
+}
+
+#[test]
+fn a_fetch_failure_recomputes_only_the_lost_map_output() {
+    let mut test = SchedulerTest::new(config());
+    test.executor("a", 2);
+    test.executor("b", 2);
+    let query = test.submit(two_stage_graph(4, 2));
+    let mut maps = HashMap::new();
+    for name in ["a", "b"] {
+        for attempt in test.launched(name) {
+            test.succeed(name, &attempt);
+            maps.insert(attempt.partition, name);
+        }
+    }
+    let results: Vec<(TaskAttempt, &str)> = ["a", "b"]
+        .into_iter()
+        .flat_map(|name| {
+            test.launched(name)
+                .into_iter()
+                .map(move |attempt| (attempt, name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(results.len(), 2);
+    let (reader, reader_on) = results[0].clone();
+    let lost_on = maps[&1];
+    test.fail(
+        reader_on,
+        &reader,
+        TaskFailure::FetchFailed {
+            executor_id: ExecutorId(lost_on.into()),
+            stage_id: MAP,
+            map_partition: 1,
+            map_attempt: 0,
+            message: "connection refused".into(),
+        },
+    );
+    // Map 1 runs again (elsewhere); the other map outputs are kept.
+    let rerun: Vec<TaskAttempt> = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(rerun.len(), 1, "{rerun:?}");
+    assert_eq!((rerun[0].stage_id, rerun[0].partition), (MAP, 1));
+    assert_eq!(rerun[0].attempt, 1);
+    for partition in [0, 2, 3] {
+        assert_eq!(test.task_status(&query, MAP, partition), Status::Succeeded);
+    }
+    assert_eq!(
+        test.task_status(&query, RESULT, reader.partition as usize),
+        Status::Pending
+    );
+    // Once it is back, the reader runs again as a new attempt.
+    let rerun_on = test.runs_on(&rerun[0]);
+    test.succeed(rerun_on, &rerun[0]);
+    let again: Vec<TaskAttempt> = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].stage_id, again[0].attempt), (RESULT, 1));
+    // A second report about the output already replaced changes nothing.
+    let other_reader = &results[1];
+    test.fail(
+        other_reader.1,
+        &other_reader.0,
+        TaskFailure::FetchFailed {
+            executor_id: ExecutorId(lost_on.into()),
+            stage_id: MAP,
+            map_partition: 1,
+            map_attempt: 0,
+            message: "connection refused".into(),
+        },
+    );
+    assert_eq!(test.task_status(&query, MAP, 1), Status::Succeeded);
+}
+
+#[test]
+fn stale_attempts_are_fenced() {
+    let mut test = SchedulerTest::new(config());
+    test.executor("a", 1);
+    test.executor("b", 1);
+    let query = test.submit(two_stage_graph(1, 1));
+    let first = [test.launched("a"), test.launched("b")].concat().remove(0);
+    let on = test.runs_on(&first);
+    let other = if on == "a" { "b" } else { "a" };
+    test.fail(
+        on,
+        &first,
+        execution_error(ErrorKind::Io, SqlState::IO_ERROR),
+    );
+    let second = test.launched(other).remove(0);
+    assert_eq!(second.attempt, 1);
+    // The first attempt reports success late: ignored, the second one is the task.
+    test.succeed(on, &first);
+    assert_eq!(test.task_status(&query, MAP, 0), Status::Running);
+    assert!(test.launched(on).is_empty() && test.launched(other).is_empty());
+    // The executor registers again (a new incarnation): its old session's reports are stale.
+    let old_session = test.executors[other].session;
+    test.executor(other, 1);
+    let event = Event::TaskStatus {
+        executor_id: ExecutorId(other.into()),
+        session: old_session,
+        status: TaskStatus {
+            task: Some(TaskId::from_attempt(&second)),
+            elapsed_us: 1,
+            result: Some(task_status::Result::Succeeded(TaskSucceeded::default())),
+        },
+    };
+    test.event(event);
+    assert_ne!(test.task_status(&query, MAP, 0), Status::Succeeded);
+}
+
+#[test]
+fn speculation_copies_a_straggler_and_the_first_to_finish_wins() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        speculation: Some(Speculation {
+            multiplier: 1.5,
+            quantile: 0.5,
+            min_runtime: Duration::from_millis(10),
+        }),
+        ..config()
+    });
+    test.executor("a", 2);
+    test.executor("b", 2);
+    let query = test.submit(two_stage_graph(3, 1));
+    let (on_a, on_b) = (test.launched("a"), test.launched("b"));
+    let (straggler, straggler_on, others) = if on_a.len() == 1 {
+        (on_a[0].clone(), "a", on_b.clone())
+    } else {
+        (on_b[0].clone(), "b", on_a.clone())
+    };
+    let others_on = if straggler_on == "a" { "b" } else { "a" };
+    for attempt in &others {
+        test.succeed(others_on, attempt);
+    }
+    // Two of three finished in about a millisecond; the third has run for a second.
+    {
+        let query_state = test
+            .scheduler
+            .running
+            .iter_mut()
+            .find(|q| q.id == query)
+            .expect("running");
+        query_state.stages[0].tasks[straggler.partition as usize].started_instant =
+            Some(Instant::now() - Duration::from_secs(1));
+    }
+    test.event(Event::Tick);
+    let copies = test.launched(others_on);
+    assert_eq!(copies.len(), 1, "a copy on the other executor");
+    let copy = &copies[0];
+    assert_eq!(copy.partition, straggler.partition);
+    assert!(copy.attempt > straggler.attempt);
+    // The copy finishes first: it commits, and the original is cancelled.
+    test.succeed(others_on, copy);
+    let cancels: Vec<TaskAttempt> = test
+        .messages(straggler_on)
+        .into_iter()
+        .filter_map(|m| match m {
+            coordinator_message::Message::CancelTask(cancel) => {
+                cancel.task.as_ref().and_then(TaskId::to_attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancels, vec![straggler.clone()]);
+    assert_eq!(
+        test.task_status(&query, MAP, straggler.partition as usize),
+        Status::Succeeded
+    );
+    let won =
+        test.scheduler.running[0].stages[0].tasks[straggler.partition as usize].speculation_won;
+    assert!(won);
+    // The original's late success changes nothing.
+    test.succeed(straggler_on, &straggler);
+    assert!(
+        test.scheduler.running[0].stages[0].tasks[straggler.partition as usize].speculation_won
+    );
+}
+
+#[test]
+fn admission_queues_queries_beyond_the_limit_and_refuses_beyond_the_queue() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        max_running_queries: 1,
+        max_queued_queries: 1,
+        ..config()
+    });
+    test.executor("a", 4);
+    let first = test.submit(two_stage_graph(1, 1));
+    let second = test.submit(two_stage_graph(1, 1));
+    let third = test.submit(two_stage_graph(1, 1));
+    assert_eq!(test.status(&first), Status::Running);
+    assert_eq!(test.status(&second), Status::Queued);
+    let launched = test.launched("a");
+    assert!(launched.iter().all(|a| a.query_id == first), "{launched:?}");
+    let refused = test.result_events(&third);
+    let [ResultEvent::Failed(error)] = refused.as_slice() else {
+        panic!("refused, got {refused:?}")
+    };
+    assert_eq!(error.sqlstate(), SqlState::INSUFFICIENT_RESOURCES);
+    // The first query ends (its client is done): the queued one starts.
+    test.event(Event::Release {
+        query_id: first.clone(),
+    });
+    assert_eq!(test.status(&second), Status::Running);
+    assert!(test.launched("a").iter().any(|a| a.query_id == second));
+}
+
+#[test]
+fn a_query_without_executors_fails_after_the_wait() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        executor_wait: Duration::ZERO,
+        ..config()
+    });
+    let query = test.submit(two_stage_graph(1, 1));
+    assert_eq!(test.status(&query), Status::Running);
+    std::thread::sleep(Duration::from_millis(5));
+    test.event(Event::Tick);
+    assert_eq!(test.status(&query), Status::Failed);
+    let events = test.result_events(&query);
+    let [ResultEvent::Failed(error)] = events.as_slice() else {
+        panic!("failed, got {events:?}")
+    };
+    assert!(
+        error.to_string().contains("no executor is alive"),
+        "{error}"
+    );
+}

@@ -1,0 +1,368 @@
+//! A client's session: its DataFusion context (settings, current schema), its dialect, cursors
+//! and prepared statements, and what stops its running statement (a cancel request, a timeout).
+//! The session commands every dialect shares live here: transaction control and DataFusion's
+//! own settings, of which those that belong to the server are refused.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::config::ConfigOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+pub mod dialect;
+
+use crate::cursors::Cursors;
+use crate::error::{Error, Result};
+use crate::output::{Command, Output};
+use crate::statement::SessionCommand;
+use dialect::ClientDialect;
+
+/// One client's session.
+pub struct ClientSession {
+    /// Random; shown as `system.queries.session_id` and by `ember_session_id()`.
+    pub(crate) id: String,
+    pub(crate) ctx: SessionContext,
+    pub(crate) dialect: Arc<dyn ClientDialect>,
+    pub(crate) cursors: Cursors,
+    /// Names of the SQL-level prepared statements (`PREPARE`), for `DEALLOCATE ALL`.
+    // A std Mutex: only touched briefly, never across an await.
+    pub(crate) prepared: Mutex<HashSet<String>>,
+    /// DataFusion options this session set itself: planning leaves them as they are.
+    // A std Mutex: only touched briefly, never across an await.
+    pub(crate) options_set: Mutex<HashSet<String>>,
+    /// How long a statement may run (none: no limit).
+    // A std Mutex: only touched briefly, never across an await.
+    pub(crate) statement_timeout: Mutex<Option<Duration>>,
+    /// Bumped by each cancel request; a running statement stops when it changes.
+    pub(crate) cancels: watch::Sender<u64>,
+    /// The options the session started with, for `RESET`.
+    pub(crate) initial_options: ConfigOptions,
+}
+
+/// What stops a running statement: a cancel request for its session, or its timeout.
+pub struct StatementGuard {
+    cancels: watch::Receiver<u64>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl StatementGuard {
+    /// Resolves when the statement must stop, with the error to report.
+    pub async fn interrupted(&mut self) -> Error {
+        let timeout = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = self.cancels.changed() => match changed {
+                Ok(()) => Error::Cancelled,
+                // The session is gone; nobody will read the answer anyway.
+                Err(_) => std::future::pending().await,
+            },
+            () = timeout => Error::StatementTimeout,
+        }
+    }
+
+    /// Runs `work` unless the statement is interrupted first.
+    pub async fn run<T>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            result = work => result,
+            error = self.interrupted() => Err(error),
+        }
+    }
+
+    /// `stream`, ending with the interruption's error if the statement is interrupted while
+    /// rows still flow. Dropping the inner stream releases the query and stops its tasks.
+    pub fn guard_stream(self, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        let schema = stream.schema();
+        let rows = futures::stream::unfold(Some((stream, self)), |state| async move {
+            let (mut stream, mut guard) = state?;
+            tokio::select! {
+                item = stream.next() => item.map(|item| (item, Some((stream, guard)))),
+                error = guard.interrupted() => {
+                    drop(stream);
+                    Some((Err(DataFusionError::External(Box::new(error))), None))
+                }
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, rows))
+    }
+}
+
+impl ClientSession {
+    /// The session's id (`system.queries.session_id`, `ember_session_id()`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The session's DataFusion context: its settings and the catalog it sees.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The dialect the session speaks.
+    pub fn dialect(&self) -> &Arc<dyn ClientDialect> {
+        &self.dialect
+    }
+
+    /// Stops the statement running in this session, if any (a Postgres CancelRequest).
+    pub fn cancel(&self) {
+        self.cancels.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A guard for a statement starting now: earlier cancel requests do not count.
+    pub fn statement_guard(&self) -> StatementGuard {
+        let timeout = *lock(&self.statement_timeout);
+        StatementGuard {
+            cancels: self.cancels.subscribe(),
+            deadline: timeout.map(|timeout| tokio::time::Instant::now() + timeout),
+        }
+    }
+
+    /// How long a statement may run from now on (`None`: no limit).
+    pub fn set_statement_timeout(&self, timeout: Option<Duration>) {
+        *lock(&self.statement_timeout) = timeout.filter(|t| !t.is_zero());
+    }
+
+    /// The schema unqualified names resolve in.
+    pub fn current_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config_options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    /// Makes `schema` the one unqualified names resolve in.
+    pub fn set_current_schema(&self, schema: &str) {
+        self.update_options(|options| options.catalog.default_schema = schema.to_string());
+    }
+
+    /// Changes the session's options as DataFusion's `SET` does: functions whose behaviour
+    /// follows the options (the time zone of `now()`, `to_timestamp()`) are refreshed too.
+    fn update_options(&self, change: impl FnOnce(&mut ConfigOptions)) {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        change(state.config_mut().options_mut());
+        let options = state.config().options();
+        let updated: Vec<_> = state
+            .scalar_functions()
+            .values()
+            .filter_map(|udf| udf.inner().with_updated_config(options).map(Arc::new))
+            .collect();
+        for udf in updated {
+            // Replacing a function of the same name cannot fail.
+            let _ = state.register_udf(udf);
+        }
+    }
+
+    /// The time zone of the session (`UTC` unless set).
+    pub fn time_zone(&self) -> String {
+        let state = self.ctx.state();
+        let zone = state.config_options().execution.time_zone.clone();
+        zone.filter(|z| !z.is_empty())
+            .unwrap_or_else(|| "UTC".into())
+    }
+
+    /// Sets one DataFusion option (`datafusion.*`) back to the value the session started with.
+    pub fn reset_option(&self, name: &str) {
+        lock(&self.options_set).remove(name);
+        let initial = &self.initial_options;
+        self.update_options(|options| match name {
+            "datafusion.catalog.default_schema" => {
+                options.catalog.default_schema = initial.catalog.default_schema.clone()
+            }
+            "datafusion.execution.time_zone" => {
+                options.execution.time_zone = initial.execution.time_zone.clone()
+            }
+            _ => {
+                let value = initial
+                    .entries()
+                    .into_iter()
+                    .find(|e| e.key == name)
+                    .and_then(|e| e.value);
+                if let Some(value) = value {
+                    // The value was valid when the session started.
+                    let _ = options.set(name, &value);
+                }
+            }
+        });
+    }
+
+    /// Every option back to the values the session started with (`RESET ALL`).
+    pub fn reset_options(&self) {
+        lock(&self.options_set).clear();
+        self.update_options(|options| *options = self.initial_options.clone());
+    }
+
+    /// The columns cursor `name` returns (for a Describe before its FETCH runs).
+    pub fn cursor_schema(&self, name: &str) -> Option<datafusion::arrow::datatypes::SchemaRef> {
+        self.cursors.schema(name)
+    }
+
+    /// Whether the session set this DataFusion option itself.
+    pub(crate) fn has_set(&self, name: &str) -> bool {
+        lock(&self.options_set).contains(name)
+    }
+
+    /// A SQL-level `PREPARE name` succeeded.
+    pub(crate) fn remember_prepared(&self, name: &str) {
+        lock(&self.prepared).insert(name.to_string());
+    }
+
+    /// The names of every SQL-level prepared statement, forgotten.
+    pub(crate) fn take_prepared(&self) -> Vec<String> {
+        lock(&self.prepared).drain().collect()
+    }
+
+    /// Whether the engine answers `command` itself (for any dialect): transaction control,
+    /// `RESET ALL`, and the checks on DataFusion settings.
+    pub(crate) fn engine_claims(command: &SessionCommand) -> bool {
+        match command {
+            SessionCommand::Transaction(_) => true,
+            SessionCommand::Set { name, .. } => is_datafusion_option(name),
+            SessionCommand::Reset { name } => name.as_deref().is_none_or(is_datafusion_option),
+            SessionCommand::Show { .. } => false,
+        }
+    }
+
+    /// The session commands the engine answers for every dialect. `Ok(None)`: DataFusion
+    /// applies it (a `SET` of an option the session may change, once recorded).
+    pub(crate) fn engine_command(&self, command: &SessionCommand) -> Result<Option<Output>> {
+        match command {
+            SessionCommand::Transaction(transaction) => {
+                if !transaction.in_block_after() {
+                    self.cursors.end_transaction();
+                }
+                Ok(Some(Output::done(Command::Transaction(*transaction))))
+            }
+            SessionCommand::Set { name, .. } if is_datafusion_option(name) => {
+                if !session_may_set(name) {
+                    return Err(Error::PermissionDenied(format!(
+                        "permission denied to set {name}: it is a server-level setting (see the server configuration)"
+                    )));
+                }
+                lock(&self.options_set).insert(name.clone());
+                Ok(None)
+            }
+            SessionCommand::Reset { name: None } => {
+                self.reset_options();
+                Ok(Some(Output::done(Command::Reset)))
+            }
+            SessionCommand::Reset { name: Some(name) } if is_datafusion_option(name) => {
+                // DataFusion resets its own options (to their defaults); the session forgets
+                // that it changed it.
+                lock(&self.options_set).remove(name);
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A std Mutex guard, recovering from poisoning (the values stay consistent: each update is a
+/// single insert, remove or assignment).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is_datafusion_option(name: &str) -> bool {
+    name.starts_with("datafusion.")
+}
+
+/// DataFusion options a session may change: they shape its own plans and tasks. Runtime
+/// options (memory limit, spill directory, caches) and catalog options belong to the server.
+fn session_may_set(name: &str) -> bool {
+    const SESSION_PREFIXES: [&str; 5] = [
+        "datafusion.execution.",
+        "datafusion.optimizer.",
+        "datafusion.explain.",
+        "datafusion.sql_parser.",
+        "datafusion.format.",
+    ];
+    SESSION_PREFIXES.iter().any(|p| name.starts_with(p))
+        || name == "datafusion.catalog.default_schema"
+}
+
+/// A duration setting as PostgreSQL and Ember read it: a number of milliseconds, or a number
+/// with a unit (`us`, `ms`, `s`, `min`, `h`, `d`).
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let millis = number * factor;
+    // Bounded: a client's absurd value is refused, not wrapped.
+    (millis.is_finite() && (0.0..=1e15).contains(&millis))
+        .then(|| Duration::from_micros((millis * 1000.0).round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_postgres_reads_them() {
+        let ms = |v: &str| parse_duration(v).map(|d| d.as_millis());
+        assert_eq!(ms("1500"), Some(1500));
+        assert_eq!(ms("2s"), Some(2000));
+        assert_eq!(ms("1min"), Some(60_000));
+        assert_eq!(ms("250ms"), Some(250));
+        assert_eq!(ms("soon"), None);
+        assert_eq!(ms("1e400"), None);
+        assert_eq!(ms("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn server_level_settings_are_refused() {
+        assert!(session_may_set("datafusion.execution.target_partitions"));
+        assert!(session_may_set("datafusion.optimizer.prefer_hash_join"));
+        assert!(!session_may_set("datafusion.runtime.memory_limit"));
+        assert!(!session_may_set("datafusion.runtime.temp_directory"));
+        assert!(!session_may_set("datafusion.catalog.information_schema"));
+    }
+
+    #[test]
+    fn the_engine_claims_only_shared_commands() {
+        use crate::statement::TransactionCommand;
+        let set = |name: &str| SessionCommand::Set {
+            name: name.into(),
+            values: vec!["1".into()],
+        };
+        assert!(ClientSession::engine_claims(&set(
+            "datafusion.execution.batch_size"
+        )));
+        assert!(!ClientSession::engine_claims(&set("application_name")));
+        assert!(ClientSession::engine_claims(&SessionCommand::Reset {
+            name: None
+        }));
+        assert!(ClientSession::engine_claims(&SessionCommand::Transaction(
+            TransactionCommand::Begin
+        )));
+        assert!(!ClientSession::engine_claims(&SessionCommand::Show {
+            name: "server_version".into()
+        }));
+    }
+}

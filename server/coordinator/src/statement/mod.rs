@@ -1,0 +1,510 @@
+//! Statements as every part of Ember sees them: parsed once, in the session's SQL dialect, into a
+//! typed value ([`ParsedStatement`]) that carries its syntax tree, its text and what later steps
+//! ask of it (the session command, transaction command, cursor or `DEALLOCATE` it is, the
+//! `varchar(n)` columns a `CREATE TABLE` declares). Nothing downstream reads SQL text again.
+//!
+//! Ember's own syntax is parsed here too, token by token: `EXPLAIN DISTRIBUTED <statement>`
+//! and PostgreSQL's `ABORT` (an alias of `ROLLBACK`).
+
+use datafusion::common::config::SqlParserOptions;
+use datafusion::error::DataFusionError;
+use datafusion::sql::parser::{
+    DFParser, DFParserBuilder, ResetStatement, Statement as DFStatement,
+};
+use datafusion::sql::sqlparser::ast::{
+    CharacterLength, DataType as SqlDataType, Expr as SqlExpr, Ident, ObjectName, Set,
+    Statement as SqlStatement, Value,
+};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::ParserError;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+mod cursor;
+
+pub use cursor::CursorStatement;
+
+use crate::declared::DeclaredString;
+use crate::error::{Error, Result};
+
+/// A parsed statement.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    statement: DFStatement,
+    /// The statement as SQL (its syntax tree printed): what logs, `system.queries` and the
+    /// catalog (views, external tables) keep.
+    text: String,
+    explain_distributed: bool,
+    /// The cursor statement this is (recognised once; DataFusion does not plan cursors).
+    cursor: Option<CursorStatement>,
+    /// A `CREATE TABLE`'s columns declared `varchar`/`char`, by position.
+    declared: Vec<Option<DeclaredString>>,
+}
+
+/// A command that changes or reads the session rather than data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// `SET [SESSION | LOCAL] name {= | TO} value [, ...]`, `SET TIME ZONE value`.
+    Set {
+        /// The variable, lower case unless it was quoted.
+        name: String,
+        /// Each value as written, string literals without their quotes.
+        values: Vec<String>,
+    },
+    /// `SHOW name` (`SHOW TRANSACTION ISOLATION LEVEL` names `transaction isolation level`).
+    Show {
+        /// The variable, lower case, its words joined by spaces.
+        name: String,
+    },
+    /// `RESET name`, or `RESET ALL` (`None`).
+    Reset {
+        /// The variable, lower case unless it was quoted.
+        name: Option<String>,
+    },
+    /// Transaction control.
+    Transaction(TransactionCommand),
+}
+
+/// Transaction control statements. Ember has no multi-statement transactions: every statement
+/// commits when it completes, as in autocommit mode; these are accepted so that clients which
+/// wrap their work in transaction blocks run unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionCommand {
+    /// `BEGIN [WORK | TRANSACTION]`.
+    Begin,
+    /// `START TRANSACTION [modes]`.
+    StartTransaction,
+    /// `COMMIT`, `END`.
+    Commit,
+    /// `ROLLBACK`, `ABORT`: closes the block (statements that completed in it stay done).
+    Rollback,
+    /// `ROLLBACK TO [SAVEPOINT] name`: the block stays open.
+    RollbackToSavepoint,
+    /// `SAVEPOINT name`.
+    Savepoint,
+    /// `RELEASE [SAVEPOINT] name`.
+    ReleaseSavepoint,
+}
+
+impl TransactionCommand {
+    /// Whether the client is in a transaction block after it (false: the block closed).
+    pub fn in_block_after(self) -> bool {
+        !matches!(
+            self,
+            TransactionCommand::Commit | TransactionCommand::Rollback
+        )
+    }
+}
+
+/// `DEALLOCATE [PREPARE] { name | ALL }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deallocate {
+    /// One prepared statement.
+    Named(String),
+    /// Every SQL-level prepared statement of the session.
+    All,
+}
+
+impl ParsedStatement {
+    /// The statement `statement` is (with Ember's `EXPLAIN DISTRIBUTED` prefix or not).
+    pub(crate) fn from_ast(statement: DFStatement, explain_distributed: bool) -> Result<Self> {
+        let cursor = match &statement {
+            DFStatement::Statement(inner) => CursorStatement::recognise(inner)?,
+            _ => None,
+        };
+        Ok(Self {
+            text: statement.to_string(),
+            declared: declared_strings(&statement),
+            statement,
+            explain_distributed,
+            cursor,
+        })
+    }
+
+    /// The statement as SQL (for logs, system tables and the catalog).
+    pub fn sql(&self) -> &str {
+        &self.text
+    }
+
+    /// The syntax tree.
+    pub fn ast(&self) -> &DFStatement {
+        &self.statement
+    }
+
+    /// Whether this is `EXPLAIN DISTRIBUTED <statement>`.
+    pub fn is_explain_distributed(&self) -> bool {
+        self.explain_distributed
+    }
+
+    /// The cursor statement this is, if it is one.
+    pub fn cursor(&self) -> Option<&CursorStatement> {
+        self.cursor.as_ref()
+    }
+
+    /// The string columns a `CREATE TABLE` declares `varchar`/`char`, by position (empty for
+    /// other statements).
+    pub fn declared_columns(&self) -> &[Option<DeclaredString>] {
+        &self.declared
+    }
+
+    /// The session command this is, if it is one.
+    pub fn session_command(&self) -> Option<SessionCommand> {
+        if self.explain_distributed {
+            return None;
+        }
+        let statement = match &self.statement {
+            DFStatement::Reset(ResetStatement::Variable(name)) => {
+                let name = object_name(name);
+                return Some(SessionCommand::Reset {
+                    name: (name != "all").then_some(name),
+                });
+            }
+            DFStatement::Statement(statement) => statement.as_ref(),
+            _ => return None,
+        };
+        Some(match statement {
+            SqlStatement::Set(Set::SingleAssignment {
+                variable, values, ..
+            }) => SessionCommand::Set {
+                name: object_name(variable),
+                values: values.iter().map(value_text).collect(),
+            },
+            SqlStatement::Set(Set::SetTimeZone { value, .. }) => SessionCommand::Set {
+                name: "timezone".into(),
+                values: vec![value_text(value)],
+            },
+            SqlStatement::ShowVariable { variable } => SessionCommand::Show {
+                name: variable
+                    .iter()
+                    .map(ident_text)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            },
+            other => SessionCommand::Transaction(transaction_command(other)?),
+        })
+    }
+
+    /// The transaction command this is, if it is one.
+    pub fn transaction(&self) -> Option<TransactionCommand> {
+        match self.session_command()? {
+            SessionCommand::Transaction(command) => Some(command),
+            _ => None,
+        }
+    }
+
+    /// What a `DEALLOCATE` statement deallocates.
+    pub fn deallocate(&self) -> Option<Deallocate> {
+        let DFStatement::Statement(statement) = &self.statement else {
+            return None;
+        };
+        let SqlStatement::Deallocate { name, .. } = statement.as_ref() else {
+            return None;
+        };
+        // `DEALLOCATE ALL`; a statement named "all" is written quoted.
+        Some(
+            if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                Deallocate::All
+            } else {
+                Deallocate::Named(name.value.clone())
+            },
+        )
+    }
+}
+
+/// Splits `sql` into statements with DataFusion's parser in the dialect `options` name
+/// (`datafusion.sql_parser.dialect`): their syntax trees, each with whether it was prefixed by
+/// `EXPLAIN DISTRIBUTED`. Ember's own `EXPLAIN DISTRIBUTED` and PostgreSQL's `ABORT` are
+/// recognised by their tokens.
+pub(crate) fn parse_statements(
+    sql: &str,
+    options: &SqlParserOptions,
+) -> Result<Vec<(DFStatement, bool)>> {
+    let dialect = dialect_from_str(options.dialect)
+        .ok_or_else(|| Error::NotSupported(format!("unknown SQL dialect {}", options.dialect)))?;
+    let mut parser = DFParserBuilder::new(sql)
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(options.recursion_limit.get())
+        .build()?;
+    let mut statements = vec![];
+    let mut expecting_delimiter = false;
+    loop {
+        while parser.parser.consume_token(&Token::SemiColon) {
+            expecting_delimiter = false;
+        }
+        let next = parser.parser.peek_token();
+        if next.token == Token::EOF {
+            break;
+        }
+        if expecting_delimiter {
+            return Err(syntax_error(format!(
+                "Expected end of statement, found: {next}"
+            )));
+        }
+        let explain_distributed =
+            is_word(&parser, 0, "EXPLAIN") && is_word(&parser, 1, "DISTRIBUTED");
+        if explain_distributed {
+            parser.parser.next_token();
+            parser.parser.next_token();
+        }
+        let statement = if is_word(&parser, 0, "ABORT") {
+            parser.parser.next_token();
+            // `ABORT [WORK | TRANSACTION]` is PostgreSQL's ROLLBACK.
+            let _ = parser
+                .parser
+                .parse_one_of_keywords(&[Keyword::WORK, Keyword::TRANSACTION]);
+            DFStatement::Statement(Box::new(SqlStatement::Rollback {
+                chain: false,
+                savepoint: None,
+            }))
+        } else {
+            parser.parse_statement()?
+        };
+        statements.push((statement, explain_distributed));
+        expecting_delimiter = true;
+    }
+    Ok(statements)
+}
+
+/// Whether the `n`th next token is the unquoted word `word`.
+fn is_word(parser: &DFParser<'_>, n: usize, word: &str) -> bool {
+    match parser.parser.peek_nth_token_ref(n).token {
+        Token::Word(ref w) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word),
+        _ => false,
+    }
+}
+
+fn syntax_error(message: String) -> Error {
+    Error::DataFusion(DataFusionError::SQL(
+        Box::new(ParserError::ParserError(message)),
+        None,
+    ))
+}
+
+fn transaction_command(statement: &SqlStatement) -> Option<TransactionCommand> {
+    Some(match statement {
+        SqlStatement::StartTransaction { begin: true, .. } => TransactionCommand::Begin,
+        SqlStatement::StartTransaction { begin: false, .. } => TransactionCommand::StartTransaction,
+        SqlStatement::Commit { .. } => TransactionCommand::Commit,
+        SqlStatement::Rollback {
+            savepoint: Some(_), ..
+        } => TransactionCommand::RollbackToSavepoint,
+        SqlStatement::Rollback {
+            savepoint: None, ..
+        } => TransactionCommand::Rollback,
+        SqlStatement::Savepoint { .. } => TransactionCommand::Savepoint,
+        SqlStatement::ReleaseSavepoint { .. } => TransactionCommand::ReleaseSavepoint,
+        _ => return None,
+    })
+}
+
+/// An identifier as a setting name: lower case unless quoted.
+fn ident_text(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+fn object_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => ident_text(ident),
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A `SET` value as the client meant it: string literals without their quotes, identifiers by
+/// name, anything else as written.
+fn value_text(value: &SqlExpr) -> String {
+    match value {
+        SqlExpr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::DoubleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s) => s.clone(),
+            Value::Number(n, _) => n.clone(),
+            other => other.to_string(),
+        },
+        SqlExpr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The column types a `CREATE TABLE` statement declares as `varchar`/`char`, by position (none
+/// for other statements, or other columns). Arrow keeps such columns as text; the table's field
+/// metadata keeps the declaration, so clients see `character varying(20)`.
+fn declared_strings(statement: &DFStatement) -> Vec<Option<DeclaredString>> {
+    let DFStatement::Statement(statement) = statement else {
+        return vec![];
+    };
+    let SqlStatement::CreateTable(create) = statement.as_ref() else {
+        return vec![];
+    };
+    let length = |length: &Option<CharacterLength>| match length {
+        Some(CharacterLength::IntegerLength { length, .. }) => u32::try_from(*length).ok(),
+        _ => None,
+    };
+    create
+        .columns
+        .iter()
+        .map(|column| match &column.data_type {
+            SqlDataType::Varchar(n)
+            | SqlDataType::CharacterVarying(n)
+            | SqlDataType::CharVarying(n) => Some(DeclaredString::Varchar(length(n))),
+            // PostgreSQL's `char` without a length is char(1).
+            SqlDataType::Char(n) | SqlDataType::Character(n) => {
+                Some(DeclaredString::Char(if n.is_none() {
+                    1
+                } else {
+                    length(n)?
+                }))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::config::Dialect;
+
+    use super::*;
+
+    fn parse(sql: &str, options: &SqlParserOptions) -> Result<Vec<ParsedStatement>> {
+        parse_statements(sql, options)?
+            .into_iter()
+            .map(|(statement, explain)| ParsedStatement::from_ast(statement, explain))
+            .collect()
+    }
+
+    fn options(dialect: Dialect) -> SqlParserOptions {
+        SqlParserOptions {
+            dialect,
+            ..Default::default()
+        }
+    }
+
+    fn one(sql: &str) -> ParsedStatement {
+        let mut statements = parse(sql, &options(Dialect::PostgreSQL)).expect("parses");
+        assert_eq!(statements.len(), 1, "{sql}");
+        statements.remove(0)
+    }
+
+    #[test]
+    fn explain_distributed_is_recognised_by_its_tokens() {
+        let statements = parse(
+            "explain distributed select 1; select 2; EXPLAIN DISTRIBUTED select 3",
+            &options(Dialect::Generic),
+        )
+        .expect("parses");
+        let flags: Vec<bool> = statements
+            .iter()
+            .map(|s| s.is_explain_distributed())
+            .collect();
+        assert_eq!(flags, [true, false, true]);
+        assert_eq!(statements[0].sql(), "SELECT 1");
+        // A plain EXPLAIN is DataFusion's.
+        assert!(!one("explain select 1").is_explain_distributed());
+        assert!(parse("select 1 select 2", &options(Dialect::Generic)).is_err());
+    }
+
+    #[test]
+    fn session_commands_are_typed() {
+        assert_eq!(
+            one("SET search_path TO tpch, public").session_command(),
+            Some(SessionCommand::Set {
+                name: "search_path".into(),
+                values: vec!["tpch".into(), "public".into()],
+            })
+        );
+        assert_eq!(
+            one("set session application_name = 'psql'").session_command(),
+            Some(SessionCommand::Set {
+                name: "application_name".into(),
+                values: vec!["psql".into()],
+            })
+        );
+        assert_eq!(
+            one("SET datafusion.execution.batch_size = 100").session_command(),
+            Some(SessionCommand::Set {
+                name: "datafusion.execution.batch_size".into(),
+                values: vec!["100".into()],
+            })
+        );
+        assert_eq!(
+            one("SHOW TRANSACTION ISOLATION LEVEL").session_command(),
+            Some(SessionCommand::Show {
+                name: "transaction isolation level".into()
+            })
+        );
+        assert_eq!(
+            one("reset ALL").session_command(),
+            Some(SessionCommand::Reset { name: None })
+        );
+        assert_eq!(
+            one("RESET statement_timeout").session_command(),
+            Some(SessionCommand::Reset {
+                name: Some("statement_timeout".into())
+            })
+        );
+        assert_eq!(one("select 1").session_command(), None);
+        // A string that looks like a command is data.
+        assert_eq!(one("select 'set x = 1'").session_command(), None);
+    }
+
+    #[test]
+    fn transaction_commands_are_typed() {
+        let command = |sql: &str| one(sql).transaction();
+        assert_eq!(command("BEGIN"), Some(TransactionCommand::Begin));
+        assert_eq!(
+            command("start transaction read only"),
+            Some(TransactionCommand::StartTransaction)
+        );
+        assert_eq!(command("commit"), Some(TransactionCommand::Commit));
+        assert_eq!(command("END"), Some(TransactionCommand::Commit));
+        assert_eq!(command("ABORT"), Some(TransactionCommand::Rollback));
+        assert_eq!(command("rollback"), Some(TransactionCommand::Rollback));
+        assert_eq!(
+            command("ROLLBACK TO SAVEPOINT a"),
+            Some(TransactionCommand::RollbackToSavepoint)
+        );
+        assert_eq!(command("savepoint a"), Some(TransactionCommand::Savepoint));
+        assert_eq!(
+            command("release a"),
+            Some(TransactionCommand::ReleaseSavepoint)
+        );
+        assert!(!TransactionCommand::Rollback.in_block_after());
+        assert!(TransactionCommand::RollbackToSavepoint.in_block_after());
+    }
+
+    #[test]
+    fn deallocate_all_is_told_from_a_statement_named_all() {
+        assert_eq!(one("DEALLOCATE ALL").deallocate(), Some(Deallocate::All));
+        assert_eq!(
+            one("deallocate prepare \"all\"").deallocate(),
+            Some(Deallocate::Named("all".into()))
+        );
+        assert_eq!(
+            one("DEALLOCATE p1").deallocate(),
+            Some(Deallocate::Named("p1".into()))
+        );
+    }
+
+    #[test]
+    fn create_table_declares_its_string_columns() {
+        let parsed = one("create table t (a varchar(5), b int, c char, d character varying)");
+        assert_eq!(
+            parsed.declared_columns(),
+            [
+                Some(DeclaredString::Varchar(Some(5))),
+                None,
+                Some(DeclaredString::Char(1)),
+                Some(DeclaredString::Varchar(None)),
+            ]
+        );
+        assert!(one("select 1").declared_columns().is_empty());
+    }
+}

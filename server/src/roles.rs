@@ -1,0 +1,102 @@
+//! The coordinator role: the coordinator library with its frontends beside it, on listeners
+//! bound by the caller. This is where Ember is composed; nothing below it knows the others.
+//!
+//! ```text
+//!  PgServer (ember-pgwire) ─────┐
+//!  FlightSqlServer (ember-flight-sql) ─┼─► QueryEngine ◄─ Coordinator (ember-coordinator)
+//!                               │                          scheduler, executors' gRPC
+//! ```
+//! Shutdown stops the frontends from taking new work first, then the coordinator.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ember_config::EmberConfig;
+use ember_coordinator::{Coordinator, QueryEngine, stopped};
+use ember_flight_sql::FlightSqlServer;
+use ember_pgwire::PgServer;
+use ember_protocol::credentials::SigningKey;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Result;
+
+/// The listeners of a coordinator: executors' gRPC, Postgres, Flight SQL.
+#[derive(Debug)]
+pub struct CoordinatorListeners {
+    /// `coordinator.port`: executors register here.
+    pub grpc: TcpListener,
+    /// `coordinator.pg_port`: Postgres clients.
+    pub pg: TcpListener,
+    /// `coordinator.flight_sql_port`: Flight SQL clients.
+    pub flight_sql: TcpListener,
+}
+
+impl CoordinatorListeners {
+    /// Binds the configured ports (0: any free port) on `coordinator.bind_host`.
+    pub async fn bind(config: &EmberConfig) -> Result<Self> {
+        let host = config.coordinator.bind_host.as_str();
+        Ok(Self {
+            grpc: TcpListener::bind((host, config.coordinator.port)).await?,
+            pg: TcpListener::bind((host, config.coordinator.pg_port)).await?,
+            flight_sql: TcpListener::bind((host, config.coordinator.flight_sql_port)).await?,
+        })
+    }
+}
+
+/// A coordinator and its frontends, ready to serve.
+pub struct CoordinatorRole {
+    coordinator: Coordinator,
+    pg: PgServer,
+    flight_sql: FlightSqlServer,
+}
+
+impl CoordinatorRole {
+    /// Builds the coordinator and its frontends. `key` signs Flight SQL tokens and tickets;
+    /// `shared_key` says whether every executor knows it (else results are relayed).
+    pub async fn new(
+        config: &EmberConfig,
+        listeners: CoordinatorListeners,
+        key: SigningKey,
+        shared_key: bool,
+    ) -> Result<Self> {
+        let coordinator = Coordinator::new(config, listeners.grpc).await?;
+        let engine = coordinator.engine();
+        let pg =
+            PgServer::new(Arc::clone(&engine), &config.auth, &config.tls, listeners.pg).await?;
+        let flight_sql =
+            FlightSqlServer::new(engine, config, key, shared_key, listeners.flight_sql)?;
+        Ok(Self {
+            coordinator,
+            pg,
+            flight_sql,
+        })
+    }
+
+    /// The engine the frontends run statements through.
+    pub fn engine(&self) -> Arc<QueryEngine> {
+        self.coordinator.engine()
+    }
+
+    /// Serves executors and clients until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (frontends_tx, frontends_rx) = watch::channel(false);
+        let coordinator = tokio::spawn(self.coordinator.run(stopped(stop_rx)));
+        let pg = tokio::spawn(self.pg.run(stopped(frontends_rx.clone())));
+        let flight_sql = tokio::spawn(self.flight_sql.run(stopped(frontends_rx)));
+        shutdown.await;
+        let _ = frontends_tx.send(true);
+        let _ = stop_tx.send(true);
+        let _ = flight_sql.await;
+        let _ = pg.await;
+        let _ = coordinator.await;
+        Ok(())
+    }
+}
+
+/// The key of the configuration's `auth.flight_secret`, or a random one; `true` when it came
+/// from the configuration (and so is known to every executor configured alike).
+pub fn signing_key(config: &EmberConfig) -> (SigningKey, bool) {
+    ember_flight_sql::signing_key(config)
+}

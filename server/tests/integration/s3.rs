@@ -1,0 +1,164 @@
+//! Object storage: `s3://` locations on a local S3-compatible server (moto, installed by the
+//! README's test command), read and written by the executors and the coordinator alike.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{ProcessCluster, free_port, rows};
+
+/// A moto server on a free port; killed on drop.
+struct Moto {
+    port: u16,
+    child: Child,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let binary = std::env::var("EMBER_TEST_MOTO_SERVER").unwrap_or_else(|_| {
+            panic!("EMBER_TEST_MOTO_SERVER is not set: run the tests with `bash scripts/test.sh`, which installs moto")
+        });
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto { port, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn request(&self, method: &str, path: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "{method} {path}: {response}"
+        );
+        response
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        self.request("PUT", &format!("/{bucket}"));
+    }
+
+    /// Keys of the bucket under `prefix`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let response = self.request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"));
+        response
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_on_s3_are_read_and_written_by_the_cluster() {
+    let moto = Moto::start();
+    moto.create_bucket("ember-test");
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
+    let env: Vec<(String, String)> = [
+        (
+            "EMBER_STORAGE_S3_ENDPOINT",
+            format!("http://127.0.0.1:{}", moto.port),
+        ),
+        ("EMBER_STORAGE_S3_REGION", "us-east-1".to_string()),
+        ("EMBER_STORAGE_S3_ACCESS_KEY_ID", "test".to_string()),
+        ("EMBER_STORAGE_S3_SECRET_ACCESS_KEY", "test".to_string()),
+        ("EMBER_STORAGE_S3_ALLOW_HTTP", "true".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let cluster = ProcessCluster::start_with_env(2, 0.01, &data_dir, &env);
+    let client = cluster.connect(2).await;
+    let run = |sql: &'static str| {
+        let client = &client;
+        let logs = cluster.logs();
+        async move {
+            client
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}\n{logs}"))
+        }
+    };
+    // Written by the executors, one file per task, then read back by them.
+    run("copy (select * from tpch.orders) to 's3://ember-test/orders/' stored as parquet").await;
+    run("create external table s3_orders stored as parquet location 's3://ember-test/orders/'")
+        .await;
+    let got = rows(
+        &run("select count(*), sum(o_orderkey), count(distinct o_custkey) from s3_orders").await,
+    );
+    let expected = rows(
+        &run("select count(*), sum(o_orderkey), count(distinct o_custkey) from tpch.orders").await,
+    );
+    assert_eq!(got, expected);
+    assert_eq!(got[0][0].as_deref(), Some("15000"));
+
+    // Appending moves the new files into the table's prefix.
+    run("insert into s3_orders select * from tpch.orders where o_orderkey < 100").await;
+    let appended = rows(&run("select count(*) from s3_orders").await);
+    let extra = rows(&run("select count(*) from tpch.orders where o_orderkey < 100").await);
+    let extra: i64 = extra[0][0].as_deref().unwrap().parse().unwrap();
+    assert_eq!(
+        appended[0][0].as_deref(),
+        Some((15000 + extra).to_string().as_str())
+    );
+
+    // One file, csv, and a join between S3 and local data.
+    run("copy (select n_nationkey, n_name from tpch.nation order by n_nationkey) to 's3://ember-test/nation.csv' stored as csv options ('format.has_header' 'true')").await;
+    run("create external table s3_nation stored as csv location 's3://ember-test/nation.csv' options ('format.has_header' 'true')").await;
+    let joined = rows(
+        &run("select n.n_name, count(*) from s3_orders o join tpch.customer c on o.o_custkey = c.c_custkey join s3_nation n on c.c_nationkey = n.n_nationkey group by n.n_name order by n.n_name limit 2").await,
+    );
+    assert_eq!(joined.len(), 2);
+    assert_eq!(joined[0][0].as_deref(), Some("ALGERIA"));
+
+    // The writes left their files and nothing else: no staging objects.
+    let keys = moto.keys("ember-test", "");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("orders/") && k.ends_with(".parquet")),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"nation.csv".to_string()), "{keys:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let staged: Vec<String> = moto
+            .keys("ember-test", "")
+            .into_iter()
+            .filter(|k| k.contains("_ember_staging"))
+            .collect();
+        if staged.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "staging objects left: {staged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
