@@ -18,8 +18,6 @@ use crate::shuffle::ShuffleError;
 pub struct SqlState([u8; 5]);
 
 impl SqlState {
-    /// `00000`: success (never an error's code; the default of a missing one is [`Self::INTERNAL`]).
-    pub const SUCCESSFUL: SqlState = SqlState(*b"00000");
     /// `0A000`: feature_not_supported.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState(*b"0A000");
     /// `21000`: cardinality_violation.
@@ -56,6 +54,8 @@ impl SqlState {
     pub const AMBIGUOUS_COLUMN: SqlState = SqlState(*b"42702");
     /// `42703`: undefined_column.
     pub const UNDEFINED_COLUMN: SqlState = SqlState(*b"42703");
+    /// `42883`: undefined_function.
+    pub const UNDEFINED_FUNCTION: SqlState = SqlState(*b"42883");
     /// `42704`: undefined_object.
     pub const UNDEFINED_OBJECT: SqlState = SqlState(*b"42704");
     /// `42P01`: undefined_table.
@@ -66,6 +66,12 @@ impl SqlState {
     pub const DUPLICATE_SCHEMA: SqlState = SqlState(*b"42P06");
     /// `42P07`: duplicate_table.
     pub const DUPLICATE_TABLE: SqlState = SqlState(*b"42P07");
+    /// `42P05`: duplicate_prepared_statement.
+    pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState(*b"42P05");
+    /// `26000`: invalid_sql_statement_name (a prepared statement that does not exist).
+    pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState(*b"26000");
+    /// `54000`: program_limit_exceeded.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState(*b"54000");
     /// `53000`: insufficient_resources.
     pub const INSUFFICIENT_RESOURCES: SqlState = SqlState(*b"53000");
     /// `53100`: disk_full.

@@ -6,7 +6,9 @@
 //!  FlightSqlServer (ember-flight-sql) ─┼─► QueryEngine ◄─ Coordinator (ember-coordinator)
 //!                               │                          scheduler, executors' gRPC
 //! ```
-//! Shutdown stops the frontends from taking new work first, then the coordinator.
+//! Shutdown stops everything at once: the frontends accept no more clients and the scheduler
+//! stops, so statements still running end with 57P01 (their clients see why) instead of
+//! keeping a graceful shutdown waiting; then it waits for every part to finish.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,12 +83,10 @@ impl CoordinatorRole {
     /// Serves executors and clients until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (frontends_tx, frontends_rx) = watch::channel(false);
-        let coordinator = tokio::spawn(self.coordinator.run(stopped(stop_rx)));
-        let pg = tokio::spawn(self.pg.run(stopped(frontends_rx.clone())));
-        let flight_sql = tokio::spawn(self.flight_sql.run(stopped(frontends_rx)));
+        let coordinator = tokio::spawn(self.coordinator.run(stopped(stop_rx.clone())));
+        let pg = tokio::spawn(self.pg.run(stopped(stop_rx.clone())));
+        let flight_sql = tokio::spawn(self.flight_sql.run(stopped(stop_rx)));
         shutdown.await;
-        let _ = frontends_tx.send(true);
         let _ = stop_tx.send(true);
         let _ = flight_sql.await;
         let _ = pg.await;

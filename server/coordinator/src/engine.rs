@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::CatalogProvider;
 use datafusion::common::ScalarValue;
+use datafusion::common::TableReference;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{
     ColumnarValue, DdlStatement, Deallocate as DeallocatePlan, LogicalPlan, Statement, Volatility,
@@ -14,17 +15,19 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use ember_planner::paths::AllowedPaths;
 use ember_planner::session::DEFAULT_CATALOG;
 use ember_protocol::FlightShuffleFetcher;
 
 use crate::catalog::CatalogStore;
-use crate::statement::CursorStatement;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::scheduler::SchedulerHandle;
-use crate::session::ClientSession;
 use crate::session::dialect::{ClientDialect, DataFusionDialect};
+use crate::session::{ClientSession, check_settable};
+use crate::statement::CursorStatement;
 use crate::statement::{Deallocate, ParsedStatement};
 
 /// Plans and runs statements; holds the shared catalog.
@@ -209,7 +212,7 @@ impl QueryEngine {
         Ok(Some(self.to_plan(session, parsed.ast().clone()).await?))
     }
 
-    /// Plans one statement in `session`, after its dialect had its say. A statement that names
+    /// Plans one statement in `session`, after its dialect had its say. A statement that reads
     /// a table the catalog does not have fails as an undefined table (42P01).
     async fn to_plan(
         &self,
@@ -222,13 +225,18 @@ impl QueryEngine {
             .before_planning(session, &mut statement)
             .await?;
         let state = session.ctx.state();
-        match state.statement_to_plan(statement.clone()).await {
+        let read = tables_read(&state, &statement);
+        let called = crate::statement::functions_called(&statement);
+        match state.statement_to_plan(statement).await {
             Ok(plan) => Ok(plan),
-            Err(error) => Err(match missing_table(&state, &statement) {
-                // DataFusion's words, with the type the catalog says it is.
-                Some(_) => Error::UndefinedTable(Error::from(error).to_string()),
-                None => error.into(),
-            }),
+            // DataFusion's words, with the type the catalog and the registry say it is.
+            Err(error) if missing_table(&state, &read).is_some() => {
+                Err(Error::UndefinedTable(Error::from(error).to_string()))
+            }
+            Err(error) if missing_function(&state, &called).is_some() => {
+                Err(Error::UndefinedFunction(Error::from(error).to_string()))
+            }
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -288,15 +296,40 @@ impl QueryEngine {
                 Ok(Output::done(Command::DeallocateAll))
             }
             LogicalPlan::Statement(statement) => {
+                // Whatever way the statement named it, DataFusion applies this option.
+                if let Statement::SetVariable(set) = statement {
+                    check_settable(&set.variable)?;
+                }
                 let command = statement_command(statement);
-                let prepared = match statement {
-                    Statement::Prepare(prepare) => Some(prepare.name.clone()),
+                // DataFusion's words, typed by the session's own record of its statements.
+                match statement {
+                    Statement::Prepare(prepare) if session.has_prepared(&prepare.name) => {
+                        return Err(Error::DuplicatePreparedStatement(format!(
+                            "Execution error: Prepared statement '{}' already exists",
+                            prepare.name
+                        )));
+                    }
+                    Statement::Execute(execute) if !session.has_prepared(&execute.name) => {
+                        return Err(undefined_prepared(&execute.name));
+                    }
+                    Statement::Deallocate(deallocate)
+                        if !session.has_prepared(&deallocate.name) =>
+                    {
+                        return Err(undefined_prepared(&deallocate.name));
+                    }
+                    _ => {}
+                }
+                let effect = match statement {
+                    Statement::Prepare(prepare) => Some((prepare.name.clone(), true)),
+                    Statement::Deallocate(deallocate) => Some((deallocate.name.clone(), false)),
                     _ => None,
                 };
                 let df = session.ctx.execute_logical_plan(plan).await?;
                 df.collect().await?;
-                if let Some(name) = prepared {
-                    session.remember_prepared(&name);
+                match effect {
+                    Some((name, true)) => session.remember_prepared(&name),
+                    Some((name, false)) => session.forget_prepared(&name),
+                    None => {}
                 }
                 Ok(Output::done(command))
             }
@@ -329,6 +362,13 @@ impl QueryEngine {
 /// The largest join side (estimated bytes) sent whole to every task rather than shuffled, when
 /// executors' memory allows (see `ember_planner::session::distributed_config`).
 const BROADCAST_BYTES: usize = 32 << 20;
+
+/// A prepared statement the session does not have, in DataFusion's words.
+fn undefined_prepared(name: &str) -> Error {
+    Error::UndefinedPreparedStatement(format!(
+        "Execution error: Prepared statement '{name}' does not exist"
+    ))
+}
 
 /// The command a statement plan (`SET`, `PREPARE`, transaction control, ...) is.
 fn statement_command(statement: &Statement) -> Command {
@@ -368,22 +408,58 @@ pub(crate) fn ddl_command(ddl: &DdlStatement) -> Command {
     }
 }
 
-/// A table `statement` reads or writes that the catalog does not have (CTE names aside).
-fn missing_table(
+/// The tables `statement` names other than the one it creates (CTE names aside).
+fn tables_read(state: &SessionState, statement: &DFStatement) -> Vec<TableReference> {
+    let created = match statement {
+        DFStatement::CreateExternalTable(create) => Some(&create.name),
+        DFStatement::Statement(inner) => match inner.as_ref() {
+            SqlStatement::CreateTable(create) => Some(&create.name),
+            SqlStatement::CreateView(create) => Some(&create.name),
+            _ => None,
+        },
+        _ => None,
+    };
+    let normalize = state.config_options().sql_parser.enable_ident_normalization;
+    let created =
+        created.and_then(|name| object_name_to_table_reference(name.clone(), normalize).ok());
+    let tables = state
+        .resolve_table_references(statement)
+        .unwrap_or_default();
+    tables
+        .into_iter()
+        .filter(|table| Some(table) != created.as_ref())
+        .collect()
+}
+
+/// One of `tables` the catalog does not have.
+fn missing_table<'a>(
     state: &SessionState,
-    statement: &DFStatement,
-) -> Option<datafusion::common::TableReference> {
-    let tables = state.resolve_table_references(statement).ok()?;
-    tables.into_iter().find(|table| {
+    tables: &'a [TableReference],
+) -> Option<&'a TableReference> {
+    tables.iter().find(|table| {
         // Table functions (`generate_series(1, 3)`) are relations too.
         if state.table_functions().contains_key(table.table()) {
             return false;
         }
         // As DataFusion resolves it (`information_schema` included).
         let exists = state
-            .schema_for_ref(table.clone())
+            .schema_for_ref((*table).clone())
             .is_ok_and(|schema| schema.table_exist(table.table()));
         !exists
+    })
+}
+
+/// One of the functions `called` that no registry of the session has.
+fn missing_function<'a>(state: &SessionState, called: &'a [String]) -> Option<&'a String> {
+    called.iter().find(|name| {
+        let name = name.as_str();
+        // Planned by DataFusion's SQL planner itself, not looked up.
+        const PLANNED: [&str; 1] = ["unnest"];
+        !(PLANNED.contains(&name)
+            || state.scalar_functions().contains_key(name)
+            || state.aggregate_functions().contains_key(name)
+            || state.window_functions().contains_key(name)
+            || state.table_functions().contains_key(name))
     })
 }
 

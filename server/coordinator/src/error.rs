@@ -62,6 +62,9 @@ pub enum Error {
     /// A table or view that does not exist.
     #[error("{0}")]
     UndefinedTable(String),
+    /// A function no registry has.
+    #[error("{0}")]
+    UndefinedFunction(String),
     /// A table or view that exists already.
     #[error("{0}")]
     DuplicateTable(String),
@@ -77,12 +80,24 @@ pub enum Error {
     /// A statement that does not parse as Ember reads it.
     #[error("{0}")]
     Syntax(String),
+    /// A setting's value that it cannot take.
+    #[error("{0}")]
+    InvalidSettingValue(String),
+    /// A limit of the server (parameters per statement, variables per session, ...).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// A bound parameter value that does not fit its type.
     #[error("{0}")]
     InvalidParameter(String),
     /// A statement in a transaction block that already failed.
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     TransactionAborted,
+    /// A prepared statement name in use (`PREPARE`).
+    #[error("{0}")]
+    DuplicatePreparedStatement(String),
+    /// A prepared statement that does not exist (`EXECUTE`, `DEALLOCATE`).
+    #[error("{0}")]
+    UndefinedPreparedStatement(String),
     /// A cursor name in use.
     #[error("{0}")]
     DuplicateCursor(String),
@@ -165,13 +180,18 @@ impl Error {
             Error::CardinalityViolation(_) => SqlState::CARDINALITY_VIOLATION,
             Error::PermissionDenied(_) => SqlState::INSUFFICIENT_PRIVILEGE,
             Error::UndefinedTable(_) => SqlState::UNDEFINED_TABLE,
+            Error::UndefinedFunction(_) => SqlState::UNDEFINED_FUNCTION,
             Error::DuplicateTable(_) => SqlState::DUPLICATE_TABLE,
             Error::DuplicateSchema(_) => SqlState::DUPLICATE_SCHEMA,
             Error::UndefinedObject(_) => SqlState::UNDEFINED_OBJECT,
             Error::DependentObjects(_) => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
             Error::Syntax(_) => SqlState::SYNTAX_ERROR,
             Error::InvalidParameter(_) => SqlState::INVALID_TEXT_REPRESENTATION,
+            Error::InvalidSettingValue(_) => SqlState::INVALID_PARAMETER_VALUE,
+            Error::LimitExceeded(_) => SqlState::PROGRAM_LIMIT_EXCEEDED,
             Error::DuplicateCursor(_) => SqlState::DUPLICATE_CURSOR,
+            Error::DuplicatePreparedStatement(_) => SqlState::DUPLICATE_PREPARED_STATEMENT,
+            Error::UndefinedPreparedStatement(_) => SqlState::INVALID_SQL_STATEMENT_NAME,
             Error::TransactionAborted => SqlState::IN_FAILED_SQL_TRANSACTION,
             Error::UndefinedCursor(_) => SqlState::INVALID_CURSOR_NAME,
             Error::Config(_) => SqlState::CONFIG_FILE_ERROR,

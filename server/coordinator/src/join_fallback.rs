@@ -1,7 +1,9 @@
 //! Hash joins cannot spill: a build side larger than the executor's memory fails the query. A
 //! query with a hash join that runs out of memory (SQLSTATE 53200, as its task reported it) is
 //! planned again with sort-merge joins, whose sorts spill to disk, and run again — as long as no
-//! row has reached the client yet.
+//! row has reached the client yet. Which operator ran out is not part of the error's type, so any
+//! such failure of a plan with a hash join is retried once this way; one that cannot fit either
+//! way (an aggregation state that cannot spill, say) fails again with 53200.
 
 use std::sync::Arc;
 
@@ -21,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::session::ClientSession;
 
 impl QueryEngine {
-    /// Runs a query's physical plan; if a hash join runs out of memory before the first row,
-    /// runs it again with sort-merge joins.
+    /// Runs a query's physical plan; if a plan with a hash join runs out of memory before the
+    /// first row, runs it again with sort-merge joins.
     pub(crate) async fn run_with_join_fallback(
         &self,
         session: &ClientSession,

@@ -40,7 +40,6 @@ pub mod users;
 mod writes;
 
 pub use coordinator::{Coordinator, stopped};
-pub use statement::CursorStatement;
 pub use ember_planner::sqlstate::SqlState;
 pub use engine::{QueryEngine, is_query, returns_rows};
 pub use error::{Error, Result, TaskErrorKind};
@@ -51,4 +50,5 @@ pub use results::{ResultEvent, ResultHandle, ResultPartitions};
 pub use session::dialect;
 pub use session::dialect::{ClientDialect, DataFusionDialect};
 pub use session::{ClientSession, StatementGuard};
+pub use statement::CursorStatement;
 pub use statement::{Deallocate, ParsedStatement, SessionCommand, TransactionCommand};

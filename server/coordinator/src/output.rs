@@ -1,6 +1,7 @@
 //! What a statement produced: rows, or a typed outcome (which command ran and how many rows it
 //! wrote). Each frontend words outcomes its own way: pgwire as command tags (`INSERT 0 5`),
-//! Flight SQL as a count of affected rows.
+//! Flight SQL as a count of affected rows. A distributed query's rows come from its result
+//! stage, whose progress a [`crate::ResultHandle`] reports as [`ResultEvent`]s.
 
 use std::sync::Arc;
 
@@ -9,7 +10,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
-use crate::error::Result;
+use ember_planner::shuffle::MapOutputLocation;
+
+use crate::error::{Error, Result};
 use crate::statement::TransactionCommand;
 
 /// What running a statement produced.
@@ -106,4 +109,34 @@ pub enum Command {
     CloseCursor,
     /// Transaction control.
     Transaction(TransactionCommand),
+}
+
+/// What the scheduler reports about a query's result stage.
+#[derive(Debug)]
+pub enum ResultEvent {
+    /// An attempt of a result partition's task was launched there: its rows can be streamed
+    /// now. A later attempt of the same partition replaces an earlier one.
+    Launched {
+        /// The result partition.
+        partition: usize,
+        /// Where its task runs, and which attempt it is.
+        location: MapOutputLocation,
+    },
+    /// That attempt of a result partition's task has succeeded: its stream ended complete.
+    Committed {
+        /// The result partition.
+        partition: usize,
+        /// The attempt that succeeded.
+        attempt: u32,
+    },
+    /// A client has read that attempt of a result partition to its end, straight from its
+    /// executor.
+    Served {
+        /// The result partition.
+        partition: usize,
+        /// The attempt that was read.
+        attempt: u32,
+    },
+    /// The query failed (or was cancelled, or the coordinator is stopping).
+    Failed(Error),
 }

@@ -5,7 +5,7 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{Expr, Value, VisitMut, VisitorMut};
 
 use crate::error::{Error, Result};
@@ -13,24 +13,28 @@ use crate::error::{Error, Result};
 /// Numbers the `?` parameters of `statement`. Mixing `?` with `$n` is refused: which value
 /// would bind where is unclear.
 pub(crate) fn number_question_marks(statement: &mut DFStatement) -> Result<()> {
-    match statement {
-        DFStatement::Statement(inner) => {
-            let mut numbering = Numbering::default();
-            if let ControlFlow::Break(number) = inner.visit(&mut numbering) {
-                return Err(Error::Syntax(format!(
-                    "there is no parameter {number}: parameters are numbered $1 to ${MAX_PARAMETERS}"
-                )));
-            }
-            if numbering.question_marks > 0 && numbering.numbered {
-                return Err(Error::NotSupported(
-                    "a statement uses either `?` or `$n` parameters, not both".into(),
-                ));
-            }
-            Ok(())
-        }
-        DFStatement::Explain(explain) => number_question_marks(&mut explain.statement),
-        _ => Ok(()),
+    let mut numbering = Numbering::default();
+    let visited = match statement {
+        DFStatement::Statement(inner) => inner.visit(&mut numbering),
+        DFStatement::CopyTo(copy) => match &mut copy.source {
+            CopyToSource::Query(query) => query.visit(&mut numbering),
+            CopyToSource::Relation(_) => ControlFlow::Continue(()),
+        },
+        DFStatement::Explain(explain) => return number_question_marks(&mut explain.statement),
+        // No expressions that could hold a parameter.
+        DFStatement::CreateExternalTable(_) | DFStatement::Reset(_) => ControlFlow::Continue(()),
+    };
+    if let ControlFlow::Break(number) = visited {
+        return Err(Error::Syntax(format!(
+            "there is no parameter {number}: parameters are numbered $1 to ${MAX_PARAMETERS}"
+        )));
     }
+    if numbering.question_marks > 0 && numbering.numbered {
+        return Err(Error::NotSupported(
+            "a statement uses either `?` or `$n` parameters, not both".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The most parameters a statement may have (PostgreSQL's limit, a 16-bit count on the wire).
@@ -105,5 +109,8 @@ mod tests {
         // DataFusion refuses `$0` in its own words.
         assert!(numbered("SELECT $0").is_ok());
         assert!(numbered("SELECT $99999999999999999999999").is_err());
+        // Wherever the statement holds its expressions.
+        assert!(numbered("COPY (SELECT $4294967296) TO '/tmp/x.csv'").is_err());
+        assert!(numbered("EXPLAIN SELECT $70000").is_err());
     }
 }

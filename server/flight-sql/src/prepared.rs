@@ -225,6 +225,13 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>, Error> {
         .map(|i| i + 1)
         .max()
         .unwrap_or(0);
+    // Bounded before anything is sized by it (the engine refuses larger numbers too).
+    if count > ember_coordinator::MAX_PARAMETERS {
+        return Err(Error::Syntax(format!(
+            "a statement takes at most {} parameters, not {count}",
+            ember_coordinator::MAX_PARAMETERS
+        )));
+    }
     let mut out = vec![None; count];
     for (id, data_type) in types {
         if let Some(index) = position(&id) {

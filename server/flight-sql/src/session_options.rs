@@ -135,12 +135,7 @@ fn set_schema(session: &ClientSession, schema: &str) -> Result<(), i32> {
     if !exists {
         return Err(INVALID_VALUE);
     }
-    ctx.state_ref()
-        .write()
-        .config_mut()
-        .options_mut()
-        .catalog
-        .default_schema = schema.to_string();
+    session.set_current_schema(schema);
     Ok(())
 }
 

@@ -15,16 +15,21 @@ pub(crate) fn status(error: &Error) -> Status {
         Error::Unavailable(_) | Error::Shutdown => Code::Unavailable,
         Error::NotSupported(_) => Code::Unimplemented,
         Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::UndefinedTable(_) | Error::UndefinedObject(_) | Error::UndefinedCursor(_) => {
-            Code::NotFound
-        }
-        Error::DuplicateCursor(_) | Error::DuplicateTable(_) | Error::DuplicateSchema(_) => {
-            Code::AlreadyExists
-        }
+        Error::UndefinedTable(_)
+        | Error::UndefinedFunction(_)
+        | Error::UndefinedObject(_)
+        | Error::UndefinedCursor(_)
+        | Error::UndefinedPreparedStatement(_) => Code::NotFound,
+        Error::DuplicateCursor(_)
+        | Error::DuplicateTable(_)
+        | Error::DuplicateSchema(_)
+        | Error::DuplicatePreparedStatement(_) => Code::AlreadyExists,
         Error::DependentObjects(_) | Error::TransactionAborted => Code::FailedPrecondition,
-        Error::Syntax(_) | Error::InvalidParameter(_) | Error::CardinalityViolation(_) => {
-            Code::InvalidArgument
-        }
+        Error::Syntax(_)
+        | Error::InvalidParameter(_)
+        | Error::InvalidSettingValue(_)
+        | Error::CardinalityViolation(_) => Code::InvalidArgument,
+        Error::LimitExceeded(_) => Code::ResourceExhausted,
         Error::Io(_) | Error::Transport(_) => Code::Unavailable,
         Error::Config(_) => Code::Internal,
         Error::DataFusion(_) | Error::Planner(_) | Error::Task { .. } => {

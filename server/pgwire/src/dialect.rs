@@ -183,47 +183,69 @@ fn set(
     name: &str,
     values: &[String],
 ) -> Result<()> {
-    match name {
-        SEARCH_PATH => {
-            let schema = values
-                .iter()
-                .map(|s| s.trim())
-                .find(|s| !s.is_empty() && *s != "$user")
-                .unwrap_or(DEFAULT_SCHEMA);
-            session.set_current_schema(schema);
-        }
-        _ => {
-            let value = values.join(", ");
-            if value.len() > MAX_VALUE_BYTES {
-                return Err(Error::InvalidParameter(format!(
-                    "the value of {name} is longer than {MAX_VALUE_BYTES} bytes"
-                )));
-            }
-            if name == STATEMENT_TIMEOUT {
-                let timeout = parse_duration(&value).ok_or_else(|| {
-                    Error::InvalidParameter(format!(
-                        "invalid value for parameter \"{name}\": \"{value}\""
-                    ))
-                })?;
-                session.set_statement_timeout(Some(timeout));
-            }
-            let mut set = variables.lock();
-            if set.len() >= MAX_VARIABLES && !set.contains_key(name) {
-                return Err(Error::InvalidParameter(format!(
-                    "a session sets at most {MAX_VARIABLES} variables"
-                )));
-            }
-            set.insert(name.to_string(), value);
-        }
+    // `SET name TO DEFAULT` is `RESET name`.
+    if let [value] = values
+        && value.eq_ignore_ascii_case("default")
+    {
+        reset(session, variables, Some(name));
+        return Ok(());
+    }
+    if name == SEARCH_PATH {
+        let schema = values
+            .iter()
+            .map(|s| s.trim())
+            .find(|s| !s.is_empty() && *s != "$user")
+            .unwrap_or(DEFAULT_SCHEMA);
+        session.set_current_schema(schema);
+        return Ok(());
+    }
+    let value = values.join(", ");
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::LimitExceeded(format!(
+            "the value of {name} is longer than {MAX_VALUE_BYTES} bytes"
+        )));
+    }
+    let timeout = match name {
+        STATEMENT_TIMEOUT => Some(parse_duration(&value).ok_or_else(|| {
+            Error::InvalidSettingValue(format!(
+                "invalid value for parameter \"{name}\": \"{value}\""
+            ))
+        })?),
+        _ => None,
+    };
+    let mut set = variables.lock();
+    if set.len() >= MAX_VARIABLES && !set.contains_key(name) {
+        return Err(Error::LimitExceeded(format!(
+            "a session sets at most {MAX_VARIABLES} variables"
+        )));
+    }
+    set.insert(name.to_string(), value);
+    drop(set);
+    // Applied only once the value is kept: SHOW and the guard agree.
+    if let Some(timeout) = timeout {
+        session.set_statement_timeout(Some(timeout));
     }
     Ok(())
 }
 
 /// What `SHOW name` answers, `None` for a variable nobody set that Ember does not know.
 fn show(session: &ClientSession, variables: &Variables, name: &str) -> Option<String> {
+    setting(name, session.context().state().config_options(), variables)
+}
+
+/// The value of setting `name` under `options`: the search path and time zone from the
+/// session's options, other variables as set or as PostgreSQL defaults them.
+fn setting(name: &str, options: &ConfigOptions, variables: &Variables) -> Option<String> {
     match name {
-        SEARCH_PATH => Some(session.current_schema()),
-        TIMEZONE => Some(session.time_zone()),
+        SEARCH_PATH => Some(options.catalog.default_schema.clone()),
+        TIMEZONE => Some(
+            options
+                .execution
+                .time_zone
+                .clone()
+                .filter(|z| !z.is_empty())
+                .unwrap_or_else(|| "UTC".into()),
+        ),
         _ => variables
             .get(name)
             .or_else(|| default_variable(name).map(str::to_string)),
@@ -287,26 +309,6 @@ struct CurrentSetting {
     variables: Arc<Variables>,
 }
 
-impl CurrentSetting {
-    fn value(&self, name: &str, options: &ConfigOptions) -> Option<String> {
-        match name {
-            SEARCH_PATH => Some(options.catalog.default_schema.clone()),
-            TIMEZONE => Some(
-                options
-                    .execution
-                    .time_zone
-                    .clone()
-                    .filter(|z| !z.is_empty())
-                    .unwrap_or_else(|| "UTC".into()),
-            ),
-            _ => self
-                .variables
-                .get(name)
-                .or_else(|| default_variable(name).map(str::to_string)),
-        }
-    }
-}
-
 impl PartialEq for CurrentSetting {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.variables, &other.variables)
@@ -342,7 +344,13 @@ impl ScalarUDFImpl for CurrentSetting {
         let names = names[0].as_string::<i32>();
         let values = names
             .iter()
-            .map(|name| self.value(&name?.to_ascii_lowercase(), &args.config_options))
+            .map(|name| {
+                setting(
+                    &name?.to_ascii_lowercase(),
+                    &args.config_options,
+                    &self.variables,
+                )
+            })
             .collect::<StringArray>();
         Ok(ColumnarValue::Array(Arc::new(values)))
     }

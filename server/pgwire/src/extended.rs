@@ -27,8 +27,8 @@ use pgwire::messages::PgWireBackendMessage;
 use rust_decimal::Decimal;
 
 use ember_coordinator::{
-    ClientSession, CursorStatement, Error, ParsedStatement, QueryEngine, SessionCommand,
-    returns_rows,
+    ClientSession, CursorStatement, Error, MAX_PARAMETERS, ParsedStatement, QueryEngine,
+    SessionCommand, returns_rows,
 };
 
 use crate::{PgHandler, Sessions, encode, error_info, response};
@@ -105,6 +105,12 @@ impl QueryParser for EmberQueryParser {
             .max()
             .unwrap_or(0)
             .max(types.len());
+        // Bounded before anything is sized by it (the engine refuses larger numbers too).
+        if count > MAX_PARAMETERS {
+            return Err(user_error(&Error::Syntax(format!(
+                "a statement takes at most {MAX_PARAMETERS} parameters, not {count}"
+            ))));
+        }
         let writes = matches!(plan, Some(LogicalPlan::Dml(_)));
         let mut parameter_types = Vec::with_capacity(count);
         let mut parameter_data_types = Vec::with_capacity(count);

@@ -28,7 +28,7 @@ use ember_protocol::FlightShuffleFetcher;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-pub use crate::scheduler::ResultEvent;
+pub use crate::output::ResultEvent;
 use crate::scheduler::{Event, SchedulerHandle};
 
 /// A distributed query whose result stage is running: the scheduler's reports on it, and its

@@ -35,10 +35,12 @@ pub(super) fn result_stream(handle: ResultHandle) -> SendableRecordBatchStream {
         committed: BTreeSet::new(),
     };
     tokio::spawn(async move {
+        let mut relay = relay;
         if let Err(error) = relay.run(&batches_tx).await {
             let _ = batches_tx.send(Err(error.into_datafusion())).await;
         }
-        // The relay (and with it the handle) is gone here: the query is released.
+        // Only now, the error delivered, the handle goes and the query is released.
+        drop(relay);
     });
     Box::pin(RecordBatchStreamAdapter::new(
         schema,
@@ -84,7 +86,7 @@ struct Held {
 }
 
 impl Relay {
-    async fn run(mut self, batches_tx: &BatchTx) -> Result<(), Error> {
+    async fn run(&mut self, batches_tx: &BatchTx) -> Result<(), Error> {
         for partition in 0..self.handle.partitions.num_partitions() {
             if let Flow::ClientGone = self.relay_partition(partition, batches_tx).await? {
                 return Ok(());

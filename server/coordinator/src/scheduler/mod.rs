@@ -32,11 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 pub(crate) use snapshot::Snapshot;
-pub use state::ResultEvent;
 pub(crate) use state::{ExecutorInfo, ExecutorTx, Submission};
 use state::{ExecutorState, ExecutorStatus, QueryState, Status};
 
 use crate::error::Error;
+use crate::output::ResultEvent;
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]

@@ -13,8 +13,9 @@ use ember_protocol::proto::{
 use tracing::{debug, info};
 
 use super::Scheduler;
-use super::state::{ExecutorStatus, ResultEvent, SpeculativeAttempt, Status};
+use super::state::{ExecutorStatus, SpeculativeAttempt, Status};
 use crate::error::Error;
+use crate::output::ResultEvent;
 
 impl Scheduler {
     /// Launches runnable tasks on free slots, oldest query first, then speculative copies.

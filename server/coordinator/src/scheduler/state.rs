@@ -9,7 +9,7 @@ use ember_planner::stage::StageGraph;
 use ember_protocol::proto::CoordinatorMessage;
 use tokio::sync::mpsc;
 
-use crate::error::Error;
+use crate::output::ResultEvent;
 
 /// The sending half of an executor's session stream.
 pub(crate) type ExecutorTx = mpsc::UnboundedSender<Result<CoordinatorMessage, tonic::Status>>;
@@ -188,36 +188,6 @@ impl StageState {
             .filter(|t| t.status == Status::Succeeded)
             .count()
     }
-}
-
-/// What the scheduler reports about a query's result stage.
-#[derive(Debug)]
-pub enum ResultEvent {
-    /// An attempt of a result partition's task was launched there: its rows can be streamed
-    /// now. A later attempt of the same partition replaces an earlier one.
-    Launched {
-        /// The result partition.
-        partition: usize,
-        /// Where its task runs, and which attempt it is.
-        location: MapOutputLocation,
-    },
-    /// That attempt of a result partition's task has succeeded: its stream ended complete.
-    Committed {
-        /// The result partition.
-        partition: usize,
-        /// The attempt that succeeded.
-        attempt: u32,
-    },
-    /// A client has read that attempt of a result partition to its end, straight from its
-    /// executor.
-    Served {
-        /// The result partition.
-        partition: usize,
-        /// The attempt that was read.
-        attempt: u32,
-    },
-    /// The query failed (or was cancelled, or the coordinator is stopping).
-    Failed(Error),
 }
 
 /// A query handed to the scheduler.

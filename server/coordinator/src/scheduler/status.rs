@@ -10,8 +10,9 @@ use ember_protocol::task_errors::TaskFailure;
 use tracing::{debug, info, warn};
 
 use super::Scheduler;
-use super::state::{QueryState, ResultEvent, Status};
+use super::state::{QueryState, Status};
 use crate::error::{Error, TaskErrorKind};
+use crate::output::ResultEvent;
 
 /// Which live attempt of a task a report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,9 +23,10 @@ use ember_protocol::proto::{
 use ember_protocol::task_errors::TaskFailure;
 use tokio::sync::mpsc;
 
-use super::state::{ResultEvent, Status};
+use super::state::Status;
 use super::{Event, ExecutorInfo, Scheduler, SchedulerConfig, Speculation, Submission};
 use crate::error::{Error, TaskErrorKind};
+use crate::output::ResultEvent;
 
 /// A map stage of `maps` tasks whose rows are hash-shuffled into a result stage of `reduces`
 /// tasks.

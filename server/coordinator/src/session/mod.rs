@@ -110,11 +110,6 @@ impl ClientSession {
         &self.ctx
     }
 
-    /// The dialect the session speaks.
-    pub fn dialect(&self) -> &Arc<dyn ClientDialect> {
-        &self.dialect
-    }
-
     /// Stops the statement running in this session, if any (a Postgres CancelRequest).
     pub fn cancel(&self) {
         self.cancels.send_modify(|n| *n = n.wrapping_add(1));
@@ -167,14 +162,6 @@ impl ClientSession {
         }
     }
 
-    /// The time zone of the session (`UTC` unless set).
-    pub fn time_zone(&self) -> String {
-        let state = self.ctx.state();
-        let zone = state.config_options().execution.time_zone.clone();
-        zone.filter(|z| !z.is_empty())
-            .unwrap_or_else(|| "UTC".into())
-    }
-
     /// Sets one DataFusion option (`datafusion.*`) back to the value the session started with.
     pub fn reset_option(&self, name: &str) {
         lock(&self.options_set).remove(name);
@@ -221,6 +208,16 @@ impl ClientSession {
         lock(&self.prepared).insert(name.to_string());
     }
 
+    /// Whether the session has a SQL-level prepared statement `name`.
+    pub(crate) fn has_prepared(&self, name: &str) -> bool {
+        lock(&self.prepared).contains(name)
+    }
+
+    /// A SQL-level `DEALLOCATE name` succeeded.
+    pub(crate) fn forget_prepared(&self, name: &str) {
+        lock(&self.prepared).remove(name);
+    }
+
     /// The names of every SQL-level prepared statement, forgotten.
     pub(crate) fn take_prepared(&self) -> Vec<String> {
         lock(&self.prepared).drain().collect()
@@ -248,11 +245,7 @@ impl ClientSession {
                 Ok(Some(Output::done(Command::Transaction(*transaction))))
             }
             SessionCommand::Set { name, .. } if is_datafusion_option(name) => {
-                if !session_may_set(name) {
-                    return Err(Error::PermissionDenied(format!(
-                        "permission denied to set {name}: it is a server-level setting (see the server configuration)"
-                    )));
-                }
+                check_settable(name)?;
                 lock(&self.options_set).insert(name.clone());
                 Ok(None)
             }
@@ -279,6 +272,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn is_datafusion_option(name: &str) -> bool {
     name.starts_with("datafusion.")
+}
+
+/// Refuses a change of a server-level DataFusion option (`name` as DataFusion applies it).
+pub(crate) fn check_settable(name: &str) -> Result<()> {
+    let name = name.to_ascii_lowercase();
+    if is_datafusion_option(&name) && !session_may_set(&name) {
+        return Err(Error::PermissionDenied(format!(
+            "permission denied to set {name}: it is a server-level setting (see the server configuration)"
+        )));
+    }
+    Ok(())
 }
 
 /// DataFusion options a session may change: they shape its own plans and tasks. Runtime

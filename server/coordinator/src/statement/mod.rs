@@ -1,24 +1,29 @@
 //! Statements as every part of Ember sees them: parsed once, in the session's SQL dialect, into a
 //! typed value ([`ParsedStatement`]) that carries its syntax tree, its text and what later steps
 //! ask of it (the session command, transaction command, cursor or `DEALLOCATE` it is, the
-//! `varchar(n)` columns a `CREATE TABLE` declares). Nothing downstream reads SQL text again.
+//! `varchar(n)` columns a `CREATE TABLE` declares). Nothing downstream reads SQL text again
+//! (only a dialect's rewrite sees the text the statements came from: the Postgres frontend's
+//! replacement of whole client catalog queries works on text).
 //!
 //! Ember's own syntax is parsed here too, token by token: `EXPLAIN DISTRIBUTED <statement>`
 //! and PostgreSQL's `ABORT` (an alias of `ROLLBACK`).
 
+use std::ops::ControlFlow;
+
 use datafusion::common::config::SqlParserOptions;
+use datafusion::common::{Diagnostic, Span};
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{
-    DFParser, DFParserBuilder, ResetStatement, Statement as DFStatement,
+    CopyToSource, DFParser, DFParserBuilder, ResetStatement, Statement as DFStatement,
 };
 use datafusion::sql::sqlparser::ast::{
     CharacterLength, DataType as SqlDataType, Expr as SqlExpr, Ident, ObjectName, Set,
-    Statement as SqlStatement, Value,
+    Statement as SqlStatement, Value, visit_expressions,
 };
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::ParserError;
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 mod cursor;
 
@@ -46,7 +51,7 @@ pub struct ParsedStatement {
 pub enum SessionCommand {
     /// `SET [SESSION | LOCAL] name {= | TO} value [, ...]`, `SET TIME ZONE value`.
     Set {
-        /// The variable, lower case unless it was quoted.
+        /// The variable, lower case.
         name: String,
         /// Each value as written, string literals without their quotes.
         values: Vec<String>,
@@ -58,7 +63,7 @@ pub enum SessionCommand {
     },
     /// `RESET name`, or `RESET ALL` (`None`).
     Reset {
-        /// The variable, lower case unless it was quoted.
+        /// The variable, lower case.
         name: Option<String>,
     },
     /// Transaction control.
@@ -236,9 +241,7 @@ pub(crate) fn parse_statements(
             break;
         }
         if expecting_delimiter {
-            return Err(syntax_error(format!(
-                "Expected end of statement, found: {next}"
-            )));
+            return Err(expected("end of statement", &next));
         }
         let explain_distributed =
             is_word(&parser, 0, "EXPLAIN") && is_word(&parser, 1, "DISTRIBUTED");
@@ -273,11 +276,14 @@ fn is_word(parser: &DFParser<'_>, n: usize, word: &str) -> bool {
     }
 }
 
-fn syntax_error(message: String) -> Error {
-    Error::DataFusion(DataFusionError::SQL(
-        Box::new(ParserError::ParserError(message)),
-        None,
-    ))
+/// DataFusion's error for an unexpected token, with its words and its diagnostic.
+fn expected(what: &str, found: &TokenWithSpan) -> Error {
+    let message = format!("Expected: {what}, found: {found}{}", found.span.start);
+    let diagnostic =
+        Diagnostic::new_error(message.clone(), Span::try_from_sqlparser_span(found.span));
+    Error::DataFusion(
+        DataFusionError::from(ParserError::ParserError(message)).with_diagnostic(diagnostic),
+    )
 }
 
 fn transaction_command(statement: &SqlStatement) -> Option<TransactionCommand> {
@@ -297,12 +303,10 @@ fn transaction_command(statement: &SqlStatement) -> Option<TransactionCommand> {
     })
 }
 
-/// An identifier as a setting name: lower case unless quoted.
+/// An identifier as a setting name: setting names are case-insensitive, quoted or not (as in
+/// PostgreSQL, and as DataFusion applies them).
 fn ident_text(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_ascii_lowercase(),
-    }
+    ident.value.to_ascii_lowercase()
 }
 
 fn object_name(name: &ObjectName) -> String {
@@ -331,6 +335,36 @@ fn value_text(value: &SqlExpr) -> String {
         SqlExpr::Identifier(ident) => ident.value.clone(),
         other => other.to_string(),
     }
+}
+
+/// The names of the functions `statement` calls (lower case unless quoted, without their
+/// schema), for telling an unknown function from other planning errors.
+pub(crate) fn functions_called(statement: &DFStatement) -> Vec<String> {
+    let mut names = vec![];
+    let mut visit = |expr: &SqlExpr| {
+        if let SqlExpr::Function(function) = expr
+            && let Some(ident) = function.name.0.last().and_then(|part| part.as_ident())
+        {
+            names.push(match ident.quote_style {
+                Some(_) => ident.value.clone(),
+                None => ident.value.to_ascii_lowercase(),
+            });
+        }
+        ControlFlow::<()>::Continue(())
+    };
+    match statement {
+        DFStatement::Statement(inner) => {
+            let _ = visit_expressions(inner.as_ref(), &mut visit);
+        }
+        DFStatement::CopyTo(copy) => {
+            if let CopyToSource::Query(query) = &copy.source {
+                let _ = visit_expressions(query.as_ref(), &mut visit);
+            }
+        }
+        DFStatement::Explain(explain) => return functions_called(&explain.statement),
+        _ => {}
+    }
+    names
 }
 
 /// The column types a `CREATE TABLE` statement declares as `varchar`/`char`, by position (none
@@ -453,6 +487,14 @@ mod tests {
         assert_eq!(one("select 1").session_command(), None);
         // A string that looks like a command is data.
         assert_eq!(one("select 'set x = 1'").session_command(), None);
+        // Setting names are case-insensitive, quoted or not.
+        assert_eq!(
+            one("SET \"DATAFUSION\".runtime.\"MEMORY_LIMIT\" = '1G'").session_command(),
+            Some(SessionCommand::Set {
+                name: "datafusion.runtime.memory_limit".into(),
+                values: vec!["1G".into()],
+            })
+        );
     }
 
     #[test]
