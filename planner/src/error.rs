@@ -36,6 +36,15 @@ pub enum Error {
         /// The column's name.
         column: String,
     },
+    /// A value beyond a limit Ember sets so that no input sizes an allocation unchecked (a
+    /// `format()` width, a setting that sizes buffers).
+    #[error("{what} is limited to {limit}")]
+    LimitExceeded {
+        /// What was too large, in words the user knows (`format() width 100000000`).
+        what: String,
+        /// The limit.
+        limit: u64,
+    },
     /// A write beyond `executor.max_disk_bytes`.
     #[error(
         "the executor's work dir is full: its shuffle files may use at most \
@@ -59,6 +68,7 @@ impl Error {
             Error::PermissionDenied(_) => user(SqlState::INSUFFICIENT_PRIVILEGE),
             Error::ValueTooLong { .. } => user(SqlState::STRING_DATA_RIGHT_TRUNCATION),
             Error::NotNullViolation { .. } => user(SqlState::NOT_NULL_VIOLATION),
+            Error::LimitExceeded { .. } => user(SqlState::PROGRAM_LIMIT_EXCEEDED),
             Error::DiskFull { .. } => ErrorClass {
                 kind: ErrorKind::Resources,
                 sqlstate: SqlState::DISK_FULL,

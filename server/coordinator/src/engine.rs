@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::scheduler::SchedulerHandle;
 use crate::session::dialect::{ClientDialect, DataFusionDialect};
-use crate::session::{ClientSession, check_settable};
+use crate::session::{ClientSession, check_settable, check_size};
 use crate::statement::CursorStatement;
 use crate::statement::{Deallocate, ParsedStatement};
 
@@ -299,6 +299,7 @@ impl QueryEngine {
                 // Whatever way the statement named it, DataFusion applies this option.
                 if let Statement::SetVariable(set) = statement {
                     check_settable(&set.variable)?;
+                    check_size(&set.variable, &set.value)?;
                 }
                 let command = statement_command(statement);
                 // DataFusion's words, typed by the session's own record of its statements.

@@ -151,6 +151,49 @@ async fn hostile_protocol_input_leaves_other_clients_served() {
         rows(&client.simple_query(check).await.expect("old client")),
         expected
     );
+    // Statements whose values would size allocations are refused with the limit named, before
+    // anything is allocated; the session carries on.
+    for (sql, limit) in [
+        (
+            "select format('%100000000000000s', 'x')",
+            "limited to 1048576",
+        ),
+        (
+            "select $4294967296::int",
+            "parameters are numbered $1 to $65535",
+        ),
+        (
+            "set datafusion.execution.target_partitions = 1000000000",
+            "limited to 1024",
+        ),
+        (
+            "set datafusion.execution.batch_size = 99999999999999",
+            "limited to 1048576",
+        ),
+    ] {
+        let error = fresh.simple_query(sql).await.expect_err(sql);
+        let db = error.as_db_error().expect("a database error");
+        assert!(db.message().contains(limit), "{sql}: {}", db.message());
+        assert!(
+            ["54000", "42601"].contains(&db.code().code()),
+            "{sql}: {}",
+            db.code().code()
+        );
+    }
+    let extended = fresh.prepare("select $4294967296::int").await;
+    assert!(
+        extended.is_err(),
+        "a Parse of an absurd parameter number is refused"
+    );
+    assert_eq!(
+        rows(
+            &fresh
+                .simple_query(check)
+                .await
+                .expect("after refused limits")
+        ),
+        expected
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let running = rows(

@@ -244,8 +244,11 @@ impl ClientSession {
                 }
                 Ok(Some(Output::done(Command::Transaction(*transaction))))
             }
-            SessionCommand::Set { name, .. } if is_datafusion_option(name) => {
+            SessionCommand::Set { name, values } if is_datafusion_option(name) => {
                 check_settable(name)?;
+                if let [value] = values.as_slice() {
+                    check_size(name, value)?;
+                }
                 lock(&self.options_set).insert(name.clone());
                 Ok(None)
             }
@@ -280,6 +283,46 @@ pub(crate) fn check_settable(name: &str) -> Result<()> {
     if is_datafusion_option(&name) && !session_may_set(&name) {
         return Err(Error::PermissionDenied(format!(
             "permission denied to set {name}: it is a server-level setting (see the server configuration)"
+        )));
+    }
+    Ok(())
+}
+
+/// DataFusion options that size vectors, buffers or reservations on the coordinator and the
+/// executors, with the most a session may set them to.
+const SIZING_OPTIONS: [(&str, u64); 8] = [
+    ("datafusion.execution.target_partitions", 1024),
+    ("datafusion.execution.batch_size", 1 << 20),
+    ("datafusion.execution.planning_concurrency", 1024),
+    ("datafusion.execution.meta_fetch_concurrency", 1024),
+    ("datafusion.execution.minimum_parallel_output_files", 1024),
+    (
+        "datafusion.execution.max_buffered_batches_per_output_file",
+        1024,
+    ),
+    ("datafusion.execution.sort_spill_reservation_bytes", 1 << 30),
+    (
+        "datafusion.execution.sort_in_place_threshold_bytes",
+        1 << 30,
+    ),
+];
+
+/// Refuses a value of a sizing option beyond its limit (values that do not parse are
+/// DataFusion's to refuse).
+pub(crate) fn check_size(name: &str, value: &str) -> Result<()> {
+    let name = name.to_ascii_lowercase();
+    let Some((_, limit)) = SIZING_OPTIONS.iter().find(|(option, _)| *option == name) else {
+        return Ok(());
+    };
+    let value = value.trim().trim_matches('\'');
+    let too_large = match value.parse::<u64>() {
+        Ok(number) => number > *limit,
+        // Digits beyond what a u64 holds.
+        Err(_) => !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()),
+    };
+    if too_large {
+        return Err(Error::LimitExceeded(format!(
+            "{name} is limited to {limit}, not {value}"
         )));
     }
     Ok(())
@@ -337,6 +380,19 @@ mod tests {
         assert_eq!(ms("soon"), None);
         assert_eq!(ms("1e400"), None);
         assert_eq!(ms("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn settings_that_size_buffers_are_bounded() {
+        assert!(check_size("datafusion.execution.batch_size", "8192").is_ok());
+        assert!(check_size("datafusion.execution.target_partitions", "1024").is_ok());
+        let error = check_size("DATAFUSION.EXECUTION.TARGET_PARTITIONS", "1000000000")
+            .expect_err("too many partitions");
+        assert!(error.to_string().contains("limited to 1024"), "{error}");
+        assert!(check_size("datafusion.execution.batch_size", "99999999999999999999999").is_err());
+        // Not a number: DataFusion says why.
+        assert!(check_size("datafusion.execution.batch_size", "many").is_ok());
+        assert!(check_size("datafusion.execution.time_zone", "99999999999").is_ok());
     }
 
     #[test]

@@ -321,7 +321,13 @@ fn format(pattern: &str, values: &[Option<&str>]) -> Result<String> {
                 chars.next();
             }
         }
-        let width: usize = digits.parse().unwrap_or(0);
+        let width = match digits.parse::<u64>() {
+            Ok(width) if width > MAX_WIDTH => return Err(width_limit(&digits)),
+            Ok(width) => width as usize,
+            Err(_) if digits.is_empty() => 0,
+            // More digits than a u64 holds.
+            Err(_) => return Err(width_limit(&digits)),
+        };
         let Some(kind) = chars.next() else {
             return exec_err!("unterminated format() type specifier");
         };
@@ -351,6 +357,18 @@ fn format(pattern: &str, values: &[Option<&str>]) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The widest padding `format()` produces: a client's width must not size an allocation
+/// unchecked (PostgreSQL bounds a width by the largest int; this is lower, a megabyte).
+const MAX_WIDTH: u64 = 1 << 20;
+
+fn width_limit(digits: &str) -> datafusion::error::DataFusionError {
+    ember_planner::Error::LimitExceeded {
+        what: format!("format() width {digits}"),
+        limit: MAX_WIDTH,
+    }
+    .into_datafusion()
 }
 
 #[cfg(test)]
@@ -383,5 +401,19 @@ mod tests {
         assert!(format("%s %s", &[Some("a")]).is_err());
         assert!(format("%I", &[None]).is_err());
         assert!(format("%x", &[Some("a")]).is_err());
+    }
+
+    #[test]
+    fn widths_are_bounded_before_anything_is_padded() {
+        let padded = format("%1048576s", &[Some("x")]).expect("the largest width");
+        assert_eq!(padded.len(), 1 << 20);
+        for hostile in [
+            "%100000000000000s",
+            "%1048577s",
+            "%-99999999999999999999999s",
+        ] {
+            let error = format(hostile, &[Some("x")]).expect_err(hostile);
+            assert!(error.to_string().contains("limited to 1048576"), "{error}");
+        }
     }
 }
