@@ -164,8 +164,12 @@ pub struct CacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Local directories that tables, COPY and scanned or written files must lie in; empty means
-    /// the data dir (see [`EmberConfig::allowed_paths`]). Remote object stores are not restricted.
+    /// the data dir (see [`EmberConfig::allowed_paths`]). Ember's internal directories (the
+    /// catalog, executor work dirs) are refused even inside them.
     pub allowed_paths: Vec<PathBuf>,
+    /// Remote locations (`s3://bucket/prefix/`) tables, COPY and scans may use: a location must
+    /// lie under one of them. Empty: no remote location is allowed.
+    pub allowed_remote: Vec<String>,
     /// Endpoint for `s3://` locations; empty falls back to `AWS_ENDPOINT`.
     pub s3_endpoint: String,
     /// S3 region; empty falls back to `AWS_REGION`.
@@ -428,6 +432,19 @@ impl EmberConfig {
         } else {
             self.storage.allowed_paths.clone()
         }
+    }
+
+    /// Directories that hold Ember's own files (the catalog, executor work dirs with shuffle
+    /// and spill files): no table or COPY location may lie in them, even under an allowed path.
+    pub fn internal_paths(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![
+            self.coordinator.data_dir.join("catalog"),
+            self.coordinator.data_dir.join("work"),
+        ];
+        if !self.executor.work_dir.as_os_str().is_empty() {
+            dirs.push(self.executor.work_dir.clone());
+        }
+        dirs
     }
 
     fn validate(&self) -> Result<()> {

@@ -56,8 +56,9 @@ pub struct ExecutorOptions {
     pub heartbeat_interval: Duration,
     /// The largest gRPC message sent or received (task fragments, shuffle batches).
     pub max_message_size: usize,
-    /// Local files that fragments may scan or write must lie under these directories.
-    pub allowed_paths: Vec<PathBuf>,
+    /// Where the files fragments scan or write may lie (the `storage.*` settings); the work
+    /// dir is added to its internal directories.
+    pub allowed_paths: AllowedPaths,
     /// Sizes of the parquet metadata cache (the other caches serve planning).
     pub cache: CacheLimits,
     /// How to reach `s3://` locations.
@@ -75,9 +76,9 @@ impl ExecutorOptions {
         config: &ember_config::EmberConfig,
         coordinator: String,
         work_dir: PathBuf,
-    ) -> Self {
+    ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self {
+        Ok(Self {
             coordinator,
             advertise_host: config.executor.bind_host.clone(),
             work_dir,
@@ -92,14 +93,14 @@ impl ExecutorOptions {
             max_disk_bytes: config.executor.max_disk_bytes,
             heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
             max_message_size: config.coordinator.max_message_size,
-            allowed_paths: config.allowed_paths(),
+            allowed_paths: AllowedPaths::from_config(config, &[])?,
             cache: CacheLimits::from_config(&config.cache),
             s3: S3Options::from_config(&config.storage),
             // Flight SQL clients fetch result partitions from executors with the coordinator's
             // tickets: a stand-alone executor needs the shared secret to check them.
             client_key: (!config.auth.flight_secret.is_empty())
                 .then(|| SigningKey::from_secret(&config.auth.flight_secret)),
-        }
+        })
     }
 }
 
@@ -174,11 +175,21 @@ impl Executor {
         let host_key = local_host_key();
         let tmp_dir = options.work_dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
+        // Shuffle and spill files are never a table's.
+        let allowed_paths = Arc::new(
+            options
+                .allowed_paths
+                .clone()
+                .with_internal(std::slice::from_ref(&options.work_dir)),
+        );
 
         let mut runtime = RuntimeEnvBuilder::new()
             .with_temp_file_path(&tmp_dir)
             .with_cache_manager(options.cache.cache_config())
-            .with_object_store_registry(Arc::new(EmberObjectStores::new(options.s3.clone())));
+            .with_object_store_registry(Arc::new(EmberObjectStores::new(
+                options.s3.clone(),
+                Arc::clone(&allowed_paths),
+            )));
         if options.memory > 0 {
             // Shared fairly by the slots: each spilling operator may use its share, and the
             // error of one that cannot names the largest consumers.
@@ -206,7 +217,7 @@ impl Executor {
                 let per_slot = options.memory as usize / options.slots.max(1);
                 (per_slot / 8).min(10 << 20)
             }),
-            allowed_paths: AllowedPaths::new(&options.allowed_paths)?,
+            allowed_paths,
         });
         let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
 

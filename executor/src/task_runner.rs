@@ -37,7 +37,7 @@ pub(crate) struct TaskRunner {
     /// the slot's share of a limited pool (DataFusion's 10 MiB default alone can exceed it).
     pub(crate) sort_spill_reservation: Option<usize>,
     /// The fragment's files are checked against these before anything runs.
-    pub(crate) allowed_paths: AllowedPaths,
+    pub(crate) allowed_paths: Arc<AllowedPaths>,
 }
 
 impl TaskRunner {

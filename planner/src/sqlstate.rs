@@ -182,14 +182,17 @@ pub fn classify(error: &DataFusionError) -> ErrorClass {
             _ => ErrorClass::user(SqlState::SYNTAX_ERROR),
         },
         DataFusionError::ArrowError(error, _) => classify_arrow(error),
-        DataFusionError::ParquetError(_) => ErrorClass::user(SqlState::DATA_CORRUPTED),
-        DataFusionError::ObjectStore(error) => match error.as_ref() {
-            // A file that is not there will not be there on the next attempt either.
-            datafusion::object_store::Error::NotFound { .. } => {
-                ErrorClass::user(SqlState::UNDEFINED_FILE)
+        DataFusionError::ParquetError(error) => match error.as_ref() {
+            // The file could not be read (refused, say), rather than read and found corrupt.
+            datafusion::parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast_ref::<datafusion::object_store::Error>() {
+                    Some(error) => classify_object_store(error),
+                    None => classify_external(inner.as_ref()),
+                }
             }
-            _ => ErrorClass::new(ErrorKind::Io, SqlState::IO_ERROR),
+            _ => ErrorClass::user(SqlState::DATA_CORRUPTED),
         },
+        DataFusionError::ObjectStore(error) => classify_object_store(error),
         DataFusionError::IoError(error) => classify_io(error),
         DataFusionError::NotImplemented(_) => ErrorClass::user(SqlState::FEATURE_NOT_SUPPORTED),
         DataFusionError::Internal(_) => INTERNAL,
@@ -263,6 +266,20 @@ fn classify_io(error: &std::io::Error) -> ErrorClass {
     }
 }
 
+fn classify_object_store(error: &datafusion::object_store::Error) -> ErrorClass {
+    match error {
+        // A file that is not there will not be there on the next attempt either.
+        datafusion::object_store::Error::NotFound { .. } => {
+            ErrorClass::user(SqlState::UNDEFINED_FILE)
+        }
+        // A location outside the allowed paths, refused by the confined store.
+        datafusion::object_store::Error::PermissionDenied { .. } => {
+            ErrorClass::user(SqlState::INSUFFICIENT_PRIVILEGE)
+        }
+        _ => ErrorClass::new(ErrorKind::Io, SqlState::IO_ERROR),
+    }
+}
+
 fn classify_external(error: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorClass {
     if let Some(error) = error.downcast_ref::<crate::Error>() {
         return error.class();
@@ -275,6 +292,9 @@ fn classify_external(error: &(dyn std::error::Error + Send + Sync + 'static)) ->
     }
     if let Some(error) = error.downcast_ref::<std::io::Error>() {
         return classify_io(error);
+    }
+    if let Some(error) = error.downcast_ref::<datafusion::object_store::Error>() {
+        return classify_object_store(error);
     }
     if error.downcast_ref::<ShuffleError>().is_some() {
         // A lost map output: the scheduler recomputes it (it arrives typed on its own).

@@ -202,7 +202,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 config.executor.work_dir.clone()
             };
-            let options = ExecutorOptions::from_config(&config, args.coordinator.clone(), work_dir);
+            let options =
+                ExecutorOptions::from_config(&config, args.coordinator.clone(), work_dir)?;
             let executor = Executor::new(options, listener);
             info!(executor_id = %executor.id(), coordinator = %args.coordinator, "starting executor");
             executor.run(shutdown_signal()).await?;

@@ -51,7 +51,7 @@ impl LocalCluster {
                 config,
                 format!("127.0.0.1:{}", grpc_addr.port()),
                 work_dir,
-            );
+            )?;
             if config.executor.slots == 0 {
                 // The executors share this machine: together they get one slot per core, as
                 // single-node DataFusion gets one partition per core.

@@ -43,11 +43,13 @@ impl Coordinator {
     /// ports.
     pub async fn new(config: &EmberConfig, grpc_listener: TcpListener) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let allowed_paths = AllowedPaths::from_config(config, &[])?;
         let runtime = RuntimeEnvBuilder::new()
             .with_cache_manager(CacheLimits::from_config(&config.cache).cache_config())
-            .with_object_store_registry(Arc::new(EmberObjectStores::new(S3Options::from_config(
-                &config.storage,
-            ))))
+            .with_object_store_registry(Arc::new(EmberObjectStores::new(
+                S3Options::from_config(&config.storage),
+                Arc::new(allowed_paths.clone()),
+            )))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(distributed_config(cores), runtime);
         // `STORED AS PARQUET` and COPY resolve formats by name: theirs keeps NaN too.
@@ -67,7 +69,6 @@ impl Coordinator {
         ));
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
         store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
-        let allowed_paths = AllowedPaths::new(&config.allowed_paths())?;
         let engine = Arc::new(QueryEngine::new(
             ctx.state(),
             handle.clone(),

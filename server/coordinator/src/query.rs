@@ -87,6 +87,8 @@ impl QueryEngine {
         sql: &str,
         physical: Arc<dyn ExecutionPlan>,
     ) -> Result<StartedQuery> {
+        // Executors check the fragments they run; plans that run here are checked here.
+        self.allowed_paths.check_plan(&physical)?;
         let (physical, subqueries) = take_scalar_subqueries(physical)?;
         for subquery in subqueries {
             let value =

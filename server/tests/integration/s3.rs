@@ -78,6 +78,7 @@ impl Drop for Moto {
 async fn tables_on_s3_are_read_and_written_by_the_cluster() {
     let moto = Moto::start();
     moto.create_bucket("ember-test");
+    moto.create_bucket("ember-private");
     let data = tempfile::tempdir().expect("temp dir");
     let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
     let env: Vec<(String, String)> = [
@@ -89,6 +90,11 @@ async fn tables_on_s3_are_read_and_written_by_the_cluster() {
         ("EMBER_STORAGE_S3_ACCESS_KEY_ID", "test".to_string()),
         ("EMBER_STORAGE_S3_SECRET_ACCESS_KEY", "test".to_string()),
         ("EMBER_STORAGE_S3_ALLOW_HTTP", "true".to_string()),
+        // The one bucket Ember may use; `ember-private` exists on the server but is not allowed.
+        (
+            "EMBER_STORAGE_ALLOWED_REMOTE",
+            "s3://ember-test/".to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -136,6 +142,23 @@ async fn tables_on_s3_are_read_and_written_by_the_cluster() {
     );
     assert_eq!(joined.len(), 2);
     assert_eq!(joined[0][0].as_deref(), Some("ALGERIA"));
+
+    // Buckets and schemes outside `storage.allowed_remote` are refused, however spelled.
+    for sql in [
+        "copy (select 1) to 's3://ember-private/x.csv' stored as csv",
+        "create external table private stored as csv location 's3://ember-private/'",
+        "create external table private stored as csv location ' S3://ember-private/x.csv'",
+        "copy (select 1) to 's3://ember-test-other/x.csv' stored as csv",
+    ] {
+        let err = client
+            .simple_query(sql)
+            .await
+            .expect_err(sql)
+            .as_db_error()
+            .map(|e| e.code().code().to_string());
+        assert_eq!(err.as_deref(), Some("42501"), "{sql}");
+    }
+    assert!(moto.keys("ember-private", "").is_empty());
 
     // The writes left their files and nothing else: no staging objects.
     let keys = moto.keys("ember-test", "");
