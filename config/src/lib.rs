@@ -131,6 +131,13 @@ pub struct AuthConfig {
     /// Secret signing Flight SQL tokens and tickets, shared by the coordinator and every executor;
     /// empty means the coordinator makes a random one at start.
     pub flight_secret: String,
+    /// Secret shared by the coordinator and every executor: executors prove it to join, the
+    /// coordinator proves it back, and shuffle tickets are signed with it. Empty: read from
+    /// `cluster_secret_file`, else `<data_dir>/cluster.secret` (the coordinator writes one there
+    /// if it finds none).
+    pub cluster_secret: String,
+    /// File holding the cluster secret (its first line); used when `cluster_secret` is empty.
+    pub cluster_secret_file: PathBuf,
 }
 
 /// The `[tls]` section: the certificate and key for TLS on the Postgres port.
@@ -210,6 +217,14 @@ pub struct CoordinatorConfig {
     /// Milliseconds a Flight SQL result may go unfetched before it is dropped and its tickets
     /// expire.
     pub flight_sql_fetch_timeout_ms: u64,
+    /// Most task slots one executor may offer; a registration claiming more is refused.
+    pub max_executor_slots: usize,
+    /// Most memory, in bytes, one executor may claim; a registration claiming more is refused.
+    pub max_executor_memory: u64,
+    /// Most executors registered at once; further registrations are refused.
+    pub max_executors: usize,
+    /// Milliseconds a lost executor stays listed in `system.executors` before it is forgotten.
+    pub lost_executor_retention_ms: u64,
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.
@@ -250,6 +265,20 @@ pub struct TpchConfig {
     /// TPC-H scale factor generated into `<data_dir>/tpch` and registered as schema `tpch`; 0 turns
     /// it off (at most 1000).
     pub scale: f64,
+}
+
+/// The first line of a secret file, which must be at least 16 characters long.
+pub fn read_secret_file(path: &Path) -> std::result::Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim().to_string();
+    if secret.len() < 16 {
+        return Err(format!(
+            "{} must hold a secret of at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(secret)
 }
 
 /// Builds an [`EmberConfig`] layer by layer.
@@ -434,6 +463,29 @@ impl EmberConfig {
         }
     }
 
+    /// The cluster secret: `auth.cluster_secret`, else the first line of
+    /// `auth.cluster_secret_file`; `None` when neither is set.
+    pub fn cluster_secret(&self) -> Result<Option<String>> {
+        if !self.auth.cluster_secret.is_empty() {
+            return Ok(Some(self.auth.cluster_secret.clone()));
+        }
+        if self.auth.cluster_secret_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        read_secret_file(&self.auth.cluster_secret_file)
+            .map(Some)
+            .map_err(|message| Error::InvalidValue {
+                key: "auth.cluster_secret_file".into(),
+                origin: "configuration".into(),
+                message,
+            })
+    }
+
+    /// Where the coordinator keeps the cluster secret it generated when none is configured.
+    pub fn generated_secret_path(&self) -> PathBuf {
+        self.coordinator.data_dir.join("cluster.secret")
+    }
+
     /// Directories that hold Ember's own files (the catalog, executor work dirs with shuffle
     /// and spill files): no table or COPY location may lie in them, even under an allowed path.
     pub fn internal_paths(&self) -> Vec<PathBuf> {
@@ -453,6 +505,18 @@ impl EmberConfig {
             origin: "configuration".to_string(),
             message: message.to_string(),
         };
+        if !self.auth.cluster_secret.is_empty() && self.auth.cluster_secret.len() < 16 {
+            return Err(invalid(
+                "auth.cluster_secret",
+                "must be at least 16 characters",
+            ));
+        }
+        if self.coordinator.max_executor_slots == 0 || self.coordinator.max_executors == 0 {
+            return Err(invalid(
+                "coordinator.max_executor_slots",
+                "coordinator.max_executor_slots and coordinator.max_executors must be positive",
+            ));
+        }
         if self.coordinator.max_message_size < 4 << 20 {
             return Err(invalid(
                 "coordinator.max_message_size",

@@ -21,6 +21,9 @@ pub enum Error {
     /// The coordinator refused or ended the session.
     #[error("grpc status: {0}")]
     Status(#[from] tonic::Status),
+    /// The coordinator refused this executor, or failed to prove the cluster secret.
+    #[error("{0}")]
+    Refused(String),
     /// The coordinator sent something the protocol does not allow.
     #[error("{0}")]
     Protocol(String),

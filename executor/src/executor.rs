@@ -30,6 +30,7 @@ use crate::task_runner::{TaskRunner, cancelled};
 use crate::{Error, Result};
 use ember_protocol::FlightShuffleFetcher;
 use ember_protocol::credentials::SigningKey;
+use ember_protocol::membership::{self, ClusterKey};
 use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
 use ember_protocol::proto::{
     CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor, TaskId,
@@ -56,6 +57,9 @@ pub struct ExecutorOptions {
     pub heartbeat_interval: Duration,
     /// The largest gRPC message sent or received (task fragments, shuffle batches).
     pub max_message_size: usize,
+    /// Proves this executor a member of the cluster, checks the coordinator's answer, and signs
+    /// and checks shuffle tickets.
+    pub cluster_key: ClusterKey,
     /// Where the files fragments scan or write may lie (the `storage.*` settings); the work
     /// dir is added to its internal directories.
     pub allowed_paths: AllowedPaths,
@@ -76,10 +80,12 @@ impl ExecutorOptions {
         config: &ember_config::EmberConfig,
         coordinator: String,
         work_dir: PathBuf,
+        cluster_key: ClusterKey,
     ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             coordinator,
+            cluster_key,
             advertise_host: config.executor.bind_host.clone(),
             work_dir,
             slots: match config.executor.slots {
@@ -127,7 +133,8 @@ fn default_memory() -> u64 {
 /// One executor. `run` serves until `shutdown` completes.
 #[derive(Debug)]
 pub struct Executor {
-    id: ExecutorId,
+    /// A name for logs; the coordinator assigns the executor's id at each registration.
+    name: String,
     options: ExecutorOptions,
     flight_listener: TcpListener,
 }
@@ -138,24 +145,24 @@ type RunningTasks = Arc<Mutex<HashMap<TaskAttempt, CancellationToken>>>;
 impl Executor {
     /// An executor whose Flight service will use the already-bound `flight_listener`.
     pub fn new(options: ExecutorOptions, flight_listener: TcpListener) -> Self {
-        let id = ExecutorId(format!("exec-{}", &QueryId::random().as_str()[..12]));
+        let name = format!("executor-{}", &QueryId::random().as_str()[..8]);
         Self {
-            id,
+            name,
             options,
             flight_listener,
         }
     }
 
-    /// The executor's id (random, `exec-...`), as `system.executors` shows it.
-    pub fn id(&self) -> &ExecutorId {
-        &self.id
+    /// The executor's name in logs (its id in `system.executors` is the coordinator's).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Registers with the coordinator (again after every lost session), runs the tasks it
     /// launches and serves shuffle blocks until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Self {
-            id,
+            name,
             options,
             flight_listener,
         } = self;
@@ -208,9 +215,12 @@ impl Executor {
         let runner = Arc::new(TaskRunner {
             base: base_state,
             work_dir: options.work_dir.clone(),
-            executor_id: id.clone(),
             host_key: host_key.clone(),
-            fetcher: Arc::new(FlightShuffleFetcher::new(options.max_message_size)),
+            fetcher: Arc::new(FlightShuffleFetcher::new(
+                options.max_message_size,
+                options.cluster_key.clone(),
+                name.clone(),
+            )),
             live: Arc::clone(&live),
             disk: Arc::new(DiskBudget::new(options.max_disk_bytes)),
             sort_spill_reservation: (options.memory > 0).then(|| {
@@ -219,13 +229,14 @@ impl Executor {
             }),
             allowed_paths,
         });
-        let cpu = Arc::new(CpuRuntime::new(&id.0, options.slots)?);
+        let cpu = Arc::new(CpuRuntime::new(&name, options.slots)?);
 
         let (flight_stop_tx, flight_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (served_tx, served_rx) = mpsc::unbounded_channel();
         let flight = FlightServiceServer::new(ShuffleFlightService::new(
             options.work_dir.clone(),
             Arc::clone(&live),
+            options.cluster_key.clone(),
             options.client_key.clone(),
             served_tx,
         ))
@@ -241,10 +252,10 @@ impl Executor {
                     },
                 ),
         );
-        info!(executor_id = %id, flight_port, slots = options.slots, "executor started");
+        info!(executor = %name, flight_port, slots = options.slots, "executor started");
 
         let session = Session {
-            id: id.clone(),
+            name: name.clone(),
             options: options.clone(),
             flight_port,
             host_key,
@@ -260,10 +271,11 @@ impl Executor {
                 result = session.serve() => {
                     match result {
                         Ok(()) => {
-                            info!(executor_id = %id, "coordinator closed the session");
+                            info!(executor = %name, "coordinator closed the session");
                             backoff = Duration::from_millis(100);
                         }
-                        Err(error) => debug!(executor_id = %id, %error, "cannot reach coordinator"),
+                        Err(Error::Refused(reason)) => warn!(executor = %name, %reason, "the coordinator refused this executor"),
+                        Err(error) => debug!(executor = %name, %error, "cannot reach coordinator"),
                     }
                 }
             }
@@ -276,14 +288,14 @@ impl Executor {
         let _ = flight_stop_tx.send(());
         let _ = flight_server.await;
         let _ = std::fs::remove_dir_all(&shuffle_root);
-        info!(executor_id = %id, "executor stopped");
+        info!(executor = %name, "executor stopped");
         Ok(())
     }
 }
 
 /// One connection to the coordinator.
 struct Session {
-    id: ExecutorId,
+    name: String,
     options: ExecutorOptions,
     flight_port: u16,
     host_key: String,
@@ -306,30 +318,18 @@ impl Session {
             .max_decoding_message_size(self.options.max_message_size)
             .max_encoding_message_size(self.options.max_message_size);
         let (tx, rx) = mpsc::channel::<ExecutorMessage>(1024);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tx.send(message(executor_message::Message::Register(
-            RegisterExecutor {
-                executor_id: self.id.0.clone(),
-                host: self.options.advertise_host.clone(),
-                flight_port: u32::from(self.flight_port),
-                slots: self.options.slots as u32,
-                cores: cores as u32,
-                memory: self.options.memory,
-                host_key: self.host_key.clone(),
-                work_dir: self.options.work_dir.display().to_string(),
-            },
-        )))
-        .await
-        .map_err(|_| Error::Protocol("session closed before registering".into()))?;
         let mut inbound = client
             .open_session(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        info!(executor_id = %self.id, coordinator = %self.options.coordinator, "registered");
+        let id = self.join(&mut inbound, &tx).await?;
+        info!(executor = %self.name, executor_id = %id, coordinator = %self.options.coordinator, "registered");
         // Each session is a new incarnation: the coordinator has written off whatever an earlier
         // one produced (its queries ended with the old session, or their outputs were recomputed
         // elsewhere), so those files only take space.
         self.remove_shuffle_files().await;
+        // Peers on this machine read our committed files only from a work dir that names us.
+        write_work_dir_marker(&self.options.work_dir, &id)?;
 
         let running: RunningTasks = Arc::default();
         let slots = Arc::new(Semaphore::new(self.options.slots.max(1)));
@@ -351,7 +351,7 @@ impl Session {
                     }
                 }
                 received = inbound.message() => match received {
-                    Ok(Some(msg)) => self.handle(msg, &tx, &running, &slots),
+                    Ok(Some(msg)) => self.handle(msg, &id, &tx, &running, &slots),
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(Error::Status(status)),
                 },
@@ -381,16 +381,80 @@ impl Session {
         .await;
     }
 
+    /// Answers the coordinator's challenge with this executor's offer and proof, and checks
+    /// the coordinator's proof in return: the id it assigns is taken only from a coordinator
+    /// that holds the cluster secret.
+    async fn join(
+        &self,
+        inbound: &mut tonic::Streaming<CoordinatorMessage>,
+        tx: &mpsc::Sender<ExecutorMessage>,
+    ) -> Result<ExecutorId> {
+        let challenge = match inbound.message().await? {
+            Some(CoordinatorMessage {
+                message: Some(coordinator_message::Message::Challenge(challenge)),
+            }) => challenge.nonce,
+            _ => return Err(Error::Refused("the coordinator sent no challenge".into())),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut register = RegisterExecutor {
+            host: self.options.advertise_host.clone(),
+            flight_port: u32::from(self.flight_port),
+            slots: self.options.slots as u32,
+            cores: cores as u32,
+            memory: self.options.memory,
+            host_key: self.host_key.clone(),
+            work_dir: self.options.work_dir.display().to_string(),
+            nonce: membership::nonce(),
+            proof: vec![],
+            name: self.name.clone(),
+        };
+        register.proof = self
+            .options
+            .cluster_key
+            .executor_proof(&challenge, &register);
+        let nonce = register.nonce.clone();
+        tx.send(message(executor_message::Message::Register(register)))
+            .await
+            .map_err(|_| Error::Protocol("session closed before registering".into()))?;
+        let registered = match inbound.message().await {
+            Ok(Some(CoordinatorMessage {
+                message: Some(coordinator_message::Message::Registered(registered)),
+            })) => registered,
+            Ok(_) => return Err(Error::Refused("the coordinator closed the session".into())),
+            Err(status) => return Err(Error::Refused(status.message().to_string())),
+        };
+        if registered.executor_id.is_empty()
+            || !self.options.cluster_key.verify_coordinator(
+                &challenge,
+                &nonce,
+                &registered.executor_id,
+                &registered.proof,
+            )
+        {
+            return Err(Error::Refused(
+                "the coordinator did not prove the cluster secret (auth.cluster_secret)".into(),
+            ));
+        }
+        Ok(ExecutorId(registered.executor_id))
+    }
+
     fn handle(
         &self,
         msg: CoordinatorMessage,
+        id: &ExecutorId,
         tx: &mpsc::Sender<ExecutorMessage>,
         running: &RunningTasks,
         slots: &Arc<Semaphore>,
     ) {
         match msg.message {
             Some(coordinator_message::Message::LaunchTask(launch)) => {
-                self.launch(launch, tx.clone(), Arc::clone(running), Arc::clone(slots));
+                self.launch(
+                    launch,
+                    id,
+                    tx.clone(),
+                    Arc::clone(running),
+                    Arc::clone(slots),
+                );
             }
             Some(coordinator_message::Message::CancelTask(cancel)) => {
                 if let Some(attempt) = cancel.task.as_ref().and_then(|t| t.to_attempt())
@@ -422,13 +486,18 @@ impl Session {
                     });
                 }
             }
-            Some(coordinator_message::Message::Registered(_)) | None => {}
+            Some(
+                coordinator_message::Message::Registered(_)
+                | coordinator_message::Message::Challenge(_),
+            )
+            | None => {}
         }
     }
 
     fn launch(
         &self,
         launch: LaunchTask,
+        id: &ExecutorId,
         tx: mpsc::Sender<ExecutorMessage>,
         running: RunningTasks,
         slots: Arc<Semaphore>,
@@ -442,6 +511,7 @@ impl Session {
             return;
         };
         let runner = Arc::clone(&self.runner);
+        let executor_id = id.clone();
         let cpu = Arc::clone(&self.cpu);
         let token = CancellationToken::new();
         lock(&running).insert(attempt.clone(), token.clone());
@@ -449,7 +519,7 @@ impl Session {
             let status = tokio::select! {
                 permit = slots.acquire_owned() => match permit {
                     Ok(_permit) => {
-                        let mut handle = cpu.spawn(async move { runner.run(launch).await });
+                        let mut handle = cpu.spawn(async move { runner.run(launch, executor_id).await });
                         let joined = tokio::select! {
                             joined = &mut handle => joined,
                             _ = token.cancelled() => {
@@ -491,6 +561,16 @@ fn abort_query(running: &RunningTasks, query_id: &str) {
             token.cancel();
         }
     }
+}
+
+/// Writes `<work_dir>/executor.id`: peers on this machine read committed shuffle files from a
+/// work dir only when it names the executor the coordinator says wrote them.
+fn write_work_dir_marker(work_dir: &std::path::Path, id: &ExecutorId) -> Result<()> {
+    let marker = work_dir.join(ember_planner::shuffle::WORK_DIR_MARKER);
+    let staged = work_dir.join(format!("{}.new", ember_planner::shuffle::WORK_DIR_MARKER));
+    std::fs::write(&staged, id.0.as_bytes())?;
+    std::fs::rename(&staged, &marker)?;
+    Ok(())
 }
 
 fn message(message: executor_message::Message) -> ExecutorMessage {

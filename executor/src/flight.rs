@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use ember_protocol::credentials::{SigningKey, client_ticket_handle};
+use ember_protocol::membership::ClusterKey;
 use ember_protocol::proto::TaskId;
 use ember_protocol::tickets::decode_ticket;
 
@@ -28,6 +29,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct ShuffleFlightService {
     work_dir: PathBuf,
     live: Arc<LiveBlocks>,
+    /// Checks the shuffle tickets of cluster members.
+    cluster_key: ClusterKey,
     /// The key of the coordinator's Flight SQL tickets and tokens; without one, clients cannot
     /// fetch result partitions here.
     client_key: Option<SigningKey>,
@@ -36,17 +39,20 @@ pub struct ShuffleFlightService {
 }
 
 impl ShuffleFlightService {
-    /// Serves the shuffle files under `work_dir` and the live blocks of `live`; client tickets
-    /// are checked with `client_key` and partitions read to their end reported on `served_tx`.
+    /// Serves the shuffle files under `work_dir` and the live blocks of `live` to readers whose
+    /// tickets `cluster_key` signed; client tickets are checked with `client_key` and partitions
+    /// read to their end reported on `served_tx`.
     pub fn new(
         work_dir: PathBuf,
         live: Arc<LiveBlocks>,
+        cluster_key: ClusterKey,
         client_key: Option<SigningKey>,
         served_tx: mpsc::UnboundedSender<TaskId>,
     ) -> Self {
         Self {
             work_dir,
             live,
+            cluster_key,
             client_key,
             served_tx,
         }
@@ -82,7 +88,8 @@ impl FlightService for ShuffleFlightService {
             )?;
             return Ok(Response::new(stream));
         }
-        let (block, live) = decode_ticket(request.get_ref())?;
+        let (block, live, reader) = decode_ticket(&self.cluster_key, request.get_ref())?;
+        tracing::trace!(%reader, query_id = %block.query_id, stage = %block.stage_id, "serving a shuffle block");
         if live {
             let receiver = self
                 .live

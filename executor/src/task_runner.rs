@@ -28,7 +28,6 @@ pub(crate) struct TaskRunner {
     /// Function registry and runtime (memory pool, spill dir) shared by all tasks.
     pub(crate) base: SessionState,
     pub(crate) work_dir: PathBuf,
-    pub(crate) executor_id: ExecutorId,
     pub(crate) host_key: String,
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
     pub(crate) live: Arc<LiveBlocks>,
@@ -43,11 +42,11 @@ pub(crate) struct TaskRunner {
 impl TaskRunner {
     /// Runs the task to completion and describes the outcome. Never panics on bad input: a
     /// malformed launch becomes a failed status.
-    pub(crate) async fn run(&self, launch: LaunchTask) -> TaskStatus {
+    pub(crate) async fn run(&self, launch: LaunchTask, executor_id: ExecutorId) -> TaskStatus {
         let started = Instant::now();
         let task_id = launch.task.clone().unwrap_or_default();
         let result = match task_id.to_attempt() {
-            Some(attempt) => self.execute(&attempt, &launch).await,
+            Some(attempt) => self.execute(&attempt, &launch, executor_id).await,
             None => Err(DataFusionError::Internal(format!(
                 "malformed task id {task_id:?}"
             ))),
@@ -69,6 +68,7 @@ impl TaskRunner {
         &self,
         attempt: &TaskAttempt,
         launch: &LaunchTask,
+        executor_id: ExecutorId,
     ) -> datafusion::error::Result<TaskSucceeded> {
         let mut config = SessionConfig::new();
         if let Some(bytes) = self.sort_spill_reservation {
@@ -85,7 +85,7 @@ impl TaskRunner {
             .enable_file_stream_work_stealing = false;
         let config = config.with_extension(Arc::new(ShuffleEnv {
             work_dir: self.work_dir.clone(),
-            executor_id: self.executor_id.clone(),
+            executor_id,
             host_key: self.host_key.clone(),
             attempt: attempt.attempt,
             fetcher: Arc::clone(&self.fetcher),

@@ -174,7 +174,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(cli.config.as_ref(), &coordinator_flags(&args))?;
             let listeners = CoordinatorListeners::bind(&config).await?;
             let (key, shared) = signing_key(&config);
-            let coordinator = CoordinatorRole::new(&config, listeners, key, shared).await?;
+            let cluster_key = crate::secrets::coordinator_key(&config)?;
+            let coordinator =
+                CoordinatorRole::new(&config, listeners, key, shared, cluster_key).await?;
             coordinator.run(shutdown_signal()).await?;
         }
         Command::Executor(args) => {
@@ -202,10 +204,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 config.executor.work_dir.clone()
             };
-            let options =
-                ExecutorOptions::from_config(&config, args.coordinator.clone(), work_dir)?;
+            let cluster_key = crate::secrets::executor_key(&config).await?;
+            let options = ExecutorOptions::from_config(
+                &config,
+                args.coordinator.clone(),
+                work_dir,
+                cluster_key,
+            )?;
             let executor = Executor::new(options, listener);
-            info!(executor_id = %executor.id(), coordinator = %args.coordinator, "starting executor");
+            info!(executor = %executor.name(), coordinator = %args.coordinator, "starting executor");
             executor.run(shutdown_signal()).await?;
         }
         Command::Local(args) => {

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod layers;
 pub mod local;
 pub mod roles;
+pub mod secrets;
 pub mod shell;
 
 pub use local::LocalCluster;

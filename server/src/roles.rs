@@ -18,6 +18,7 @@ use ember_coordinator::{Coordinator, QueryEngine, stopped};
 use ember_flight_sql::FlightSqlServer;
 use ember_pgwire::PgServer;
 use ember_protocol::credentials::SigningKey;
+use ember_protocol::membership::ClusterKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -56,13 +57,15 @@ pub struct CoordinatorRole {
 impl CoordinatorRole {
     /// Builds the coordinator and its frontends. `key` signs Flight SQL tokens and tickets;
     /// `shared_key` says whether every executor knows it (else results are relayed).
+    /// Executors join by proving the secret behind `cluster_key`.
     pub async fn new(
         config: &EmberConfig,
         listeners: CoordinatorListeners,
         key: SigningKey,
         shared_key: bool,
+        cluster_key: ClusterKey,
     ) -> Result<Self> {
-        let coordinator = Coordinator::new(config, listeners.grpc).await?;
+        let coordinator = Coordinator::new(config, cluster_key, listeners.grpc).await?;
         let engine = coordinator.engine();
         let pg =
             PgServer::new(Arc::clone(&engine), &config.auth, &config.tls, listeners.pg).await?;

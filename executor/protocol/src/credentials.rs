@@ -152,7 +152,36 @@ impl SigningKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, &random_id(32)))
     }
 
-    fn seal(&self, magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+    /// A key derived from `secret` for one purpose: keys for different purposes never sign
+    /// alike, even from the same secret.
+    pub fn derived(secret: &str, purpose: &str) -> Self {
+        let root = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+        let derived = hmac::sign(&root, purpose.as_bytes());
+        Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    fn mac_input(parts: &[&[u8]]) -> Vec<u8> {
+        let mut input = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+        for part in parts {
+            input.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            input.extend_from_slice(part);
+        }
+        input
+    }
+
+    /// HMAC-SHA256 of `parts`, each length-prefixed so that no two lists sign alike.
+    pub(crate) fn tag(&self, parts: &[&[u8]]) -> Vec<u8> {
+        hmac::sign(&self.0, &Self::mac_input(parts))
+            .as_ref()
+            .to_vec()
+    }
+
+    /// Whether `tag` is [`tag`](Self::tag) of `parts` (compared in constant time).
+    pub(crate) fn verify_tag(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        hmac::verify(&self.0, &Self::mac_input(parts), tag).is_ok()
+    }
+
+    pub(crate) fn seal(&self, magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(magic.len() + payload.len() + TAG_LEN);
         out.extend_from_slice(magic);
         out.extend_from_slice(payload);
@@ -161,7 +190,7 @@ impl SigningKey {
         out
     }
 
-    fn open<'a>(
+    pub(crate) fn open<'a>(
         &self,
         magic: &[u8; 4],
         what: &'static str,

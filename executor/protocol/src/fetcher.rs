@@ -17,21 +17,29 @@ use ember_planner::shuffle::{MapOutputLocation, ShuffleBlock, ShuffleError, Shuf
 use futures::TryStreamExt;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::membership::ClusterKey;
 use crate::tickets::encode_ticket;
 
 /// A Flight client per peer, connected lazily and reused.
 #[derive(Debug)]
 pub struct FlightShuffleFetcher {
     max_message_size: usize,
+    /// Signs the ticket of every block this fetcher asks for.
+    key: ClusterKey,
+    /// Who reads, as the tickets name it.
+    reader: String,
     // A std Mutex: held only to look up or insert a channel, never across an await.
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl FlightShuffleFetcher {
-    /// A fetcher whose gRPC messages may be up to `max_message_size` bytes.
-    pub fn new(max_message_size: usize) -> Self {
+    /// A fetcher whose gRPC messages may be up to `max_message_size` bytes, signing its tickets
+    /// with `key` as `reader`.
+    pub fn new(max_message_size: usize, key: ClusterKey, reader: impl Into<String>) -> Self {
         Self {
             max_message_size,
+            key,
+            reader: reader.into(),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -104,7 +112,7 @@ impl FlightShuffleFetcher {
             .client(&location.flight_address)
             .map_err(|e| failed(e.clone()))?;
         let response = client
-            .do_get(encode_ticket(&block, live))
+            .do_get(encode_ticket(&self.key, &block, live, &self.reader))
             .await
             .map_err(|status| failed(status.message().to_string()))?;
         let expected = Arc::clone(&schema);

@@ -6,12 +6,14 @@
 //!  ClusterService (server) ◄── proto::ExecutorMessage ── session client
 //!                          ──► proto::CoordinatorMessage ─►  task runner
 //!                                 (launch, cancel, release;  TaskFailed with kind + SQLSTATE)
-//!  FlightShuffleFetcher ── ShuffleTicket (do_get) ──────────► Flight service
+//!  (challenge, both sides prove the cluster secret: membership)
+//!  FlightShuffleFetcher ── signed ShuffleTicket (do_get) ───► Flight service
 //!  Flight SQL frontend ── credentials (signed tickets) ─────► result partitions for clients
 //! ```
 //!
 //! - [`proto`]: the gRPC service and its messages (`proto/cluster.proto`);
-//! - [`tickets`]: the Flight ticket naming one shuffle block;
+//! - [`membership`]: the challenge–response by which executors join and the coordinator answers;
+//! - [`tickets`]: the signed Flight ticket naming one shuffle block;
 //! - [`fetcher`]: the Flight client that reads shuffle blocks and live result partitions;
 //! - [`task_errors`]: task failures as they cross the wire, typed;
 //! - [`credentials`] and [`flight_data`]: what a Flight SQL client presents to an executor and
@@ -20,6 +22,7 @@
 pub mod credentials;
 pub mod fetcher;
 pub mod flight_data;
+pub mod membership;
 pub mod proto;
 pub mod task_errors;
 pub mod tickets;

@@ -81,6 +81,19 @@ impl ShuffleBlock {
     }
 }
 
+/// The file in an executor's work dir that names the executor (its id from the coordinator):
+/// a reader on the same machine opens committed blocks there only when it names the executor
+/// the block's location does.
+pub const WORK_DIR_MARKER: &str = "executor.id";
+
+/// Whether `work_dir` is the work dir of `executor_id` on this machine: an absolute path whose
+/// marker file names it.
+pub fn is_work_dir_of(work_dir: &Path, executor_id: &ExecutorId) -> bool {
+    work_dir.is_absolute()
+        && std::fs::read(work_dir.join(WORK_DIR_MARKER))
+            .is_ok_and(|named| named == executor_id.0.as_bytes())
+}
+
 /// The directory of all shuffle files of a query on one executor.
 pub fn query_dir(work_dir: &Path, query_id: &QueryId) -> PathBuf {
     work_dir.join("shuffle").join(query_id.as_str())

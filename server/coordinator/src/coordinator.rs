@@ -15,6 +15,7 @@ use ember_planner::paths::AllowedPaths;
 use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
 use ember_planner::storage::{EmberObjectStores, S3Options};
 use ember_protocol::FlightShuffleFetcher;
+use ember_protocol::membership::ClusterKey;
 use ember_protocol::proto::cluster_service_server::ClusterServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::catalog::CatalogStore;
-use crate::cluster::ClusterManagerService;
+use crate::cluster::{ClusterManagerService, ExecutorLimits};
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
@@ -35,13 +36,19 @@ pub struct Coordinator {
     handle: SchedulerHandle,
     grpc_listener: TcpListener,
     max_message_size: usize,
+    cluster_key: ClusterKey,
+    limits: ExecutorLimits,
 }
 
 impl Coordinator {
     /// Builds the catalog (generating TPC-H sample data if configured), the engine and the
-    /// scheduler. The executors' listener is bound by the caller so tests can use ephemeral
-    /// ports.
-    pub async fn new(config: &EmberConfig, grpc_listener: TcpListener) -> Result<Self> {
+    /// scheduler. Executors join by proving the secret behind `cluster_key`. The executors'
+    /// listener is bound by the caller so tests can use ephemeral ports.
+    pub async fn new(
+        config: &EmberConfig,
+        cluster_key: ClusterKey,
+        grpc_listener: TcpListener,
+    ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let allowed_paths = AllowedPaths::from_config(config, &[])?;
         let runtime = RuntimeEnvBuilder::new()
@@ -66,6 +73,8 @@ impl Coordinator {
         }
         let fetcher = Arc::new(FlightShuffleFetcher::new(
             config.coordinator.max_message_size,
+            cluster_key.clone(),
+            "coordinator",
         ));
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
         store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
@@ -82,6 +91,11 @@ impl Coordinator {
             handle,
             grpc_listener,
             max_message_size: config.coordinator.max_message_size,
+            cluster_key,
+            limits: ExecutorLimits {
+                max_slots: config.coordinator.max_executor_slots,
+                max_memory: config.coordinator.max_executor_memory,
+            },
         })
     }
 
@@ -95,9 +109,13 @@ impl Coordinator {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(self.scheduler.run(stopped(stop_rx.clone())));
-        let cluster = ClusterServiceServer::new(ClusterManagerService::new(self.handle.clone()))
-            .max_decoding_message_size(self.max_message_size)
-            .max_encoding_message_size(self.max_message_size);
+        let cluster = ClusterServiceServer::new(ClusterManagerService::new(
+            self.handle.clone(),
+            self.cluster_key,
+            self.limits,
+        ))
+        .max_decoding_message_size(self.max_message_size)
+        .max_encoding_message_size(self.max_message_size);
         info!(addr = %self.grpc_listener.local_addr()?, "coordinator gRPC listening");
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()

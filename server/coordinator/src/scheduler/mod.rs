@@ -24,12 +24,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use ember_planner::ids::{ExecutorId, QueryId};
+use ember_planner::ids::{ExecutorId, QueryId, StageId};
 use ember_protocol::proto::{
     CancelQuery, CoordinatorMessage, ReleaseQuery, TaskId, TaskStatus, coordinator_message,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub(crate) use snapshot::Snapshot;
 pub(crate) use state::{ExecutorInfo, ExecutorTx, Submission};
@@ -52,6 +52,10 @@ pub(crate) struct SchedulerConfig {
     pub(crate) max_queued_queries: usize,
     /// Bytes of a result partition the relay holds back until its task has finished.
     pub(crate) result_buffer_bytes: usize,
+    /// Executors registered at once.
+    pub(crate) max_executors: usize,
+    /// How long a lost executor stays listed.
+    pub(crate) lost_executor_retention: Duration,
 }
 
 impl SchedulerConfig {
@@ -70,6 +74,10 @@ impl SchedulerConfig {
             max_running_queries: s.max_running_queries,
             max_queued_queries: s.max_queued_queries,
             result_buffer_bytes: s.result_buffer_bytes as usize,
+            max_executors: config.coordinator.max_executors,
+            lost_executor_retention: Duration::from_millis(
+                config.coordinator.lost_executor_retention_ms,
+            ),
         }
     }
 }
@@ -85,6 +93,9 @@ pub(crate) struct Speculation {
 /// Launches and re-runs of one task beyond `task_max_attempts` that are tolerated when they are
 /// caused by lost executors or lost map outputs rather than by the task itself.
 const MAX_LOSSES_PER_TASK: u32 = 8;
+
+/// Executor events (heartbeats, statuses) queued for the scheduler before sessions wait.
+const EXECUTOR_EVENTS: usize = 8192;
 
 pub(crate) enum Event {
     ExecutorRegistered {
@@ -132,7 +143,10 @@ pub(crate) enum Event {
 /// A cheap, cloneable way to talk to the scheduler.
 #[derive(Clone, Debug)]
 pub(crate) struct SchedulerHandle {
+    /// Events from the coordinator's own parts (queries, results, system tables).
     events_tx: mpsc::UnboundedSender<Event>,
+    /// Events from executor sessions: bounded, so that executors wait rather than grow it.
+    executor_events_tx: mpsc::Sender<Event>,
     capacity: Arc<Capacity>,
     result_buffer_bytes: usize,
 }
@@ -149,6 +163,12 @@ impl SchedulerHandle {
     pub(crate) fn send(&self, event: Event) {
         // The scheduler only stops at shutdown; events sent after that have nobody to act on them.
         let _ = self.events_tx.send(event);
+    }
+
+    /// Sends an executor session's event, waiting while the queue of such events is full; an
+    /// error means the scheduler has stopped.
+    pub(crate) async fn send_from_executor(&self, event: Event) -> Result<(), ()> {
+        self.executor_events_tx.send(event).await.map_err(|_| ())
     }
 
     /// Bytes of a result partition held back until its task has finished (so that a lost task
@@ -179,6 +199,7 @@ impl SchedulerHandle {
 pub(crate) struct Scheduler {
     config: SchedulerConfig,
     events_rx: mpsc::UnboundedReceiver<Event>,
+    executor_events_rx: mpsc::Receiver<Event>,
     capacity: Arc<Capacity>,
     executors: HashMap<ExecutorId, ExecutorState>,
     /// Submitted queries not yet released, in submission order (queued ones included).
@@ -193,15 +214,18 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub(crate) fn new(config: SchedulerConfig) -> (Self, SchedulerHandle) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (executor_events_tx, executor_events_rx) = mpsc::channel(EXECUTOR_EVENTS);
         let capacity = Arc::new(Capacity::default());
         let handle = SchedulerHandle {
             events_tx,
+            executor_events_tx,
             capacity: Arc::clone(&capacity),
             result_buffer_bytes: config.result_buffer_bytes,
         };
         let scheduler = Self {
             config,
             events_rx,
+            executor_events_rx,
             capacity,
             executors: HashMap::new(),
             running: vec![],
@@ -224,11 +248,19 @@ impl Scheduler {
                     Some(event) => event,
                     None => break,
                 },
+                Some(event) = self.executor_events_rx.recv() => event,
             };
             self.handle(event);
-            // Drain whatever else is queued before scheduling once.
+            // Drain whatever else is queued before scheduling once (a bounded number of
+            // executor events, so a busy cluster still gets scheduled).
             while let Ok(event) = self.events_rx.try_recv() {
                 self.handle(event);
+            }
+            for _ in 0..EXECUTOR_EVENTS {
+                match self.executor_events_rx.try_recv() {
+                    Ok(event) => self.handle(event),
+                    Err(_) => break,
+                }
             }
             self.schedule();
         }
@@ -288,7 +320,7 @@ impl Scheduler {
                 task,
             } => {
                 if self.current(&executor_id, session).is_some() {
-                    self.result_served(&task);
+                    self.result_served(&executor_id, &task);
                 }
             }
             Event::Submit(submission) => self.submit(submission),
@@ -370,14 +402,27 @@ impl Scheduler {
     }
 
     fn register(&mut self, info: ExecutorInfo, session: u64, tx: ExecutorTx) {
-        // The same executor registering again is a new incarnation: whatever the old session
-        // ran or stored is written off first.
-        if self
+        let alive = self
             .executors
-            .get(&info.id)
-            .is_some_and(|e| e.status == ExecutorStatus::Alive)
-        {
-            self.executor_lost(&info.id, "the executor registered again");
+            .values()
+            .filter(|e| e.status == ExecutorStatus::Alive)
+            .count();
+        // Ids are assigned by the cluster service and never repeat; one that did would be
+        // refused rather than allowed to replace a live executor.
+        let refusal = if self.executors.contains_key(&info.id) {
+            Some(format!("executor id {} is taken", info.id))
+        } else if alive >= self.config.max_executors {
+            Some(format!(
+                "the cluster has its maximum of {} executors (coordinator.max_executors)",
+                self.config.max_executors
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            warn!(executor_id = %info.id, %refusal, "registration refused");
+            let _ = tx.try_send(Err(tonic::Status::resource_exhausted(refusal)));
+            return;
         }
         info!(executor_id = %info.id, address = %info.flight_address(), slots = info.slots, "executor registered");
         let now = SystemTime::now();
@@ -396,6 +441,7 @@ impl Scheduler {
                 last_heartbeat_wall: now,
                 tasks_succeeded: 0,
                 tasks_failed: 0,
+                lost_at: None,
                 last_assigned: 0,
             },
         );
@@ -412,6 +458,11 @@ impl Scheduler {
         for id in silent {
             self.executor_lost(&id, "no heartbeat within the executor timeout");
         }
+        // Lost executors stay visible for a while, then are forgotten: an executor that comes
+        // back registers as a new one.
+        let retention = self.config.lost_executor_retention;
+        self.executors
+            .retain(|_, e| e.lost_at.is_none_or(|at| at.elapsed() < retention));
         let any_alive = self
             .executors
             .values()
@@ -481,20 +532,55 @@ impl Scheduler {
         };
         // The attempts keep their slots until their executors report them stopped: a cancelled
         // task holds its memory until its plan is dropped, and the next query's tasks need it.
-        for executor_id in &query.executors_used {
-            if let Some(executor) = self.executors.get(executor_id) {
-                let _ = executor.tx.send(Ok(cancel.clone()));
-            }
+        let executors: Vec<ExecutorId> = query.executors_used.iter().cloned().collect();
+        for executor_id in executors {
+            self.notify(&executor_id, cancel.clone());
         }
     }
 
-    /// Tells whoever reads the query's result that a client fetched this partition itself.
-    fn result_served(&self, task: &TaskId) {
+    /// Queues `message` for an executor's session. An executor that has let its queue fill up
+    /// is not reading it: it is written off (and its session closed) rather than the queue
+    /// growing.
+    pub(super) fn notify(&mut self, executor_id: &ExecutorId, message: CoordinatorMessage) {
+        let Some(executor) = self.executors.get(executor_id) else {
+            return;
+        };
+        if executor.status != ExecutorStatus::Alive {
+            return;
+        }
+        if let Err(error) = executor.tx.try_send(Ok(message)) {
+            let reason = match error {
+                mpsc::error::TrySendError::Full(_) => "it stopped reading its session",
+                mpsc::error::TrySendError::Closed(_) => "its session has closed",
+            };
+            self.executor_lost(executor_id, reason);
+        }
+    }
+
+    /// Tells whoever reads the query's result that a client fetched this partition itself, if
+    /// the executor that says so runs that attempt of a result task.
+    fn result_served(&self, executor_id: &ExecutorId, task: &TaskId) {
         let Some(query) =
             QueryId::parse(&task.query_id).and_then(|id| self.running.iter().find(|q| q.id == id))
         else {
             return;
         };
+        let stage_id = StageId(task.stage_id);
+        let runs_it = query.is_result_stage(stage_id)
+            && query
+                .stages
+                .get(task.stage_id as usize)
+                .and_then(|s| s.tasks.get(task.partition as usize))
+                .is_some_and(|t| {
+                    (t.attempt == task.attempt && t.executor.as_ref() == Some(executor_id))
+                        || t.speculative.as_ref().is_some_and(|s| {
+                            s.attempt == task.attempt && &s.executor == executor_id
+                        })
+                });
+        if !runs_it {
+            warn!(%executor_id, query_id = %query.id, "ignoring a served report for an attempt the executor does not run");
+            return;
+        }
         if let Some(tx) = &query.results_tx {
             let _ = tx.send(ResultEvent::Served {
                 partition: task.partition as usize,
@@ -518,7 +604,9 @@ impl Scheduler {
         };
         for executor_id in &query.executors_used {
             if let Some(executor) = self.executors.get(executor_id) {
-                let _ = executor.tx.send(Ok(release.clone()));
+                // A release that does not fit is not needed: an executor that is not reading
+                // is written off at its next launch, and a new session starts without files.
+                let _ = executor.tx.try_send(Ok(release.clone()));
             }
         }
         self.history.push_back(query);

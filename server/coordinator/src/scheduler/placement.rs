@@ -133,10 +133,15 @@ impl Scheduler {
             .executors
             .get_mut(executor_id)
             .expect("picked from the registry just before");
-        if executor.tx.send(Ok(launch)).is_err() {
-            // The session is gone: the task stays pending, and whatever ran there is re-run.
+        if let Err(error) = executor.tx.try_send(Ok(launch)) {
+            // The session is gone, or not read: the task stays pending, and whatever ran there
+            // is re-run.
+            let reason = match error {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => "it stopped reading its session",
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => "its session has closed",
+            };
             let executor_id = executor_id.clone();
-            self.executor_lost(&executor_id, "its session has closed");
+            self.executor_lost(&executor_id, reason);
             return Ok(());
         }
         executor.running.insert(attempt.clone());
@@ -186,12 +191,13 @@ impl Scheduler {
 
     /// Tells an executor to stop one attempt (the loser of a speculative race).
     pub(super) fn cancel_attempt(&mut self, attempt: &TaskAttempt, executor_id: &ExecutorId) {
-        if let Some(executor) = self.executors.get(executor_id) {
-            let _ = executor.tx.send(Ok(CoordinatorMessage {
+        self.notify(
+            executor_id,
+            CoordinatorMessage {
                 message: Some(coordinator_message::Message::CancelTask(CancelTask {
                     task: Some(TaskId::from_attempt(attempt)),
                 })),
-            }));
-        }
+            },
+        );
     }
 }

@@ -24,11 +24,14 @@ impl Scheduler {
         warn!(%executor_id, reason, "executor lost");
         executor.status = ExecutorStatus::Lost;
         executor.running.clear();
+        executor.lost_at = Some(std::time::Instant::now());
         // Ends the session: an executor that is merely slow (stopped, partitioned) notices,
-        // drops its tasks and registers again as a new incarnation.
-        let _ = executor.tx.send(Err(tonic::Status::unavailable(format!(
+        // drops its tasks and registers again as a new incarnation. The sender is the session's
+        // last: replacing it closes the stream once the error is read.
+        let _ = executor.tx.try_send(Err(tonic::Status::unavailable(format!(
             "the coordinator declared this executor lost: {reason}"
         ))));
+        executor.tx = tokio::sync::mpsc::channel(1).0;
         let cap = self.config.task_max_attempts + MAX_LOSSES_PER_TASK;
         let mut exhausted = vec![];
         for query in &mut self.running {

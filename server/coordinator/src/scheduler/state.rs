@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::output::ResultEvent;
 
-/// The sending half of an executor's session stream.
-pub(crate) type ExecutorTx = mpsc::UnboundedSender<Result<CoordinatorMessage, tonic::Status>>;
+/// The sending half of an executor's session stream, bounded: an executor that lets
+/// [`crate::cluster::EXECUTOR_QUEUE`] messages pile up is written off.
+pub(crate) type ExecutorTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExecutorStatus {
@@ -64,6 +65,8 @@ pub(crate) struct ExecutorState {
     pub(crate) last_heartbeat_wall: SystemTime,
     pub(crate) tasks_succeeded: u64,
     pub(crate) tasks_failed: u64,
+    /// When the executor was declared lost; it is forgotten a while later.
+    pub(crate) lost_at: Option<Instant>,
     /// Tie-breaker so equal executors take turns.
     pub(crate) last_assigned: u64,
 }

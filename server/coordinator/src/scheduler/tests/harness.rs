@@ -60,6 +60,8 @@ pub(super) fn config() -> SchedulerConfig {
         max_running_queries: 0,
         max_queued_queries: 0,
         result_buffer_bytes: 1 << 20,
+        max_executors: 100,
+        lost_executor_retention: Duration::from_secs(60),
     }
 }
 
@@ -67,7 +69,7 @@ pub(super) fn config() -> SchedulerConfig {
 pub(super) struct VirtualExecutor {
     pub(super) id: ExecutorId,
     pub(super) session: u64,
-    pub(super) rx: mpsc::UnboundedReceiver<Result<CoordinatorMessage, tonic::Status>>,
+    pub(super) rx: mpsc::Receiver<Result<CoordinatorMessage, tonic::Status>>,
 }
 
 pub(super) struct SchedulerTest {
@@ -94,10 +96,10 @@ impl SchedulerTest {
         self.scheduler.schedule();
     }
 
-    /// Registers (or re-registers, as a new incarnation) executor `name` with `slots` slots.
+    /// Registers executor `name` with `slots` slots.
     pub(super) fn executor(&mut self, name: &'static str, slots: usize) {
         self.sessions += 1;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::cluster::EXECUTOR_QUEUE);
         let id = ExecutorId(name.to_string());
         let info = ExecutorInfo {
             id: id.clone(),

@@ -13,8 +13,10 @@ use ember_planner::sqlstate::{ErrorKind, SqlState};
 use ember_protocol::proto::{TaskId, TaskStatus, TaskSucceeded, coordinator_message, task_status};
 use ember_protocol::task_errors::TaskFailure;
 
-use super::state::Status;
-use super::{Event, SchedulerConfig, Speculation};
+use tokio::sync::mpsc;
+
+use super::state::{ExecutorStatus, Status};
+use super::{Event, ExecutorInfo, SchedulerConfig, Speculation};
 use crate::error::{Error, TaskErrorKind};
 use crate::output::ResultEvent;
 use harness::{MAP, RESULT, SchedulerTest, config, execution_error, in_stage, two_stage_graph};
@@ -316,20 +318,99 @@ fn stale_attempts_are_fenced() {
     test.succeed(on, &first);
     assert_eq!(test.task_status(&query, MAP, 0), Status::Running);
     assert!(test.launched(on).is_empty() && test.launched(other).is_empty());
-    // The executor registers again (a new incarnation): its old session's reports are stale.
-    let old_session = test.executors[other].session;
-    test.executor(other, 1);
-    let event = Event::TaskStatus {
-        executor_id: ExecutorId(other.into()),
-        session: old_session,
+    // Reports count only from the executor that runs the attempt, on its current session.
+    let report = |executor: &str, session: u64| Event::TaskStatus {
+        executor_id: ExecutorId(executor.into()),
+        session,
         status: TaskStatus {
             task: Some(TaskId::from_attempt(&second)),
             elapsed_us: 1,
             result: Some(task_status::Result::Succeeded(TaskSucceeded::default())),
         },
     };
-    test.event(event);
+    let session = test.executors[other].session;
+    let on_session = test.executors[on].session;
+    test.event(report(on, on_session));
+    test.event(report(other, session + 100));
+    assert_eq!(test.task_status(&query, MAP, 0), Status::Running);
+    // Once its executor is lost, even its own session's late report is stale.
+    test.lose(other);
+    test.event(report(other, session));
     assert_ne!(test.task_status(&query, MAP, 0), Status::Succeeded);
+}
+
+#[test]
+fn a_registration_never_replaces_a_live_executor() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        max_executors: 2,
+        ..config()
+    });
+    test.executor("a", 1);
+    test.executor("b", 1);
+    let query = test.submit(two_stage_graph(2, 1));
+    let launched = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(launched.len(), 2);
+    // The same id again (the cluster service never assigns one twice) is refused, and so is a
+    // third executor beyond coordinator.max_executors; neither disturbs the running tasks.
+    let (tx, mut rx) = mpsc::channel(16);
+    let info = |id: &str| ExecutorInfo {
+        id: ExecutorId(id.into()),
+        host: "10.9.9.9".into(),
+        flight_port: 1,
+        slots: 64,
+        cores: 64,
+        memory: 0,
+        host_key: "rogue".into(),
+        work_dir: "/".into(),
+    };
+    for (id, expected) in [("a", "is taken"), ("c", "maximum of 2 executors")] {
+        test.event(Event::ExecutorRegistered {
+            info: info(id),
+            session: 99,
+            tx: tx.clone(),
+        });
+        let refusal = rx
+            .try_recv()
+            .expect("a refusal")
+            .expect_err("an error status");
+        assert!(
+            refusal.message().contains(expected),
+            "{}",
+            refusal.message()
+        );
+    }
+    assert_eq!(test.scheduler.executors.len(), 2);
+    assert!(
+        test.scheduler
+            .executors
+            .values()
+            .all(|e| e.info.host == "127.0.0.1" && e.status == ExecutorStatus::Alive)
+    );
+    for attempt in &launched {
+        assert_eq!(
+            test.task_status(&query, attempt.stage_id, attempt.partition as usize),
+            Status::Running
+        );
+    }
+}
+
+#[test]
+fn lost_executors_are_forgotten_after_the_retention() {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        lost_executor_retention: Duration::ZERO,
+        ..config()
+    });
+    test.executor("a", 1);
+    test.executor("b", 1);
+    test.lose("a");
+    test.event(Event::Tick);
+    let ids: Vec<&str> = test
+        .scheduler
+        .executors
+        .keys()
+        .map(|id| id.0.as_str())
+        .collect();
+    assert_eq!(ids, ["b"]);
 }
 
 #[test]

@@ -1,0 +1,159 @@
+//! Cluster membership: who may join the cluster and how each side knows the other.
+//!
+//! Every coordinator and executor holds the cluster secret (`auth.cluster_secret`). A session
+//! opens with a challenge–response in both directions, so the secret never crosses the wire
+//! and no answer can be replayed into another session:
+//!
+//! ```text
+//!  coordinator                                          executor
+//!    Challenge { nonce_c }  ─────────────────────────►
+//!                           ◄──────────────────────── RegisterExecutor { offer, nonce_e,
+//!                                                       proof = H(k, nonce_c, offer, nonce_e) }
+//!    Registered { id, proof = H(k, nonce_c, nonce_e, id) } ──►  (checked before any task runs)
+//! ```
+//!
+//! `H` is HMAC-SHA256 under a key derived from the secret for this purpose alone; shuffle
+//! tickets ([`crate::tickets`]) use another key derived from the same secret.
+
+use prost::Message;
+
+use crate::credentials::SigningKey;
+use crate::proto::RegisterExecutor;
+
+/// Bytes of each side's challenge.
+pub const NONCE_LEN: usize = 32;
+
+/// The keys derived from the cluster secret. Their bytes never leave this type.
+#[derive(Clone, Debug)]
+pub struct ClusterKey {
+    membership: SigningKey,
+    tickets: SigningKey,
+}
+
+impl ClusterKey {
+    /// The keys of the cluster whose secret is `secret`.
+    pub fn from_secret(secret: &str) -> Self {
+        Self {
+            membership: SigningKey::derived(secret, "ember cluster membership v1"),
+            tickets: SigningKey::derived(secret, "ember shuffle tickets v1"),
+        }
+    }
+
+    pub(crate) fn tickets(&self) -> &SigningKey {
+        &self.tickets
+    }
+
+    /// The executor's proof for `register` (its `proof` field is ignored) in answer to the
+    /// coordinator's `challenge`.
+    pub fn executor_proof(&self, challenge: &[u8], register: &RegisterExecutor) -> Vec<u8> {
+        let offer = RegisterExecutor {
+            proof: vec![],
+            ..register.clone()
+        }
+        .encode_to_vec();
+        self.membership
+            .tag(&[b"executor", challenge, &offer, &register.nonce])
+    }
+
+    /// Whether `register` answers `challenge` with a valid proof and a fresh nonce of its own.
+    pub fn verify_executor(&self, challenge: &[u8], register: &RegisterExecutor) -> bool {
+        let offer = RegisterExecutor {
+            proof: vec![],
+            ..register.clone()
+        }
+        .encode_to_vec();
+        register.nonce.len() == NONCE_LEN
+            && register.nonce != challenge
+            && self.membership.verify_tag(
+                &[b"executor", challenge, &offer, &register.nonce],
+                &register.proof,
+            )
+    }
+
+    /// The coordinator's proof that it holds the secret too, binding the id it assigned.
+    pub fn coordinator_proof(&self, challenge: &[u8], nonce: &[u8], executor_id: &str) -> Vec<u8> {
+        self.membership
+            .tag(&[b"coordinator", challenge, nonce, executor_id.as_bytes()])
+    }
+
+    /// Whether `proof` is the coordinator's answer to the executor's `nonce`.
+    pub fn verify_coordinator(
+        &self,
+        challenge: &[u8],
+        nonce: &[u8],
+        executor_id: &str,
+        proof: &[u8],
+    ) -> bool {
+        self.membership.verify_tag(
+            &[b"coordinator", challenge, nonce, executor_id.as_bytes()],
+            proof,
+        )
+    }
+}
+
+/// A fresh random challenge.
+pub fn nonce() -> Vec<u8> {
+    crate::credentials::random_id(NONCE_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer() -> RegisterExecutor {
+        RegisterExecutor {
+            host: "10.0.0.7".into(),
+            flight_port: 50060,
+            slots: 4,
+            cores: 4,
+            memory: 1 << 30,
+            host_key: "machine".into(),
+            work_dir: "/var/lib/ember/work".into(),
+            nonce: nonce(),
+            proof: vec![],
+            name: "executor-1".into(),
+        }
+    }
+
+    #[test]
+    fn both_sides_prove_the_secret_and_nothing_else_passes() {
+        let key = ClusterKey::from_secret("s3cret");
+        let challenge = nonce();
+        let mut register = offer();
+        register.proof = key.executor_proof(&challenge, &register);
+        assert!(key.verify_executor(&challenge, &register));
+
+        // Another secret, another challenge (a replay), a changed offer: all refused.
+        let other = ClusterKey::from_secret("guess");
+        assert!(!other.verify_executor(&challenge, &register));
+        assert!(!key.verify_executor(&nonce(), &register));
+        for change in [
+            |r: &mut RegisterExecutor| r.slots = u32::MAX,
+            |r: &mut RegisterExecutor| r.host = "evil.example".into(),
+            |r: &mut RegisterExecutor| r.work_dir = "/etc".into(),
+            |r: &mut RegisterExecutor| r.proof.clear(),
+            |r: &mut RegisterExecutor| r.nonce = vec![0; 3],
+        ] {
+            let mut changed = register.clone();
+            change(&mut changed);
+            assert!(!key.verify_executor(&challenge, &changed));
+        }
+        // Echoing the coordinator's challenge as one's own is refused (a reflection).
+        let mut echo = offer();
+        echo.nonce = challenge.clone();
+        echo.proof = key.executor_proof(&challenge, &echo);
+        assert!(!key.verify_executor(&challenge, &echo));
+
+        let proof = key.coordinator_proof(&challenge, &register.nonce, "exec-1");
+        assert!(key.verify_coordinator(&challenge, &register.nonce, "exec-1", &proof));
+        assert!(!key.verify_coordinator(&challenge, &register.nonce, "exec-2", &proof));
+        assert!(!other.verify_coordinator(
+            &challenge,
+            &register.nonce,
+            "exec-1",
+            &other.coordinator_proof(&nonce(), &register.nonce, "exec-1")
+        ));
+        // An executor's proof is never a coordinator's.
+        assert!(!key.verify_coordinator(&challenge, &register.nonce, "", &register.proof));
+    }
+}
