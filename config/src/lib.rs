@@ -140,14 +140,24 @@ pub struct AuthConfig {
     pub cluster_secret_file: PathBuf,
 }
 
-/// The `[tls]` section: the certificate and key for TLS on the Postgres port.
+/// The `[tls]` section: certificates for the client ports (Postgres, Flight SQL) and for the
+/// cluster's ports (coordinator gRPC, executor Flight).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain for the Postgres port; empty (together with `key_file`) means no TLS.
+    /// PEM certificate chain for the client ports (Postgres and Flight SQL); empty (together with
+    /// `key_file`) means no TLS there.
     pub cert_file: PathBuf,
     /// PEM private key for `cert_file`; set or left empty together with it.
     pub key_file: PathBuf,
+    /// PEM certificate of the CA that signs every cluster member's certificate; members verify
+    /// each other against it. Set together with `cluster_cert_file` and `cluster_key_file`;
+    /// all three empty means plaintext cluster ports.
+    pub cluster_ca_file: PathBuf,
+    /// PEM certificate chain this member presents on the cluster's ports.
+    pub cluster_cert_file: PathBuf,
+    /// PEM private key for `cluster_cert_file`.
+    pub cluster_key_file: PathBuf,
 }
 
 /// The `[cache]` section: memory for the Parquet metadata, file listing and statistics caches.
@@ -193,8 +203,11 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
-    /// Address the coordinator's listeners bind to; `0.0.0.0` accepts remote clients and executors.
+    /// Address the client ports (Postgres, Flight SQL) bind to; `0.0.0.0` accepts remote clients.
     pub bind_host: String,
+    /// Address the cluster port (`port`, where executors register) binds to; loopback by
+    /// default, so exposing the client ports does not expose the cluster.
+    pub cluster_bind_host: String,
     /// gRPC port that executors dial to register, heartbeat and receive tasks (default 50050).
     pub port: u16,
     /// Postgres wire protocol port (default 5433).
@@ -225,6 +238,16 @@ pub struct CoordinatorConfig {
     pub max_executors: usize,
     /// Milliseconds a lost executor stays listed in `system.executors` before it is forgotten.
     pub lost_executor_retention_ms: u64,
+    /// Clients connected at once on each client port (Postgres connections, Flight SQL
+    /// sessions); one more is refused (SQLSTATE 53300).
+    pub max_connections: usize,
+    /// Flight SQL sessions one user may hold at once; one more is refused.
+    pub max_sessions_per_user: usize,
+    /// Milliseconds after which an unused Flight SQL session is closed.
+    pub flight_sql_session_idle_ms: u64,
+    /// Bytes of Arrow data one Flight SQL ingest (DoPut) may send; the coordinator holds them
+    /// until the write.
+    pub max_ingest_bytes: u64,
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.
@@ -511,6 +534,27 @@ impl EmberConfig {
                 "must be at least 16 characters",
             ));
         }
+        let cluster_tls = [
+            &self.tls.cluster_ca_file,
+            &self.tls.cluster_cert_file,
+            &self.tls.cluster_key_file,
+        ];
+        let set = cluster_tls
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .count();
+        if set != 0 && set != 3 {
+            return Err(invalid(
+                "tls.cluster_ca_file",
+                "tls.cluster_ca_file, cluster_cert_file and cluster_key_file are set together",
+            ));
+        }
+        if self.coordinator.max_connections == 0 || self.coordinator.max_sessions_per_user == 0 {
+            return Err(invalid(
+                "coordinator.max_connections",
+                "coordinator.max_connections and coordinator.max_sessions_per_user must be positive",
+            ));
+        }
         if self.coordinator.max_executor_slots == 0 || self.coordinator.max_executors == 0 {
             return Err(invalid(
                 "coordinator.max_executor_slots",
@@ -667,5 +711,47 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("pg_port"), "{err}");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Config files of random text, and the bundled defaults with a piece cut out or
+            /// replaced, load or fail with an error; they never panic.
+            #[test]
+            fn damaged_config_files_are_refused_or_loaded(
+                text in ".{0,400}",
+                at in any::<prop::sample::Index>(),
+                len in 0usize..64,
+                insert in ".{0,16}",
+            ) {
+                let _ = ConfigBuilder::new().toml(&text, "fuzz").and_then(ConfigBuilder::build);
+                let chars: Vec<char> = DEFAULT_CONFIG.chars().collect();
+                let start = at.index(chars.len());
+                let end = (start + len).min(chars.len());
+                let damaged: String = chars[..start]
+                    .iter()
+                    .chain(insert.chars().collect::<Vec<_>>().iter())
+                    .chain(chars[end..].iter())
+                    .collect();
+                let _ = ConfigBuilder::new().toml(&damaged, "fuzz").and_then(ConfigBuilder::build);
+                // A value of any kind for a key of any section is checked by its type.
+                for key in ["coordinator.port", "executor.memory", "storage.allowed_paths"] {
+                    let _ = ConfigBuilder::new().set_str(key, &insert, "fuzz");
+                }
+            }
+        }
     }
 }

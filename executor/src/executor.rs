@@ -30,7 +30,7 @@ use crate::task_runner::{TaskRunner, cancelled};
 use crate::{Error, Result};
 use ember_protocol::FlightShuffleFetcher;
 use ember_protocol::credentials::SigningKey;
-use ember_protocol::membership::{self, ClusterKey};
+use ember_protocol::membership::{self, ClusterCredentials};
 use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
 use ember_protocol::proto::{
     CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor, TaskId,
@@ -57,9 +57,9 @@ pub struct ExecutorOptions {
     pub heartbeat_interval: Duration,
     /// The largest gRPC message sent or received (task fragments, shuffle batches).
     pub max_message_size: usize,
-    /// Proves this executor a member of the cluster, checks the coordinator's answer, and signs
-    /// and checks shuffle tickets.
-    pub cluster_key: ClusterKey,
+    /// Proves this executor a member of the cluster, checks the coordinator's answer, signs and
+    /// checks shuffle tickets; and TLS for the cluster's ports.
+    pub cluster: ClusterCredentials,
     /// Where the files fragments scan or write may lie (the `storage.*` settings); the work
     /// dir is added to its internal directories.
     pub allowed_paths: AllowedPaths,
@@ -80,12 +80,12 @@ impl ExecutorOptions {
         config: &ember_config::EmberConfig,
         coordinator: String,
         work_dir: PathBuf,
-        cluster_key: ClusterKey,
+        cluster: ClusterCredentials,
     ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             coordinator,
-            cluster_key,
+            cluster,
             advertise_host: config.executor.bind_host.clone(),
             work_dir,
             slots: match config.executor.slots {
@@ -218,11 +218,12 @@ impl Executor {
             host_key: host_key.clone(),
             fetcher: Arc::new(FlightShuffleFetcher::new(
                 options.max_message_size,
-                options.cluster_key.clone(),
+                &options.cluster,
                 name.clone(),
             )),
             live: Arc::clone(&live),
             disk: Arc::new(DiskBudget::new(options.max_disk_bytes)),
+            peers: Arc::default(),
             sort_spill_reservation: (options.memory > 0).then(|| {
                 let per_slot = options.memory as usize / options.slots.max(1);
                 (per_slot / 8).min(10 << 20)
@@ -236,22 +237,24 @@ impl Executor {
         let flight = FlightServiceServer::new(ShuffleFlightService::new(
             options.work_dir.clone(),
             Arc::clone(&live),
-            options.cluster_key.clone(),
+            options.cluster.key.clone(),
             options.client_key.clone(),
             served_tx,
         ))
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);
-        let flight_server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(flight)
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(flight_listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = flight_stop_rx.await;
-                    },
-                ),
-        );
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &options.cluster.tls {
+            server = server
+                .tls_config(tls.server())
+                .map_err(|e| Error::Protocol(format!("cluster TLS: {e}")))?;
+        }
+        let flight_server = tokio::spawn(server.add_service(flight).serve_with_incoming_shutdown(
+            TcpIncoming::from(flight_listener).with_nodelay(Some(true)),
+            async {
+                let _ = flight_stop_rx.await;
+            },
+        ));
         info!(executor = %name, flight_port, slots = options.slots, "executor started");
 
         let session = Session {
@@ -308,12 +311,16 @@ struct Session {
 
 impl Session {
     async fn serve(&self) -> Result<()> {
-        let endpoint = format!("http://{}", self.options.coordinator);
-        let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        let scheme = ember_protocol::tls::scheme(self.options.cluster.tls.as_ref());
+        let endpoint = format!("{scheme}://{}", self.options.coordinator);
+        let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint)
             .map_err(|e| Error::Protocol(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.options.cluster.tls {
+            // The coordinator must present a certificate of the cluster's CA.
+            endpoint = endpoint.tls_config(tls.client())?;
+        }
+        let channel = endpoint.connect().await?;
         let mut client = ClusterServiceClient::new(channel)
             .max_decoding_message_size(self.options.max_message_size)
             .max_encoding_message_size(self.options.max_message_size);
@@ -410,7 +417,8 @@ impl Session {
         };
         register.proof = self
             .options
-            .cluster_key
+            .cluster
+            .key
             .executor_proof(&challenge, &register);
         let nonce = register.nonce.clone();
         tx.send(message(executor_message::Message::Register(register)))
@@ -424,7 +432,7 @@ impl Session {
             Err(status) => return Err(Error::Refused(status.message().to_string())),
         };
         if registered.executor_id.is_empty()
-            || !self.options.cluster_key.verify_coordinator(
+            || !self.options.cluster.key.verify_coordinator(
                 &challenge,
                 &nonce,
                 &registered.executor_id,

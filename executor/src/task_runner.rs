@@ -14,7 +14,7 @@ use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
-use ember_planner::shuffle::{DiskBudget, LiveBlocks, ShuffleEnv, ShuffleFetcher};
+use ember_planner::shuffle::{DiskBudget, LiveBlocks, PeerWorkDirs, ShuffleEnv, ShuffleFetcher};
 use futures::TryStreamExt;
 
 use ember_protocol::proto::{
@@ -32,6 +32,8 @@ pub(crate) struct TaskRunner {
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
     pub(crate) live: Arc<LiveBlocks>,
     pub(crate) disk: Arc<DiskBudget>,
+    /// Peers on this machine whose work dirs named them.
+    pub(crate) peers: Arc<PeerWorkDirs>,
     /// Memory a sort sets aside for merging its spills, when the query does not say: scaled to
     /// the slot's share of a limited pool (DataFusion's 10 MiB default alone can exceed it).
     pub(crate) sort_spill_reservation: Option<usize>,
@@ -91,6 +93,7 @@ impl TaskRunner {
             fetcher: Arc::clone(&self.fetcher),
             live: Arc::clone(&self.live),
             disk: Arc::clone(&self.disk),
+            peers: Arc::clone(&self.peers),
         }));
         let ctx = Arc::new(
             TaskContext::from(&self.base)

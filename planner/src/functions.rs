@@ -13,11 +13,164 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-/// Registers Ember's functions with a session or an executor's base state.
+/// Registers Ember's functions with a session or an executor's base state, and bounds the
+/// built-in functions whose output size an argument chooses (`repeat`, `lpad`, `rpad`).
 pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(CheckLength::new())))?;
     registry.register_udf(Arc::new(ScalarUDF::from(CheckNotNull::new())))?;
+    for (name, rule) in [
+        ("repeat", OutputRule::Repeat),
+        ("lpad", OutputRule::Pad),
+        ("rpad", OutputRule::Pad),
+    ] {
+        if let Ok(inner) = registry.udf(name) {
+            registry.register_udf(Arc::new(ScalarUDF::from(BoundedOutput { inner, rule })))?;
+        }
+    }
     Ok(())
+}
+
+/// The largest string `repeat`, `lpad` or `rpad` may produce per value, in bytes: a count
+/// written in a query must not size an allocation unchecked (PostgreSQL stops at 1 GB with
+/// "requested length too large").
+pub const MAX_GENERATED_BYTES: u64 = 64 << 20;
+
+/// How a function's arguments size its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum OutputRule {
+    /// `repeat(s, n)`: bytes of `s` times `n`.
+    Repeat,
+    /// `lpad(s, n [, fill])`, `rpad`: `n` characters, up to 4 bytes each.
+    Pad,
+}
+
+/// A built-in function whose output size is checked against [`MAX_GENERATED_BYTES`] before it
+/// runs; otherwise the function itself.
+#[derive(Debug)]
+struct BoundedOutput {
+    inner: Arc<ScalarUDF>,
+    rule: OutputRule,
+}
+
+impl PartialEq for BoundedOutput {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.name() == other.inner.name() && self.rule == other.rule
+    }
+}
+
+impl Eq for BoundedOutput {}
+
+impl std::hash::Hash for BoundedOutput {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.name().hash(state);
+        self.rule.hash(state);
+    }
+}
+
+impl BoundedOutput {
+    /// The largest output of any row, in bytes (an upper bound for padding).
+    fn largest_output(&self, args: &[ColumnarValue], rows: usize) -> u64 {
+        let count = |row: usize| -> u64 {
+            let value = match args.get(1) {
+                Some(ColumnarValue::Scalar(scalar)) => scalar.clone(),
+                Some(ColumnarValue::Array(array)) if row < array.len() => {
+                    ScalarValue::try_from_array(array, row).unwrap_or(ScalarValue::Null)
+                }
+                _ => ScalarValue::Null,
+            };
+            match value {
+                ScalarValue::Int64(Some(n)) => u64::try_from(n).unwrap_or(0),
+                ScalarValue::Int32(Some(n)) => u64::try_from(n).unwrap_or(0),
+                ScalarValue::UInt64(Some(n)) => n,
+                _ => 0,
+            }
+        };
+        let string_bytes = |row: usize| -> u64 {
+            match args.first() {
+                Some(ColumnarValue::Scalar(scalar)) => {
+                    scalar.try_as_str().flatten().map_or(0, |s| s.len() as u64)
+                }
+                Some(ColumnarValue::Array(array)) => strings(array)
+                    .nth(row)
+                    .flatten()
+                    .map_or(0, |s| s.len() as u64),
+                None => 0,
+            }
+        };
+        let counts_vary = matches!(args.get(1), Some(ColumnarValue::Array(_)));
+        let strings_vary = matches!(args.first(), Some(ColumnarValue::Array(_)));
+        let rows = if counts_vary || strings_vary { rows } else { 1 };
+        match self.rule {
+            OutputRule::Pad => (0..rows)
+                .map(|row| count(row).saturating_mul(4))
+                .max()
+                .unwrap_or(0),
+            OutputRule::Repeat if !counts_vary => {
+                let longest = match args.first() {
+                    Some(ColumnarValue::Array(array)) => strings(array)
+                        .map(|s| s.map_or(0, |s| s.len() as u64))
+                        .max()
+                        .unwrap_or(0),
+                    _ => string_bytes(0),
+                };
+                longest.saturating_mul(count(0))
+            }
+            OutputRule::Repeat => (0..rows)
+                .map(|row| string_bytes(row).saturating_mul(count(row)))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl ScalarUDFImpl for BoundedOutput {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let largest = self.largest_output(&args.args, args.number_rows);
+        if largest > MAX_GENERATED_BYTES {
+            let what = match self.rule {
+                OutputRule::Repeat => format!("the result of {}() ({largest} bytes)", self.name()),
+                OutputRule::Pad => format!(
+                    "the result of {}() (up to {largest} bytes for {} characters)",
+                    self.name(),
+                    largest / 4
+                ),
+            };
+            return Err(crate::Error::LimitExceeded {
+                what,
+                limit: MAX_GENERATED_BYTES,
+            }
+            .into_datafusion());
+        }
+        self.inner.invoke_with_args(args)
+    }
 }
 
 /// `ember_check_length(value, max, type_name)`: the value itself, or an error naming the type
@@ -239,5 +392,59 @@ mod tests {
     fn character_allows_trailing_spaces() {
         check(vec![Some("ab     ")], 2, "character(2)").expect("spaces are trimmed");
         check(vec![Some("ab     ")], 2, "character varying(2)").expect_err("not for varchar");
+    }
+
+    fn bounded(name: &str) -> ScalarUDF {
+        let mut state = datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .build();
+        register(&mut state).expect("register");
+        state.scalar_functions()[name].as_ref().clone()
+    }
+
+    fn call(udf: &ScalarUDF, args: Vec<ColumnarValue>, rows: usize) -> Result<ColumnarValue> {
+        let arg_fields = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Arc::new(Field::new(format!("a{i}"), a.data_type(), true)))
+            .collect();
+        udf.invoke_with_args(ScalarFunctionArgs {
+            args,
+            arg_fields,
+            number_rows: rows,
+            return_field: Arc::new(Field::new("r", DataType::Utf8, true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        })
+    }
+
+    #[test]
+    fn generated_strings_are_bounded_before_they_are_allocated() {
+        let repeat = bounded("repeat");
+        let text = |s: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())));
+        let int = |n: i64| ColumnarValue::Scalar(ScalarValue::Int64(Some(n)));
+        let ColumnarValue::Scalar(small) = call(&repeat, vec![text("ab"), int(3)], 1).unwrap()
+        else {
+            panic!("a scalar")
+        };
+        assert_eq!(small.try_as_str().flatten(), Some("ababab"));
+        for (udf, args) in [
+            ("repeat", vec![text("x"), int(100_000_000_000)]),
+            ("repeat", vec![text("xy"), int(i64::MAX)]),
+            ("lpad", vec![text("x"), int(2_147_483_647)]),
+            ("rpad", vec![text("x"), int(100_000_000), text("ab")]),
+        ] {
+            let error = call(&bounded(udf), args, 1).expect_err(udf).to_string();
+            assert!(error.contains("is limited to 67108864"), "{udf}: {error}");
+        }
+        // Per row: a long string repeated once and a short one repeated often both fit.
+        let strings: ArrayRef = Arc::new(StringArray::from(vec!["x".repeat(1000), "y".into()]));
+        let counts: ArrayRef = Arc::new(datafusion::arrow::array::Int64Array::from(vec![1, 1000]));
+        call(
+            &repeat,
+            vec![ColumnarValue::Array(strings), ColumnarValue::Array(counts)],
+            2,
+        )
+        .expect("each row fits");
+        call(&bounded("lpad"), vec![text("x"), int(1000)], 1).expect("fits");
     }
 }

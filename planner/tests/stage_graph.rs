@@ -284,3 +284,75 @@ async fn task_fragments_round_trip_and_carry_only_their_files() {
     );
     let _ = dir;
 }
+
+/// Task plan decoding on hostile bytes: random bytes, and real fragments with a byte flipped or
+/// cut short, decode to a plan or an error; they never panic.
+#[tokio::test]
+async fn damaged_fragments_are_refused_without_panicking() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let (ctx, _) = context(2).await;
+    let graph = graph(&ctx, tpch::QUERIES[2]).await;
+    let locations: HashMap<StageId, Vec<MapOutputLocation>> = graph
+        .stages
+        .iter()
+        .map(|stage| {
+            let outputs = (0..stage.num_tasks() as u32)
+                .map(|m| MapOutputLocation {
+                    map_partition: m,
+                    attempt: 0,
+                    executor_id: ExecutorId("e".into()),
+                    flight_address: "127.0.0.1:1".into(),
+                    host_key: String::new(),
+                    work_dir: PathBuf::new(),
+                })
+                .collect();
+            (stage.id, outputs)
+        })
+        .collect();
+    let fragments: Vec<Vec<u8>> = graph
+        .stages
+        .iter()
+        .map(|stage| {
+            let fragment = task_fragment(stage, 0, &locations).expect("fragment");
+            encode_plan(fragment).expect("encode")
+        })
+        .collect();
+    let task_ctx = ctx.task_ctx();
+    let decodes_or_refuses = |bytes: &[u8]| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = decode_plan(bytes, &task_ctx);
+        }));
+        prop_assert!(outcome.is_ok(), "decoding {} bytes panicked", bytes.len());
+        Ok(())
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&prop::collection::vec(any::<u8>(), 0..2048), |bytes| {
+            decodes_or_refuses(&bytes)
+        })
+        .expect("random bytes");
+    let damage = (
+        0..fragments.len(),
+        any::<prop::sample::Index>(),
+        0u8..8,
+        any::<bool>(),
+    );
+    runner
+        .run(&damage, |(which, at, bit, cut)| {
+            let mut bytes = fragments[which].clone();
+            let at = at.index(bytes.len());
+            if cut {
+                bytes.truncate(at);
+            } else {
+                bytes[at] ^= 1 << bit;
+            }
+            decodes_or_refuses(&bytes)
+        })
+        .expect("damaged fragments");
+}

@@ -72,9 +72,12 @@ pub struct CoordinatorArgs {
     /// Arrow Flight SQL port (0: any free port).
     #[arg(long)]
     pub flight_sql_port: Option<String>,
-    /// Address to bind the listeners to.
+    /// Address to bind the client ports (Postgres, Flight SQL) to.
     #[arg(long)]
     pub bind: Option<String>,
+    /// Address to bind the cluster port (where executors register) to; default 127.0.0.1.
+    #[arg(long)]
+    pub cluster_bind: Option<String>,
     /// Generate TPC-H at this scale factor and register it as schema `tpch`.
     #[arg(long)]
     pub tpch: Option<String>,
@@ -140,6 +143,7 @@ fn coordinator_flags(args: &CoordinatorArgs) -> Vec<(&'static str, Option<&Strin
         ("coordinator.port", args.port.as_ref()),
         ("coordinator.flight_sql_port", args.flight_sql_port.as_ref()),
         ("coordinator.bind_host", args.bind.as_ref()),
+        ("coordinator.cluster_bind_host", args.cluster_bind.as_ref()),
         ("tpch.scale", args.tpch.as_ref()),
     ]
 }
@@ -174,9 +178,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(cli.config.as_ref(), &coordinator_flags(&args))?;
             let listeners = CoordinatorListeners::bind(&config).await?;
             let (key, shared) = signing_key(&config);
-            let cluster_key = crate::secrets::coordinator_key(&config)?;
+            let cluster = crate::secrets::coordinator_credentials(&config)?;
             let coordinator =
-                CoordinatorRole::new(&config, listeners, key, shared, cluster_key).await?;
+                CoordinatorRole::new(&config, listeners, key, shared, cluster).await?;
             coordinator.run(shutdown_signal()).await?;
         }
         Command::Executor(args) => {
@@ -204,13 +208,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 config.executor.work_dir.clone()
             };
-            let cluster_key = crate::secrets::executor_key(&config).await?;
-            let options = ExecutorOptions::from_config(
-                &config,
-                args.coordinator.clone(),
-                work_dir,
-                cluster_key,
-            )?;
+            let cluster = crate::secrets::executor_credentials(&config).await?;
+            let options =
+                ExecutorOptions::from_config(&config, args.coordinator.clone(), work_dir, cluster)?;
             let executor = Executor::new(options, listener);
             info!(executor = %executor.name(), coordinator = %args.coordinator, "starting executor");
             executor.run(shutdown_signal()).await?;

@@ -12,8 +12,7 @@ use tracing::info;
 
 use crate::Result;
 use crate::roles::{CoordinatorListeners, CoordinatorRole, signing_key};
-use crate::secrets::random_secret;
-use ember_protocol::membership::ClusterKey;
+use crate::secrets::local_credentials;
 
 /// A running local cluster: the coordinator and its executors, stopped together.
 pub struct LocalCluster {
@@ -36,19 +35,11 @@ impl LocalCluster {
         let flight_sql_addr = listeners.flight_sql.local_addr()?;
         // The executors run in this process: they share the key whether configured or random.
         let (key, _) = signing_key(config);
-        // A new cluster secret at every start unless one is configured: only these executors
-        // can join.
-        let cluster_key = match config.cluster_secret().map_err(|e| {
-            crate::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                e.to_string(),
-            ))
-        })? {
-            Some(secret) => ClusterKey::from_secret(&secret),
-            None => ClusterKey::from_secret(&random_secret()),
-        };
+        // A new cluster secret and an ephemeral CA at every start unless configured: only these
+        // executors can join, over TLS.
+        let cluster = local_credentials(config)?;
         let coordinator =
-            CoordinatorRole::new(config, listeners, key.clone(), true, cluster_key.clone()).await?;
+            CoordinatorRole::new(config, listeners, key.clone(), true, cluster.clone()).await?;
         let mut executors = vec![];
         for i in 0..config.local.executors {
             let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
@@ -65,7 +56,7 @@ impl LocalCluster {
                 config,
                 format!("127.0.0.1:{}", grpc_addr.port()),
                 work_dir,
-                cluster_key.clone(),
+                cluster.clone(),
             )?;
             if config.executor.slots == 0 {
                 // The executors share this machine: together they get one slot per core, as

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use ember_config::EmberConfig;
 use ember_coordinator::{Coordinator, QueryEngine, stopped};
-use ember_flight_sql::FlightSqlServer;
+use ember_flight_sql::{ExecutorEndpoints, FlightSqlServer};
 use ember_pgwire::PgServer;
 use ember_protocol::credentials::SigningKey;
-use ember_protocol::membership::ClusterKey;
+use ember_protocol::membership::ClusterCredentials;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -36,11 +36,13 @@ pub struct CoordinatorListeners {
 }
 
 impl CoordinatorListeners {
-    /// Binds the configured ports (0: any free port) on `coordinator.bind_host`.
+    /// Binds the configured ports (0: any free port): the client ports on
+    /// `coordinator.bind_host`, the cluster port on `coordinator.cluster_bind_host`.
     pub async fn bind(config: &EmberConfig) -> Result<Self> {
         let host = config.coordinator.bind_host.as_str();
+        let cluster_host = config.coordinator.cluster_bind_host.as_str();
         Ok(Self {
-            grpc: TcpListener::bind((host, config.coordinator.port)).await?,
+            grpc: TcpListener::bind((cluster_host, config.coordinator.port)).await?,
             pg: TcpListener::bind((host, config.coordinator.pg_port)).await?,
             flight_sql: TcpListener::bind((host, config.coordinator.flight_sql_port)).await?,
         })
@@ -57,20 +59,33 @@ pub struct CoordinatorRole {
 impl CoordinatorRole {
     /// Builds the coordinator and its frontends. `key` signs Flight SQL tokens and tickets;
     /// `shared_key` says whether every executor knows it (else results are relayed).
-    /// Executors join by proving the secret behind `cluster_key`.
+    /// Executors join by proving the secret behind `cluster`'s key.
     pub async fn new(
         config: &EmberConfig,
         listeners: CoordinatorListeners,
         key: SigningKey,
         shared_key: bool,
-        cluster_key: ClusterKey,
+        cluster: ClusterCredentials,
     ) -> Result<Self> {
-        let coordinator = Coordinator::new(config, cluster_key, listeners.grpc).await?;
+        let executors = match &cluster.tls {
+            None => ExecutorEndpoints::Plain,
+            Some(_) if !config.tls.cluster_ca_file.as_os_str().is_empty() => ExecutorEndpoints::Tls,
+            // `ember local`'s ephemeral CA: no client can verify it.
+            Some(_) => ExecutorEndpoints::Hidden,
+        };
+        let coordinator = Coordinator::new(config, cluster, listeners.grpc).await?;
         let engine = coordinator.engine();
-        let pg =
-            PgServer::new(Arc::clone(&engine), &config.auth, &config.tls, listeners.pg).await?;
-        let flight_sql =
-            FlightSqlServer::new(engine, config, key, shared_key, listeners.flight_sql)?;
+        let pg = PgServer::new(Arc::clone(&engine), &config.auth, &config.tls, listeners.pg)
+            .await?
+            .with_max_connections(config.coordinator.max_connections);
+        let flight_sql = FlightSqlServer::new(
+            engine,
+            config,
+            key,
+            shared_key,
+            executors,
+            listeners.flight_sql,
+        )?;
         Ok(Self {
             coordinator,
             pg,

@@ -380,4 +380,37 @@ mod tests {
         let bytes = schema_to_bytes(&schema).unwrap();
         assert_eq!(schema_from_bytes(&bytes).unwrap(), schema);
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 512,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Flight SQL tokens, tickets and ticket envelopes from random bytes are refused
+            /// (or, for envelopes, not recognised) without panicking.
+            #[test]
+            fn random_credentials_are_refused(
+                bytes in prop::collection::vec(any::<u8>(), 0..512),
+                text in ".{0,256}",
+            ) {
+                let key = SigningKey::from_secret("fuzzing");
+                let ticket = [TICKET_MAGIC.as_slice(), &bytes].concat();
+                prop_assert!(key.open_ticket(&ticket).is_err());
+                prop_assert!(key.open_ticket(&bytes).is_err());
+                prop_assert!(key.verify_token(&text).is_err());
+                prop_assert!(key.verify_token(&URL_SAFE_NO_PAD.encode(&ticket)).is_err());
+                let _ = client_ticket_handle(&Ticket::new(bytes));
+            }
+        }
+    }
 }

@@ -17,8 +17,9 @@ use ember_planner::shuffle::{MapOutputLocation, ShuffleBlock, ShuffleError, Shuf
 use futures::TryStreamExt;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::membership::ClusterKey;
+use crate::membership::{ClusterCredentials, ClusterKey};
 use crate::tickets::encode_ticket;
+use crate::tls::ClusterTls;
 
 /// A Flight client per peer, connected lazily and reused.
 #[derive(Debug)]
@@ -28,18 +29,25 @@ pub struct FlightShuffleFetcher {
     key: ClusterKey,
     /// Who reads, as the tickets name it.
     reader: String,
+    /// TLS towards the executors, when the cluster uses it.
+    tls: Option<ClusterTls>,
     // A std Mutex: held only to look up or insert a channel, never across an await.
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl FlightShuffleFetcher {
     /// A fetcher whose gRPC messages may be up to `max_message_size` bytes, signing its tickets
-    /// with `key` as `reader`.
-    pub fn new(max_message_size: usize, key: ClusterKey, reader: impl Into<String>) -> Self {
+    /// with the cluster's key as `reader` and dialling with the cluster's TLS.
+    pub fn new(
+        max_message_size: usize,
+        cluster: &ClusterCredentials,
+        reader: impl Into<String>,
+    ) -> Self {
         Self {
             max_message_size,
-            key,
+            key: cluster.key.clone(),
             reader: reader.into(),
+            tls: cluster.tls.clone(),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -49,10 +57,16 @@ impl FlightShuffleFetcher {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{address}"))
+                let scheme = crate::tls::scheme(self.tls.as_ref());
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
                     .map_err(|e| e.to_string())?
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                    .tcp_nodelay(true);
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint
+                        .tls_config(tls.client())
+                        .map_err(|e| e.to_string())?;
+                }
+                let channel = endpoint.connect_lazy();
                 channels.insert(address.to_string(), channel.clone());
                 channel
             }

@@ -14,6 +14,7 @@
 //! - [`proto`]: the gRPC service and its messages (`proto/cluster.proto`);
 //! - [`membership`]: the challenge–response by which executors join and the coordinator answers;
 //! - [`tickets`]: the signed Flight ticket naming one shuffle block;
+//! - [`tls`]: TLS between members, against the cluster's CA;
 //! - [`fetcher`]: the Flight client that reads shuffle blocks and live result partitions;
 //! - [`task_errors`]: task failures as they cross the wire, typed;
 //! - [`credentials`] and [`flight_data`]: what a Flight SQL client presents to an executor and
@@ -26,5 +27,6 @@ pub mod membership;
 pub mod proto;
 pub mod task_errors;
 pub mod tickets;
+pub mod tls;
 
 pub use fetcher::FlightShuffleFetcher;

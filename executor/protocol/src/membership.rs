@@ -91,6 +91,16 @@ impl ClusterKey {
     }
 }
 
+/// What a member needs to take part in the cluster: the keys derived from the secret, and TLS
+/// for the cluster's ports when it is configured.
+#[derive(Clone, Debug)]
+pub struct ClusterCredentials {
+    /// Proves membership and signs shuffle tickets.
+    pub key: ClusterKey,
+    /// TLS between members; `None`: plaintext (cluster ports on a trusted network only).
+    pub tls: Option<crate::tls::ClusterTls>,
+}
+
 /// A fresh random challenge.
 pub fn nonce() -> Vec<u8> {
     crate::credentials::random_id(NONCE_LEN)
@@ -155,5 +165,52 @@ mod tests {
         ));
         // An executor's proof is never a coordinator's.
         assert!(!key.verify_coordinator(&challenge, &register.nonce, "", &register.proof));
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 512,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Registrations with arbitrary fields and proofs never pass without the secret,
+            /// and the coordinator's proof is never forged by random bytes either.
+            #[test]
+            fn random_registrations_never_prove_the_secret(
+                host in ".{0,64}",
+                flight_port in any::<u32>(),
+                slots in any::<u32>(),
+                memory in any::<u64>(),
+                work_dir in ".{0,64}",
+                nonce in prop::collection::vec(any::<u8>(), 0..64),
+                proof in prop::collection::vec(any::<u8>(), 0..64),
+                challenge in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let key = ClusterKey::from_secret("fuzzing-cluster-secret");
+                let register = RegisterExecutor {
+                    host,
+                    flight_port,
+                    slots,
+                    cores: 1,
+                    memory,
+                    host_key: String::new(),
+                    work_dir,
+                    nonce: nonce.clone(),
+                    proof: proof.clone(),
+                    name: String::new(),
+                };
+                prop_assert!(!key.verify_executor(&challenge, &register));
+                prop_assert!(!key.verify_coordinator(&challenge, &nonce, "exec-1", &proof));
+            }
+        }
     }
 }

@@ -161,4 +161,50 @@ mod tests {
             .seal(SHUFFLE_MAGIC, &bad_query.encode_to_vec());
         assert_eq!(code(&Ticket::new(sealed)), tonic::Code::InvalidArgument);
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 512,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// No random bytes pass as a ticket, with or without the magic in front.
+            #[test]
+            fn random_bytes_are_never_a_ticket(
+                bytes in prop::collection::vec(any::<u8>(), 0..512),
+                magic in any::<bool>(),
+            ) {
+                let key = ClusterKey::from_secret("fuzzing-cluster-secret");
+                let bytes = if magic { [SHUFFLE_MAGIC.as_slice(), &bytes].concat() } else { bytes };
+                prop_assert!(decode_ticket(&key, &Ticket::new(bytes)).is_err());
+            }
+
+            /// A real ticket with one bit flipped, or cut short, is refused.
+            #[test]
+            fn damaged_tickets_are_refused(
+                at in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+                cut in any::<bool>(),
+            ) {
+                let key = ClusterKey::from_secret("fuzzing-cluster-secret");
+                let mut bytes = encode_ticket(&key, &block(), false, "reader").ticket.to_vec();
+                let at = at.index(bytes.len());
+                if cut {
+                    bytes.truncate(at);
+                } else {
+                    bytes[at] ^= 1 << bit;
+                }
+                prop_assert!(decode_ticket(&key, &Ticket::new(bytes)).is_err());
+            }
+        }
+    }
 }

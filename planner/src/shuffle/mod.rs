@@ -86,12 +86,30 @@ impl ShuffleBlock {
 /// the block's location does.
 pub const WORK_DIR_MARKER: &str = "executor.id";
 
-/// Whether `work_dir` is the work dir of `executor_id` on this machine: an absolute path whose
-/// marker file names it.
-pub fn is_work_dir_of(work_dir: &Path, executor_id: &ExecutorId) -> bool {
-    work_dir.is_absolute()
-        && std::fs::read(work_dir.join(WORK_DIR_MARKER))
-            .is_ok_and(|named| named == executor_id.0.as_bytes())
+/// The work dirs of executors on this machine whose marker file named them, checked once each:
+/// an executor that registers again gets a new id, so a confirmed pair stays true.
+#[derive(Debug, Default)]
+pub struct PeerWorkDirs {
+    confirmed: std::sync::Mutex<std::collections::HashSet<(PathBuf, ExecutorId)>>,
+}
+
+impl PeerWorkDirs {
+    /// Whether `work_dir` is the work dir of `executor_id` on this machine: an absolute path
+    /// whose marker file names it.
+    pub fn is_work_dir_of(&self, work_dir: &Path, executor_id: &ExecutorId) -> bool {
+        let key = (work_dir.to_path_buf(), executor_id.clone());
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        if confirmed.contains(&key) {
+            return true;
+        }
+        let named = work_dir.is_absolute()
+            && std::fs::read(work_dir.join(WORK_DIR_MARKER))
+                .is_ok_and(|named| named == executor_id.0.as_bytes());
+        if named {
+            confirmed.insert(key);
+        }
+        named
+    }
 }
 
 /// The directory of all shuffle files of a query on one executor.
@@ -185,6 +203,8 @@ pub struct ShuffleEnv {
     pub live: Arc<LiveBlocks>,
     /// The bytes of shuffle files this executor may keep.
     pub disk: Arc<DiskBudget>,
+    /// Peers on this machine whose committed files may be read from their work dirs.
+    pub peers: Arc<PeerWorkDirs>,
 }
 
 /// Bounds the bytes of shuffle files an executor keeps on disk (`executor.max_disk_bytes`).
@@ -290,4 +310,27 @@ pub fn read_local_block(path: &Path) -> Result<SendableRecordBatchStream> {
         }
     });
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rx)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_read_from_disk_only_where_their_marker_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let work_dir = std::fs::canonicalize(dir.path()).unwrap();
+        let peers = PeerWorkDirs::default();
+        let id = ExecutorId("exec-1".into());
+        assert!(!peers.is_work_dir_of(&work_dir, &id), "no marker yet");
+        std::fs::write(work_dir.join(WORK_DIR_MARKER), "exec-2").unwrap();
+        assert!(
+            !peers.is_work_dir_of(&work_dir, &id),
+            "another executor's dir"
+        );
+        assert!(!peers.is_work_dir_of(Path::new("relative/dir"), &id));
+        std::fs::write(work_dir.join(WORK_DIR_MARKER), "exec-1").unwrap();
+        assert!(peers.is_work_dir_of(&work_dir, &id));
+        assert!(!peers.is_work_dir_of(Path::new("/etc"), &id));
+    }
 }

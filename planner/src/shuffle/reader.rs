@@ -13,9 +13,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{
-    MapOutputLocation, ShuffleBlock, ShuffleEnv, ShuffleError, is_work_dir_of, read_local_block,
-};
+use super::{MapOutputLocation, ShuffleBlock, ShuffleEnv, ShuffleError, read_local_block};
 use crate::ids::{QueryId, StageId};
 
 /// Which map outputs one reader partition consumes.
@@ -283,7 +281,9 @@ async fn open_block(
     }
     if !location.host_key.is_empty()
         && location.host_key == env.host_key
-        && is_work_dir_of(&location.work_dir, &location.executor_id)
+        && env
+            .peers
+            .is_work_dir_of(&location.work_dir, &location.executor_id)
     {
         // Another executor on this machine, whose work dir names it: its committed file is
         // readable here. If it is not (a different mount namespace, say), Flight still is.

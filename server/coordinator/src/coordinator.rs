@@ -15,7 +15,7 @@ use ember_planner::paths::AllowedPaths;
 use ember_planner::session::{DEFAULT_CATALOG, distributed_config};
 use ember_planner::storage::{EmberObjectStores, S3Options};
 use ember_protocol::FlightShuffleFetcher;
-use ember_protocol::membership::ClusterKey;
+use ember_protocol::membership::ClusterCredentials;
 use ember_protocol::proto::cluster_service_server::ClusterServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,17 +36,18 @@ pub struct Coordinator {
     handle: SchedulerHandle,
     grpc_listener: TcpListener,
     max_message_size: usize,
-    cluster_key: ClusterKey,
+    cluster: ClusterCredentials,
     limits: ExecutorLimits,
 }
 
 impl Coordinator {
     /// Builds the catalog (generating TPC-H sample data if configured), the engine and the
-    /// scheduler. Executors join by proving the secret behind `cluster_key`. The executors'
-    /// listener is bound by the caller so tests can use ephemeral ports.
+    /// scheduler. Executors join by proving the secret behind `cluster`'s key, over its TLS
+    /// when set. The executors' listener is bound by the caller so tests can use ephemeral
+    /// ports.
     pub async fn new(
         config: &EmberConfig,
-        cluster_key: ClusterKey,
+        cluster: ClusterCredentials,
         grpc_listener: TcpListener,
     ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -73,7 +74,7 @@ impl Coordinator {
         }
         let fetcher = Arc::new(FlightShuffleFetcher::new(
             config.coordinator.max_message_size,
-            cluster_key.clone(),
+            &cluster,
             "coordinator",
         ));
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
@@ -91,7 +92,7 @@ impl Coordinator {
             handle,
             grpc_listener,
             max_message_size: config.coordinator.max_message_size,
-            cluster_key,
+            cluster,
             limits: ExecutorLimits {
                 max_slots: config.coordinator.max_executor_slots,
                 max_memory: config.coordinator.max_executor_memory,
@@ -109,23 +110,25 @@ impl Coordinator {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(self.scheduler.run(stopped(stop_rx.clone())));
-        let cluster = ClusterServiceServer::new(ClusterManagerService::new(
+        let service = ClusterServiceServer::new(ClusterManagerService::new(
             self.handle.clone(),
-            self.cluster_key,
+            self.cluster.key,
             self.limits,
         ))
         .max_decoding_message_size(self.max_message_size)
         .max_encoding_message_size(self.max_message_size);
-        info!(addr = %self.grpc_listener.local_addr()?, "coordinator gRPC listening");
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(cluster)
-                .serve_with_incoming_shutdown(
-                    // Small messages (launches, statuses) must not wait for Nagle's algorithm.
-                    TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
-                    stopped(stop_rx.clone()),
-                ),
-        );
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &self.cluster.tls {
+            server = server
+                .tls_config(tls.server())
+                .map_err(|e| Error::Unavailable(format!("cluster TLS: {e}")))?;
+        }
+        info!(addr = %self.grpc_listener.local_addr()?, tls = self.cluster.tls.is_some(), "coordinator gRPC listening");
+        let grpc = tokio::spawn(server.add_service(service).serve_with_incoming_shutdown(
+            // Small messages (launches, statuses) must not wait for Nagle's algorithm.
+            TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        ));
         shutdown.await;
         info!("coordinator shutting down");
         let _ = stop_tx.send(true);

@@ -28,6 +28,15 @@ pub(crate) struct FlightSession {
     last_used: Mutex<Instant>,
 }
 
+impl FlightSession {
+    fn last_used(&self) -> Instant {
+        self.last_used
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|e| *e.into_inner())
+    }
+}
+
 /// A checked caller: their session, and a token to hand back when it was issued or renewed
 /// by this call.
 #[derive(Clone)]
@@ -42,12 +51,24 @@ impl Caller {
     }
 }
 
+/// How long a session must have been unused before a new session of its user may replace it.
+const SESSION_REUSE_AFTER: Duration = Duration::from_secs(60);
+
+/// How many Flight SQL sessions may be open, and for how long unused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    pub(crate) max_sessions: usize,
+    pub(crate) max_sessions_per_user: usize,
+    pub(crate) idle: Duration,
+}
+
 pub(crate) struct Authenticator {
     key: SigningKey,
     method: Method,
     users: Users,
     token_ttl: Duration,
     engine: Arc<QueryEngine>,
+    limits: SessionLimits,
     // A std Mutex: lookups and inserts only, never across an await.
     sessions: Mutex<HashMap<Vec<u8>, Arc<FlightSession>>>,
 }
@@ -59,6 +80,7 @@ impl Authenticator {
         users: Users,
         token_ttl: Duration,
         engine: Arc<QueryEngine>,
+        limits: SessionLimits,
     ) -> Self {
         Self {
             key,
@@ -66,6 +88,7 @@ impl Authenticator {
             users,
             token_ttl,
             engine,
+            limits,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -96,7 +119,7 @@ impl Authenticator {
                 "password authentication failed for user \"{user}\""
             )));
         }
-        let (_, token) = self.open_session(user);
+        let (_, token) = self.open_session(user)?;
         Ok(token)
     }
 
@@ -104,16 +127,57 @@ impl Authenticator {
         self.users.password_matches(user, password)
     }
 
-    fn open_session(&self, user: String) -> (Arc<FlightSession>, String) {
+    fn open_session(&self, user: String) -> Result<(Arc<FlightSession>, String), Status> {
         let session_id = random_id(16);
+        let session = self.admit(&session_id, &user)?;
+        let token = self.issue(&session_id, &session.user);
+        Ok((session, token))
+    }
+
+    /// The session `session_id` of `user`: the one open, or a new one if the limits allow it
+    /// (`coordinator.max_connections` sessions, `max_sessions_per_user` of one user).
+    fn admit(&self, session_id: &[u8], user: &str) -> Result<Arc<FlightSession>, Status> {
+        let mut sessions = self.lock();
+        if let Some(session) = sessions.get(session_id) {
+            return Ok(Arc::clone(session));
+        }
+        if sessions.len() >= self.limits.max_sessions {
+            return Err(Status::resource_exhausted(format!(
+                "too many Flight SQL sessions: {} are open (coordinator.max_connections); \
+                 close one (CloseSession) or wait for idle ones to expire",
+                sessions.len()
+            )));
+        }
+        let of_user: Vec<(&Vec<u8>, Instant)> = sessions
+            .iter()
+            .filter(|(_, s)| s.user == user)
+            .map(|(id, s)| (id, s.last_used()))
+            .collect();
+        if of_user.len() >= self.limits.max_sessions_per_user {
+            // The user's least recently used session makes room if it has been idle a while
+            // (clients that send no token open a session per call); else the user is at the
+            // limit.
+            let oldest = of_user
+                .iter()
+                .min_by_key(|(_, used)| *used)
+                .filter(|(_, used)| used.elapsed() >= SESSION_REUSE_AFTER)
+                .map(|(id, _)| (*id).clone());
+            let Some(oldest) = oldest else {
+                return Err(Status::resource_exhausted(format!(
+                    "user \"{user}\" has {} Flight SQL sessions in use \
+                     (coordinator.max_sessions_per_user)",
+                    of_user.len()
+                )));
+            };
+            sessions.remove(&oldest);
+        }
         let session = Arc::new(FlightSession {
-            user,
+            user: user.to_string(),
             session: self.engine.new_session(),
             last_used: Mutex::new(Instant::now()),
         });
-        let token = self.issue(&session_id, &session.user);
-        self.lock().insert(session_id, Arc::clone(&session));
-        (session, token)
+        sessions.insert(session_id.to_vec(), Arc::clone(&session));
+        Ok(session)
     }
 
     fn issue(&self, session_id: &[u8], user: &str) -> String {
@@ -129,7 +193,7 @@ impl Authenticator {
     pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let Some(token) = bearer_token(metadata) else {
             if self.method == Method::Trust {
-                let (session, token) = self.open_session(DEFAULT_USER.to_string());
+                let (session, token) = self.open_session(DEFAULT_USER.to_string())?;
                 return Ok(Caller {
                     session,
                     new_token: Some(token),
@@ -145,20 +209,7 @@ impl Authenticator {
             .map_err(|e| credential_status(&e))?;
         let remaining = claims.expires_at_ms.saturating_sub(now_ms());
         let renew = remaining < self.token_ttl.as_millis() as u64 / 2;
-        let session = {
-            let mut sessions = self.lock();
-            Arc::clone(
-                sessions
-                    .entry(claims.session_id.clone())
-                    .or_insert_with(|| {
-                        Arc::new(FlightSession {
-                            user: claims.user.clone(),
-                            session: self.engine.new_session(),
-                            last_used: Mutex::new(Instant::now()),
-                        })
-                    }),
-            )
-        };
+        let session = self.admit(&claims.session_id, &claims.user)?;
         if let Ok(mut last_used) = session.last_used.lock() {
             *last_used = Instant::now();
         }
@@ -177,9 +228,9 @@ impl Authenticator {
         }
     }
 
-    /// Forgets sessions unused for a token's lifetime.
+    /// Closes sessions unused for `coordinator.flight_sql_session_idle_ms`.
     pub(crate) fn forget_idle(&self) {
-        let ttl = self.token_ttl;
+        let ttl = self.limits.idle;
         self.lock().retain(|_, session| {
             session
                 .last_used

@@ -36,9 +36,19 @@ impl EmberFlightSql {
         let mut stream =
             FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from));
         let mut batches: Vec<RecordBatch> = vec![];
+        let mut bytes = 0usize;
         while let Some(batch) = stream.next().await {
-            batches
-                .push(batch.map_err(|e| Status::invalid_argument(format!("malformed data: {e}")))?);
+            let batch =
+                batch.map_err(|e| Status::invalid_argument(format!("malformed data: {e}")))?;
+            bytes = bytes.saturating_add(batch.get_array_memory_size());
+            if bytes > self.max_ingest_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "an ingest may send at most {} bytes of Arrow data \
+                     (coordinator.max_ingest_bytes); send it in parts",
+                    self.max_ingest_bytes
+                )));
+            }
+            batches.push(batch);
         }
         let schema = match (stream.schema(), batches.first()) {
             (Some(schema), _) => Arc::clone(schema),

@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::LogicalPlan;
 use ember_protocol::credentials::{random_id, schema_to_bytes};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tonic::Status;
 
 use crate::auth::Caller;
@@ -148,17 +148,28 @@ impl PreparedStatements {
         Ok(())
     }
 
-    /// Binds the parameter rows of a DoPut to `prepared`.
+    /// Binds the parameter rows of a DoPut to `prepared`, at most [`MAX_PARAMETER_BYTES`] of
+    /// them.
     pub(crate) async fn bind(
         &self,
         prepared: &Prepared,
         data: impl futures::Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static,
     ) -> Result<(), Status> {
-        let batches: Vec<RecordBatch> =
-            FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from))
-                .try_collect()
-                .await
+        let mut stream =
+            FlightRecordBatchStream::new_from_flight_data(data.map_err(FlightError::from));
+        let mut batches: Vec<RecordBatch> = vec![];
+        let mut bytes = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch
                 .map_err(|e| Status::invalid_argument(format!("malformed parameters: {e}")))?;
+            bytes = bytes.saturating_add(batch.get_array_memory_size());
+            if bytes > MAX_PARAMETER_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "bound parameters may take at most {MAX_PARAMETER_BYTES} bytes"
+                )));
+            }
+            batches.push(batch);
+        }
         let mut rows = vec![];
         for batch in &batches {
             if batch.num_columns() != prepared.parameter_types.len() {
@@ -192,6 +203,10 @@ impl PreparedStatements {
         self.statements.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// The most Arrow data one DoPut may bind as parameters (rows of values, each run as one
+/// execution of the statement).
+pub(crate) const MAX_PARAMETER_BYTES: usize = 16 << 20;
 
 /// A bound value cast to the type the plan expects for it.
 fn cast_parameter(

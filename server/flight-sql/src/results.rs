@@ -94,6 +94,9 @@ struct Live {
 /// The answers of every Flight SQL client, by ticket.
 pub(crate) struct ResultStore {
     key: SigningKey,
+    /// How clients dial executors for result partitions: `grpc+tls` when the cluster's ports
+    /// speak TLS.
+    executor_scheme: &'static str,
     requires_token: bool,
     fetch_timeout: Duration,
     // std Mutexes: lookups, inserts and removals only, never across an await.
@@ -102,9 +105,15 @@ pub(crate) struct ResultStore {
 }
 
 impl ResultStore {
-    pub(crate) fn new(key: SigningKey, requires_token: bool, fetch_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        key: SigningKey,
+        requires_token: bool,
+        fetch_timeout: Duration,
+        executor_scheme: &'static str,
+    ) -> Self {
         Self {
             key,
+            executor_scheme,
             requires_token,
             fetch_timeout,
             held: Mutex::new(HashMap::new()),
@@ -217,7 +226,10 @@ impl ResultStore {
             let mut endpoint = FlightEndpoint::new().with_ticket(ticket);
             if let Some(location) = location {
                 endpoint = endpoint
-                    .with_location(format!("grpc+tcp://{}", location.flight_address))
+                    .with_location(format!(
+                        "{}://{}",
+                        self.executor_scheme, location.flight_address
+                    ))
                     .with_location(REUSE_CONNECTION);
             }
             endpoints.push(endpoint);

@@ -49,6 +49,7 @@ pub(crate) struct EmberFlightSql {
     prepared: PreparedStatements,
     xdbc_types: XdbcTypeInfoData,
     max_message_size: usize,
+    pub(crate) max_ingest_bytes: usize,
 }
 
 impl EmberFlightSql {
@@ -65,8 +66,14 @@ impl EmberFlightSql {
             users,
             options.token_ttl,
             Arc::clone(&engine),
+            options.sessions,
         );
-        let results = ResultStore::new(options.key, auth.requires_token(), options.fetch_timeout);
+        let results = ResultStore::new(
+            options.key,
+            auth.requires_token(),
+            options.fetch_timeout,
+            options.executor_scheme,
+        );
         Ok(Self {
             engine,
             results: Arc::new(results),
@@ -77,6 +84,7 @@ impl EmberFlightSql {
                 ember_coordinator::Error::Unavailable(format!("flight sql type info: {e}"))
             })?,
             max_message_size: options.max_message_size,
+            max_ingest_bytes: options.max_ingest_bytes,
         })
     }
 

@@ -72,6 +72,7 @@ pub struct PgServer {
     listener: TcpListener,
     handlers: Arc<PgHandlers>,
     tls: Option<TlsAcceptor>,
+    max_connections: usize,
 }
 
 impl PgServer {
@@ -122,19 +123,56 @@ impl PgServer {
             listener,
             handlers: Arc::new(PgHandlers { handler, startup }),
             tls: security.tls,
+            max_connections: usize::MAX,
         })
+    }
+
+    /// At most `max_connections` clients at once; one more is told "too many clients"
+    /// (SQLSTATE 53300) and disconnected, as PostgreSQL does.
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections.max(1);
+        self
     }
 
     /// Serves Postgres clients until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        serve(self.listener, self.handlers, self.tls, shutdown).await
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.max_connections
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        serve(self.listener, self.handlers, self.tls, slots, shutdown).await
     }
+}
+
+/// PostgreSQL's answer to a client beyond the connection limit: an ErrorResponse (FATAL,
+/// SQLSTATE 53300), sent before anything else, then the socket is closed.
+fn too_many_clients() -> Vec<u8> {
+    let mut fields = vec![];
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (
+            b'M',
+            "sorry, too many clients already (coordinator.max_connections)",
+        ),
+    ] {
+        fields.push(code);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(&fields);
+    message
 }
 
 async fn serve(
     listener: TcpListener,
     handlers: Arc<PgHandlers>,
     tls: Option<TlsAcceptor>,
+    slots: Arc<tokio::sync::Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -145,14 +183,23 @@ async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
+                Ok((mut socket, peer)) => {
                     let _ = socket.set_nodelay(true);
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = socket.write_all(&too_many_clients()).await;
+                            let _ = socket.shutdown().await;
+                        });
+                        continue;
+                    };
                     let handlers = Arc::clone(&handlers);
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             debug!(%peer, %error, "postgres connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(error) => {

@@ -16,7 +16,19 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::{Args, ValueEnum};
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// A channel to `uri`, over TLS with `tls` for `https://`.
+async fn connect(uri: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(uri.to_string())?;
+    if uri.starts_with("https://") {
+        let tls = tls
+            .cloned()
+            .context("the server sent a TLS location; pass --tls-ca")?;
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
+}
 
 pub use render::Format;
 
@@ -52,20 +64,32 @@ pub struct SqlArgs {
     /// Show the progress line even when standard error is not a terminal.
     #[arg(long)]
     pub progress: bool,
+    /// Connect over TLS, trusting the CA certificate (PEM) in this file.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// A connected shell.
 struct Shell {
     client: FlightSqlServiceClient<Channel>,
+    tls: Option<ClientTlsConfig>,
     format: Format,
     progress: bool,
 }
 
 /// Runs the shell: the statements of `-e` or `-f`, or an interactive session.
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
-    let uri = format!("http://{}:{}", args.host, args.port);
-    let channel = Endpoint::from_shared(uri.clone())?
-        .connect()
+    let tls = match &args.tls_ca {
+        Some(path) => {
+            let ca = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}:{}", args.host, args.port);
+    let channel = connect(&uri, tls.as_ref())
         .await
         .with_context(|| format!("cannot connect to Flight SQL at {uri}"))?;
     let mut client = FlightSqlServiceClient::new(channel);
@@ -75,6 +99,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         .context("authentication failed")?;
     let mut shell = Shell {
         client,
+        tls,
         format: args.format,
         progress: args.progress || std::io::stderr().is_terminal(),
     };
@@ -157,7 +182,7 @@ impl Shell {
         let sql_owned = sql.to_string();
         let mut executing = tokio::spawn(async move { client.execute(sql_owned, None).await });
         let info = if self.progress {
-            let mut monitor = progress::Progress::new(self.client.clone(), since);
+            let mut monitor = progress::Progress::new(self.client.clone(), self.tls.clone(), since);
             let info = loop {
                 tokio::select! {
                     info = &mut executing => break info,
@@ -179,7 +204,7 @@ impl Shell {
             return Ok(());
         }
         let schema = info.clone().try_decode_schema()?;
-        let batches = fetch_all(&self.client, &info).await?;
+        let batches = fetch_all(&self.client, self.tls.as_ref(), &info).await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         render::print(self.format, std::sync::Arc::new(schema), &batches)?;
         eprintln!(
@@ -206,15 +231,19 @@ fn status_message(error: &arrow_flight::error::FlightError) -> String {
 /// batches come back in endpoint order.
 pub(crate) async fn fetch_all(
     client: &FlightSqlServiceClient<Channel>,
+    tls: Option<&ClientTlsConfig>,
     info: &FlightInfo,
 ) -> anyhow::Result<Vec<RecordBatch>> {
     let mut tasks = vec![];
     for endpoint in info.endpoint.clone() {
         let mut reader = match endpoint.location.first() {
             Some(location) if !location.uri.starts_with("arrow-flight-reuse-connection") => {
-                let uri = location.uri.replacen("grpc+tcp://", "http://", 1);
-                let channel = Endpoint::from_shared(uri.clone())?
-                    .connect()
+                let uri = location.uri.replacen("grpc+tcp://", "http://", 1).replacen(
+                    "grpc+tls://",
+                    "https://",
+                    1,
+                );
+                let channel = connect(&uri, tls)
                     .await
                     .with_context(|| format!("cannot reach {uri}"))?;
                 let mut reader = FlightSqlServiceClient::new(channel);

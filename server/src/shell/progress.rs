@@ -13,17 +13,23 @@ use tonic::transport::Channel;
 
 pub(crate) struct Progress {
     client: FlightSqlServiceClient<Channel>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     since_micros: i64,
     shown: bool,
 }
 
 impl Progress {
-    pub(crate) fn new(client: FlightSqlServiceClient<Channel>, since: SystemTime) -> Self {
+    pub(crate) fn new(
+        client: FlightSqlServiceClient<Channel>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        since: SystemTime,
+    ) -> Self {
         let since_micros = since
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         Self {
             client,
+            tls,
             since_micros,
             shown: false,
         }
@@ -46,7 +52,7 @@ impl Progress {
         let Ok(info) = self.client.execute(sql, None).await else {
             return;
         };
-        let Ok(batches) = super::fetch_all(&self.client, &info).await else {
+        let Ok(batches) = super::fetch_all(&self.client, self.tls.as_ref(), &info).await else {
             return;
         };
         let Some(counts) = first_row(&batches) else {

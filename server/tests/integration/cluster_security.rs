@@ -32,7 +32,7 @@ async fn rogue_register(
 ) -> Result<Vec<CoordinatorMessage>, tonic::Status> {
     let mut client = ClusterServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
         .await
-        .expect("the coordinator's gRPC port answers");
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<ExecutorMessage>(16);
     let mut inbound = client
         .open_session(ReceiverStream::new(rx))
@@ -199,4 +199,217 @@ async fn executors(client: &tokio_postgres::Client) -> Vec<Vec<Option<String>>> 
             .await
             .expect("system.executors"),
     )
+}
+
+/// TLS on every port: Postgres (psql verify-full) and Flight SQL (ADBC) on the client side,
+/// the coordinator's gRPC and executor Flight inside the cluster, all against one CA made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_port_speaks_tls() {
+    let python = std::env::var_os("EMBER_TEST_PYTHON").unwrap_or_else(|| {
+        panic!("EMBER_TEST_PYTHON is not set: run the tests with `bash scripts/test.sh`")
+    });
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) =
+        ember_server::secrets::ephemeral_certificates(&["localhost", "127.0.0.1"]).expect("certs");
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(certs.path().join(name), pem).expect("write a certificate");
+    }
+    let flight_sql_port = crate::common::free_port();
+    let env: Vec<(String, String)> = [
+        ("EMBER_AUTH_CLUSTER_SECRET", SECRET.to_string()),
+        (
+            "EMBER_AUTH_FLIGHT_SECRET",
+            "flight-sql-secret-for-tls".to_string(),
+        ),
+        ("EMBER_TLS_CERT_FILE", path("cert.pem")),
+        ("EMBER_TLS_KEY_FILE", path("key.pem")),
+        ("EMBER_TLS_CLUSTER_CA_FILE", path("ca.pem")),
+        ("EMBER_TLS_CLUSTER_CERT_FILE", path("cert.pem")),
+        ("EMBER_TLS_CLUSTER_KEY_FILE", path("key.pem")),
+        (
+            "EMBER_COORDINATOR_FLIGHT_SQL_PORT",
+            flight_sql_port.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let cluster = ProcessCluster::start_with_env(2, 0.01, &tpch_data_dir(0.01), &env);
+    // Executors joined over TLS (they verified the coordinator against the CA).
+    let client = cluster.connect(2).await;
+    let sql = "select l_returnflag, count(*) from tpch.lineitem group by l_returnflag order by 1";
+    let expected = rows(&client.simple_query(sql).await.expect("a distributed query"));
+    assert_eq!(expected.len(), 3);
+
+    // psql checks the server's certificate and name.
+    let psql = std::process::Command::new("psql")
+        .arg(format!(
+            "host=localhost port={} user=ember dbname=ember sslmode=verify-full sslrootcert={}",
+            cluster.pg_port,
+            path("ca.pem")
+        ))
+        .args([
+            "-At",
+            "-c",
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        ])
+        .args(["-c", "select count(*) from tpch.nation"])
+        .output()
+        .expect("run psql");
+    let out = String::from_utf8_lossy(&psql.stdout);
+    assert!(
+        psql.status.success(),
+        "psql verify-full: {out}\n{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_eq!(out.trim_end(), "25");
+
+    // ADBC over grpc+tls, trusting the CA; result partitions come from the executors, over TLS.
+    let script = r#"
+import os, sys
+import adbc_driver_flightsql.dbapi as flight_sql
+from adbc_driver_flightsql import DatabaseOptions
+conn = flight_sql.connect(os.environ["URI"], db_kwargs={
+    DatabaseOptions.TLS_ROOT_CERTS.value: open(os.environ["CA"]).read(),
+})
+cur = conn.cursor()
+cur.execute(os.environ["SQL"])
+for row in cur.fetchall():
+    print("|".join(str(v) for v in row))
+conn.close()
+"#;
+    let adbc = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&python)
+            .args(["-c", script])
+            .env("URI", format!("grpc+tls://localhost:{flight_sql_port}"))
+            .env("CA", path("ca.pem"))
+            .env("SQL", sql)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the ADBC client took too long")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&adbc.stdout);
+    assert!(
+        adbc.status.success(),
+        "ADBC over TLS: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&adbc.stderr),
+        cluster.logs()
+    );
+    let got: Vec<Vec<Option<String>>> = stdout
+        .lines()
+        .map(|line| line.split('|').map(|v| Some(v.to_string())).collect())
+        .collect();
+    assert_eq!(got, expected);
+
+    // `ember sql` over TLS, trusting the CA.
+    let shell = tokio::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "sql",
+            "--host",
+            "localhost",
+            "--port",
+            &flight_sql_port.to_string(),
+        ])
+        .args(["--tls-ca", &path("ca.pem"), "--format", "csv", "-e", sql])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run ember sql");
+    let shown = String::from_utf8_lossy(&shell.stdout);
+    assert!(
+        shell.status.success(),
+        "ember sql over TLS: {shown}\n{}",
+        String::from_utf8_lossy(&shell.stderr)
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.contains(',')).count(),
+        4,
+        "{shown}"
+    );
+
+    // The cluster port speaks TLS only: a plaintext stranger gets no further than TCP.
+    let plaintext = tokio::time::timeout(
+        Duration::from_secs(10),
+        rogue_register(cluster.grpc_port, Some(&ClusterKey::from_secret(SECRET)), 1),
+    )
+    .await;
+    assert!(
+        !matches!(plaintext, Ok(Ok(_))),
+        "a plaintext session was served: {plaintext:?}"
+    );
+}
+
+/// Each client port admits `coordinator.max_connections` clients and each user
+/// `max_sessions_per_user` Flight SQL sessions; beyond that a client is refused with a clear
+/// error, and served again once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ports_cap_connections_and_sessions() {
+    let flight_sql_port = crate::common::free_port();
+    let env: Vec<(String, String)> = [
+        ("EMBER_COORDINATOR_MAX_CONNECTIONS", "3"),
+        ("EMBER_COORDINATOR_MAX_SESSIONS_PER_USER", "2"),
+        (
+            "EMBER_COORDINATOR_FLIGHT_SQL_PORT",
+            &flight_sql_port.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cluster = ProcessCluster::start_with_env(1, 0.01, &tpch_data_dir(0.01), &env);
+    let first = cluster.connect(1).await;
+    let second = crate::common::connect(cluster.pg_port)
+        .await
+        .expect("second");
+    let third = crate::common::connect(cluster.pg_port)
+        .await
+        .expect("third");
+    let refused = crate::common::connect(cluster.pg_port)
+        .await
+        .expect_err("a fourth connection is refused");
+    let db = refused.as_db_error().expect("a Postgres error");
+    assert_eq!(db.code().code(), "53300", "{db:?}");
+    assert!(
+        db.message().contains("too many clients"),
+        "{}",
+        db.message()
+    );
+    for client in [&first, &second, &third] {
+        client.simple_query("select 1").await.expect("still served");
+    }
+    drop(third);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match crate::common::connect(cluster.pg_port).await {
+            Ok(client) => break client,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("room was not made: {e}"),
+        }
+    };
+    again.simple_query("select 1").await.expect("served again");
+
+    // Flight SQL: two sessions of one user, the third refused while both are in use.
+    let handshake = || async {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{flight_sql_port}"))
+                .expect("an endpoint")
+                .connect()
+                .await
+                .expect("the Flight SQL port answers");
+        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        client.handshake("ember", "").await.map(|_| client)
+    };
+    let _one = handshake().await.expect("a first session");
+    let _two = handshake().await.expect("a second session");
+    let Err(error) = handshake().await else {
+        panic!("a third session is refused");
+    };
+    let error = error.to_string();
+    assert!(error.contains("max_sessions_per_user"), "{error}");
 }

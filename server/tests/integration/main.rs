@@ -10,6 +10,7 @@ mod cli;
 mod cluster_security;
 mod common;
 mod flight_sql;
+mod fuzz;
 mod memory;
 mod pg_auth;
 mod pg_clients;

@@ -162,6 +162,16 @@ async fn hostile_protocol_input_leaves_other_clients_served() {
             "select $4294967296::int",
             "parameters are numbered $1 to $65535",
         ),
+        ("select repeat('x', 100000000000)", "limited to 67108864"),
+        // Run by the executors, on a table's rows.
+        (
+            "select lpad(n_name, 2147483647) from tpch.nation",
+            "limited to 67108864",
+        ),
+        (
+            "select rpad(n_name, 100000000, 'ab') from tpch.nation",
+            "limited to 67108864",
+        ),
         (
             "set datafusion.execution.target_partitions = 1000000000",
             "limited to 1024",
