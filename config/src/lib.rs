@@ -241,7 +241,8 @@ pub struct CoordinatorConfig {
     /// Clients connected at once on each client port (Postgres connections, Flight SQL
     /// sessions); one more is refused (SQLSTATE 53300).
     pub max_connections: usize,
-    /// Flight SQL sessions one user may hold at once; one more is refused.
+    /// Postgres connections, and Flight SQL sessions, one user may hold at once; one more is
+    /// refused (SQLSTATE 53300).
     pub max_sessions_per_user: usize,
     /// Milliseconds after which an unused Flight SQL session is closed.
     pub flight_sql_session_idle_ms: u64,

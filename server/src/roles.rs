@@ -75,9 +75,15 @@ impl CoordinatorRole {
         };
         let coordinator = Coordinator::new(config, cluster, listeners.grpc).await?;
         let engine = coordinator.engine();
-        let pg = PgServer::new(Arc::clone(&engine), &config.auth, &config.tls, listeners.pg)
-            .await?
-            .with_max_connections(config.coordinator.max_connections);
+        let pg = PgServer::new(
+            Arc::clone(&engine),
+            &config.auth,
+            &config.tls,
+            config.coordinator.max_sessions_per_user,
+            listeners.pg,
+        )
+        .await?
+        .with_max_connections(config.coordinator.max_connections);
         let flight_sql = FlightSqlServer::new(
             engine,
             config,

@@ -77,12 +77,14 @@ pub struct PgServer {
 
 impl PgServer {
     /// The frontend for `engine` on an already-bound listener, with the configured
-    /// authentication (`auth.*`) and TLS (`tls.*`). A bad user entry or an unreadable
+    /// authentication (`auth.*`) and TLS (`tls.*`), and at most `max_connections_per_user`
+    /// connections of one user. A bad user entry or an unreadable
     /// certificate stops the start.
     pub async fn new(
         engine: Arc<QueryEngine>,
         auth: &AuthConfig,
         tls: &TlsConfig,
+        max_connections_per_user: usize,
         listener: TcpListener,
     ) -> Result<Self> {
         let security = Security::from_config(auth, tls)?;
@@ -104,20 +106,27 @@ impl PgServer {
             }
         });
         let users = PgUsers(Arc::new(security.users));
-        let startup = Arc::new(match security.method {
-            Method::Trust => Startup::Trust(Arc::clone(&handler)),
-            Method::Password => Startup::Password(CleartextPasswordAuthStartupHandler::new(
+        let method = match security.method {
+            Method::Trust => StartupMethod::Trust(Arc::clone(&handler)),
+            Method::Password => StartupMethod::Password(CleartextPasswordAuthStartupHandler::new(
                 users,
                 EmberParameters,
             )),
-            Method::Md5 => Startup::Md5(Md5PasswordAuthStartupHandler::new(
+            Method::Md5 => StartupMethod::Md5(Md5PasswordAuthStartupHandler::new(
                 Arc::new(users),
                 Arc::new(EmberParameters),
             )),
-            Method::Scram => Startup::Scram(
+            Method::Scram => StartupMethod::Scram(
                 SASLAuthStartupHandler::new(Arc::new(EmberParameters))
                     .with_scram(ScramAuth::new(Arc::new(users))),
             ),
+        };
+        let startup = Arc::new(Startup {
+            method,
+            users: Arc::new(UserConnections {
+                max: max_connections_per_user.max(1),
+                counts: Mutex::default(),
+            }),
         });
         Ok(Self {
             listener,
@@ -285,12 +294,60 @@ fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The startup exchange of the configured authentication method.
-enum Startup {
+/// The startup exchange of the configured authentication method, then the per-user
+/// connection limit.
+struct Startup {
+    method: StartupMethod,
+    users: Arc<UserConnections>,
+}
+
+enum StartupMethod {
     Trust(Arc<PgHandler>),
     Password(CleartextPasswordAuthStartupHandler<PgUsers, EmberParameters>),
     Md5(Md5PasswordAuthStartupHandler<PgUsers, EmberParameters>),
     Scram(SASLAuthStartupHandler<EmberParameters>),
+}
+
+/// Connections per user, at most `max` each (`coordinator.max_sessions_per_user`).
+#[derive(Debug)]
+struct UserConnections {
+    max: usize,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// One counted connection of `user`, kept in the connection's session extensions: it is
+/// released when the connection ends, however it ends.
+#[derive(Debug)]
+struct UserSlot {
+    user: String,
+    owner: Arc<UserConnections>,
+}
+
+impl UserConnections {
+    fn admit(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(user.to_string()).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot {
+            user: user.to_string(),
+            owner: Arc::clone(self),
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -305,12 +362,37 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Trust(handler) => handler.on_startup(client, message).await,
-            Startup::Password(handler) => handler.on_startup(client, message).await,
-            Startup::Md5(handler) => handler.on_startup(client, message).await,
-            Startup::Scram(handler) => handler.on_startup(client, message).await,
+        // Counted from the startup message on (its user is named there), before any reply:
+        // a client beyond its user's limit is refused before authentication, as PostgreSQL
+        // refuses it before the session starts.
+        if let PgWireFrontendMessage::Startup(startup) = &message
+            && client.session_extensions().get::<UserSlot>().is_none()
+        {
+            let user = startup.parameters.get("user").cloned().unwrap_or_default();
+            match self.users.admit(&user) {
+                Some(slot) => {
+                    client.session_extensions().insert(slot);
+                }
+                None => {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".to_string(),
+                        "53300".to_string(),
+                        format!(
+                            "too many connections for role \"{user}\" \
+                             (coordinator.max_sessions_per_user = {})",
+                            self.users.max
+                        ),
+                    ))));
+                }
+            }
         }
+        match &self.method {
+            StartupMethod::Trust(handler) => handler.on_startup(client, message).await?,
+            StartupMethod::Password(handler) => handler.on_startup(client, message).await?,
+            StartupMethod::Md5(handler) => handler.on_startup(client, message).await?,
+            StartupMethod::Scram(handler) => handler.on_startup(client, message).await?,
+        }
+        Ok(())
     }
 }
 

@@ -361,30 +361,44 @@ async fn client_ports_cap_connections_and_sessions() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let cluster = ProcessCluster::start_with_env(1, 0.01, &tpch_data_dir(0.01), &env);
+    let as_user = |user: &'static str| {
+        let port = cluster.pg_port;
+        async move {
+            let (client, connection) = tokio_postgres::connect(
+                &format!("host=127.0.0.1 port={port} user={user} dbname=ember"),
+                tokio_postgres::NoTls,
+            )
+            .await?;
+            tokio::spawn(connection);
+            Ok::<_, tokio_postgres::Error>(client)
+        }
+    };
+    let refusal = |error: tokio_postgres::Error| {
+        let db = error.as_db_error().expect("a Postgres error");
+        assert_eq!(db.code().code(), "53300", "{db:?}");
+        db.message().to_string()
+    };
     let first = cluster.connect(1).await;
-    let second = crate::common::connect(cluster.pg_port)
+    let second = as_user("ember")
         .await
-        .expect("second");
-    let third = crate::common::connect(cluster.pg_port)
-        .await
-        .expect("third");
-    let refused = crate::common::connect(cluster.pg_port)
-        .await
-        .expect_err("a fourth connection is refused");
-    let db = refused.as_db_error().expect("a Postgres error");
-    assert_eq!(db.code().code(), "53300", "{db:?}");
+        .expect("a second connection of ember");
+    // Two per user: the third of `ember` is refused, another user's is not.
+    let message = refusal(as_user("ember").await.expect_err("a third of ember"));
     assert!(
-        db.message().contains("too many clients"),
-        "{}",
-        db.message()
+        message.contains("too many connections for role \"ember\""),
+        "{message}"
     );
+    let third = as_user("alice").await.expect("alice's first");
+    // Three per port: a fourth client is refused whoever it is.
+    let message = refusal(as_user("bob").await.expect_err("a fourth client"));
+    assert!(message.contains("too many clients"), "{message}");
     for client in [&first, &second, &third] {
         client.simple_query("select 1").await.expect("still served");
     }
     drop(third);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let again = loop {
-        match crate::common::connect(cluster.pg_port).await {
+        match as_user("bob").await {
             Ok(client) => break client,
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
