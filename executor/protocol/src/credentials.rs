@@ -385,16 +385,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: 512,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::fuzz_config(512))]
 
             /// Flight SQL tokens, tickets and ticket envelopes from random bytes are refused
             /// (or, for envelopes, not recognised) without panicking.

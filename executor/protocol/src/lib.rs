@@ -30,3 +30,13 @@ pub mod tickets;
 pub mod tls;
 
 pub use fetcher::FlightShuffleFetcher;
+
+/// The settings of this crate's property tests: `cases` cases, nothing written to disk.
+#[cfg(test)]
+pub(crate) fn fuzz_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -171,16 +171,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: 512,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::fuzz_config(512))]
 
             /// Registrations with arbitrary fields and proofs never pass without the secret,
             /// and the coordinator's proof is never forged by random bytes either.

@@ -166,16 +166,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: 512,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::fuzz_config(512))]
 
             /// No random bytes pass as a ticket, with or without the magic in front.
             #[test]

@@ -8,16 +8,10 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use ember_planner::ids::{QueryId, StageId};
 use ember_planner::shuffle::ShuffleBlock;
 use ember_protocol::credentials::now_ms;
-use ember_protocol::membership::{self, ClusterKey};
-use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
-use ember_protocol::proto::{
-    CoordinatorMessage, ExecutorMessage, RegisterExecutor, ShuffleTicket, coordinator_message,
-    executor_message,
-};
+use ember_protocol::membership::ClusterKey;
+use ember_protocol::proto::{CoordinatorMessage, ShuffleTicket};
 use ember_protocol::tickets::{encode_ticket, encode_ticket_until};
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::common::{ProcessCluster, rows, tpch_data_dir};
 
@@ -30,40 +24,8 @@ async fn rogue_register(
     proof_key: Option<&ClusterKey>,
     slots: u32,
 ) -> Result<Vec<CoordinatorMessage>, tonic::Status> {
-    let mut client = ClusterServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<ExecutorMessage>(16);
-    let mut inbound = client
-        .open_session(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let challenge = match inbound.message().await? {
-        Some(CoordinatorMessage {
-            message: Some(coordinator_message::Message::Challenge(c)),
-        }) => c.nonce,
-        other => panic!("the session must open with a challenge, got {other:?}"),
-    };
-    let mut register = RegisterExecutor {
-        host: "127.0.0.1".into(),
-        flight_port: 9,
-        slots,
-        cores: 64,
-        memory: 1 << 40,
-        host_key: "rogue".into(),
-        work_dir: "/".into(),
-        nonce: membership::nonce(),
-        proof: vec![0; 32],
-        name: "rogue".into(),
-    };
-    if let Some(key) = proof_key {
-        register.proof = key.executor_proof(&challenge, &register);
-    }
-    tx.send(ExecutorMessage {
-        message: Some(executor_message::Message::Register(register)),
-    })
-    .await
-    .expect("send the registration");
+    let (_tx, mut inbound) =
+        crate::common::open_executor_session(grpc_port, proof_key, slots).await?;
     let mut received = vec![];
     loop {
         match tokio::time::timeout(Duration::from_secs(3), inbound.message()).await {

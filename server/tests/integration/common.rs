@@ -420,3 +420,59 @@ pub fn assert_checks_passed(stdout: &str, expected: usize, context: &str) {
         "expected {expected} checks to pass and none to fail\n{context}"
     );
 }
+
+/// Opens a cluster session on the coordinator's gRPC port the way an executor does, answering
+/// the challenge with a registration offering `slots` slots, proved with `key` (a made-up proof
+/// when `None`). Returns the way to send more and the coordinator's replies.
+pub async fn open_executor_session(
+    grpc_port: u16,
+    key: Option<&ember_protocol::membership::ClusterKey>,
+    slots: u32,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<ember_protocol::proto::ExecutorMessage>,
+        tonic::Streaming<ember_protocol::proto::CoordinatorMessage>,
+    ),
+    tonic::Status,
+> {
+    use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
+    use ember_protocol::proto::{
+        CoordinatorMessage, ExecutorMessage, RegisterExecutor, coordinator_message,
+        executor_message,
+    };
+    let mut client = ClusterServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ExecutorMessage>(64);
+    let mut inbound = client
+        .open_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let challenge = match inbound.message().await? {
+        Some(CoordinatorMessage {
+            message: Some(coordinator_message::Message::Challenge(c)),
+        }) => c.nonce,
+        other => panic!("the session must open with a challenge, got {other:?}"),
+    };
+    let mut register = RegisterExecutor {
+        host: "127.0.0.1".into(),
+        flight_port: 9,
+        slots,
+        cores: 64,
+        memory: 1 << 30,
+        host_key: "rogue".into(),
+        work_dir: "/nonexistent".into(),
+        nonce: ember_protocol::membership::nonce(),
+        proof: vec![0; 32],
+        name: "rogue".into(),
+    };
+    if let Some(key) = key {
+        register.proof = key.executor_proof(&challenge, &register);
+    }
+    tx.send(ExecutorMessage {
+        message: Some(executor_message::Message::Register(register)),
+    })
+    .await
+    .map_err(|_| tonic::Status::cancelled("the session closed"))?;
+    Ok((tx, inbound))
+}

@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightDescriptor, Ticket};
-use ember_protocol::membership::{self, ClusterKey};
-use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
+use ember_protocol::membership::ClusterKey;
 use ember_protocol::proto::{
     ExecutorMessage, Heartbeat, RegisterExecutor, TaskId, TaskStatus, TaskSucceeded,
-    coordinator_message, executor_message, task_status,
+    executor_message, task_status,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::common::{ProcessCluster, rows, tpch_data_dir};
 
@@ -102,45 +99,15 @@ fn executor_message() -> impl Strategy<Value = ExecutorMessage> {
     })
 }
 
-/// One session: registers (with the secret when `member`, else with a random proof), then
+/// One session: registers (with the secret when `member`, else with a made-up proof), then
 /// sends `messages`, then hangs up.
 async fn cluster_case(port: u16, member: bool, slots: u32, messages: Vec<ExecutorMessage>) {
-    let Ok(mut client) = ClusterServiceClient::connect(format!("http://127.0.0.1:{port}")).await
+    let key = ClusterKey::from_secret(SECRET);
+    let Ok((tx, mut inbound)) =
+        crate::common::open_executor_session(port, member.then_some(&key), slots).await
     else {
         return;
     };
-    let (tx, rx) = mpsc::channel::<ExecutorMessage>(64);
-    let Ok(response) = client.open_session(ReceiverStream::new(rx)).await else {
-        return;
-    };
-    let mut inbound = response.into_inner();
-    let Ok(Some(first)) = inbound.message().await else {
-        return;
-    };
-    let Some(coordinator_message::Message::Challenge(challenge)) = first.message else {
-        panic!("a session opens with a challenge");
-    };
-    let mut register = RegisterExecutor {
-        host: "127.0.0.1".into(),
-        flight_port: 9,
-        slots,
-        cores: 1,
-        memory: 0,
-        host_key: "fuzz".into(),
-        work_dir: "/nonexistent".into(),
-        nonce: membership::nonce(),
-        proof: vec![7; 32],
-        name: "fuzz".into(),
-    };
-    if member {
-        register.proof =
-            ClusterKey::from_secret(SECRET).executor_proof(&challenge.nonce, &register);
-    }
-    let _ = tx
-        .send(ExecutorMessage {
-            message: Some(executor_message::Message::Register(register)),
-        })
-        .await;
     for message in messages {
         if tx.send(message).await.is_err() {
             break;
