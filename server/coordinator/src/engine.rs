@@ -113,6 +113,7 @@ impl QueryEngine {
         ));
         let session = ClientSession {
             id,
+            user: String::new(),
             initial_options: ctx.state().config_options().as_ref().clone(),
             ctx,
             dialect: Arc::clone(&dialect),

@@ -114,6 +114,7 @@ impl QueryEngine {
         self.scheduler.send(Event::Submit(Submission {
             query_id: query_id.clone(),
             session_id: session.id.clone(),
+            user: session.user.clone(),
             sql: sql.to_string(),
             graph,
             settings: changed_settings(state.config_options()),

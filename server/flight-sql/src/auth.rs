@@ -173,7 +173,7 @@ impl Authenticator {
         }
         let session = Arc::new(FlightSession {
             user: user.to_string(),
-            session: self.engine.new_session(),
+            session: self.engine.new_session().with_user(user),
             last_used: Mutex::new(Instant::now()),
         });
         sessions.insert(session_id.to_vec(), Arc::clone(&session));

@@ -416,9 +416,12 @@ impl Sessions {
         let mut created = false;
         let session = client.session_extensions().get_or_insert_with(|| {
             created = true;
-            self.engine.new_session_with(
-                Arc::clone(&self.dialect) as Arc<dyn ember_coordinator::ClientDialect>
-            )
+            let user = client.metadata().get("user").cloned().unwrap_or_default();
+            self.engine
+                .new_session_with(
+                    Arc::clone(&self.dialect) as Arc<dyn ember_coordinator::ClientDialect>
+                )
+                .with_user(user)
         });
         if created {
             self.cancel_keys

@@ -451,6 +451,15 @@ async fn flight_sql_queries_prepared_statements_and_metadata() {
             .parse()
             .unwrap();
         assert!(own >= 3, "{own} queries of this session");
+        let users = "select distinct user_name from system.queries \
+                     where session_id = ember_session_id()";
+        let info = client.execute(users.into(), None).await.unwrap();
+        let (batches, _) = fetch_all(&client, &info).await;
+        assert_eq!(
+            batches_to_rows(&batches),
+            vec![vec![Some("ember".to_string())]],
+            "the session's queries show the user of its handshake"
+        );
         let mut other = cluster.client().await;
         other.handshake("ember", "").await.expect("handshake");
         let info = other.execute(sql.into(), None).await.unwrap();

@@ -75,6 +75,7 @@ pub(crate) fn queries_schema() -> SchemaRef {
         "stages": DataType::UInt32, "tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt32,
         "result_rows": DataType::UInt64, "submitted_at": ts_type(), "finished_at": ts_type(),
         "duration_ms": DataType::UInt64, "error": DataType::Utf8, "session_id": DataType::Utf8,
+        "user_name": DataType::Utf8,
     )
 }
 
@@ -180,6 +181,7 @@ fn queries_batch(queries: &[&QueryState]) -> RecordBatch {
             ),
             strings(q.iter().map(|q| q.error.clone())),
             strings(q.iter().map(|q| Some(q.session_id.clone()))),
+            strings(q.iter().map(|q| Some(q.user.clone()))),
         ],
     )
 }

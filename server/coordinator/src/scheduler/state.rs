@@ -199,6 +199,8 @@ pub(crate) struct Submission {
     pub(crate) query_id: QueryId,
     /// The client session that runs it (`system.queries.session_id`).
     pub(crate) session_id: String,
+    /// The session's user (`system.queries.user_name`).
+    pub(crate) user: String,
     pub(crate) sql: String,
     pub(crate) graph: StageGraph,
     /// The session's settings that differ from the defaults; tasks run with them.
@@ -210,6 +212,7 @@ pub(crate) struct Submission {
 pub(crate) struct QueryState {
     pub(crate) id: QueryId,
     pub(crate) session_id: String,
+    pub(crate) user: String,
     pub(crate) sql: String,
     pub(crate) graph: StageGraph,
     pub(crate) settings: HashMap<String, String>,
@@ -229,6 +232,7 @@ impl QueryState {
         let Submission {
             query_id: id,
             session_id,
+            user,
             sql,
             graph,
             settings,
@@ -253,6 +257,7 @@ impl QueryState {
         Self {
             id,
             session_id,
+            user,
             sql,
             graph,
             settings,

@@ -27,6 +27,8 @@ use dialect::ClientDialect;
 pub struct ClientSession {
     /// Random; shown as `system.queries.session_id` and by `ember_session_id()`.
     pub(crate) id: String,
+    /// The user the frontend authenticated (`system.queries.user_name`); empty until set.
+    pub(crate) user: String,
     pub(crate) ctx: SessionContext,
     pub(crate) dialect: Arc<dyn ClientDialect>,
     pub(crate) cursors: Cursors,
@@ -100,6 +102,16 @@ impl StatementGuard {
 }
 
 impl ClientSession {
+    /// This session, run for `user` (whom the frontend authenticated).
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = user.into();
+        self
+    }
+
+    /// The user the session runs for.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
     /// The session's id (`system.queries.session_id`, `ember_session_id()`).
     pub fn id(&self) -> &str {
         &self.id

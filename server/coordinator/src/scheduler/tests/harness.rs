@@ -133,6 +133,7 @@ impl SchedulerTest {
         self.event(Event::Submit(Submission {
             query_id: query_id.clone(),
             session_id: "test".into(),
+            user: "tester".into(),
             sql: "SELECT a FROM t".into(),
             graph,
             settings: HashMap::from([("datafusion.execution.batch_size".into(), "7".into())]),
