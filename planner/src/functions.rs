@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
@@ -69,56 +70,55 @@ impl std::hash::Hash for BoundedOutput {
 
 impl BoundedOutput {
     /// The largest output of any row, in bytes (an upper bound for padding).
-    fn largest_output(&self, args: &[ColumnarValue], rows: usize) -> u64 {
-        let count = |row: usize| -> u64 {
-            let value = match args.get(1) {
-                Some(ColumnarValue::Scalar(scalar)) => scalar.clone(),
-                Some(ColumnarValue::Array(array)) if row < array.len() => {
-                    ScalarValue::try_from_array(array, row).unwrap_or(ScalarValue::Null)
-                }
-                _ => ScalarValue::Null,
-            };
-            match value {
-                ScalarValue::Int64(Some(n)) => u64::try_from(n).unwrap_or(0),
-                ScalarValue::Int32(Some(n)) => u64::try_from(n).unwrap_or(0),
-                ScalarValue::UInt64(Some(n)) => n,
-                _ => 0,
-            }
+    fn largest_output(&self, args: &[ColumnarValue]) -> u64 {
+        // One pass over each argument: counts (negative and NULL count as 0) and string bytes,
+        // a single value when the argument is a constant.
+        let counts: Vec<u64> = match args.get(1) {
+            Some(ColumnarValue::Scalar(scalar)) => vec![
+                scalar
+                    .cast_to(&DataType::Int64)
+                    .ok()
+                    .and_then(|v| match v {
+                        ScalarValue::Int64(n) => n,
+                        _ => None,
+                    })
+                    .map_or(0, |n| n.max(0) as u64),
+            ],
+            Some(ColumnarValue::Array(array)) => match cast(array, &DataType::Int64) {
+                Ok(counts) => counts
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|n| n.map_or(0, |n| n.max(0) as u64))
+                    .collect(),
+                Err(_) => vec![0],
+            },
+            None => vec![0],
         };
-        let string_bytes = |row: usize| -> u64 {
-            match args.first() {
-                Some(ColumnarValue::Scalar(scalar)) => {
-                    scalar.try_as_str().flatten().map_or(0, |s| s.len() as u64)
-                }
-                Some(ColumnarValue::Array(array)) => strings(array)
-                    .nth(row)
-                    .flatten()
-                    .map_or(0, |s| s.len() as u64),
-                None => 0,
-            }
-        };
-        let counts_vary = matches!(args.get(1), Some(ColumnarValue::Array(_)));
-        let strings_vary = matches!(args.first(), Some(ColumnarValue::Array(_)));
-        let rows = if counts_vary || strings_vary { rows } else { 1 };
+        let most = |values: &[u64]| values.iter().copied().max().unwrap_or(0);
         match self.rule {
-            OutputRule::Pad => (0..rows)
-                .map(|row| count(row).saturating_mul(4))
-                .max()
-                .unwrap_or(0),
-            OutputRule::Repeat if !counts_vary => {
-                let longest = match args.first() {
+            OutputRule::Pad => most(&counts).saturating_mul(4),
+            OutputRule::Repeat => {
+                let lengths: Vec<u64> = match args.first() {
+                    Some(ColumnarValue::Scalar(scalar)) => {
+                        vec![scalar.try_as_str().flatten().map_or(0, |s| s.len() as u64)]
+                    }
                     Some(ColumnarValue::Array(array)) => strings(array)
                         .map(|s| s.map_or(0, |s| s.len() as u64))
-                        .max()
-                        .unwrap_or(0),
-                    _ => string_bytes(0),
+                        .collect(),
+                    None => vec![0],
                 };
-                longest.saturating_mul(count(0))
+                if counts.len() == 1 || lengths.len() == 1 {
+                    // One side is a constant: the longest string times the largest count.
+                    most(&lengths).saturating_mul(most(&counts))
+                } else {
+                    lengths
+                        .iter()
+                        .zip(&counts)
+                        .map(|(length, count)| length.saturating_mul(*count))
+                        .max()
+                        .unwrap_or(0)
+                }
             }
-            OutputRule::Repeat => (0..rows)
-                .map(|row| string_bytes(row).saturating_mul(count(row)))
-                .max()
-                .unwrap_or(0),
         }
     }
 }
@@ -153,7 +153,7 @@ impl ScalarUDFImpl for BoundedOutput {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let largest = self.largest_output(&args.args, args.number_rows);
+        let largest = self.largest_output(&args.args);
         if largest > MAX_GENERATED_BYTES {
             let what = match self.rule {
                 OutputRule::Repeat => format!("the result of {}() ({largest} bytes)", self.name()),

@@ -163,7 +163,13 @@ pub struct ConfinedStore {
     /// The store's URL (`file:///`, `s3://bucket/`): objects are paths relative to it.
     base: Url,
     allowed: Arc<AllowedPaths>,
+    /// Objects already found allowed: a scan reads each file in many ranges, and the check
+    /// resolves symbolic links on disk, so it runs once per object rather than once per read.
+    allowed_objects: moka::sync::Cache<String, ()>,
 }
+
+/// Objects a store remembers as allowed.
+const ALLOWED_OBJECTS: u64 = 65_536;
 
 impl ConfinedStore {
     /// `inner`, the store at `base`, confined to `allowed`.
@@ -172,11 +178,18 @@ impl ConfinedStore {
             inner,
             base,
             allowed,
+            allowed_objects: moka::sync::Cache::new(ALLOWED_OBJECTS),
         }
     }
 
     fn check(&self, location: &ObjectPath) -> object_store::Result<()> {
-        check(&self.allowed, &self.base, location)
+        if self.allowed_objects.contains_key(location.as_ref()) {
+            return Ok(());
+        }
+        check(&self.allowed, &self.base, location)?;
+        self.allowed_objects
+            .insert(location.as_ref().to_string(), ());
+        Ok(())
     }
 }
 
