@@ -125,6 +125,9 @@ pub struct AuthConfig {
     /// Users allowed to connect when the method is not `trust`, as `name:verifier` entries; the
     /// verifier is what `ember passwd NAME` prints.
     pub users: Vec<String>,
+    /// Roles that always exist, may log in and pass every privilege check; other roles come
+    /// from `CREATE ROLE` (or `users`) and hold what `GRANT` gives them.
+    pub superusers: Vec<String>,
     /// Lifetime, in milliseconds, of the Bearer tokens Flight SQL clients get at the handshake
     /// (at least 1000).
     pub token_ttl_ms: u64,
@@ -613,6 +616,16 @@ impl EmberConfig {
             return Err(invalid(
                 "auth.users",
                 "entries are name:verifier, as printed by `ember passwd NAME`",
+            ));
+        }
+        if self.auth.superusers.is_empty()
+            || self.auth.superusers.iter().any(|name| {
+                name.is_empty() || name.len() > 63 || name.eq_ignore_ascii_case("public")
+            })
+        {
+            return Err(invalid(
+                "auth.superusers",
+                "must name at least one role, each 1 to 63 bytes and not PUBLIC",
             ));
         }
         let (cert, key) = (&self.tls.cert_file, &self.tls.key_file);

@@ -44,6 +44,15 @@ impl SqlState {
     pub const INVALID_CURSOR_NAME: SqlState = SqlState(*b"34000");
     /// `42000`: syntax_error_or_access_rule_violation (a statement that cannot be planned).
     pub const SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION: SqlState = SqlState(*b"42000");
+    /// `28000`: invalid_authorization_specification (a role that does not exist or may not
+    /// log in).
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState(*b"28000");
+    /// `0LP01`: invalid_grant_operation.
+    pub const INVALID_GRANT_OPERATION: SqlState = SqlState(*b"0LP01");
+    /// `42710`: duplicate_object.
+    pub const DUPLICATE_OBJECT: SqlState = SqlState(*b"42710");
+    /// `42939`: reserved_name.
+    pub const RESERVED_NAME: SqlState = SqlState(*b"42939");
     /// `42501`: insufficient_privilege.
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState(*b"42501");
     /// `42601`: syntax_error.

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::access::AccessControl;
 use crate::catalog::CatalogStore;
 use crate::cluster::{ClusterManagerService, ExecutorLimits};
 use crate::engine::QueryEngine;
@@ -68,7 +69,11 @@ impl Coordinator {
         let catalog = ctx
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
-        catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(handle.clone())))?;
+        let access = Arc::new(AccessControl::new(&config.auth)?);
+        catalog.register_schema(
+            SYSTEM_SCHEMA,
+            Arc::new(SystemSchema::new(handle.clone(), Arc::clone(&access))),
+        )?;
         if config.tpch.scale > 0.0 {
             register_tpch(&ctx, &config.coordinator.data_dir, config.tpch.scale).await?;
         }
@@ -77,7 +82,7 @@ impl Coordinator {
             &cluster,
             "coordinator",
         ));
-        let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir)?);
+        let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir, access)?);
         store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
         let engine = Arc::new(QueryEngine::new(
             ctx.state(),

@@ -9,6 +9,7 @@ use datafusion::common::{SchemaReference, TableReference};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use ember_planner::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 
+use crate::access::Securable;
 use crate::catalog::{CatalogObject, StatementEntry};
 use crate::engine::{QueryEngine, ddl_command};
 use crate::error::{Error, Result};
@@ -178,10 +179,12 @@ impl QueryEngine {
                     };
                 }
                 let catalog = self.base_catalog();
+                let owner = session.current_role();
                 self.catalog
                     .update(
                         |file| {
                             file.schemas.push(name.clone());
+                            file.access.created(Securable::schema(&name), &owner);
                             Ok(())
                         },
                         |_| {
@@ -258,6 +261,7 @@ impl QueryEngine {
                         |file| {
                             file.schemas.retain(|s| *s != name);
                             file.objects.retain(|o| o.key().0 != name);
+                            file.access.dropped_schema(&name);
                             Ok(())
                         },
                         |_| {
@@ -314,6 +318,7 @@ impl QueryEngine {
                         let position = file.objects.iter().position(|o| {
                             o.key() == (target.schema.as_str(), target.name.as_str())
                         });
+                        file.access.dropped_table(&target.schema, &target.name);
                         Ok(position.map(|i| file.objects.remove(i)))
                     },
                     |_| Ok(()),
@@ -353,6 +358,7 @@ impl QueryEngine {
         object: CatalogObject,
     ) -> Result<()> {
         let key = (object.key().0.to_string(), object.key().1.to_string());
+        let owner = session.current_role();
         let result = self
             .catalog
             .update(
@@ -360,6 +366,8 @@ impl QueryEngine {
                     file.objects
                         .retain(|o| (o.key().0, o.key().1) != (key.0.as_str(), key.1.as_str()));
                     file.objects.push(object);
+                    file.access
+                        .created_if_new(Securable::table(&key.0, &key.1), &owner);
                     Ok(())
                 },
                 |_| Ok(()),

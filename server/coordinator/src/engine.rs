@@ -66,6 +66,11 @@ impl QueryEngine {
         self.base_state.clone()
     }
 
+    /// Roles and privileges: who may log in, and what each role may read and write.
+    pub fn access(&self) -> &Arc<crate::access::AccessControl> {
+        self.catalog.access()
+    }
+
     /// Ember's one catalog, shared by all sessions.
     pub(crate) fn base_catalog(&self) -> Option<Arc<dyn CatalogProvider>> {
         self.base_state.catalog_list().catalog(DEFAULT_CATALOG)
@@ -111,9 +116,20 @@ impl QueryEngine {
             Volatility::Stable,
             Arc::new(move |_| Ok(ColumnarValue::Scalar(value.clone()))),
         ));
+        // Until a frontend says who it authenticated, a session is the server's own.
+        let user = self.catalog.access().bootstrap_superuser().to_string();
+        let identity = Arc::new(crate::session::Identity::new(&user));
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::clone(&identity));
+        for function in crate::session::identity_functions(&identity, self.catalog.access()) {
+            ctx.register_udf(function);
+        }
         let session = ClientSession {
             id,
-            user: String::new(),
+            user,
+            identity,
             initial_options: ctx.state().config_options().as_ref().clone(),
             ctx,
             dialect: Arc::clone(&dialect),
@@ -183,6 +199,9 @@ impl QueryEngine {
                 return Ok(output);
             }
         }
+        if let Some(statement) = parsed.access() {
+            return self.access_statement(session, statement).await;
+        }
         if let Some(cursor) = parsed.cursor() {
             return self.cursor_command(session, parsed, cursor).await;
         }
@@ -197,7 +216,7 @@ impl QueryEngine {
     /// Plans a statement ahead of running it (for the extended query protocol and prepared
     /// statements): the plan, with its `$n` placeholders, gives parameter and result types
     /// before anything runs. `None` for statements that are not planned ahead: session
-    /// commands, cursor statements and `EXPLAIN DISTRIBUTED`.
+    /// commands, cursor statements, role and privilege statements and `EXPLAIN DISTRIBUTED`.
     pub async fn plan(
         &self,
         session: &ClientSession,
@@ -205,6 +224,7 @@ impl QueryEngine {
     ) -> Result<Option<LogicalPlan>> {
         if parsed.is_explain_distributed()
             || parsed.cursor().is_some()
+            || parsed.access().is_some()
             || self.is_session_command(session, parsed)
         {
             return Ok(None);
@@ -229,7 +249,10 @@ impl QueryEngine {
         let read = tables_read(&state, &statement);
         let called = crate::statement::functions_called(&statement);
         match state.statement_to_plan(statement).await {
-            Ok(plan) => Ok(plan),
+            Ok(plan) => {
+                self.authorize(session, &plan).await?;
+                Ok(plan)
+            }
             // DataFusion's words, with the type the catalog and the registry say it is.
             Err(error) if missing_table(&state, &read).is_some() => {
                 Err(Error::UndefinedTable(Error::from(error).to_string()))
@@ -276,6 +299,9 @@ impl QueryEngine {
         parsed: &ParsedStatement,
         plan: LogicalPlan,
     ) -> Result<Output> {
+        // Checked again here: privileges may have changed since a prepared statement was
+        // planned.
+        self.authorize(session, &plan).await?;
         match &plan {
             LogicalPlan::Explain(_) => self.explain(session, plan).await,
             LogicalPlan::Ddl(_) => self.execute_ddl(session, parsed, plan).await,

@@ -59,6 +59,18 @@ pub enum Error {
     /// Not allowed (a server-level setting, a read-only schema, a path outside the allowed ones).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A role that may not log in, or does not exist (at login).
+    #[error("{0}")]
+    InvalidAuthorization(String),
+    /// A role (or another object without a more specific code) that exists already.
+    #[error("{0}")]
+    DuplicateObject(String),
+    /// A grant that cannot be: a privilege the object does not have, a membership cycle.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// A name Ember reserves (`public`, `pg_*` roles).
+    #[error("{0}")]
+    ReservedName(String),
     /// A table or view that does not exist.
     #[error("{0}")]
     UndefinedTable(String),
@@ -179,6 +191,10 @@ impl Error {
             Error::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
             Error::CardinalityViolation(_) => SqlState::CARDINALITY_VIOLATION,
             Error::PermissionDenied(_) => SqlState::INSUFFICIENT_PRIVILEGE,
+            Error::InvalidAuthorization(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            Error::DuplicateObject(_) => SqlState::DUPLICATE_OBJECT,
+            Error::InvalidGrant(_) => SqlState::INVALID_GRANT_OPERATION,
+            Error::ReservedName(_) => SqlState::RESERVED_NAME,
             Error::UndefinedTable(_) => SqlState::UNDEFINED_TABLE,
             Error::UndefinedFunction(_) => SqlState::UNDEFINED_FUNCTION,
             Error::DuplicateTable(_) => SqlState::DUPLICATE_TABLE,

@@ -12,7 +12,7 @@ use datafusion::common::{Column, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
-    CreateMemoryTable, Expr, LogicalPlan, LogicalPlanBuilder, cast, col, lit,
+    CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, cast, col, lit,
 };
 
 use crate::ddl::already_exists;
@@ -68,8 +68,13 @@ impl QueryEngine {
         } = ingest;
         let ctx = session.context();
         let source = MemTable::try_new(Arc::clone(&schema), vec![batches])?;
-        let scan = LogicalPlanBuilder::scan("ingest", provider_as_source(Arc::new(source)), None)?
-            .build()?;
+        // Named outside Ember's catalog: access control checks the target, not the rows.
+        let scan = LogicalPlanBuilder::scan(
+            TableReference::full("client", "ingest", "rows"),
+            provider_as_source(Arc::new(source)),
+            None,
+        )?
+        .build()?;
         // What `system.queries` shows for it.
         let description = format!("-- ingest into {table}");
         if ctx.table_exist(table.clone())? {
@@ -83,6 +88,7 @@ impl QueryEngine {
             let plan =
                 LogicalPlanBuilder::insert_into(input, table, provider_as_source(target), op)?
                     .build()?;
+            self.authorize(session, &plan).await?;
             return self.insert(session, &description, plan).await;
         }
         if if_missing == IfTableMissing::Fail {
@@ -99,6 +105,11 @@ impl QueryEngine {
             column_defaults: vec![],
             temporary: false,
         };
+        self.authorize(
+            session,
+            &LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create.clone())),
+        )
+        .await?;
         self.create_table(session, &create, &[], &description).await
     }
 }

@@ -18,6 +18,8 @@
 //! events. Planning primitives (stage cutting, shuffle operators, task encoding) live in
 //! `ember-planner`; the wire contract with executors in `ember-protocol`.
 
+pub mod access;
+mod authorize;
 mod catalog;
 mod cluster;
 pub mod coordinator;

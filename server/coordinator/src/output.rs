@@ -91,7 +91,17 @@ pub enum Command {
     DropSchema,
     /// `DROP FUNCTION`.
     DropFunction,
-    /// `SET`.
+    /// `CREATE ROLE`, `CREATE USER`.
+    CreateRole,
+    /// `ALTER ROLE`, `ALTER USER`.
+    AlterRole,
+    /// `DROP ROLE`, `DROP USER`.
+    DropRole,
+    /// `GRANT` (of privileges or of roles).
+    Grant,
+    /// `REVOKE` (of privileges or of roles).
+    Revoke,
+    /// `SET` (also `SET ROLE`, `RESET ROLE`).
     Set,
     /// `RESET`.
     Reset,

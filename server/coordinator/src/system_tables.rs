@@ -1,17 +1,26 @@
-//! The `system` schema: Spark UI's tabs as SQL tables, read live from the scheduler.
+//! The `system` schema: Spark UI's tabs as SQL tables, read live from the scheduler, and the
+//! roles and privileges of access control. A role that is not a superuser sees its own
+//! session user's queries (and their stages and tasks) only.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{
+    Array, BooleanArray, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::access::{AccessControl, Securable};
 use crate::scheduler::snapshot as schemas;
 use crate::scheduler::{SchedulerHandle, Snapshot};
+use crate::session::Identity;
 
 /// The schema's name.
 pub(crate) const SYSTEM_SCHEMA: &str = "system";
@@ -22,14 +31,20 @@ enum SystemTable {
     Queries,
     Stages,
     Tasks,
+    Roles,
+    TablePrivileges,
+    TableAcl,
 }
 
 impl SystemTable {
-    const ALL: [(&'static str, SystemTable); 4] = [
+    const ALL: [(&'static str, SystemTable); 7] = [
         ("executors", SystemTable::Executors),
         ("queries", SystemTable::Queries),
         ("stages", SystemTable::Stages),
         ("tasks", SystemTable::Tasks),
+        ("roles", SystemTable::Roles),
+        ("table_privileges", SystemTable::TablePrivileges),
+        ("table_acl", SystemTable::TableAcl),
     ];
 
     fn schema(self) -> SchemaRef {
@@ -38,16 +53,209 @@ impl SystemTable {
             SystemTable::Queries => schemas::queries_schema(),
             SystemTable::Stages => schemas::stages_schema(),
             SystemTable::Tasks => schemas::tasks_schema(),
+            SystemTable::Roles => roles_schema(),
+            SystemTable::TablePrivileges => table_privileges_schema(),
+            SystemTable::TableAcl => table_acl_schema(),
         }
     }
+}
 
-    fn rows(self, snapshot: Snapshot) -> datafusion::arrow::array::RecordBatch {
-        match self {
+fn roles_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("role_name", DataType::Utf8, false),
+        Field::new("superuser", DataType::Boolean, false),
+        Field::new("login", DataType::Boolean, false),
+        Field::new("create_role", DataType::Boolean, false),
+        Field::new("configured", DataType::Boolean, false),
+        Field::new(
+            "member_of",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            false,
+        ),
+    ]))
+}
+
+/// Each table and view with its owner and its ACL in PostgreSQL's text form (`role=r/owner`,
+/// one per line), as psql's `\dp` shows them.
+fn table_acl_schema() -> SchemaRef {
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        text("table_schema"),
+        text("table_name"),
+        text("table_type"),
+        text("owner"),
+        text("acl"),
+    ]))
+}
+
+fn table_acl_batch(access: &AccessControl) -> Result<RecordBatch> {
+    let published = access.published();
+    let mut tables: Vec<_> = published.tables.iter().collect();
+    tables.sort();
+    let mut columns: [StringBuilder; 5] = Default::default();
+    for (schema, name) in tables {
+        let object = Securable::table(schema, name);
+        let kind = if published
+            .views
+            .contains_key(&(schema.clone(), name.clone()))
+        {
+            "view"
+        } else {
+            "table"
+        };
+        let owner = access.acl(&object).owner;
+        let acl = access.acl_text(&object);
+        for (builder, value) in columns.iter_mut().zip([
+            schema.as_str(),
+            name.as_str(),
+            kind,
+            owner.as_str(),
+            acl.as_str(),
+        ]) {
+            builder.append_value(value);
+        }
+    }
+    let columns: Vec<Arc<dyn Array>> = columns
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as Arc<dyn Array>)
+        .collect();
+    Ok(RecordBatch::try_new(table_acl_schema(), columns)?)
+}
+
+/// The columns of SQL's `information_schema.table_privileges`.
+fn table_privileges_schema() -> SchemaRef {
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        text("grantor"),
+        text("grantee"),
+        text("table_catalog"),
+        text("table_schema"),
+        text("table_name"),
+        text("privilege_type"),
+        text("is_grantable"),
+        text("with_hierarchy"),
+    ]))
+}
+
+fn roles_batch(access: &AccessControl) -> Result<RecordBatch> {
+    let roles = access.roles();
+    let mut names = StringBuilder::new();
+    let mut flags: [BooleanBuilder; 4] = Default::default();
+    let mut member_of = ListBuilder::new(StringBuilder::new());
+    for role in roles {
+        names.append_value(&role.name);
+        for (builder, value) in flags.iter_mut().zip([
+            role.superuser,
+            role.login,
+            role.create_role,
+            role.configured,
+        ]) {
+            builder.append_value(value);
+        }
+        member_of.append_value(role.member_of.iter().map(Some));
+    }
+    let [superuser, login, create_role, configured] = flags;
+    let columns: Vec<Arc<dyn Array>> = vec![
+        Arc::new(names.finish()),
+        Arc::new({ superuser }.finish()),
+        Arc::new({ login }.finish()),
+        Arc::new({ create_role }.finish()),
+        Arc::new({ configured }.finish()),
+        Arc::new(member_of.finish()),
+    ];
+    Ok(RecordBatch::try_new(roles_schema(), columns)?)
+}
+
+/// Each privilege held on each table or view, as `information_schema.table_privileges` lists
+/// them: the owner's implicit ones and every grant. A role that is not a superuser sees the
+/// rows it (or a role it belongs to, or PUBLIC) grants or is granted.
+fn table_privileges_batch(access: &AccessControl, viewer: Option<&str>) -> Result<RecordBatch> {
+    let published = access.published();
+    let visible: Option<BTreeSet<String>> = viewer
+        .filter(|role| !access.is_superuser(role))
+        .map(|role| access.memberships(role));
+    let mut tables: Vec<_> = published.tables.iter().collect();
+    tables.sort();
+    let mut columns: [StringBuilder; 8] = Default::default();
+    for (schema, name) in tables {
+        let object = Securable::table(schema, name);
+        for (grantor, grantee, privileges) in access.grants_of(&object) {
+            if let Some(roles) = &visible
+                && !(grantee == "PUBLIC" || roles.contains(&grantee) || roles.contains(&grantor))
+            {
+                continue;
+            }
+            for privilege in privileges.names() {
+                let row = [
+                    grantor.as_str(),
+                    grantee.as_str(),
+                    ember_planner::session::DEFAULT_CATALOG,
+                    schema.as_str(),
+                    name.as_str(),
+                    privilege,
+                    if grantee == grantor { "YES" } else { "NO" },
+                    if privilege == "SELECT" { "YES" } else { "NO" },
+                ];
+                for (builder, value) in columns.iter_mut().zip(row) {
+                    builder.append_value(value);
+                }
+            }
+        }
+    }
+    let columns: Vec<Arc<dyn Array>> = columns
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as Arc<dyn Array>)
+        .collect();
+    Ok(RecordBatch::try_new(table_privileges_schema(), columns)?)
+}
+
+/// The rows of `batch` whose `column` is one of `values`.
+fn rows_where(batch: &RecordBatch, column: &str, values: &HashSet<String>) -> Result<RecordBatch> {
+    let Some(strings) = batch
+        .column_by_name(column)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    else {
+        return Ok(batch.clone());
+    };
+    let keep: BooleanArray = strings
+        .iter()
+        .map(|v| Some(v.is_some_and(|v| values.contains(v))))
+        .collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+/// What `viewer`'s session may see of the scheduler: everything for a superuser, else its own
+/// queries.
+fn scheduler_rows(
+    table: SystemTable,
+    snapshot: Snapshot,
+    identity: Option<&Identity>,
+    access: &AccessControl,
+) -> Result<RecordBatch> {
+    let restricted = identity.filter(|i| !access.is_superuser(&i.current_role()));
+    let Some(identity) = restricted else {
+        return Ok(match table {
             SystemTable::Executors => snapshot.executors,
             SystemTable::Queries => snapshot.queries,
             SystemTable::Stages => snapshot.stages,
-            SystemTable::Tasks => snapshot.tasks,
-        }
+            _ => snapshot.tasks,
+        });
+    };
+    let own = rows_where(
+        &snapshot.queries,
+        "user_name",
+        &HashSet::from([identity.session_user()]),
+    )?;
+    let ids: HashSet<String> = own
+        .column_by_name("query_id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .map(|ids| ids.iter().flatten().map(str::to_string).collect())
+        .unwrap_or_default();
+    match table {
+        SystemTable::Executors => Ok(snapshot.executors),
+        SystemTable::Queries => Ok(own),
+        SystemTable::Stages => rows_where(&snapshot.stages, "query_id", &ids),
+        _ => rows_where(&snapshot.tasks, "query_id", &ids),
     }
 }
 
@@ -55,11 +263,12 @@ impl SystemTable {
 #[derive(Debug)]
 pub(crate) struct SystemSchema {
     scheduler: SchedulerHandle,
+    access: Arc<AccessControl>,
 }
 
 impl SystemSchema {
-    pub(crate) fn new(scheduler: SchedulerHandle) -> Self {
-        Self { scheduler }
+    pub(crate) fn new(scheduler: SchedulerHandle, access: Arc<AccessControl>) -> Self {
+        Self { scheduler, access }
     }
 }
 
@@ -80,6 +289,7 @@ impl SchemaProvider for SystemSchema {
                 Arc::new(SystemTableProvider {
                     table: *table,
                     scheduler: self.scheduler.clone(),
+                    access: Arc::clone(&self.access),
                 }) as Arc<dyn TableProvider>
             }))
     }
@@ -93,6 +303,7 @@ impl SchemaProvider for SystemSchema {
 struct SystemTableProvider {
     table: SystemTable,
     scheduler: SchedulerHandle,
+    access: Arc<AccessControl>,
 }
 
 #[async_trait]
@@ -112,12 +323,23 @@ impl TableProvider for SystemTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self
-            .scheduler
-            .snapshot()
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let rows = self.table.rows(snapshot);
+        let identity = state.config().get_extension::<Identity>();
+        let rows = match self.table {
+            SystemTable::Roles => roles_batch(&self.access)?,
+            SystemTable::TableAcl => table_acl_batch(&self.access)?,
+            SystemTable::TablePrivileges => table_privileges_batch(
+                &self.access,
+                identity.as_ref().map(|i| i.current_role()).as_deref(),
+            )?,
+            table => {
+                let snapshot = self
+                    .scheduler
+                    .snapshot()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                scheduler_rows(table, snapshot, identity.as_deref(), &self.access)?
+            }
+        };
         let table = MemTable::try_new(self.schema(), vec![vec![rows]])?;
         table.scan(state, projection, filters, limit).await
     }

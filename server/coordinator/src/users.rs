@@ -185,6 +185,11 @@ impl Users {
         Ok(Self { verifiers })
     }
 
+    /// The names of the configured users.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.verifiers.keys().map(String::as_str)
+    }
+
     /// The verifier of `user`, if it is one.
     pub fn verifier(&self, user: &str) -> Option<&Verifier> {
         self.verifiers.get(user)

@@ -30,6 +30,7 @@ use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
 use futures::TryStreamExt;
 
+use crate::access::Securable;
 use crate::catalog::{CatalogObject, ManagedEntry, ManagedFile, ManagedTable};
 use crate::ddl::ObjectName;
 use crate::ddl::already_exists;
@@ -257,6 +258,7 @@ impl QueryEngine {
             }
         }
         let catalog = self.base_catalog();
+        let owner = session.current_role();
         let committed =
             self.catalog
                 .update(
@@ -269,6 +271,8 @@ impl QueryEngine {
                         }
                         let old = position.map(|i| file.objects.remove(i));
                         file.objects.push(CatalogObject::Table(entry.clone()));
+                        file.access
+                            .created_if_new(Securable::table(&name.schema, &name.name), &owner);
                         Ok(old)
                     },
                     |_| {

@@ -14,11 +14,8 @@ use ember_protocol::credentials::{bearer_token, credential_status};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use ember_coordinator::users::{Method, Users};
+use ember_coordinator::users::Method;
 use ember_coordinator::{ClientSession, QueryEngine};
-
-/// The user trust mode assumes when a client names none.
-pub(crate) const DEFAULT_USER: &str = "ember";
 
 /// One client's Flight SQL session: its `ClientSession` (settings, current schema).
 pub(crate) struct FlightSession {
@@ -65,7 +62,6 @@ pub(crate) struct SessionLimits {
 pub(crate) struct Authenticator {
     key: SigningKey,
     method: Method,
-    users: Users,
     token_ttl: Duration,
     engine: Arc<QueryEngine>,
     limits: SessionLimits,
@@ -77,7 +73,6 @@ impl Authenticator {
     pub(crate) fn new(
         key: SigningKey,
         method: Method,
-        users: Users,
         token_ttl: Duration,
         engine: Arc<QueryEngine>,
         limits: SessionLimits,
@@ -85,7 +80,6 @@ impl Authenticator {
         Self {
             key,
             method,
-            users,
             token_ttl,
             engine,
             limits,
@@ -109,7 +103,7 @@ impl Authenticator {
             None => basic_payload(payload).unwrap_or_default(),
         };
         let user = if user.is_empty() && self.method == Method::Trust {
-            DEFAULT_USER.to_string()
+            self.engine.access().bootstrap_superuser().to_string()
         } else {
             user
         };
@@ -124,10 +118,15 @@ impl Authenticator {
     }
 
     fn password_matches(&self, user: &str, password: &str) -> bool {
-        self.users.password_matches(user, password)
+        self.engine.access().password_matches(user, password)
     }
 
     fn open_session(&self, user: String) -> Result<(Arc<FlightSession>, String), Status> {
+        // The role must exist and may log in (under trust too, as in PostgreSQL).
+        self.engine
+            .access()
+            .check_login(&user)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let session_id = random_id(16);
         let session = self.admit(&session_id, &user)?;
         let token = self.issue(&session_id, &session.user);
@@ -193,7 +192,8 @@ impl Authenticator {
     pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let Some(token) = bearer_token(metadata) else {
             if self.method == Method::Trust {
-                let (session, token) = self.open_session(DEFAULT_USER.to_string())?;
+                let (session, token) =
+                    self.open_session(self.engine.access().bootstrap_superuser().to_string())?;
                 return Ok(Caller {
                     session,
                     new_token: Some(token),
@@ -207,6 +207,11 @@ impl Authenticator {
             .key
             .verify_token(token)
             .map_err(|e| credential_status(&e))?;
+        // A role dropped, or made NOLOGIN, since its token was issued is logged out.
+        self.engine
+            .access()
+            .check_login(&claims.user)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let remaining = claims.expires_at_ms.saturating_sub(now_ms());
         let renew = remaining < self.token_ttl.as_millis() as u64 / 2;
         let session = self.admit(&claims.session_id, &claims.user)?;

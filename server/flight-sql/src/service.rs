@@ -35,7 +35,7 @@ use crate::results::{ResultStore, ticket_handle};
 use crate::{FlightSqlOptions, metadata, session_options, sql_info};
 use ember_coordinator::QueryEngine;
 use ember_coordinator::Result;
-use ember_coordinator::users::{Method, Users};
+use ember_coordinator::users::Method;
 
 type DoGetStream = <EmberFlightSql as FlightService>::DoGetStream;
 type ActionStream = <EmberFlightSql as FlightService>::DoActionStream;
@@ -59,11 +59,9 @@ impl EmberFlightSql {
         options: FlightSqlOptions,
     ) -> Result<Self> {
         let method = Method::parse(&config.auth.method)?;
-        let users = Users::parse(&config.auth.users)?;
         let auth = Authenticator::new(
             options.key.clone(),
             method,
-            users,
             options.token_ttl,
             Arc::clone(&engine),
             options.sessions,

@@ -15,6 +15,7 @@ pub(crate) fn status(error: &Error) -> Status {
         Error::Unavailable(_) | Error::Shutdown => Code::Unavailable,
         Error::NotSupported(_) => Code::Unimplemented,
         Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::InvalidAuthorization(_) => Code::Unauthenticated,
         Error::UndefinedTable(_)
         | Error::UndefinedFunction(_)
         | Error::UndefinedObject(_)
@@ -23,12 +24,15 @@ pub(crate) fn status(error: &Error) -> Status {
         Error::DuplicateCursor(_)
         | Error::DuplicateTable(_)
         | Error::DuplicateSchema(_)
-        | Error::DuplicatePreparedStatement(_) => Code::AlreadyExists,
+        | Error::DuplicatePreparedStatement(_)
+        | Error::DuplicateObject(_) => Code::AlreadyExists,
         Error::DependentObjects(_) | Error::TransactionAborted => Code::FailedPrecondition,
         Error::Syntax(_)
         | Error::InvalidParameter(_)
         | Error::InvalidSettingValue(_)
-        | Error::CardinalityViolation(_) => Code::InvalidArgument,
+        | Error::CardinalityViolation(_)
+        | Error::InvalidGrant(_)
+        | Error::ReservedName(_) => Code::InvalidArgument,
         Error::LimitExceeded(_) => Code::ResourceExhausted,
         Error::Io(_) | Error::Transport(_) => Code::Unavailable,
         Error::Config(_) => Code::Internal,

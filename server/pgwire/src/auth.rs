@@ -1,22 +1,24 @@
-//! Postgres authentication: trust, cleartext password, md5 and SCRAM-SHA-256, against the users
-//! of `auth.users` (`ember_coordinator::users`). The exchanges themselves are pgwire's; this
-//! module answers what they ask of the users, from their verifiers (never from passwords).
+//! Postgres authentication: trust, cleartext password, md5 and SCRAM-SHA-256, against the roles
+//! that may log in (`auth.users`, and roles given a password with `CREATE ROLE`/`ALTER ROLE`).
+//! The exchanges themselves are pgwire's; this module answers what they ask of the roles, from
+//! their verifiers (never from passwords).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ember_coordinator::users::{Users, Verifier};
+use ember_coordinator::access::AccessControl;
+use ember_coordinator::users::Verifier;
 use pgwire::api::auth::sasl::scram::ScramSecret;
 use pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use pgwire::error::{PgWireError, PgWireResult};
 use rand::Rng;
 
-/// The configured users, as pgwire's authentication handlers ask for them.
+/// The roles, as pgwire's authentication handlers ask for them.
 #[derive(Debug, Clone)]
-pub(crate) struct PgUsers(pub(crate) Arc<Users>);
+pub(crate) struct PgUsers(pub(crate) Arc<AccessControl>);
 
 impl PgUsers {
-    fn verifier(&self, login: &LoginInfo) -> PgWireResult<&Verifier> {
+    fn verifier(&self, login: &LoginInfo) -> PgWireResult<Verifier> {
         let user = login.user().unwrap_or_default();
         self.0.verifier(user).ok_or_else(|| refused(login))
     }
@@ -71,10 +73,10 @@ impl AuthSource for PgUsers {
         };
         Ok((
             ScramSecret::Verifier {
-                salt: salt.clone(),
-                iterations: *iterations,
-                stored_key: stored_key.clone(),
-                server_key: server_key.clone(),
+                salt,
+                iterations,
+                stored_key,
+                server_key,
             },
             None,
         ))
@@ -89,13 +91,12 @@ mod tests {
     use super::*;
 
     fn users() -> PgUsers {
-        PgUsers(Arc::new(
-            Users::parse(&[
-                format!("ann:{}", scram_verifier("secret")),
-                format!("bob:{}", md5_verifier("bob", "hunter2")),
-            ])
-            .expect("valid users"),
-        ))
+        let mut auth = ember_config::EmberConfig::defaults().auth;
+        auth.users = vec![
+            format!("ann:{}", scram_verifier("secret")),
+            format!("bob:{}", md5_verifier("bob", "hunter2")),
+        ];
+        PgUsers(Arc::new(AccessControl::new(&auth).expect("valid users")))
     }
 
     #[tokio::test]

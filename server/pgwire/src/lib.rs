@@ -60,7 +60,8 @@ use tracing::{debug, info};
 use auth::PgUsers;
 pub use dialect::PostgresDialect;
 use ember_config::{AuthConfig, TlsConfig};
-use ember_coordinator::users::{Method, Users};
+use ember_coordinator::access::AccessControl;
+use ember_coordinator::users::Method;
 use ember_coordinator::{
     ClientSession, Deallocate, Error, Output, ParsedStatement, QueryEngine, Result,
     TransactionCommand,
@@ -88,6 +89,7 @@ impl PgServer {
         listener: TcpListener,
     ) -> Result<Self> {
         let security = Security::from_config(auth, tls)?;
+        let access = Arc::clone(engine.access());
         let dialect: Arc<PostgresDialect> = Arc::new(PostgresDialect::new(&engine).await?);
         let handler = Arc::new({
             let sessions = Arc::new(Sessions {
@@ -105,7 +107,7 @@ impl PgServer {
                 keys: RandomPidSecretKeyGenerator::default(),
             }
         });
-        let users = PgUsers(Arc::new(security.users));
+        let users = PgUsers(Arc::clone(&access));
         let method = match security.method {
             Method::Trust => StartupMethod::Trust(Arc::clone(&handler)),
             Method::Password => StartupMethod::Password(CleartextPasswordAuthStartupHandler::new(
@@ -123,6 +125,7 @@ impl PgServer {
         };
         let startup = Arc::new(Startup {
             method,
+            access,
             users: Arc::new(UserConnections {
                 max: max_connections_per_user.max(1),
                 counts: Mutex::default(),
@@ -243,10 +246,9 @@ impl PgWireServerHandlers for PgHandlers {
     }
 }
 
-/// How the Postgres port checks clients: the authentication method with its users, and TLS.
+/// How the Postgres port checks clients: the authentication method, and TLS.
 struct Security {
     method: Method,
-    users: Users,
     tls: Option<TlsAcceptor>,
 }
 
@@ -260,7 +262,6 @@ impl Security {
         };
         Ok(Self {
             method: Method::parse(&auth.method)?,
-            users: Users::parse(&auth.users)?,
             tls,
         })
     }
@@ -298,6 +299,8 @@ fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor> {
 /// connection limit.
 struct Startup {
     method: StartupMethod,
+    /// Under trust, only the login check stands between a client and its session.
+    access: Arc<AccessControl>,
     users: Arc<UserConnections>,
 }
 
@@ -384,6 +387,20 @@ impl StartupHandler for Startup {
                         ),
                     ))));
                 }
+            }
+        }
+        // Under trust the role must still exist and may log in, as in PostgreSQL (the password
+        // methods find no verifier for any other).
+        if let (StartupMethod::Trust(_), PgWireFrontendMessage::Startup(startup)) =
+            (&self.method, &message)
+        {
+            let user = startup.parameters.get("user").cloned().unwrap_or_default();
+            if let Err(error) = self.access.check_login(&user) {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_string(),
+                    error.sqlstate().to_string(),
+                    error.to_string(),
+                ))));
             }
         }
         match &self.method {

@@ -341,6 +341,10 @@ async fn client_ports_cap_connections_and_sessions() {
         db.message().to_string()
     };
     let first = cluster.connect(1).await;
+    first
+        .batch_execute("create role if not exists alice login; create role if not exists bob login")
+        .await
+        .expect("roles created");
     let second = as_user("ember")
         .await
         .expect("a second connection of ember");
@@ -369,6 +373,25 @@ async fn client_ports_cap_connections_and_sessions() {
         }
     };
     again.simple_query("select 1").await.expect("served again");
+
+    // Under trust a role must still exist to log in (28000), as in PostgreSQL.
+    drop(again);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = as_user("mallory").await.expect_err("an unknown role");
+        let db = refused.as_db_error().expect("a Postgres error");
+        if db.code().code() == "53300" && std::time::Instant::now() < deadline {
+            // The port has not counted the last client out yet.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(db.code().code(), "28000", "{db:?}");
+        assert!(
+            db.message().contains("role \"mallory\" does not exist"),
+            "{db:?}"
+        );
+        break;
+    }
 
     // Flight SQL: two sessions of one user, the third refused while both are in use.
     let handshake = || async {

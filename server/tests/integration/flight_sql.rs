@@ -766,3 +766,230 @@ async fn ember_sql_shell_runs_statements_in_every_format() {
     .await
     .expect("the test took too long");
 }
+
+/// `NAME:verifier` as `ember passwd` prints it.
+fn passwd(name: &str, password: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["passwd", name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            writeln!(child.stdin.take().expect("stdin"), "{password}")?;
+            child.wait_with_output()
+        })
+        .expect("ember passwd");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+async fn postgres(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={user} password={password} dbname=ember"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> Result<i64, tokio_postgres::Error> {
+    Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+/// Roles and grants hold for every client: a role without SELECT is refused with 42501 over
+/// Postgres (tokio-postgres and psql) and Flight SQL; a role created with SQL logs in with the
+/// password it was given and reads what it was granted; revoking, NOLOGIN and a coordinator
+/// restart change nothing of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_control_holds_for_both_frontends() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let users = format!(
+            "{},{}",
+            passwd("alice", "wonderland"),
+            passwd("ember", "admin-secret")
+        );
+        let mut cluster = Cluster::start(&[
+            ("EMBER_AUTH_METHOD", "scram-sha-256"),
+            ("EMBER_AUTH_USERS", users.as_str()),
+        ])
+        .await;
+        let port = cluster.cluster.pg_port;
+        let admin = postgres(port, "ember", "admin-secret")
+            .await
+            .expect("the superuser logs in");
+        admin
+            .batch_execute(
+                "create schema sales; \
+                 create table sales.orders as select o_orderkey, o_totalprice from tpch.orders; \
+                 create role bob login password 'builder'; \
+                 grant usage on schema sales to alice, bob; \
+                 grant select on sales.orders to bob",
+            )
+            .await
+            .expect("set up as the superuser");
+        let expected = count(&admin, "select count(*) from sales.orders")
+            .await
+            .unwrap();
+        assert!(expected > 0);
+
+        // alice may log in but was granted nothing on the table.
+        let alice = postgres(port, "alice", "wonderland").await.expect("alice");
+        let error = count(&alice, "select count(*) from sales.orders")
+            .await
+            .expect_err("alice has no SELECT");
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{error:?}"
+        );
+        let psql = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "alice"])
+            .args(["-d", "ember", "-X", "-v", "VERBOSITY=verbose"])
+            .args(["-c", "select count(*) from sales.orders"])
+            .env("PGPASSWORD", "wonderland")
+            .output()
+            .expect("run psql");
+        let stderr = String::from_utf8_lossy(&psql.stderr);
+        assert!(!psql.status.success(), "psql: {stderr}");
+        assert!(
+            stderr.contains("42501") && stderr.contains("permission denied for table sales.orders"),
+            "{stderr}"
+        );
+        let mut flight = cluster.client().await;
+        flight
+            .handshake("alice", "wonderland")
+            .await
+            .expect("alice's handshake");
+        let error = flight
+            .execute("select count(*) from sales.orders".into(), None)
+            .await
+            .expect_err("alice has no SELECT over Flight SQL either");
+        assert_eq!(code(&error), Some(Code::PermissionDenied), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("permission denied for table sales.orders"),
+            "{error}"
+        );
+
+        // bob, created with SQL, logs in with SCRAM and reads through both frontends.
+        let bob = postgres(port, "bob", "builder").await.expect("bob logs in");
+        assert_eq!(
+            count(&bob, "select count(*) from sales.orders")
+                .await
+                .unwrap(),
+            expected
+        );
+        assert!(postgres(port, "bob", "wrong").await.is_err());
+        let mut bob_flight = cluster.client().await;
+        bob_flight
+            .handshake("bob", "builder")
+            .await
+            .expect("bob's handshake");
+        let info = bob_flight
+            .execute("select count(*) from sales.orders".into(), None)
+            .await
+            .expect("bob may read");
+        let (batches, _) = fetch_all(&bob_flight, &info).await;
+        assert_eq!(
+            batches_to_rows(&batches),
+            vec![vec![Some(expected.to_string())]]
+        );
+
+        // Only a superuser sees other users' queries.
+        bob.simple_query("select o_orderkey from sales.orders where o_totalprice > 1000 limit 5")
+            .await
+            .expect("a distributed query of bob's");
+        assert_eq!(
+            count(
+                &alice,
+                "select count(*) from system.queries where user_name <> 'alice'"
+            )
+            .await
+            .unwrap(),
+            0
+        );
+        assert!(
+            count(
+                &admin,
+                "select count(*) from system.queries where user_name = 'bob'"
+            )
+            .await
+            .unwrap()
+                > 0
+        );
+
+        // Revoking takes effect at once; a role made NOLOGIN loses its Flight SQL session.
+        admin
+            .batch_execute("revoke select on sales.orders from bob; alter role bob nologin")
+            .await
+            .expect("revoke");
+        let error = count(&bob, "select count(*) from sales.orders")
+            .await
+            .expect_err("revoked");
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        );
+        let error = bob_flight
+            .execute("select 1".into(), None)
+            .await
+            .expect_err("bob may no longer log in");
+        assert_eq!(code(&error), Some(Code::Unauthenticated), "{error}");
+
+        // Roles, passwords and grants are in the catalog: they survive a restart.
+        cluster.cluster.restart_coordinator();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let admin = loop {
+            match postgres(port, "ember", "admin-secret").await {
+                Ok(client) => break client,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("the coordinator did not come back: {e}"),
+            }
+        };
+        assert!(
+            postgres(port, "bob", "builder").await.is_err(),
+            "bob is NOLOGIN"
+        );
+        admin
+            .batch_execute("alter role bob login")
+            .await
+            .expect("login again");
+        let bob = postgres(port, "bob", "builder")
+            .await
+            .expect("bob's password kept");
+        assert!(
+            count(&bob, "select count(*) from sales.orders")
+                .await
+                .is_err()
+        );
+        let alice = postgres(port, "alice", "wonderland").await.expect("alice");
+        assert!(
+            count(&alice, "select count(*) from sales.orders")
+                .await
+                .is_err()
+        );
+        admin
+            .batch_execute("grant select on sales.orders to bob")
+            .await
+            .expect("grant");
+        assert_eq!(
+            count(&bob, "select count(*) from sales.orders")
+                .await
+                .unwrap(),
+            expected
+        );
+    })
+    .await
+    .expect("the test took too long");
+}

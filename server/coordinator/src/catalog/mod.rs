@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 pub(crate) use managed::ManagedTable;
 
+use crate::access::{AccessControl, AccessFile, Published};
 use crate::error::{Error, Result};
 
 const CATALOG_FILE: &str = "catalog.json";
@@ -51,6 +52,35 @@ pub(crate) struct CatalogFile {
     /// Tables and views, in creation order (views may refer to what came before them).
     #[serde(default)]
     pub(crate) objects: Vec<CatalogObject>,
+    /// Roles, owners and grants.
+    #[serde(default)]
+    pub(crate) access: AccessFile,
+}
+
+impl CatalogFile {
+    /// What access control reads of this catalog.
+    fn published(&self) -> Published {
+        Published {
+            access: self.access.clone(),
+            schemas: self.schemas.clone(),
+            tables: self
+                .objects
+                .iter()
+                .map(|o| (o.key().0.to_string(), o.key().1.to_string()))
+                .collect(),
+            views: self
+                .objects
+                .iter()
+                .filter_map(|o| match o {
+                    CatalogObject::View(view) => Some((
+                        (view.schema.clone(), view.name.clone()),
+                        view.default_schema.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,11 +263,13 @@ pub(crate) struct CatalogStore {
     /// Where managed tables are created: `<data_dir>/warehouse`.
     warehouse: PathBuf,
     state: Mutex<CatalogFile>,
+    /// Roles and privileges, as of the last commit.
+    access: Arc<AccessControl>,
 }
 
 impl CatalogStore {
-    /// Opens (or creates) the catalog under `data_dir`.
-    pub(crate) fn open(data_dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the catalog under `data_dir`; `access` reads its roles and grants.
+    pub(crate) fn open(data_dir: &Path, access: Arc<AccessControl>) -> Result<Self> {
         let dir = data_dir.join("catalog");
         std::fs::create_dir_all(&dir)?;
         let warehouse = data_dir.join("warehouse");
@@ -266,11 +298,18 @@ impl CatalogStore {
             },
             Err(e) => return Err(e.into()),
         };
+        access.publish(file.published());
         Ok(Self {
             dir,
             warehouse,
             state: Mutex::new(file),
+            access,
         })
+    }
+
+    /// Roles and privileges.
+    pub(crate) fn access(&self) -> &Arc<AccessControl> {
+        &self.access
     }
 
     pub(crate) fn warehouse(&self) -> &Path {
@@ -289,6 +328,7 @@ impl CatalogStore {
         let mut next = current.clone();
         let result = change(&mut next)?;
         self.persist(&next).await?;
+        self.access.publish(next.published());
         *current = next;
         apply(&result)?;
         Ok(result)
@@ -465,10 +505,14 @@ mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{DataType, Field};
 
+    fn access() -> Arc<AccessControl> {
+        Arc::new(AccessControl::new(&ember_config::EmberConfig::defaults().auth).unwrap())
+    }
+
     #[tokio::test]
     async fn changes_survive_reopening_and_failed_changes_are_not_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CatalogStore::open(dir.path()).unwrap();
+        let store = CatalogStore::open(dir.path(), access()).unwrap();
         let schema = Schema::new(vec![
             Field::new("a", DataType::Int32, false),
             Field::new("b", DataType::Utf8, true),
@@ -496,7 +540,7 @@ mod tests {
             .await;
         assert!(failed.is_err());
         drop(store);
-        let store = CatalogStore::open(dir.path()).unwrap();
+        let store = CatalogStore::open(dir.path(), access()).unwrap();
         let file = store.snapshot().await;
         assert_eq!(file.schemas, vec!["s".to_string()]);
         let CatalogObject::Table(table) = &file.objects[0] else {

@@ -16,6 +16,10 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 pub mod dialect;
+mod identity;
+
+pub use identity::Identity;
+pub(crate) use identity::functions as identity_functions;
 
 use crate::cursors::Cursors;
 use crate::error::{Error, Result};
@@ -27,8 +31,11 @@ use dialect::ClientDialect;
 pub struct ClientSession {
     /// Random; shown as `system.queries.session_id` and by `ember_session_id()`.
     pub(crate) id: String,
-    /// The user the frontend authenticated (`system.queries.user_name`); empty until set.
+    /// The user the frontend authenticated (`system.queries.user_name`); the first configured
+    /// superuser until set.
     pub(crate) user: String,
+    /// The user and the current role, as SQL functions and system tables see them.
+    pub(crate) identity: Arc<Identity>,
     pub(crate) ctx: SessionContext,
     pub(crate) dialect: Arc<dyn ClientDialect>,
     pub(crate) cursors: Cursors,
@@ -105,7 +112,14 @@ impl ClientSession {
     /// This session, run for `user` (whom the frontend authenticated).
     pub fn with_user(mut self, user: impl Into<String>) -> Self {
         self.user = user.into();
+        self.identity.set_user(&self.user);
         self
+    }
+
+    /// The role whose privileges the session's statements have: the session user, or the role
+    /// `SET ROLE` chose.
+    pub fn current_role(&self) -> String {
+        self.identity.current_role()
     }
 
     /// The user the session runs for.

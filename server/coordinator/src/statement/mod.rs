@@ -23,12 +23,13 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::ParserError;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 mod cursor;
 
 pub use cursor::CursorStatement;
 
+use crate::access::AccessStatement;
 use crate::declared::DeclaredString;
 use crate::error::{Error, Result};
 
@@ -44,6 +45,8 @@ pub struct ParsedStatement {
     cursor: Option<CursorStatement>,
     /// A `CREATE TABLE`'s columns declared `varchar`/`char`, by position.
     declared: Vec<Option<DeclaredString>>,
+    /// The role or privilege statement this is (recognised once; DataFusion plans none).
+    access: Option<AccessStatement>,
 }
 
 /// A command that changes or reads the session rather than data.
@@ -117,12 +120,21 @@ impl ParsedStatement {
             DFStatement::Statement(inner) => CursorStatement::recognise(inner)?,
             _ => None,
         };
+        let access = match &statement {
+            _ if explain_distributed => None,
+            DFStatement::Statement(inner) => AccessStatement::recognise(inner)?,
+            DFStatement::Reset(ResetStatement::Variable(name)) if object_name(name) == "role" => {
+                Some(AccessStatement::SetRole(None))
+            }
+            _ => None,
+        };
         Ok(Self {
             text: statement.to_string(),
             declared: declared_strings(&statement),
             statement,
             explain_distributed,
             cursor,
+            access,
         })
     }
 
@@ -152,9 +164,14 @@ impl ParsedStatement {
         &self.declared
     }
 
+    /// The role or privilege statement this is, if it is one.
+    pub fn access(&self) -> Option<&AccessStatement> {
+        self.access.as_ref()
+    }
+
     /// The session command this is, if it is one.
     pub fn session_command(&self) -> Option<SessionCommand> {
-        if self.explain_distributed {
+        if self.explain_distributed || self.access.is_some() {
             return None;
         }
         let statement = match &self.statement {
@@ -249,7 +266,9 @@ pub(crate) fn parse_statements(
             parser.parser.next_token();
             parser.parser.next_token();
         }
-        let statement = if is_word(&parser, 0, "ABORT") {
+        let statement = if let Some(statement) = access_statement(sql, &mut parser)? {
+            statement
+        } else if is_word(&parser, 0, "ABORT") {
             parser.parser.next_token();
             // `ABORT [WORK | TRANSACTION]` is PostgreSQL's ROLLBACK.
             let _ = parser
@@ -266,6 +285,167 @@ pub(crate) fn parse_statements(
         expecting_delimiter = true;
     }
     Ok(statements)
+}
+
+/// A role or privilege statement at the parser's position, parsed in PostgreSQL's grammar
+/// whatever the session's dialect (others lack `CREATE ROLE`'s options, `ALTER ROLE`), with
+/// the forms sqlparser does not know: `CREATE USER` and `ALTER USER` (PostgreSQL's aliases of
+/// `CREATE ROLE ... LOGIN` and `ALTER ROLE`), and `GRANT role TO role` and `REVOKE role FROM
+/// role` (membership). `None` for other statements; the parser is left after the statement.
+fn access_statement(sql: &str, parser: &mut DFParser<'_>) -> Result<Option<DFStatement>> {
+    let first = ["CREATE", "ALTER", "DROP"]
+        .into_iter()
+        .find(|w| is_word(parser, 0, w));
+    let role_kind = first.filter(|_| is_word(parser, 1, "ROLE") || is_word(parser, 1, "USER"));
+    let grant = is_word(parser, 0, "GRANT") || is_word(parser, 0, "REVOKE");
+    if role_kind.is_none() && !grant {
+        return Ok(None);
+    }
+    // The statement's tokens, to the next `;` (a `;` in a string is inside its token).
+    let start = parser.parser.peek_token().span.start;
+    let mut tokens = vec![];
+    loop {
+        let next = parser.parser.peek_token();
+        if matches!(next.token, Token::SemiColon | Token::EOF) {
+            break;
+        }
+        tokens.push(parser.parser.next_token());
+    }
+    let end = tokens.last().map(|t| t.span.end).unwrap_or(start);
+    let text = &sql[byte_offset(sql, start)..byte_offset(sql, end)];
+    let is = |token: &TokenWithSpan, word: &str| match &token.token {
+        Token::Word(w) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word),
+        _ => false,
+    };
+    let postgres = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let parse = |text: &str| -> Result<SqlStatement> {
+        datafusion::sql::sqlparser::parser::Parser::new(&postgres)
+            .try_with_sql(text)
+            .and_then(|mut parser| parser.parse_statement())
+            .map_err(|e| Error::DataFusion(DataFusionError::from(e)))
+    };
+    let statement = if grant && !tokens.iter().any(|t| is(t, "ON")) {
+        membership(&tokens, &is)?
+    } else if role_kind.is_some() && is(&tokens[1], "USER") && !is(&tokens[0], "DROP") {
+        // `CREATE USER` is `CREATE ROLE` with LOGIN unless it says NOLOGIN.
+        let rest = &text[byte_offset(text, relative(tokens[1].span.end, start))..];
+        let mut statement = parse(&format!("{} ROLE{rest}", tokens[0]))?;
+        if let SqlStatement::CreateRole(create) = &mut statement {
+            create.login.get_or_insert(true);
+        }
+        statement
+    } else {
+        parse(text)?
+    };
+    Ok(Some(DFStatement::Statement(Box::new(statement))))
+}
+
+/// `GRANT role, ... TO role, ...` or `REVOKE role, ... FROM role, ...`, as the `ROLE` actions
+/// sqlparser uses for role grants.
+fn membership(
+    tokens: &[TokenWithSpan],
+    is: &dyn Fn(&TokenWithSpan, &str) -> bool,
+) -> Result<SqlStatement> {
+    use datafusion::sql::sqlparser::ast::{
+        Action, Grant, Grantee, GranteeName, GranteesType, Privileges, Revoke,
+    };
+    let grant = is(&tokens[0], "GRANT");
+    let names = |tokens: &[TokenWithSpan]| -> Result<Vec<Ident>> {
+        let mut names = vec![];
+        for (i, token) in tokens.iter().enumerate() {
+            match (&token.token, i % 2) {
+                (Token::Word(word), 0) => names.push(Ident {
+                    value: word.value.clone(),
+                    quote_style: word.quote_style,
+                    span: token.span,
+                }),
+                (Token::Comma, 1) => {}
+                _ => return Err(expected("a role name", token)),
+            }
+        }
+        if names.is_empty() {
+            return Err(Error::Syntax("a role name is missing".into()));
+        }
+        Ok(names)
+    };
+    let separator = if grant { "TO" } else { "FROM" };
+    let split = tokens
+        .iter()
+        .position(|t| is(t, separator))
+        .ok_or_else(|| Error::Syntax(format!("{separator} is missing")))?;
+    let mut members_end = tokens.len();
+    // `WITH ADMIN OPTION`, `WITH INHERIT TRUE`, `GRANTED BY role` are accepted and ignored:
+    // membership always inherits, and only role managers grant it.
+    if let Some(with) = tokens[split..]
+        .iter()
+        .position(|t| is(t, "WITH") || is(t, "GRANTED"))
+    {
+        members_end = split + with;
+    }
+    let roles = names(&tokens[1..split])?;
+    let members = names(&tokens[split + 1..members_end])?;
+    let privileges = Privileges::Actions(
+        roles
+            .into_iter()
+            .map(|role| Action::Role {
+                role: ObjectName::from(vec![role]),
+            })
+            .collect(),
+    );
+    let grantees = members
+        .into_iter()
+        .map(|member| Grantee {
+            grantee_type: GranteesType::None,
+            name: Some(GranteeName::ObjectName(ObjectName::from(vec![member]))),
+        })
+        .collect();
+    Ok(if grant {
+        SqlStatement::Grant(Grant {
+            privileges,
+            objects: None,
+            grantees,
+            with_grant_option: false,
+            as_grantor: None,
+            granted_by: None,
+            current_grants: None,
+        })
+    } else {
+        SqlStatement::Revoke(Revoke {
+            privileges,
+            objects: None,
+            grantees,
+            granted_by: None,
+            cascade: None,
+        })
+    })
+}
+
+/// `location` (1-based line and column, in characters) relative to `origin`, for a text that
+/// starts at `origin`.
+fn relative(location: Location, origin: Location) -> Location {
+    if location.line == origin.line {
+        Location::new(1, location.column - origin.column + 1)
+    } else {
+        Location::new(location.line - origin.line + 1, location.column)
+    }
+}
+
+/// The byte offset in `text` of a token location (1-based line and column, in characters).
+fn byte_offset(text: &str, location: Location) -> usize {
+    let mut line = 1;
+    let mut column = 1;
+    for (offset, c) in text.char_indices() {
+        if line == location.line && column == location.column {
+            return offset;
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    text.len()
 }
 
 /// Whether the `n`th next token is the unquoted word `word`.
@@ -443,6 +623,114 @@ mod tests {
         // A plain EXPLAIN is DataFusion's.
         assert!(!one("explain select 1").is_explain_distributed());
         assert!(parse("select 1 select 2", &options(Dialect::Generic)).is_err());
+    }
+
+    #[test]
+    fn access_statements_parse_in_postgres_grammar_whatever_the_dialect() {
+        use crate::access::AccessStatement;
+        use crate::access::statement::{GrantTarget, RoleOptions};
+        let access = |sql: &str| {
+            let statements = parse(sql, &options(Dialect::Generic)).expect(sql);
+            assert_eq!(statements.len(), 1, "{sql}");
+            statements[0].access().cloned().expect(sql)
+        };
+        assert_eq!(
+            access("CREATE ROLE Alice WITH LOGIN PASSWORD 'it''s; secret' CREATEROLE"),
+            AccessStatement::CreateRole {
+                name: "alice".into(),
+                if_not_exists: false,
+                options: RoleOptions {
+                    superuser: None,
+                    login: Some(true),
+                    create_role: Some(true),
+                    password: Some(Some("it's; secret".into())),
+                },
+                member_of: vec![],
+                members: vec![],
+            }
+        );
+        // CREATE USER implies LOGIN unless it says otherwise.
+        let AccessStatement::CreateRole { options: role, .. } =
+            access("create user \"Bob\" nologin")
+        else {
+            panic!("CREATE USER is CREATE ROLE")
+        };
+        assert_eq!(role.login, Some(false));
+        let AccessStatement::CreateRole {
+            name,
+            options: role,
+            ..
+        } = access("create user bob")
+        else {
+            panic!("CREATE USER is CREATE ROLE")
+        };
+        assert_eq!((name.as_str(), role.login), ("bob", Some(true)));
+        assert!(matches!(
+            access("alter user bob with superuser"),
+            AccessStatement::AlterRole {
+                options: RoleOptions {
+                    superuser: Some(true),
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(
+            access("grant analysts, auditors to alice, bob with admin option"),
+            AccessStatement::GrantRole {
+                roles: vec!["analysts".into(), "auditors".into()],
+                members: vec!["alice".into(), "bob".into()],
+            }
+        );
+        assert_eq!(
+            access("revoke analysts from alice"),
+            AccessStatement::RevokeRole {
+                roles: vec!["analysts".into()],
+                members: vec!["alice".into()],
+            }
+        );
+        assert!(matches!(
+            access("grant select, insert on all tables in schema s to public"),
+            AccessStatement::Grant {
+                objects: GrantTarget::AllTablesInSchema(_),
+                ref grantees,
+                ..
+            } if grantees == &vec![String::new()]
+        ));
+        assert_eq!(
+            access("set role alice"),
+            AccessStatement::SetRole(Some("alice".into()))
+        );
+        assert_eq!(access("reset role"), AccessStatement::SetRole(None));
+        assert_eq!(access("set role none"), AccessStatement::SetRole(None));
+        // Two statements, the second after the first's end.
+        let two = parse("create role a; select 1", &options(Dialect::Generic)).expect("parses");
+        assert!(two[0].access().is_some() && two[1].access().is_none());
+        // What is not supported says so.
+        for sql in [
+            "grant select on t to alice with grant option",
+            "create role x connection limit 3",
+            "grant select (a) on t to alice",
+            "alter role x rename to y",
+        ] {
+            assert!(parse(sql, &options(Dialect::Generic)).is_err(), "{sql}");
+        }
+        assert!(parse("grant to alice", &options(Dialect::Generic)).is_err());
+        assert!(parse("grant a b to alice", &options(Dialect::Generic)).is_err());
+    }
+
+    #[test]
+    fn byte_offsets_count_characters() {
+        let text = "select 'é'\n  grant x";
+        assert_eq!(
+            byte_offset(text, Location::new(2, 3)),
+            text.find("grant").unwrap()
+        );
+        assert_eq!(
+            byte_offset(text, Location::new(1, 10)),
+            text.find('\'').unwrap() + 3
+        );
+        assert_eq!(byte_offset(text, Location::new(9, 1)), text.len());
     }
 
     #[test]

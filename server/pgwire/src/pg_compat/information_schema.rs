@@ -93,6 +93,8 @@ fn view(name: &str) -> Option<&'static Query> {
             ("table_constraints", TABLE_CONSTRAINTS),
             ("key_column_usage", KEY_COLUMN_USAGE),
             ("columns", COLUMNS),
+            // Ember's access control keeps them; the system table has SQL's columns.
+            ("table_privileges", "SELECT * FROM system.table_privileges"),
         ]
         .into_iter()
         .filter_map(|(name, sql)| {

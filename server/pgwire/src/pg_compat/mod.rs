@@ -7,6 +7,7 @@ mod format;
 mod functions;
 mod information_schema;
 mod keys;
+mod psql;
 pub(crate) mod regclass;
 mod rewrites;
 
@@ -20,12 +21,12 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Statement, VisitMut, visit_relations};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use datafusion_pg_catalog::sql::rules::{
-    CurrentUserVariableToSessionUserFunctionCall, SqlStatementRewriteRule, StripCallableQualifier,
-};
+use datafusion_pg_catalog::sql::rules::{SqlStatementRewriteRule, StripCallableQualifier};
 use ember_planner::session::DEFAULT_CATALOG;
 
 use ember_coordinator::{Error, Result};
@@ -142,10 +143,9 @@ impl Compatibility {
     pub(crate) fn new() -> Self {
         Self {
             parser: PostgresCompatibilityParser::new(),
-            user_rules: vec![
-                Box::new(StripCallableQualifier),
-                Box::new(CurrentUserVariableToSessionUserFunctionCall),
-            ],
+            // `current_user`, `session_user` and `current_role` are the session's own functions
+            // (its login user and its current role differ after SET ROLE).
+            user_rules: vec![Box::new(StripCallableQualifier)],
         }
     }
 
@@ -240,6 +240,13 @@ pub(crate) fn reads_catalog(statement: &Statement) -> bool {
 /// approximations of unsupported subqueries are right for catalog lookups but would change a
 /// user's answers.
 pub(crate) fn postgres_compatible(sql: &str, statements: Vec<DFStatement>) -> Vec<DFStatement> {
+    if statements.len() == 1
+        && let Some(replacement) = psql::replace(sql)
+        && let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &replacement)
+        && let Some(statement) = parsed.pop()
+    {
+        return vec![DFStatement::Statement(Box::new(statement))];
+    }
     let compatibility = compatibility();
     let reads_catalog = statements.iter().any(|s| match s {
         DFStatement::Statement(inner) => reads_catalog(inner),
