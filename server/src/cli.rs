@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ember_executor::Executor;
-use tokio::net::TcpListener;
 use tracing::info;
 
 use ember_executor::ExecutorOptions;
@@ -194,10 +193,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("storage.allowed_paths", args.allowed_paths.as_ref()),
             ];
             let config = load_config(cli.config.as_ref(), &flags)?;
-            let listener = TcpListener::bind((
+            let listener = crate::listen(
                 config.executor.bind_host.as_str(),
                 config.executor.flight_port,
-            ))
+                "shuffle and result reads (executor Flight)",
+                "--flight-port",
+                "executor.flight_port",
+            )
             .await?;
             let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
                 config

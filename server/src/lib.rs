@@ -34,6 +34,41 @@ pub enum Error {
     /// A listener could not be bound.
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
+    /// A port could not be listened on: which one, and what moves it.
+    #[error(
+        "cannot listen for {what} on {address}: {error} (another process holds it? move it with {flag} or the setting {setting})"
+    )]
+    Listen {
+        /// What the port is for.
+        what: &'static str,
+        /// Host and port.
+        address: String,
+        /// The flag that sets the port.
+        flag: &'static str,
+        /// The setting that sets it (`section.key`, or `EMBER_SECTION_KEY`).
+        setting: &'static str,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// Binds `host:port`, or says which port failed and how to move it.
+pub(crate) async fn listen(
+    host: &str,
+    port: u16,
+    what: &'static str,
+    flag: &'static str,
+    setting: &'static str,
+) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|error| Error::Listen {
+            what,
+            address: format!("{host}:{port}"),
+            flag,
+            setting,
+            error,
+        })
 }
 
 /// Result with the roles' [`Error`].

@@ -22,7 +22,7 @@ use ember_protocol::membership::ClusterCredentials;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::Result;
+use crate::{Result, listen};
 
 /// The listeners of a coordinator: executors' gRPC, Postgres, Flight SQL.
 #[derive(Debug)]
@@ -42,9 +42,30 @@ impl CoordinatorListeners {
         let host = config.coordinator.bind_host.as_str();
         let cluster_host = config.coordinator.cluster_bind_host.as_str();
         Ok(Self {
-            grpc: TcpListener::bind((cluster_host, config.coordinator.port)).await?,
-            pg: TcpListener::bind((host, config.coordinator.pg_port)).await?,
-            flight_sql: TcpListener::bind((host, config.coordinator.flight_sql_port)).await?,
+            grpc: listen(
+                cluster_host,
+                config.coordinator.port,
+                "executors (coordinator gRPC)",
+                "--port",
+                "coordinator.port",
+            )
+            .await?,
+            pg: listen(
+                host,
+                config.coordinator.pg_port,
+                "Postgres clients",
+                "--pg-port",
+                "coordinator.pg_port",
+            )
+            .await?,
+            flight_sql: listen(
+                host,
+                config.coordinator.flight_sql_port,
+                "Flight SQL clients",
+                "--flight-sql-port",
+                "coordinator.flight_sql_port",
+            )
+            .await?,
         })
     }
 }

@@ -840,6 +840,36 @@ async fn access_control_holds_for_both_frontends() {
             .unwrap();
         assert!(expected > 0);
 
+        // psql's \\dp and \\du show the grants and roles.
+        let psql_admin = |command: &str| {
+            let output = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "ember"])
+                .args(["-d", "ember", "-X", "-A", "-c", command])
+                .env("PGPASSWORD", "admin-secret")
+                .output()
+                .expect("run psql");
+            assert!(output.status.success(), "{command}: {output:?}");
+            String::from_utf8_lossy(&output.stdout).to_string()
+        };
+        let dp = psql_admin("\\dp sales.*");
+        assert!(
+            dp.contains("sales|orders|table|ember=arwdD/ember\nbob=r/ember"),
+            "{dp}"
+        );
+        let du = psql_admin("\\du");
+        assert!(
+            du.contains("bob||{}") && du.contains("ember|Superuser, Create role|{}"),
+            "{du}"
+        );
+        let privileges = count(
+            &admin,
+            "select count(*) from information_schema.table_privileges \
+             where table_schema = 'sales' and grantee = 'bob' and privilege_type = 'SELECT'",
+        )
+        .await
+        .expect("information_schema.table_privileges");
+        assert_eq!(privileges, 1);
+
         // alice may log in but was granted nothing on the table.
         let alice = postgres(port, "alice", "wonderland").await.expect("alice");
         let error = count(&alice, "select count(*) from sales.orders")
