@@ -6,14 +6,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::common::{SchemaReference, TableReference};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::planner::object_name_to_table_reference;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use ember_planner::session::DEFAULT_CATALOG;
 
 use crate::access::{
-    AccessControl, AccessStatement, PlanAccess, Privileges, Published, Securable, ViewPlan,
+    AccessControl, AccessStatement, PlanAccess, Published, ViewPlan, provider_address,
 };
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
@@ -143,113 +142,50 @@ impl QueryEngine {
             return Ok(());
         }
         let published = access.published();
-        let default_schema = session.current_schema();
-        match plan {
-            LogicalPlan::Ddl(ddl) => {
-                authorize_ddl(access, &published, &role, &default_schema, ddl)?;
-            }
-            LogicalPlan::Copy(_) => {
-                access.require_server_files(&role, "pg_write_server_files", "COPY to a file")?;
-            }
-            _ => {}
-        }
-        let views = self.view_plans(session, &published).await;
+        let (tables, views) = self.catalog_providers(session, &published).await;
         PlanAccess {
             access,
+            published: &published,
             user_schemas: published.user_schemas(),
+            tables,
             views,
         }
-        .check(plan, &role, &default_schema)
+        .check(plan, &role, &session.current_schema())
     }
 
-    /// The plans of the catalog's views, as DataFusion inlines them.
-    async fn view_plans(
+    /// The providers of the catalog's tables and views (what plans read), by address, and the
+    /// views by name.
+    async fn catalog_providers(
         &self,
         session: &ClientSession,
         published: &Published,
-    ) -> HashMap<(String, String), ViewPlan> {
+    ) -> (
+        HashMap<usize, (String, String)>,
+        HashMap<(String, String), ViewPlan>,
+    ) {
+        let mut tables = HashMap::new();
         let mut views = HashMap::new();
-        for ((schema, name), default_schema) in &published.views {
-            let reference = TableReference::full(DEFAULT_CATALOG, schema.as_str(), name.as_str());
-            let Ok(provider) = session.ctx.table_provider(reference).await else {
+        let Some(catalog) = session.ctx.catalog(DEFAULT_CATALOG) else {
+            return (tables, views);
+        };
+        for (schema, name) in &published.tables {
+            let Some(provider) = catalog.schema(schema) else {
                 continue;
             };
-            if let Some(plan) = provider.get_logical_plan() {
+            let Ok(Some(provider)) = provider.table(name).await else {
+                continue;
+            };
+            tables.insert(provider_address(&provider), (schema.clone(), name.clone()));
+            if let Some(default_schema) = published.views.get(&(schema.clone(), name.clone())) {
                 views.insert(
                     (schema.clone(), name.clone()),
                     ViewPlan {
-                        plan: plan.into_owned(),
+                        provider,
                         default_schema: default_schema.clone(),
                     },
                 );
             }
         }
-        views
-    }
-}
-
-/// What a catalog statement needs besides the tables its query reads: CREATE in the schema it
-/// creates in (CREATE on the database for a schema), ownership of what it drops or replaces,
-/// and reading server files for an external table.
-fn authorize_ddl(
-    access: &AccessControl,
-    published: &Published,
-    role: &str,
-    default_schema: &str,
-    ddl: &DdlStatement,
-) -> Result<()> {
-    let user_schemas = published.user_schemas();
-    let object = |name: &TableReference| -> Option<(String, String)> {
-        let resolved = name.clone().resolve(DEFAULT_CATALOG, default_schema);
-        user_schemas
-            .contains(resolved.schema.as_ref())
-            .then(|| (resolved.schema.to_string(), resolved.table.to_string()))
-    };
-    let create_in = |name: &TableReference, replace: bool| -> Result<()> {
-        let Some((schema, table)) = object(name) else {
-            return Ok(());
-        };
-        access.require(role, &Securable::schema(&schema), Privileges::CREATE)?;
-        if replace && published.tables.contains(&(schema.clone(), table.clone())) {
-            access.require_owner(role, &Securable::table(&schema, &table))?;
-        }
-        Ok(())
-    };
-    let owner_of = |name: &TableReference| -> Result<()> {
-        match object(name) {
-            Some((schema, table))
-                if published.tables.contains(&(schema.clone(), table.clone())) =>
-            {
-                access.require_owner(role, &Securable::table(&schema, &table))
-            }
-            _ => Ok(()),
-        }
-    };
-    match ddl {
-        DdlStatement::CreateExternalTable(cmd) => {
-            access.require_server_files(role, "pg_read_server_files", "create external tables")?;
-            create_in(&cmd.name, cmd.or_replace)
-        }
-        DdlStatement::CreateMemoryTable(cmd) => create_in(&cmd.name, cmd.or_replace),
-        DdlStatement::CreateView(cmd) => create_in(&cmd.name, cmd.or_replace),
-        DdlStatement::CreateCatalogSchema(_) => {
-            access.require(role, &Securable::Database, Privileges::CREATE)
-        }
-        DdlStatement::DropTable(cmd) => owner_of(&cmd.name),
-        DdlStatement::DropView(cmd) => owner_of(&cmd.name),
-        DdlStatement::DropCatalogSchema(cmd) => {
-            let name = match &cmd.name {
-                SchemaReference::Bare { schema } | SchemaReference::Full { schema, .. } => schema,
-            };
-            if published.schemas.iter().any(|s| s == name.as_ref()) {
-                access.require_owner(role, &Securable::schema(name))?;
-            }
-            Ok(())
-        }
-        DdlStatement::CreateIndex(cmd) => owner_of(&cmd.table),
-        DdlStatement::CreateFunction(_) | DdlStatement::DropFunction(_) => Err(
-            Error::PermissionDenied("only superusers may create or drop functions".into()),
-        ),
-        DdlStatement::CreateCatalog(_) => Ok(()),
+        (tables, views)
     }
 }

@@ -302,6 +302,14 @@ impl QueryEngine {
         // Checked again here: privileges may have changed since a prepared statement was
         // planned.
         self.authorize(session, &plan).await?;
+        if let LogicalPlan::Analyze(analyze) = &plan
+            && !is_query(&analyze.input)
+        {
+            // It would run the write or catalog change outside Ember's own paths.
+            return Err(Error::NotSupported(
+                "EXPLAIN ANALYZE runs queries only, not writes, COPY or catalog statements".into(),
+            ));
+        }
         match &plan {
             LogicalPlan::Explain(_) => self.explain(session, plan).await,
             LogicalPlan::Ddl(_) => self.execute_ddl(session, parsed, plan).await,
@@ -347,16 +355,24 @@ impl QueryEngine {
                     }
                     _ => {}
                 }
+                // The prepared plan is checked again, for privileges revoked since PREPARE.
+                if let Statement::Execute(execute) = statement
+                    && let Some(prepared) = session.prepared_plan(&execute.name)
+                {
+                    self.authorize(session, &prepared).await?;
+                }
                 let effect = match statement {
-                    Statement::Prepare(prepare) => Some((prepare.name.clone(), true)),
-                    Statement::Deallocate(deallocate) => Some((deallocate.name.clone(), false)),
+                    Statement::Prepare(prepare) => {
+                        Some((prepare.name.clone(), Some(prepare.input.as_ref().clone())))
+                    }
+                    Statement::Deallocate(deallocate) => Some((deallocate.name.clone(), None)),
                     _ => None,
                 };
                 let df = session.ctx.execute_logical_plan(plan).await?;
                 df.collect().await?;
                 match effect {
-                    Some((name, true)) => session.remember_prepared(&name),
-                    Some((name, false)) => session.forget_prepared(&name),
+                    Some((name, Some(prepared))) => session.remember_prepared(&name, prepared),
+                    Some((name, None)) => session.forget_prepared(&name),
                     None => {}
                 }
                 Ok(Output::done(command))

@@ -75,6 +75,8 @@ impl QueryEngine {
         parsed: &ParsedStatement,
         plan: LogicalPlan,
     ) -> Result<StartedQuery> {
+        // Frontends run prepared plans through here: privileges may have changed since.
+        self.authorize(session, &plan).await?;
         let physical = session.ctx.state().create_physical_plan(&plan).await?;
         self.start_physical(session, parsed.sql(), physical).await
     }

@@ -1,29 +1,34 @@
-//! Privileges checked at planning, over every table a plan touches: the tables it scans
-//! (in subqueries too), the table it writes, the views it reads. A view is read with its
-//! owner's privileges, as in PostgreSQL: a role granted SELECT on a view reads it without any
-//! privilege on the tables under it.
+//! Privileges checked at planning, over every node of a plan: the tables it scans (in
+//! subqueries too), the tables it writes, the views it reads, and the catalog statements and
+//! `COPY`s in it (wherever they sit: under `EXPLAIN` too). A view is read with its owner's
+//! privileges, as in PostgreSQL: a role granted SELECT on a view reads it without any privilege
+//! on the tables under it.
 //!
-//! DataFusion inlines a view into the plan that reads it (its plan under an alias named like
-//! the view), so a view is recognised by its alias *and* its whole plan: a subquery the user
-//! wrote that equals a view's plan exactly reads exactly what the view does.
+//! A scanned table is identified by its provider, the object DataFusion reads, not by the name
+//! in the plan (names resolve against a default schema that may have changed since the plan
+//! was made). DataFusion inlines a view into the plan that reads it (its plan under an alias
+//! named like the view); a view is recognised by that alias *and* a plan equal to the view's
+//! that scans the very same providers, so no subquery a user writes passes for a view.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use datafusion::common::TableReference;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::TableType;
+use datafusion::common::{SchemaReference, TableReference};
+use datafusion::datasource::{TableType, source_as_provider};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{LogicalPlan, WriteOp};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, TableSource, WriteOp};
 use ember_planner::session::DEFAULT_CATALOG;
 
-use super::{AccessControl, Privileges, Securable};
+use super::{AccessControl, Privileges, Published, Securable};
 use crate::error::{Error, Result};
 
 /// A view as the checks see it.
 #[derive(Debug)]
 pub(crate) struct ViewPlan {
-    /// Its plan, as DataFusion inlines it.
-    pub(crate) plan: LogicalPlan,
+    /// The view (its `get_logical_plan` is what DataFusion inlines).
+    pub(crate) provider: Arc<dyn TableProvider>,
     /// The schema unqualified names in its definition refer to.
     pub(crate) default_schema: String,
 }
@@ -31,12 +36,38 @@ pub(crate) struct ViewPlan {
 /// Checks one plan for one role.
 pub(crate) struct PlanAccess<'a> {
     pub(crate) access: &'a AccessControl,
+    pub(crate) published: &'a Published,
     /// Schemas whose objects are checked: the default schema and those users created. The
     /// schemas Ember provides (`system`, `information_schema`, `pg_catalog`, `tpch`) are
-    /// readable by every role, as PostgreSQL's catalogs are.
+    /// readable by every role, as PostgreSQL's catalogs are, and written by none.
     pub(crate) user_schemas: HashSet<String>,
+    /// The catalog's tables and views by the address of their provider.
+    pub(crate) tables: HashMap<usize, (String, String)>,
     /// Views, by schema and name.
     pub(crate) views: HashMap<(String, String), ViewPlan>,
+}
+
+/// The address that identifies a table: that of its provider.
+pub(crate) fn provider_address(provider: &Arc<dyn TableProvider>) -> usize {
+    Arc::as_ptr(provider) as *const () as usize
+}
+
+fn source_address(source: &Arc<dyn TableSource>) -> Option<usize> {
+    source_as_provider(source)
+        .ok()
+        .map(|provider| provider_address(&provider))
+}
+
+/// The addresses of the tables `plan` scans, in order (subqueries included).
+fn scanned(plan: &LogicalPlan) -> Vec<Option<usize>> {
+    let mut addresses = vec![];
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            addresses.push(source_address(&scan.source));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    addresses
 }
 
 /// Whose privileges count, and how unqualified names resolve, where the walk is.
@@ -46,7 +77,7 @@ struct Scope<'s> {
 }
 
 impl PlanAccess<'_> {
-    /// Fails with 42501 at the first table `role` may not read or write as `plan` does.
+    /// Fails with 42501 at the first thing in `plan` that `role` may not do.
     pub(crate) fn check(&self, plan: &LogicalPlan, role: &str, default_schema: &str) -> Result<()> {
         self.walk(
             plan,
@@ -58,27 +89,32 @@ impl PlanAccess<'_> {
         )
     }
 
-    /// The user object `table` names (resolved in `scope`), if it is one.
-    fn user_object(&self, table: &TableReference, scope: &Scope) -> Option<(String, String)> {
+    /// The schema and name `table` resolves to in `scope`, and whether access control
+    /// governs that schema.
+    fn resolve(&self, table: &TableReference, scope: &Scope) -> (String, String, bool) {
         let resolved = table.clone().resolve(DEFAULT_CATALOG, scope.default_schema);
-        if resolved.catalog.as_ref() != DEFAULT_CATALOG
-            || !self.user_schemas.contains(resolved.schema.as_ref())
-        {
-            return None;
-        }
-        Some((resolved.schema.to_string(), resolved.table.to_string()))
+        let governed = resolved.catalog.as_ref() == DEFAULT_CATALOG
+            && self.user_schemas.contains(resolved.schema.as_ref());
+        (
+            resolved.schema.to_string(),
+            resolved.table.to_string(),
+            governed,
+        )
     }
 
-    fn require_table(
+    /// The catalog object a scan reads: found by its provider, else (a table created a moment
+    /// ago) by its name.
+    fn scanned_object(
         &self,
-        table: &TableReference,
+        source: &Arc<dyn TableSource>,
+        name: &TableReference,
         scope: &Scope,
-        wanted: Privileges,
-    ) -> Result<()> {
-        let Some((schema, name)) = self.user_object(table, scope) else {
-            return Ok(());
-        };
-        self.require_in_schema(scope.role, &schema, &name, wanted)
+    ) -> Option<(String, String)> {
+        if let Some(key) = source_address(source).and_then(|a| self.tables.get(&a)) {
+            return Some(key.clone());
+        }
+        let (schema, table, governed) = self.resolve(name, scope);
+        governed.then_some((schema, table))
     }
 
     fn require_in_schema(
@@ -94,6 +130,27 @@ impl PlanAccess<'_> {
             .require(role, &Securable::table(schema, name), wanted)
     }
 
+    /// The view `alias` over `input` is, if it is one.
+    fn view<'v>(
+        &'v self,
+        alias: &TableReference,
+        input: &LogicalPlan,
+        scope: &Scope,
+    ) -> Option<((String, String), &'v ViewPlan)> {
+        let (schema, name, governed) = self.resolve(alias, scope);
+        if !governed {
+            return None;
+        }
+        let key = (schema, name);
+        let view = self.views.get(&key)?;
+        let plan = view.provider.get_logical_plan()?;
+        let same = *plan == *input && {
+            let (ours, theirs) = (scanned(&plan), scanned(input));
+            ours.iter().all(Option::is_some) && ours == theirs
+        };
+        same.then_some((key, view))
+    }
+
     fn walk(&self, plan: &LogicalPlan, scope: &Scope, depth: usize) -> Result<()> {
         // Plans are as deep as the SQL that made them, which the parser bounds; views nest
         // within that too. This only guards against a cycle the catalog should never hold.
@@ -102,11 +159,7 @@ impl PlanAccess<'_> {
         }
         match plan {
             LogicalPlan::SubqueryAlias(alias) => {
-                if let Some((key, view)) = self
-                    .user_object(&alias.alias, scope)
-                    .and_then(|key| self.views.get(&key).map(|view| (key, view)))
-                    .filter(|(_, view)| view.plan == *alias.input)
-                {
+                if let Some((key, view)) = self.view(&alias.alias, &alias.input, scope) {
                     self.require_in_schema(scope.role, &key.0, &key.1, Privileges::SELECT)?;
                     let owner = self.access.acl(&Securable::table(&key.0, &key.1)).owner;
                     return self.walk(
@@ -121,7 +174,11 @@ impl PlanAccess<'_> {
             }
             // A recursive query's work table is a temporary table named like its CTE.
             LogicalPlan::TableScan(scan) if scan.source.table_type() != TableType::Temporary => {
-                self.require_table(&scan.table_name, scope, Privileges::SELECT)?;
+                if let Some((schema, name)) =
+                    self.scanned_object(&scan.source, &scan.table_name, scope)
+                {
+                    self.require_in_schema(scope.role, &schema, &name, Privileges::SELECT)?;
+                }
             }
             LogicalPlan::Dml(dml) => {
                 let wanted = match &dml.op {
@@ -138,8 +195,25 @@ impl PlanAccess<'_> {
                         .union(Privileges::UPDATE)
                         .union(Privileges::DELETE),
                 };
-                self.require_table(&dml.table_name, scope, wanted)?;
+                let target = self.scanned_object(&dml.target, &dml.table_name, scope);
+                match target {
+                    Some((schema, name)) => {
+                        self.require_in_schema(scope.role, &schema, &name, wanted)?
+                    }
+                    None => {
+                        let (schema, _, _) = self.resolve(&dml.table_name, scope);
+                        return Err(Error::PermissionDenied(format!(
+                            "schema {schema} is provided by Ember and cannot be changed"
+                        )));
+                    }
+                }
             }
+            LogicalPlan::Ddl(ddl) => self.check_ddl(ddl, scope)?,
+            LogicalPlan::Copy(_) => self.access.require_server_files(
+                scope.role,
+                "pg_write_server_files",
+                "COPY to a file",
+            )?,
             _ => {}
         }
         for input in plan.inputs() {
@@ -156,6 +230,73 @@ impl PlanAccess<'_> {
         match failure {
             Some(error) => Err(error),
             None => Ok(()),
+        }
+    }
+
+    /// What a catalog statement needs besides the tables its query reads: CREATE in the schema
+    /// it creates in (CREATE on the database for a schema), ownership of what it drops or
+    /// replaces, and reading server files for an external table.
+    fn check_ddl(&self, ddl: &DdlStatement, scope: &Scope) -> Result<()> {
+        let (access, role) = (self.access, scope.role);
+        let object = |name: &TableReference| -> Option<(String, String)> {
+            let (schema, table, governed) = self.resolve(name, scope);
+            governed.then_some((schema, table))
+        };
+        let exists = |schema: &str, table: &str| {
+            self.published
+                .tables
+                .contains(&(schema.to_string(), table.to_string()))
+        };
+        let create_in = |name: &TableReference, replace: bool| -> Result<()> {
+            let Some((schema, table)) = object(name) else {
+                return Ok(());
+            };
+            access.require(role, &Securable::schema(&schema), Privileges::CREATE)?;
+            if replace && exists(&schema, &table) {
+                access.require_owner(role, &Securable::table(&schema, &table))?;
+            }
+            Ok(())
+        };
+        let owner_of = |name: &TableReference| -> Result<()> {
+            match object(name) {
+                Some((schema, table)) if exists(&schema, &table) => {
+                    access.require_owner(role, &Securable::table(&schema, &table))
+                }
+                _ => Ok(()),
+            }
+        };
+        match ddl {
+            DdlStatement::CreateExternalTable(cmd) => {
+                access.require_server_files(
+                    role,
+                    "pg_read_server_files",
+                    "create external tables",
+                )?;
+                create_in(&cmd.name, cmd.or_replace)
+            }
+            DdlStatement::CreateMemoryTable(cmd) => create_in(&cmd.name, cmd.or_replace),
+            DdlStatement::CreateView(cmd) => create_in(&cmd.name, cmd.or_replace),
+            DdlStatement::CreateCatalogSchema(_) => {
+                access.require(role, &Securable::Database, Privileges::CREATE)
+            }
+            DdlStatement::DropTable(cmd) => owner_of(&cmd.name),
+            DdlStatement::DropView(cmd) => owner_of(&cmd.name),
+            DdlStatement::DropCatalogSchema(cmd) => {
+                let name = match &cmd.name {
+                    SchemaReference::Bare { schema } | SchemaReference::Full { schema, .. } => {
+                        schema
+                    }
+                };
+                if self.published.schemas.iter().any(|s| s == name.as_ref()) {
+                    access.require_owner(role, &Securable::schema(name))?;
+                }
+                Ok(())
+            }
+            DdlStatement::CreateIndex(cmd) => owner_of(&cmd.table),
+            DdlStatement::CreateFunction(_) | DdlStatement::DropFunction(_) => Err(
+                Error::PermissionDenied("only superusers may create or drop functions".into()),
+            ),
+            DdlStatement::CreateCatalog(_) => Ok(()),
         }
     }
 }

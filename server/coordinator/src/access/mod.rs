@@ -31,7 +31,7 @@ use ember_config::AuthConfig;
 use ember_planner::session::DEFAULT_SCHEMA;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use check::{PlanAccess, ViewPlan};
+pub(crate) use check::{PlanAccess, ViewPlan, provider_address};
 pub use statement::AccessStatement;
 
 use crate::error::{Error, Result};
@@ -231,6 +231,10 @@ pub(crate) struct RoleEntry {
     /// Roles whose privileges this role has.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) member_of: Vec<String>,
+    /// The role that created it, which administers it if it has CREATEROLE (as in PostgreSQL
+    /// 16, where the creator holds ADMIN OPTION on the roles it creates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) created_by: Option<String>,
 }
 
 /// An object's owner and the privileges granted on it.
@@ -535,22 +539,27 @@ impl AccessControl {
         self.role(role).is_some_and(|r| r.superuser)
     }
 
+    fn is_superuser_in(&self, file: &AccessFile, role: &str) -> bool {
+        self.role_in(file, role).is_some_and(|r| r.superuser)
+    }
+
     /// `role` and every role it is a member of, directly or not.
     pub fn memberships(&self, role: &str) -> BTreeSet<String> {
         self.memberships_in(&self.current().access, role)
     }
 
     fn memberships_in(&self, file: &AccessFile, role: &str) -> BTreeSet<String> {
+        let parents: HashMap<&str, &[String]> = file
+            .roles
+            .iter()
+            .map(|r| (r.name.as_str(), r.member_of.as_slice()))
+            .collect();
         let mut found = BTreeSet::from([role.to_string()]);
         let mut frontier = vec![role.to_string()];
         for _ in 0..MAX_MEMBERSHIP_DEPTH {
             let mut next = vec![];
             for name in frontier {
-                for parent in file
-                    .role(&name)
-                    .map(|r| r.member_of.as_slice())
-                    .unwrap_or(&[])
-                {
+                for parent in parents.get(name.as_str()).copied().unwrap_or(&[]) {
                     if found.insert(parent.clone()) {
                         next.push(parent.clone());
                     }
@@ -712,6 +721,7 @@ mod tests {
             create_role: false,
             password: None,
             member_of: member_of.iter().map(|s| s.to_string()).collect(),
+            created_by: None,
         }
     }
 

@@ -407,8 +407,10 @@ impl AccessStatement {
                     create_role: options.create_role.unwrap_or(false),
                     password: password.flatten(),
                     member_of: vec![],
+                    created_by: Some(role.to_string()),
                 });
                 for parent in member_of {
+                    may_administer(access, file, role, parent)?;
                     add_member(access, file, parent, name)?;
                 }
                 for member in members {
@@ -425,12 +427,12 @@ impl AccessStatement {
                     && options.login.is_none()
                     && options.create_role.is_none();
                 if !only_own_password {
-                    may_manage_roles(
-                        access,
-                        file,
-                        role,
-                        existing.superuser || options.superuser == Some(true),
-                    )?;
+                    may_administer(access, file, role, name)?;
+                    if options.superuser.is_some() && !access.is_superuser_in(file, role) {
+                        return Err(Error::PermissionDenied(
+                            "permission denied: only superusers may grant or take SUPERUSER".into(),
+                        ));
+                    }
                 }
                 if existing.configured
                     && access.superusers.iter().any(|s| s == name)
@@ -450,6 +452,7 @@ impl AccessStatement {
                         create_role: existing.create_role,
                         password: None,
                         member_of: vec![],
+                        created_by: None,
                     });
                 }
                 let entry = file.role_mut(name).ok_or_else(|| undefined_role(name))?;
@@ -485,7 +488,7 @@ impl AccessStatement {
                             "current user cannot be dropped".into(),
                         ));
                     }
-                    may_manage_roles(access, file, role, existing.superuser)?;
+                    may_administer(access, file, role, name)?;
                     if let Some(owned) = file.objects.iter().find(|o| o.owner == *name) {
                         return Err(Error::DependentObjects(format!(
                             "role \"{name}\" cannot be dropped because it owns {}",
@@ -503,23 +506,20 @@ impl AccessStatement {
                 Ok(())
             }
             AccessStatement::GrantRole { roles, members } => {
-                for granted in roles {
-                    for member in members {
-                        let target = access
-                            .role_in(file, granted)
-                            .ok_or_else(|| undefined_role(granted))?;
-                        may_manage_roles(access, file, role, target.superuser)?;
+                for granted in dedup(roles) {
+                    may_administer(access, file, role, granted)?;
+                    for member in dedup(members) {
                         add_member(access, file, granted, member)?;
                     }
                 }
                 Ok(())
             }
             AccessStatement::RevokeRole { roles, members } => {
-                for granted in roles {
-                    let target = access
-                        .role_in(file, granted)
-                        .ok_or_else(|| undefined_role(granted))?;
-                    may_manage_roles(access, file, role, target.superuser)?;
+                for granted in dedup(roles) {
+                    if access.role_in(file, granted).is_none() {
+                        return Err(undefined_role(granted));
+                    }
+                    may_administer(access, file, role, granted)?;
                     for member in members {
                         if let Some(entry) = file.role_mut(member) {
                             entry.member_of.retain(|r| r != granted);
@@ -539,8 +539,9 @@ impl AccessStatement {
                 grantees,
             } => {
                 let grant = matches!(self, AccessStatement::Grant { .. });
-                for grantee in grantees {
-                    if grantee != PUBLIC && access.role_in(file, grantee).is_none() {
+                let grantees = dedup(grantees);
+                for grantee in &grantees {
+                    if *grantee != PUBLIC && access.role_in(file, grantee).is_none() {
                         return Err(undefined_role(grantee));
                     }
                 }
@@ -563,18 +564,18 @@ impl AccessStatement {
                     }
                     let owner = access.acl_in(file, &object).owner;
                     let acl = file.acl_mut(&object, &owner);
-                    for grantee in grantees {
+                    for grantee in &grantees {
                         if grant {
-                            match acl.grants.iter_mut().find(|g| g.grantee == *grantee) {
+                            match acl.grants.iter_mut().find(|g| g.grantee == **grantee) {
                                 Some(item) => item.privileges = item.privileges.union(wanted),
                                 None => acl.grants.push(super::AclItem {
-                                    grantee: grantee.clone(),
+                                    grantee: (*grantee).clone(),
                                     privileges: wanted,
                                     grantor: owner.clone(),
                                 }),
                             }
                         } else {
-                            for item in acl.grants.iter_mut().filter(|g| g.grantee == *grantee) {
+                            for item in acl.grants.iter_mut().filter(|g| g.grantee == **grantee) {
                                 item.privileges = item.privileges.without(wanted);
                             }
                             acl.grants.retain(|g| !g.privileges.is_empty());
@@ -627,7 +628,41 @@ fn check_role_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Only superusers manage superusers; roles with CREATEROLE manage the others.
+/// Whether `actor` may administer `target` (alter it, drop it, grant or revoke membership in
+/// it): a superuser may administer any role; a role with CREATEROLE the roles it created that
+/// are not superusers (PostgreSQL 16's rule). Predefined and configured roles are the
+/// superusers' alone.
+fn may_administer(
+    access: &AccessControl,
+    file: &AccessFile,
+    actor: &str,
+    target: &str,
+) -> Result<()> {
+    if access.role_in(file, target).is_none() {
+        return Err(undefined_role(target));
+    }
+    if access.is_superuser_in(file, actor) {
+        return Ok(());
+    }
+    let creator = access.role_in(file, actor).is_some_and(|me| me.create_role)
+        && file
+            .role(target)
+            .is_some_and(|r| !r.superuser && r.created_by.as_deref() == Some(actor));
+    if creator {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "permission denied to administer role \"{target}\": only superusers, and the role with CREATEROLE that created it, may"
+    )))
+}
+
+/// Removes repeats, keeping the first of each.
+fn dedup(names: &[String]) -> Vec<&String> {
+    let mut seen = std::collections::HashSet::new();
+    names.iter().filter(|n| seen.insert(n.as_str())).collect()
+}
+
+/// Only superusers create superusers; roles with CREATEROLE create the others.
 fn may_manage_roles(
     access: &AccessControl,
     file: &AccessFile,
@@ -682,6 +717,7 @@ fn add_member(
             create_role: false,
             password: None,
             member_of: vec![],
+            created_by: None,
         });
     }
     let entry = file
@@ -718,12 +754,23 @@ fn hash_password(
     })
 }
 
+/// The objects a grant names, each once.
 fn securables(
     objects: &GrantTarget,
     resolve_table: &dyn Fn(&ObjectName) -> Result<(String, String)>,
     tables_in: &dyn Fn(&str) -> Result<Vec<String>>,
 ) -> Result<Vec<Securable>> {
-    Ok(match objects {
+    let objects = match objects {
+        GrantTarget::Schemas(schemas) => {
+            GrantTarget::Schemas(dedup(schemas).into_iter().cloned().collect())
+        }
+        GrantTarget::AllTablesInSchema(schemas) => {
+            GrantTarget::AllTablesInSchema(dedup(schemas).into_iter().cloned().collect())
+        }
+        other => other.clone(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let all = match &objects {
         GrantTarget::Database => vec![Securable::Database],
         GrantTarget::Schemas(schemas) => {
             for schema in schemas {
@@ -746,5 +793,6 @@ fn securables(
             }
             all
         }
-    })
+    };
+    Ok(all.into_iter().filter(|o| seen.insert(o.clone())).collect())
 }

@@ -3,13 +3,14 @@
 //! The session commands every dialect shares live here: transaction control and DataFusion's
 //! own settings, of which those that belong to the server are refused.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -39,9 +40,10 @@ pub struct ClientSession {
     pub(crate) ctx: SessionContext,
     pub(crate) dialect: Arc<dyn ClientDialect>,
     pub(crate) cursors: Cursors,
-    /// Names of the SQL-level prepared statements (`PREPARE`), for `DEALLOCATE ALL`.
+    /// The SQL-level prepared statements (`PREPARE`) by name, with their plans: for
+    /// `DEALLOCATE ALL`, and for the privilege check each `EXECUTE` repeats.
     // A std Mutex: only touched briefly, never across an await.
-    pub(crate) prepared: Mutex<HashSet<String>>,
+    pub(crate) prepared: Mutex<HashMap<String, LogicalPlan>>,
     /// DataFusion options this session set itself: planning leaves them as they are.
     // A std Mutex: only touched briefly, never across an await.
     pub(crate) options_set: Mutex<HashSet<String>>,
@@ -229,14 +231,19 @@ impl ClientSession {
         lock(&self.options_set).contains(name)
     }
 
-    /// A SQL-level `PREPARE name` succeeded.
-    pub(crate) fn remember_prepared(&self, name: &str) {
-        lock(&self.prepared).insert(name.to_string());
+    /// A SQL-level `PREPARE name AS plan` succeeded.
+    pub(crate) fn remember_prepared(&self, name: &str, plan: LogicalPlan) {
+        lock(&self.prepared).insert(name.to_string(), plan);
     }
 
     /// Whether the session has a SQL-level prepared statement `name`.
     pub(crate) fn has_prepared(&self, name: &str) -> bool {
-        lock(&self.prepared).contains(name)
+        lock(&self.prepared).contains_key(name)
+    }
+
+    /// The plan of the SQL-level prepared statement `name`.
+    pub(crate) fn prepared_plan(&self, name: &str) -> Option<LogicalPlan> {
+        lock(&self.prepared).get(name).cloned()
     }
 
     /// A SQL-level `DEALLOCATE name` succeeded.
@@ -246,7 +253,7 @@ impl ClientSession {
 
     /// The names of every SQL-level prepared statement, forgotten.
     pub(crate) fn take_prepared(&self) -> Vec<String> {
-        lock(&self.prepared).drain().collect()
+        lock(&self.prepared).drain().map(|(name, _)| name).collect()
     }
 
     /// Whether the engine answers `command` itself (for any dialect): transaction control,

@@ -319,10 +319,17 @@ fn access_statement(sql: &str, parser: &mut DFParser<'_>) -> Result<Option<DFSta
     };
     let postgres = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
     let parse = |text: &str| -> Result<SqlStatement> {
-        datafusion::sql::sqlparser::parser::Parser::new(&postgres)
+        let mut parser = datafusion::sql::sqlparser::parser::Parser::new(&postgres)
             .try_with_sql(text)
-            .and_then(|mut parser| parser.parse_statement())
-            .map_err(|e| Error::DataFusion(DataFusionError::from(e)))
+            .map_err(|e| Error::DataFusion(DataFusionError::from(e)))?;
+        let statement = parser
+            .parse_statement()
+            .map_err(|e| Error::DataFusion(DataFusionError::from(e)))?;
+        let rest = parser.peek_token();
+        if rest.token != Token::EOF {
+            return Err(expected("end of statement", &rest));
+        }
+        Ok(statement)
     };
     let statement = if grant && !tokens.iter().any(|t| is(t, "ON")) {
         membership(&tokens, &is)?
