@@ -15,10 +15,20 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// A free loopback port (bound and released; the race with other processes is acceptable here).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    // A port is free once it is handed out here, until its process binds it: never hand out
+    // the same port twice (the kernel may offer a released port again at once).
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The Flight SQL port a test asked for in `env`, else 0 (any free port).
