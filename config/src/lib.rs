@@ -79,6 +79,8 @@ pub struct EmberConfig {
     pub cache: CacheConfig,
     /// `[local]`: settings for `ember local`.
     pub local: LocalConfig,
+    /// `[cluster_manager]`: who starts executors, and how many.
+    pub cluster_manager: ClusterManagerConfig,
     /// `[tpch]`: generated TPC-H sample data.
     pub tpch: TpchConfig,
 }
@@ -272,6 +274,9 @@ pub struct ExecutorConfig {
     pub memory: u64,
     /// How often the executor reports that it is alive, in milliseconds (must be positive).
     pub heartbeat_interval_ms: u64,
+    /// The allocation a cluster manager started this executor for; cluster managers set it
+    /// (`EMBER_EXECUTOR_ALLOCATION_ID`), people leave it empty.
+    pub allocation_id: String,
     /// Bytes of disk the work dir (shuffle files and spills) may use; a task that would write more
     /// fails with SQLSTATE 53100. 0 means no limit.
     pub max_disk_bytes: u64,
@@ -283,6 +288,23 @@ pub struct ExecutorConfig {
 pub struct LocalConfig {
     /// Executors started in-process by `ember local` (default 2).
     pub executors: usize,
+}
+
+/// The `[cluster_manager]` section: who starts executors, and how many.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterManagerConfig {
+    /// `static` (executors started by hand register themselves) or `local` (the coordinator
+    /// starts them in its own process).
+    pub kind: String,
+    /// Executors kept running through the cluster manager.
+    pub executors: usize,
+    /// Task slots of each requested executor; 0: the cluster manager decides.
+    pub executor_slots: usize,
+    /// Bytes of memory of each requested executor; 0: the cluster manager decides.
+    pub executor_memory: u64,
+    /// Milliseconds a requested executor may take to register before it is replaced.
+    pub start_timeout_ms: u64,
 }
 
 /// The `[tpch]` section: generated TPC-H sample data.
@@ -616,6 +638,21 @@ impl EmberConfig {
             return Err(invalid(
                 "auth.users",
                 "entries are name:verifier, as printed by `ember passwd NAME`",
+            ));
+        }
+        if !["static", "local"].contains(&self.cluster_manager.kind.as_str()) {
+            return Err(invalid("cluster_manager.kind", "must be static or local"));
+        }
+        if self.cluster_manager.executors > self.coordinator.max_executors.max(1) {
+            return Err(invalid(
+                "cluster_manager.executors",
+                "must not exceed coordinator.max_executors",
+            ));
+        }
+        if self.cluster_manager.start_timeout_ms < 1000 {
+            return Err(invalid(
+                "cluster_manager.start_timeout_ms",
+                "must be at least 1000",
             ));
         }
         if self.auth.superusers.is_empty()

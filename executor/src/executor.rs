@@ -70,6 +70,9 @@ pub struct ExecutorOptions {
     /// The coordinator's key for Flight SQL tickets: clients holding one fetch result
     /// partitions straight from this executor.
     pub client_key: Option<SigningKey>,
+    /// The allocation a cluster manager started this executor for (`executor.allocation_id`;
+    /// empty when started by hand).
+    pub allocation_id: String,
 }
 
 impl ExecutorOptions {
@@ -106,6 +109,7 @@ impl ExecutorOptions {
             // tickets: a stand-alone executor needs the shared secret to check them.
             client_key: (!config.auth.flight_secret.is_empty())
                 .then(|| SigningKey::from_secret(&config.auth.flight_secret)),
+            allocation_id: config.executor.allocation_id.clone(),
         })
     }
 }
@@ -414,6 +418,7 @@ impl Session {
             nonce: membership::nonce(),
             proof: vec![],
             name: self.name.clone(),
+            allocation_id: self.options.allocation_id.clone(),
         };
         register.proof = self
             .options

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ember_executor::Executor;
+use ember_coordinator::AllocationPolicy;
+use ember_executor::{Executor, ExecutorOptions};
 use tracing::info;
-
-use ember_executor::ExecutorOptions;
 
 use crate::layers::load_config;
 use crate::local::LocalCluster;
@@ -176,10 +175,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(args) => {
             let config = load_config(cli.config.as_ref(), &coordinator_flags(&args))?;
             let listeners = CoordinatorListeners::bind(&config).await?;
+            let grpc_addr = listeners.grpc.local_addr()?;
             let (key, shared) = signing_key(&config);
             let cluster = crate::secrets::coordinator_credentials(&config)?;
-            let coordinator =
-                CoordinatorRole::new(&config, listeners, key, shared, cluster).await?;
+            let mut coordinator =
+                CoordinatorRole::new(&config, listeners, key.clone(), shared, cluster.clone())
+                    .await?;
+            // `static`: executors are started by hand and register themselves.
+            if config.cluster_manager.kind == "local" {
+                let manager = crate::local::LocalExecutors::new(&config, grpc_addr, cluster, key);
+                coordinator = coordinator
+                    .with_cluster_manager(manager, AllocationPolicy::from_config(&config));
+            }
             coordinator.run(shutdown_signal()).await?;
         }
         Command::Executor(args) => {

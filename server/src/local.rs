@@ -1,11 +1,18 @@
 //! `ember local`: a coordinator and N executors in one process, talking over loopback through
 //! exactly the same gRPC and Flight code as separate processes.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use ember_config::EmberConfig;
-use ember_coordinator::stopped;
+use ember_coordinator::{
+    AllocationEvent, AllocationEvents, AllocationPolicy, ClusterManager, ExecutorRequest, stopped,
+};
 use ember_executor::{Executor, ExecutorOptions};
+use ember_protocol::credentials::SigningKey;
+use ember_protocol::membership::ClusterCredentials;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
@@ -23,11 +30,11 @@ pub struct LocalCluster {
     /// Where Flight SQL clients connect.
     pub flight_sql_addr: std::net::SocketAddr,
     coordinator: CoordinatorRole,
-    executors: Vec<Executor>,
 }
 
 impl LocalCluster {
-    /// Binds every listener and prepares every part; nothing serves until `run`.
+    /// Binds every listener and prepares every part; nothing serves until `run`, which starts
+    /// `local.executors` executors in this process through the `local` cluster manager.
     pub async fn start(config: &EmberConfig) -> Result<Self> {
         let listeners = CoordinatorListeners::bind(config).await?;
         let grpc_addr = listeners.grpc.local_addr()?;
@@ -38,43 +45,18 @@ impl LocalCluster {
         // A new cluster secret and an ephemeral CA at every start unless configured: only these
         // executors can join, over TLS.
         let cluster = local_credentials(config)?;
-        let coordinator =
-            CoordinatorRole::new(config, listeners, key.clone(), true, cluster.clone()).await?;
-        let mut executors = vec![];
-        for i in 0..config.local.executors {
-            let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
-            let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
-                config
-                    .coordinator
-                    .data_dir
-                    .join("work")
-                    .join(format!("executor-{i}"))
-            } else {
-                config.executor.work_dir.join(format!("executor-{i}"))
-            };
-            let mut options = ExecutorOptions::from_config(
-                config,
-                format!("127.0.0.1:{}", grpc_addr.port()),
-                work_dir,
-                cluster.clone(),
-            )?;
-            if config.executor.slots == 0 {
-                // The executors share this machine: together they get one slot per core, as
-                // single-node DataFusion gets one partition per core.
-                options.slots = (options.slots / config.local.executors.max(1)).max(1);
-            }
-            if config.executor.memory == 0 {
-                options.memory /= config.local.executors.max(1) as u64;
-            }
-            options.client_key = Some(key.clone());
-            executors.push(Executor::new(options, listener));
-        }
+        let mut config = config.clone();
+        config.cluster_manager.kind = "local".into();
+        config.cluster_manager.executors = config.local.executors;
+        let manager = LocalExecutors::new(&config, grpc_addr, cluster.clone(), key.clone());
+        let coordinator = CoordinatorRole::new(&config, listeners, key, true, cluster)
+            .await?
+            .with_cluster_manager(manager, AllocationPolicy::from_config(&config));
         Ok(Self {
             pg_addr,
             grpc_addr,
             flight_sql_addr,
             coordinator,
-            executors,
         })
     }
 
@@ -83,21 +65,145 @@ impl LocalCluster {
         self.coordinator.engine()
     }
 
-    /// Runs until `shutdown` completes, then stops the executors and the coordinator.
+    /// Runs until `shutdown` completes, then stops the coordinator and its executors.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = vec![];
-        for executor in self.executors {
-            tasks.push(tokio::spawn(executor.run(stopped(stop_rx.clone()))));
-        }
-        let coordinator = tokio::spawn(self.coordinator.run(stopped(stop_rx.clone())));
-        info!(pg = %self.pg_addr, grpc = %self.grpc_addr, executors = tasks.len(), "local cluster running");
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        for task in tasks {
-            let _ = task.await;
-        }
-        let _ = coordinator.await;
+        info!(pg = %self.pg_addr, grpc = %self.grpc_addr, "local cluster running");
+        self.coordinator.run(shutdown).await
+    }
+}
+
+/// The `local` cluster manager: executors in this process, each on its own Flight listener and
+/// work dir, talking to the coordinator over loopback through the same gRPC and Flight code as
+/// separate processes. Unless `executor.slots`/`memory` (or the request) say otherwise, the
+/// `cluster_manager.executors` executors share the machine's cores and memory.
+#[derive(Debug)]
+pub struct LocalExecutors {
+    config: EmberConfig,
+    coordinator: String,
+    cluster: ClusterCredentials,
+    client_key: SigningKey,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    /// Names its work dir (`executor-<index>`), reused once it is gone.
+    index: usize,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalExecutors {
+    /// Executors registering at `grpc_addr` with `cluster`'s secret; `client_key` checks Flight
+    /// SQL clients' tickets.
+    pub fn new(
+        config: &EmberConfig,
+        grpc_addr: std::net::SocketAddr,
+        cluster: ClusterCredentials,
+        client_key: SigningKey,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config: config.clone(),
+            coordinator: format!("127.0.0.1:{}", grpc_addr.port()),
+            cluster,
+            client_key,
+            running: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl ClusterManager for LocalExecutors {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn request(
+        &self,
+        request: ExecutorRequest,
+        events: AllocationEvents,
+    ) -> ember_coordinator::Result<()> {
+        let config = &self.config;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            ember_coordinator::Error::Unavailable(format!("cannot start a local executor: {e}"))
+        };
+        let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
+        let index = {
+            let running = self.lock();
+            (0..)
+                .find(|i| running.values().all(|r| r.index != *i))
+                .unwrap_or(0)
+        };
+        let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
+            config
+                .coordinator
+                .data_dir
+                .join("work")
+                .join(format!("executor-{index}"))
+        } else {
+            config.executor.work_dir.join(format!("executor-{index}"))
+        };
+        let mut options = ExecutorOptions::from_config(
+            config,
+            self.coordinator.clone(),
+            work_dir,
+            self.cluster.clone(),
+        )
+        .map_err(|e| unavailable(&e))?;
+        let sharing = config.cluster_manager.executors.max(1);
+        options.slots = match (request.slots, config.executor.slots) {
+            (0, 0) => (options.slots / sharing).max(1),
+            (0, _) => options.slots,
+            (slots, _) => slots,
+        };
+        options.memory = match (request.memory, config.executor.memory) {
+            (0, 0) => options.memory / sharing as u64,
+            (0, _) => options.memory,
+            (memory, _) => memory,
+        };
+        options.client_key = Some(self.client_key.clone());
+        options.allocation_id = request.allocation_id.clone();
+        let (stop, stop_rx) = watch::channel(false);
+        let executor = Executor::new(options, listener);
+        let allocation_id = request.allocation_id.clone();
+        events.send(AllocationEvent::Started {
+            allocation_id: allocation_id.clone(),
+        });
+        let task = tokio::spawn(async move {
+            let reason = match executor.run(stopped(stop_rx)).await {
+                Ok(()) => "stopped".to_string(),
+                Err(error) => error.to_string(),
+            };
+            events.send(AllocationEvent::Exited {
+                allocation_id,
+                reason,
+            });
+        });
+        self.lock()
+            .insert(request.allocation_id, Running { index, stop, task });
         Ok(())
+    }
+
+    async fn release(&self, allocation_id: &str) -> ember_coordinator::Result<()> {
+        let running = self.lock().remove(allocation_id);
+        if let Some(running) = running {
+            let _ = running.stop.send(true);
+            let _ = running.task.await;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        let running: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        for r in running {
+            let _ = r.task.await;
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use ember_config::EmberConfig;
-use ember_coordinator::{Coordinator, QueryEngine, stopped};
+use ember_coordinator::{AllocationPolicy, ClusterManager, Coordinator, QueryEngine, stopped};
 use ember_flight_sql::{ExecutorEndpoints, FlightSqlServer};
 use ember_pgwire::PgServer;
 use ember_protocol::credentials::SigningKey;
@@ -118,6 +118,16 @@ impl CoordinatorRole {
             pg,
             flight_sql,
         })
+    }
+
+    /// Has `manager` start and replace the executors `policy` asks for.
+    pub fn with_cluster_manager(
+        mut self,
+        manager: Arc<dyn ClusterManager>,
+        policy: AllocationPolicy,
+    ) -> Self {
+        self.coordinator = self.coordinator.with_cluster_manager(manager, policy);
+        self
     }
 
     /// The engine the frontends run statements through.

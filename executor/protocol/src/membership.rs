@@ -122,6 +122,7 @@ mod tests {
             nonce: nonce(),
             proof: vec![],
             name: "executor-1".into(),
+            allocation_id: "local-1".into(),
         }
     }
 
@@ -141,6 +142,7 @@ mod tests {
             |r: &mut RegisterExecutor| r.slots = u32::MAX,
             |r: &mut RegisterExecutor| r.host = "evil.example".into(),
             |r: &mut RegisterExecutor| r.work_dir = "/etc".into(),
+            |r: &mut RegisterExecutor| r.allocation_id = "local-2".into(),
             |r: &mut RegisterExecutor| r.proof.clear(),
             |r: &mut RegisterExecutor| r.nonce = vec![0; 3],
         ] {
@@ -199,6 +201,7 @@ mod tests {
                     nonce: nonce.clone(),
                     proof: proof.clone(),
                     name: String::new(),
+                    allocation_id: String::new(),
                 };
                 prop_assert!(!key.verify_executor(&challenge, &register));
                 prop_assert!(!key.verify_coordinator(&challenge, &nonce, "exec-1", &proof));

@@ -202,6 +202,7 @@ impl SessionContext {
             ("host", &register.host),
             ("host key", &register.host_key),
             ("work dir", &register.work_dir),
+            ("allocation id", &register.allocation_id),
         ] {
             if value.len() > MAX_CLAIM_LEN {
                 return invalid(format!("{what} is longer than {MAX_CLAIM_LEN} bytes"));
@@ -240,6 +241,7 @@ impl SessionContext {
             memory: register.memory,
             host_key: register.host_key.clone(),
             work_dir,
+            allocation_id: register.allocation_id.clone(),
         })
     }
 

@@ -25,6 +25,7 @@ use tracing::info;
 use crate::access::AccessControl;
 use crate::catalog::CatalogStore;
 use crate::cluster::{ClusterManagerService, ExecutorLimits};
+use crate::cluster_manager::{AllocationPolicy, Allocations, Allocator, ClusterManager};
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
@@ -39,6 +40,9 @@ pub struct Coordinator {
     max_message_size: usize,
     cluster: ClusterCredentials,
     limits: ExecutorLimits,
+    /// Executors requested from a cluster manager, with the policy that sizes them.
+    allocations: Arc<Allocations>,
+    cluster_manager: Option<(Arc<dyn ClusterManager>, AllocationPolicy)>,
 }
 
 impl Coordinator {
@@ -70,9 +74,14 @@ impl Coordinator {
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
         let access = Arc::new(AccessControl::new(&config.auth)?);
+        let allocations = Arc::new(Allocations::default());
         catalog.register_schema(
             SYSTEM_SCHEMA,
-            Arc::new(SystemSchema::new(handle.clone(), Arc::clone(&access))),
+            Arc::new(SystemSchema::new(
+                handle.clone(),
+                Arc::clone(&access),
+                Arc::clone(&allocations),
+            )),
         )?;
         if config.tpch.scale > 0.0 {
             register_tpch(&ctx, &config.coordinator.data_dir, config.tpch.scale).await?;
@@ -102,7 +111,20 @@ impl Coordinator {
                 max_slots: config.coordinator.max_executor_slots,
                 max_memory: config.coordinator.max_executor_memory,
             },
+            allocations,
+            cluster_manager: None,
         })
+    }
+
+    /// Has `manager` start and replace executors as `policy` says (without one, executors
+    /// are started by hand and register themselves).
+    pub fn with_cluster_manager(
+        mut self,
+        manager: Arc<dyn ClusterManager>,
+        policy: AllocationPolicy,
+    ) -> Self {
+        self.cluster_manager = Some((manager, policy));
+        self
     }
 
     /// The engine frontends run statements through.
@@ -115,6 +137,15 @@ impl Coordinator {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(self.scheduler.run(stopped(stop_rx.clone())));
+        let allocator = self.cluster_manager.map(|(manager, policy)| {
+            let allocator = Allocator::new(
+                manager,
+                policy,
+                self.handle.clone(),
+                Arc::clone(&self.allocations),
+            );
+            tokio::spawn(allocator.run(stopped(stop_rx.clone())))
+        });
         let service = ClusterServiceServer::new(ClusterManagerService::new(
             self.handle.clone(),
             self.cluster.key,
@@ -137,6 +168,9 @@ impl Coordinator {
         shutdown.await;
         info!("coordinator shutting down");
         let _ = stop_tx.send(true);
+        if let Some(allocator) = allocator {
+            let _ = allocator.await;
+        }
         let _ = grpc.await;
         let _ = scheduler.await;
         Ok(())

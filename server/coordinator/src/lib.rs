@@ -22,6 +22,7 @@ pub mod access;
 mod authorize;
 mod catalog;
 mod cluster;
+pub mod cluster_manager;
 pub mod coordinator;
 mod cursors;
 mod ddl;
@@ -41,6 +42,9 @@ mod system_tables;
 pub mod users;
 mod writes;
 
+pub use cluster_manager::{
+    AllocationEvent, AllocationEvents, AllocationPolicy, ClusterManager, ExecutorRequest,
+};
 pub use coordinator::{Coordinator, stopped};
 pub use ember_planner::sqlstate::SqlState;
 pub use engine::{QueryEngine, is_query, returns_rows};

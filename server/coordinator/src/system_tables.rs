@@ -18,6 +18,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::access::{AccessControl, Securable};
+use crate::cluster_manager::Allocations;
 use crate::scheduler::snapshot as schemas;
 use crate::scheduler::{SchedulerHandle, Snapshot};
 use crate::session::Identity;
@@ -209,6 +210,57 @@ fn table_privileges_batch(access: &AccessControl, viewer: Option<&str>) -> Resul
     Ok(RecordBatch::try_new(table_privileges_schema(), columns)?)
 }
 
+/// `system.executors` with the cluster manager's allocations that have no registered executor
+/// (requested, starting, gone) after the executors.
+fn with_allocations(executors: RecordBatch, allocations: &Allocations) -> Result<RecordBatch> {
+    // An executor that registered since the allocator last looked is listed once, as itself.
+    let registered: HashSet<String> = executors
+        .column_by_name("allocation_id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .map(|ids| ids.iter().flatten().map(str::to_string).collect())
+        .unwrap_or_default();
+    let pending: Vec<_> = allocations
+        .unregistered()
+        .into_iter()
+        .filter(|(id, _)| !registered.contains(id))
+        .collect();
+    if pending.is_empty() {
+        return Ok(executors);
+    }
+    let schema = executors.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| -> Result<Arc<dyn Array>> {
+            let n = pending.len();
+            Ok(match field.name().as_str() {
+                "status" => Arc::new(StringArray::from_iter_values(
+                    pending.iter().map(|(_, a)| a.state.as_str()),
+                )),
+                "allocation_id" => Arc::new(StringArray::from_iter_values(
+                    pending.iter().map(|(id, _)| id.as_str()),
+                )),
+                "slots" => Arc::new(datafusion::arrow::array::UInt32Array::from_iter(
+                    pending
+                        .iter()
+                        .map(|(_, a)| (a.request.slots > 0).then_some(a.request.slots as u32)),
+                )),
+                "memory_bytes" => Arc::new(datafusion::arrow::array::UInt64Array::from_iter(
+                    pending
+                        .iter()
+                        .map(|(_, a)| (a.request.memory > 0).then_some(a.request.memory)),
+                )),
+                _ => datafusion::arrow::array::new_null_array(field.data_type(), n),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pending = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    Ok(datafusion::arrow::compute::concat_batches(
+        &schema,
+        &[executors, pending],
+    )?)
+}
+
 /// The rows of `batch` whose `column` is one of `values`.
 fn rows_where(batch: &RecordBatch, column: &str, values: &HashSet<String>) -> Result<RecordBatch> {
     let Some(strings) = batch
@@ -264,11 +316,20 @@ fn scheduler_rows(
 pub(crate) struct SystemSchema {
     scheduler: SchedulerHandle,
     access: Arc<AccessControl>,
+    allocations: Arc<Allocations>,
 }
 
 impl SystemSchema {
-    pub(crate) fn new(scheduler: SchedulerHandle, access: Arc<AccessControl>) -> Self {
-        Self { scheduler, access }
+    pub(crate) fn new(
+        scheduler: SchedulerHandle,
+        access: Arc<AccessControl>,
+        allocations: Arc<Allocations>,
+    ) -> Self {
+        Self {
+            scheduler,
+            access,
+            allocations,
+        }
     }
 }
 
@@ -290,6 +351,7 @@ impl SchemaProvider for SystemSchema {
                     table: *table,
                     scheduler: self.scheduler.clone(),
                     access: Arc::clone(&self.access),
+                    allocations: Arc::clone(&self.allocations),
                 }) as Arc<dyn TableProvider>
             }))
     }
@@ -304,6 +366,7 @@ struct SystemTableProvider {
     table: SystemTable,
     scheduler: SchedulerHandle,
     access: Arc<AccessControl>,
+    allocations: Arc<Allocations>,
 }
 
 #[async_trait]
@@ -337,7 +400,11 @@ impl TableProvider for SystemTableProvider {
                     .snapshot()
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                scheduler_rows(table, snapshot, identity.as_deref(), &self.access)?
+                let rows = scheduler_rows(table, snapshot, identity.as_deref(), &self.access)?;
+                match table {
+                    SystemTable::Executors => with_allocations(rows, &self.allocations)?,
+                    _ => rows,
+                }
             }
         };
         let table = MemTable::try_new(self.schema(), vec![vec![rows]])?;

@@ -475,6 +475,7 @@ pub async fn open_executor_session(
         nonce: ember_protocol::membership::nonce(),
         proof: vec![0; 32],
         name: "rogue".into(),
+        allocation_id: String::new(),
     };
     if let Some(key) = key {
         register.proof = key.executor_proof(&challenge, &register);

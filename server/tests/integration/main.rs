@@ -7,6 +7,7 @@ mod architecture;
 mod catalog_restart;
 mod chaos;
 mod cli;
+mod cluster_managers;
 mod cluster_security;
 mod common;
 mod flight_sql;

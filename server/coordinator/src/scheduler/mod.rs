@@ -137,6 +137,14 @@ pub(crate) enum Event {
         query_id: QueryId,
     },
     Snapshot(oneshot::Sender<Snapshot>),
+    /// The executors cluster managers started, by allocation: their ids and whether alive.
+    Allocations(oneshot::Sender<Vec<(String, ExecutorId, bool)>>),
+    /// A cluster manager saw the process of this allocation's executor end: it is lost now,
+    /// without waiting for its heartbeats to stop.
+    AllocationGone {
+        allocation_id: String,
+        reason: String,
+    },
     Tick,
 }
 
@@ -193,6 +201,22 @@ impl SchedulerHandle {
         self.send(Event::Snapshot(tx));
         rx.await
             .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
+    }
+
+    /// The registered executors cluster managers started: allocation id, executor id, alive.
+    pub(crate) async fn allocations(&self) -> Result<Vec<(String, ExecutorId, bool)>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Allocations(tx));
+        rx.await
+            .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
+    }
+
+    /// The executor of `allocation_id` is gone (its process ended).
+    pub(crate) fn allocation_gone(&self, allocation_id: String, reason: String) {
+        self.send(Event::AllocationGone {
+            allocation_id,
+            reason,
+        });
     }
 }
 
@@ -335,6 +359,37 @@ impl Scheduler {
                     self.executors.values(),
                     self.running.iter().chain(self.history.iter()),
                 ));
+            }
+            Event::Allocations(tx) => {
+                let _ = tx.send(
+                    self.executors
+                        .values()
+                        .filter(|e| !e.info.allocation_id.is_empty())
+                        .map(|e| {
+                            (
+                                e.info.allocation_id.clone(),
+                                e.info.id.clone(),
+                                e.status == ExecutorStatus::Alive,
+                            )
+                        })
+                        .collect(),
+                );
+            }
+            Event::AllocationGone {
+                allocation_id,
+                reason,
+            } => {
+                let alive: Vec<ExecutorId> = self
+                    .executors
+                    .values()
+                    .filter(|e| {
+                        e.info.allocation_id == allocation_id && e.status == ExecutorStatus::Alive
+                    })
+                    .map(|e| e.info.id.clone())
+                    .collect();
+                for executor_id in alive {
+                    self.executor_lost(&executor_id, &reason);
+                }
             }
             Event::Tick => self.tick(),
         }

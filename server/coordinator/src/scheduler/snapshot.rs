@@ -65,7 +65,7 @@ pub(crate) fn executors_schema() -> SchemaRef {
         "status": DataType::Utf8, "slots": DataType::UInt32, "cores": DataType::UInt32,
         "memory_bytes": DataType::UInt64, "running_tasks": DataType::UInt32,
         "active_tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt64, "tasks_failed": DataType::UInt64,
-        "registered_at": ts_type(), "last_heartbeat": ts_type(),
+        "registered_at": ts_type(), "last_heartbeat": ts_type(), "allocation_id": DataType::Utf8,
     )
 }
 
@@ -149,6 +149,10 @@ fn executors_batch(executors: &[&ExecutorState]) -> RecordBatch {
             u64s(e.iter().map(|e| Some(e.tasks_failed))),
             times(e.iter().map(|e| Some(e.registered_at))),
             times(e.iter().map(|e| Some(e.last_heartbeat_wall))),
+            strings(
+                e.iter()
+                    .map(|e| Some(e.info.allocation_id.clone()).filter(|a| !a.is_empty())),
+            ),
         ],
     )
 }

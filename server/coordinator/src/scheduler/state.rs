@@ -41,6 +41,8 @@ pub(crate) struct ExecutorInfo {
     pub(crate) memory: u64,
     pub(crate) host_key: String,
     pub(crate) work_dir: std::path::PathBuf,
+    /// The cluster manager's allocation it was started for (empty: it registered by itself).
+    pub(crate) allocation_id: String,
 }
 
 impl ExecutorInfo {

@@ -110,6 +110,7 @@ impl SchedulerTest {
             memory: 0,
             host_key: name.into(),
             work_dir: std::path::PathBuf::from("/nonexistent"),
+            allocation_id: String::new(),
         };
         self.executors.insert(
             name,

@@ -362,6 +362,7 @@ fn a_registration_never_replaces_a_live_executor() {
         memory: 0,
         host_key: "rogue".into(),
         work_dir: "/".into(),
+        allocation_id: String::new(),
     };
     for (id, expected) in [("a", "is taken"), ("c", "maximum of 2 executors")] {
         test.event(Event::ExecutorRegistered {

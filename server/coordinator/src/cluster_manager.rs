@@ -1,0 +1,472 @@
+//! The cluster-manager seam: the coordinator asks a [`ClusterManager`] for executors and learns
+//! when their processes start and end, as Spark's driver asks its cluster manager. Every
+//! backend shares one executor lifecycle, which `system.executors` shows:
+//!
+//! ```text
+//!  requested ──► starting ──► alive (registered) ──► decommissioning ──► gone
+//!      │  the backend        │  the executor proved      │  no new tasks      │ process ended,
+//!      │  accepted it        │  the secret, named its     │                    │ released, or
+//!      └─────────────────────┴─ allocation id ───────────┴────────────────────┴─ lost
+//! ```
+//! The [`Allocator`] owns the allocations: it asks the backend for as many executors as the
+//! target (`cluster_manager.executors`), matches registrations to allocations by the id the
+//! backend gave the executor (`executor.allocation_id`), tells the scheduler at once when an
+//! allocation's process ends, and asks for a replacement. Backends (`local`, in process;
+//! `standalone` workers; Kubernetes) live outside the coordinator and implement the trait; with
+//! none (`static`), executors are started by hand and register themselves.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::scheduler::SchedulerHandle;
+
+/// What an executor is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorRequest {
+    /// The executor registers with it (`executor.allocation_id`).
+    pub allocation_id: String,
+    /// Task slots (0: the backend decides, one per core it gives).
+    pub slots: usize,
+    /// Bytes of memory (0: the backend decides).
+    pub memory: u64,
+}
+
+/// What a backend reports about an allocation's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocationEvent {
+    /// The process has started (it will register).
+    Started {
+        /// The allocation.
+        allocation_id: String,
+    },
+    /// The process has ended, or cannot start.
+    Exited {
+        /// The allocation.
+        allocation_id: String,
+        /// Exit status or error, for `system.executors` and logs.
+        reason: String,
+    },
+}
+
+/// Where a backend sends [`AllocationEvent`]s.
+#[derive(Debug, Clone)]
+pub struct AllocationEvents(mpsc::UnboundedSender<AllocationEvent>);
+
+impl AllocationEvents {
+    /// Reports an event (nothing happens once the coordinator has stopped).
+    pub fn send(&self, event: AllocationEvent) {
+        let _ = self.0.send(event);
+    }
+}
+
+/// A source of executors.
+#[async_trait]
+pub trait ClusterManager: Send + Sync + Debug {
+    /// Its name, as `cluster_manager.kind` says it.
+    fn name(&self) -> &'static str;
+
+    /// Starts an executor for `request`; returns once the start is under way. The process
+    /// reports through `events` and registers with `request.allocation_id`.
+    async fn request(&self, request: ExecutorRequest, events: AllocationEvents) -> Result<()>;
+
+    /// Stops the executor of `allocation_id` (an `Exited` event follows).
+    async fn release(&self, allocation_id: &str) -> Result<()>;
+
+    /// Stops every executor it started (the coordinator is stopping).
+    async fn shutdown(&self) {}
+}
+
+/// Where an allocation is in the lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AllocationState {
+    Requested,
+    Starting,
+    Registered,
+    Gone,
+}
+
+impl AllocationState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AllocationState::Requested => "requested",
+            AllocationState::Starting => "starting",
+            AllocationState::Registered => "alive",
+            AllocationState::Gone => "gone",
+        }
+    }
+}
+
+/// One allocation, as `system.executors` lists it until it registers (and after it is gone).
+#[derive(Debug, Clone)]
+pub(crate) struct Allocation {
+    pub(crate) request: ExecutorRequest,
+    pub(crate) state: AllocationState,
+    pub(crate) since: Instant,
+    /// Why it is gone.
+    pub(crate) reason: Option<String>,
+}
+
+/// The allocations, shared with the system tables.
+#[derive(Debug, Default)]
+pub(crate) struct Allocations(Mutex<BTreeMap<String, Allocation>>);
+
+impl Allocations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Allocation>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every allocation that is not registered (those that are appear as executors).
+    pub(crate) fn unregistered(&self) -> Vec<(String, Allocation)> {
+        self.lock()
+            .iter()
+            .filter(|(_, a)| a.state != AllocationState::Registered)
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect()
+    }
+}
+
+/// How many executors to keep, and what each gets.
+#[derive(Debug, Clone)]
+pub struct AllocationPolicy {
+    /// Executors the allocator keeps requested or running.
+    pub executors: usize,
+    /// Slots of each (0: the backend decides).
+    pub slots: usize,
+    /// Memory of each (0: the backend decides).
+    pub memory: u64,
+    /// How long an executor may take to register before it is given up.
+    pub start_timeout: Duration,
+    /// How long a gone allocation stays listed.
+    pub gone_retention: Duration,
+}
+
+impl AllocationPolicy {
+    /// From `cluster_manager.*`.
+    pub fn from_config(config: &ember_config::EmberConfig) -> Self {
+        let c = &config.cluster_manager;
+        Self {
+            executors: c.executors,
+            slots: c.executor_slots,
+            memory: c.executor_memory,
+            start_timeout: Duration::from_millis(c.start_timeout_ms),
+            gone_retention: Duration::from_millis(config.coordinator.lost_executor_retention_ms),
+        }
+    }
+}
+
+/// Keeps the policy's executors running through a backend.
+pub(crate) struct Allocator {
+    manager: Arc<dyn ClusterManager>,
+    policy: AllocationPolicy,
+    scheduler: SchedulerHandle,
+    allocations: Arc<Allocations>,
+    events_tx: mpsc::UnboundedSender<AllocationEvent>,
+    events_rx: mpsc::UnboundedReceiver<AllocationEvent>,
+    next: u64,
+    /// Starts that failed (or processes that ended) in a row: each doubles the wait before the
+    /// next request, up to [`MAX_BACKOFF`], so a backend that cannot start executors is not
+    /// asked four times a second.
+    failures: u32,
+    backoff_until: Instant,
+}
+
+/// The longest wait between requests after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often the allocator compares what runs with what it wants.
+const TICK: Duration = Duration::from_millis(250);
+
+impl Allocator {
+    pub(crate) fn new(
+        manager: Arc<dyn ClusterManager>,
+        policy: AllocationPolicy,
+        scheduler: SchedulerHandle,
+        allocations: Arc<Allocations>,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            manager,
+            policy,
+            scheduler,
+            allocations,
+            events_tx,
+            events_rx,
+            next: 0,
+            failures: 0,
+            backoff_until: Instant::now(),
+        }
+    }
+
+    /// Runs until `stop` completes, then has the backend stop its executors.
+    pub(crate) async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        info!(
+            backend = self.manager.name(),
+            executors = self.policy.executors,
+            "cluster manager allocating executors"
+        );
+        tokio::pin!(stop);
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                Some(event) = self.events_rx.recv() => self.event(event),
+                _ = ticker.tick() => self.reconcile().await,
+            }
+        }
+        self.manager.shutdown().await;
+    }
+
+    fn event(&mut self, event: AllocationEvent) {
+        let mut allocations = self.allocations.lock();
+        match event {
+            AllocationEvent::Started { allocation_id } => {
+                if let Some(a) = allocations.get_mut(&allocation_id)
+                    && a.state == AllocationState::Requested
+                {
+                    a.state = AllocationState::Starting;
+                    a.since = Instant::now();
+                }
+            }
+            AllocationEvent::Exited {
+                allocation_id,
+                reason,
+            } => {
+                if let Some(a) = allocations.get_mut(&allocation_id)
+                    && a.state != AllocationState::Gone
+                {
+                    info!(%allocation_id, %reason, "executor process ended");
+                    self.failures += 1;
+                    self.backoff_until = Instant::now() + backoff(self.failures);
+                    a.state = AllocationState::Gone;
+                    a.since = Instant::now();
+                    a.reason = Some(reason.clone());
+                    // Its tasks are recomputed now, not when its heartbeats would have stopped.
+                    self.scheduler
+                        .allocation_gone(allocation_id, format!("its process ended: {reason}"));
+                }
+            }
+        }
+    }
+
+    /// Brings what runs in line with the policy: registrations matched, lost executors and
+    /// starts that took too long written off, replacements requested, the gone forgotten.
+    async fn reconcile(&mut self) {
+        let Ok(registered) = self.scheduler.allocations().await else {
+            return;
+        };
+        let mut to_release = vec![];
+        let wanted = {
+            let mut allocations = self.allocations.lock();
+            for (allocation_id, _executor_id, alive) in &registered {
+                let Some(a) = allocations.get_mut(allocation_id) else {
+                    continue;
+                };
+                match (a.state, alive) {
+                    (AllocationState::Requested | AllocationState::Starting, true) => {
+                        a.state = AllocationState::Registered;
+                        a.since = Instant::now();
+                        self.failures = 0;
+                    }
+                    (AllocationState::Registered, false) => {
+                        // Lost (heartbeats stopped): make sure its process goes too.
+                        a.state = AllocationState::Gone;
+                        a.since = Instant::now();
+                        a.reason = Some("lost".into());
+                        to_release.push(allocation_id.clone());
+                    }
+                    _ => {}
+                }
+            }
+            for (allocation_id, a) in allocations.iter_mut() {
+                let pending = matches!(
+                    a.state,
+                    AllocationState::Requested | AllocationState::Starting
+                );
+                if pending && a.since.elapsed() > self.policy.start_timeout {
+                    warn!(%allocation_id, "executor did not register in time; giving it up");
+                    a.state = AllocationState::Gone;
+                    a.since = Instant::now();
+                    a.reason = Some("did not register in time".into());
+                    to_release.push(allocation_id.clone());
+                }
+            }
+            let retention = self.policy.gone_retention;
+            allocations
+                .retain(|_, a| a.state != AllocationState::Gone || a.since.elapsed() < retention);
+            let live = allocations
+                .values()
+                .filter(|a| a.state != AllocationState::Gone)
+                .count();
+            self.policy.executors.saturating_sub(live)
+        };
+        for allocation_id in to_release {
+            if let Err(error) = self.manager.release(&allocation_id).await {
+                warn!(%allocation_id, %error, "cannot release an executor");
+            }
+        }
+        if Instant::now() < self.backoff_until {
+            return;
+        }
+        for _ in 0..wanted {
+            self.request().await;
+        }
+    }
+
+    async fn request(&mut self) {
+        self.next += 1;
+        let request = ExecutorRequest {
+            allocation_id: format!(
+                "{}-{}-{}",
+                self.manager.name(),
+                &crate::catalog::to_hex(&ember_protocol::credentials::random_id(4)),
+                self.next
+            ),
+            slots: self.policy.slots,
+            memory: self.policy.memory,
+        };
+        let id = request.allocation_id.clone();
+        self.allocations.lock().insert(
+            id.clone(),
+            Allocation {
+                request: request.clone(),
+                state: AllocationState::Requested,
+                since: Instant::now(),
+                reason: None,
+            },
+        );
+        let events = AllocationEvents(self.events_tx.clone());
+        if let Err(error) = self.manager.request(request, events).await {
+            warn!(allocation_id = %id, %error, "the cluster manager could not start an executor");
+            if let Some(a) = self.allocations.lock().get_mut(&id) {
+                a.state = AllocationState::Gone;
+                a.since = Instant::now();
+                a.reason = Some(error.to_string());
+            }
+            self.failures += 1;
+            self.backoff_until = Instant::now() + backoff(self.failures);
+        }
+    }
+}
+
+/// The wait before the next request after `failures` failures in a row.
+fn backoff(failures: u32) -> Duration {
+    (TICK * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{Scheduler, SchedulerConfig};
+
+    /// Records requests and releases; a request whose number is in `fail` is refused.
+    #[derive(Debug, Default)]
+    struct FakeManager {
+        requests: Mutex<Vec<(ExecutorRequest, AllocationEvents)>>,
+        released: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ClusterManager for FakeManager {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn request(&self, request: ExecutorRequest, events: AllocationEvents) -> Result<()> {
+            events.send(AllocationEvent::Started {
+                allocation_id: request.allocation_id.clone(),
+            });
+            self.requests.lock().unwrap().push((request, events));
+            Ok(())
+        }
+
+        async fn release(&self, allocation_id: &str) -> Result<()> {
+            self.released
+                .lock()
+                .unwrap()
+                .push(allocation_id.to_string());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn allocations_are_kept_at_the_target_and_replaced_when_they_end_or_stall() {
+        let config = ember_config::EmberConfig::defaults();
+        let (scheduler, handle) = Scheduler::new(SchedulerConfig::from_config(&config));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(scheduler.run(crate::stopped(stop_rx.clone())));
+        let manager = Arc::new(FakeManager::default());
+        let allocations = Arc::new(Allocations::default());
+        let policy = AllocationPolicy {
+            executors: 2,
+            slots: 3,
+            memory: 1 << 30,
+            start_timeout: Duration::from_millis(1500),
+            gone_retention: Duration::from_secs(60),
+        };
+        let allocator = Allocator::new(
+            Arc::clone(&manager) as Arc<dyn ClusterManager>,
+            policy,
+            handle,
+            Arc::clone(&allocations),
+        );
+        let task = tokio::spawn(allocator.run(crate::stopped(stop_rx)));
+        let states = || {
+            let mut states: Vec<&'static str> = allocations
+                .unregistered()
+                .iter()
+                .map(|(_, a)| a.state.as_str())
+                .collect();
+            states.sort();
+            states
+        };
+        let wait_for = |count: usize| {
+            let manager = Arc::clone(&manager);
+            async move {
+                for _ in 0..100 {
+                    if manager.requests.lock().unwrap().len() >= count {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("fewer than {count} requests");
+            }
+        };
+        // Two requests with the policy's size, both starting (nothing registers here).
+        wait_for(2).await;
+        {
+            let requests = manager.requests.lock().unwrap();
+            assert!(
+                requests
+                    .iter()
+                    .all(|(r, _)| r.slots == 3 && r.memory == 1 << 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(states(), ["starting", "starting"]);
+        // One process ends: it is gone, and replaced (after a short backoff).
+        let (first, events) = {
+            let requests = manager.requests.lock().unwrap();
+            (requests[0].0.allocation_id.clone(), requests[0].1.clone())
+        };
+        events.send(AllocationEvent::Exited {
+            allocation_id: first.clone(),
+            reason: "exit status 137".into(),
+        });
+        wait_for(3).await;
+        assert!(states().contains(&"gone"));
+        assert_eq!(states().iter().filter(|s| **s == "starting").count(), 2);
+        // Starts that never register are given up (and released) after the timeout.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!manager.released.lock().unwrap().is_empty());
+        assert!(manager.requests.lock().unwrap().len() >= 4);
+        let _ = stop_tx.send(true);
+        task.await.expect("the allocator stops");
+    }
+}
