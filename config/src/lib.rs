@@ -294,8 +294,8 @@ pub struct LocalConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterManagerConfig {
-    /// `static` (executors started by hand register themselves) or `local` (the coordinator
-    /// starts them in its own process).
+    /// `static` (executors started by hand register themselves), `local` (the coordinator
+    /// starts them in its own process) or `standalone` (`ember worker` daemons start them).
     pub kind: String,
     /// Executors kept running through the cluster manager.
     pub executors: usize,
@@ -640,8 +640,11 @@ impl EmberConfig {
                 "entries are name:verifier, as printed by `ember passwd NAME`",
             ));
         }
-        if !["static", "local"].contains(&self.cluster_manager.kind.as_str()) {
-            return Err(invalid("cluster_manager.kind", "must be static or local"));
+        if !["static", "local", "standalone"].contains(&self.cluster_manager.kind.as_str()) {
+            return Err(invalid(
+                "cluster_manager.kind",
+                "must be static, local or standalone",
+            ));
         }
         if self.cluster_manager.executors > self.coordinator.max_executors.max(1) {
             return Err(invalid(

@@ -116,7 +116,7 @@ impl ExecutorOptions {
 
 /// Memory for an executor that was given none: 60% of the machine's, the rest left to the
 /// operating system, buffers and the coordinator (0, no limit, where it cannot be read).
-fn default_memory() -> u64 {
+pub fn default_memory() -> u64 {
     let total_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {

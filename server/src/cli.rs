@@ -34,6 +34,9 @@ pub enum Command {
     Coordinator(CoordinatorArgs),
     /// Run an executor that registers with a coordinator.
     Executor(ExecutorArgs),
+    /// Run a standalone worker: it offers this machine to a coordinator whose
+    /// `cluster_manager.kind` is `standalone`, and starts executors when the coordinator asks.
+    Worker(WorkerArgs),
     /// Run a coordinator and executors in one process (the quickest start).
     Local(LocalArgs),
     /// An interactive SQL shell over Flight SQL (or `-e SQL`, `-f FILE`).
@@ -112,6 +115,32 @@ pub struct ExecutorArgs {
     pub data_dir: Option<String>,
     /// Directories (comma-separated) that files scanned or written by tasks must lie in;
     /// default the data dir.
+    #[arg(long)]
+    pub allowed_paths: Option<String>,
+}
+
+/// Flags of `ember worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// `host:port` of the coordinator's gRPC port (`coordinator.port`).
+    #[arg(long)]
+    pub coordinator: String,
+    /// Cores offered to executors (default: this machine's).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Memory offered to executors, for example 16GiB (default: 60% of this machine's).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Where executors' work dirs go (default: `<data dir>/work/worker`).
+    #[arg(long)]
+    pub work_dir: Option<String>,
+    /// Data directory (the cluster secret, tables on a shared file system).
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Address executors' Flight ports bind to and advertise.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Directories (comma-separated) that table and COPY locations must lie in.
     #[arg(long)]
     pub allowed_paths: Option<String>,
 }
@@ -223,6 +252,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let executor = Executor::new(options, listener);
             info!(executor = %executor.name(), coordinator = %args.coordinator, "starting executor");
             executor.run(shutdown_signal()).await?;
+        }
+        Command::Worker(args) => {
+            let flags = vec![
+                ("executor.memory", args.memory.as_ref()),
+                ("executor.bind_host", args.bind.as_ref()),
+                ("coordinator.data_dir", args.data_dir.as_ref()),
+                ("storage.allowed_paths", args.allowed_paths.as_ref()),
+            ];
+            let config = load_config(cli.config.as_ref(), &flags)?;
+            let cluster = crate::secrets::executor_credentials(&config).await?;
+            // What every executor it starts gets besides its own arguments: the same
+            // configuration, data dir, bind address and allowed paths.
+            let mut executor_args = vec![
+                "--data-dir".to_string(),
+                config.coordinator.data_dir.display().to_string(),
+                "--bind".to_string(),
+                config.executor.bind_host.clone(),
+            ];
+            if let Some(file) = &cli.config {
+                executor_args.push("--config".into());
+                executor_args.push(file.display().to_string());
+            }
+            if let Some(paths) = &args.allowed_paths {
+                executor_args.push("--allowed-paths".into());
+                executor_args.push(paths.clone());
+            }
+            let options = crate::worker::WorkerOptions {
+                coordinator: args.coordinator.clone(),
+                cores: args
+                    .cores
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                    .max(1),
+                memory: match config.executor.memory {
+                    0 => ember_executor::executor::default_memory(),
+                    memory => memory,
+                },
+                work_dir: args.work_dir.as_ref().map_or_else(
+                    || config.coordinator.data_dir.join("work").join("worker"),
+                    PathBuf::from,
+                ),
+                cluster,
+                executor_args,
+                name: format!("worker-{}", std::process::id()),
+            };
+            info!(coordinator = %options.coordinator, cores = options.cores, memory = options.memory, "starting worker");
+            crate::worker::run(options, shutdown_signal()).await?;
         }
         Command::Local(args) => {
             let mut flags = coordinator_flags(&args.coordinator);

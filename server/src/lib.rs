@@ -19,6 +19,7 @@ pub mod local;
 pub mod roles;
 pub mod secrets;
 pub mod shell;
+pub mod worker;
 
 pub use local::LocalCluster;
 

@@ -18,7 +18,7 @@
 use prost::Message;
 
 use crate::credentials::SigningKey;
-use crate::proto::RegisterExecutor;
+use crate::proto::{RegisterExecutor, RegisterWorker};
 
 /// Bytes of each side's challenge.
 pub const NONCE_LEN: usize = 32;
@@ -66,6 +66,32 @@ impl ClusterKey {
             && register.nonce != challenge
             && self.membership.verify_tag(
                 &[b"executor", challenge, &offer, &register.nonce],
+                &register.proof,
+            )
+    }
+
+    /// A standalone worker's proof for `register` in answer to the coordinator's `challenge`.
+    pub fn worker_proof(&self, challenge: &[u8], register: &RegisterWorker) -> Vec<u8> {
+        let offer = RegisterWorker {
+            proof: vec![],
+            ..register.clone()
+        }
+        .encode_to_vec();
+        self.membership
+            .tag(&[b"worker", challenge, &offer, &register.nonce])
+    }
+
+    /// Whether `register` answers `challenge` with a valid worker proof and a fresh nonce.
+    pub fn verify_worker(&self, challenge: &[u8], register: &RegisterWorker) -> bool {
+        let offer = RegisterWorker {
+            proof: vec![],
+            ..register.clone()
+        }
+        .encode_to_vec();
+        register.nonce.len() == NONCE_LEN
+            && register.nonce != challenge
+            && self.membership.verify_tag(
+                &[b"worker", challenge, &offer, &register.nonce],
                 &register.proof,
             )
     }
@@ -150,6 +176,27 @@ mod tests {
             change(&mut changed);
             assert!(!key.verify_executor(&challenge, &changed));
         }
+        // A worker proves the secret the same way, under its own label: neither proof passes
+        // for the other.
+        let mut worker = RegisterWorker {
+            host: "machine".into(),
+            cores: 8,
+            memory: 1 << 34,
+            work_dir: "/var/lib/ember/work".into(),
+            nonce: nonce(),
+            proof: vec![],
+            name: "worker-1".into(),
+        };
+        worker.proof = key.worker_proof(&challenge, &worker);
+        assert!(key.verify_worker(&challenge, &worker));
+        assert!(!other.verify_worker(&challenge, &worker));
+        let mut more = worker.clone();
+        more.cores = 4096;
+        assert!(!key.verify_worker(&challenge, &more));
+        let mut as_executor = register.clone();
+        as_executor.proof = key.worker_proof(&challenge, &worker);
+        assert!(!key.verify_executor(&challenge, &as_executor));
+
         // Echoing the coordinator's challenge as one's own is refused (a reflection).
         let mut echo = offer();
         echo.nonce = challenge.clone();

@@ -18,7 +18,7 @@ use ember_planner::ids::{ExecutorId, QueryId};
 use ember_protocol::membership::{self, ClusterKey};
 use ember_protocol::proto::cluster_service_server::ClusterService;
 use ember_protocol::proto::{
-    Challenge, CoordinatorMessage, ExecutorMessage, RegisterExecutor, Registered,
+    Challenge, CoordinatorMessage, ExecutorMessage, RegisterExecutor, Registered, WorkerMessage,
     coordinator_message, executor_message,
 };
 use futures::Stream;
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::scheduler::{Event, ExecutorInfo, SchedulerHandle};
+use crate::standalone::{WorkerStream, Workers};
 
 /// Messages queued towards one executor before it is written off as not reading them.
 pub(crate) const EXECUTOR_QUEUE: usize = 4096;
@@ -52,15 +53,23 @@ pub(crate) struct ClusterManagerService {
     key: Arc<ClusterKey>,
     limits: ExecutorLimits,
     sessions: AtomicU64,
+    /// The standalone workers, when `cluster_manager.kind` is `standalone`.
+    workers: Option<Arc<Workers>>,
 }
 
 impl ClusterManagerService {
-    pub(crate) fn new(scheduler: SchedulerHandle, key: ClusterKey, limits: ExecutorLimits) -> Self {
+    pub(crate) fn new(
+        scheduler: SchedulerHandle,
+        key: Arc<ClusterKey>,
+        limits: ExecutorLimits,
+        workers: Option<Arc<Workers>>,
+    ) -> Self {
         Self {
             scheduler,
-            key: Arc::new(key),
+            key,
             limits,
             sessions: AtomicU64::new(0),
+            workers,
         }
     }
 }
@@ -76,6 +85,20 @@ fn coordinator_message(message: coordinator_message::Message) -> CoordinatorMess
 #[tonic::async_trait]
 impl ClusterService for ClusterManagerService {
     type OpenSessionStream = SessionStream;
+    type OpenWorkerSessionStream = WorkerStream;
+
+    async fn open_worker_session(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::OpenWorkerSessionStream>, Status> {
+        let Some(workers) = &self.workers else {
+            return Err(Status::failed_precondition(
+                "this coordinator takes no workers: its cluster_manager.kind is not standalone",
+            ));
+        };
+        let peer = request.remote_addr().map(|a| a.ip().to_string());
+        Ok(Response::new(workers.open(request.into_inner(), peer)))
+    }
 
     async fn open_session(
         &self,

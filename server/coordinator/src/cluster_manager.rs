@@ -344,11 +344,8 @@ impl Allocator {
         let events = AllocationEvents(self.events_tx.clone());
         if let Err(error) = self.manager.request(request, events).await {
             warn!(allocation_id = %id, %error, "the cluster manager could not start an executor");
-            if let Some(a) = self.allocations.lock().get_mut(&id) {
-                a.state = AllocationState::Gone;
-                a.since = Instant::now();
-                a.reason = Some(error.to_string());
-            }
+            // Nothing was started: nothing to list.
+            self.allocations.lock().remove(&id);
             self.failures += 1;
             self.backoff_until = Instant::now() + backoff(self.failures);
         }

@@ -29,6 +29,7 @@ use crate::cluster_manager::{AllocationPolicy, Allocations, Allocator, ClusterMa
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
+use crate::standalone::Workers;
 use crate::system_tables::{SYSTEM_SCHEMA, SystemSchema};
 
 /// A coordinator's parts, before `run` starts serving.
@@ -43,6 +44,9 @@ pub struct Coordinator {
     /// Executors requested from a cluster manager, with the policy that sizes them.
     allocations: Arc<Allocations>,
     cluster_manager: Option<(Arc<dyn ClusterManager>, AllocationPolicy)>,
+    /// Standalone workers (`cluster_manager.kind = "standalone"`): they connect to the
+    /// executors' gRPC port and are this coordinator's cluster manager.
+    workers: Option<Arc<Workers>>,
 }
 
 impl Coordinator {
@@ -91,6 +95,12 @@ impl Coordinator {
             &cluster,
             "coordinator",
         ));
+        let workers = (config.cluster_manager.kind == "standalone").then(|| {
+            Workers::new(
+                Arc::new(cluster.key.clone()),
+                config.coordinator.max_executors,
+            )
+        });
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir, access)?);
         store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
         let engine = Arc::new(QueryEngine::new(
@@ -112,7 +122,13 @@ impl Coordinator {
                 max_memory: config.coordinator.max_executor_memory,
             },
             allocations,
-            cluster_manager: None,
+            cluster_manager: workers.clone().map(|workers| {
+                (
+                    workers as Arc<dyn ClusterManager>,
+                    AllocationPolicy::from_config(config),
+                )
+            }),
+            workers,
         })
     }
 
@@ -148,8 +164,9 @@ impl Coordinator {
         });
         let service = ClusterServiceServer::new(ClusterManagerService::new(
             self.handle.clone(),
-            self.cluster.key,
+            Arc::new(self.cluster.key),
             self.limits,
+            self.workers,
         ))
         .max_decoding_message_size(self.max_message_size)
         .max_encoding_message_size(self.max_message_size);

@@ -37,6 +37,7 @@ pub mod query;
 pub mod results;
 mod scheduler;
 pub mod session;
+mod standalone;
 pub mod statement;
 mod system_tables;
 pub mod users;

@@ -57,3 +57,119 @@ async fn a_lone_coordinator_starts_its_executors_through_its_cluster_manager() {
         "{answer:?}"
     );
 }
+
+/// `ember worker` processes, killed when dropped.
+struct Workers(Vec<std::process::Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_worker(cluster: &ProcessCluster, i: usize) -> std::process::Child {
+    let log = std::fs::File::create(cluster.dir.path().join(format!("worker-{i}.log")))
+        .expect("worker log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["worker", "--coordinator"])
+        .arg(format!("127.0.0.1:{}", cluster.grpc_port))
+        .args(["--cores", "4", "--memory", "2GiB", "--data-dir"])
+        .arg(&cluster.data_dir)
+        .arg("--work-dir")
+        .arg(cluster.dir.path().join(format!("worker-{i}")))
+        .envs(cluster.env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ember worker")
+}
+
+async fn alive_allocations(client: &tokio_postgres::Client) -> Vec<String> {
+    rows(
+        &client
+            .simple_query(
+                "select allocation_id from system.executors where status = 'alive' \
+                 order by allocation_id",
+            )
+            .await
+            .expect("system.executors"),
+    )
+    .into_iter()
+    .filter_map(|row| row[0].clone())
+    .collect()
+}
+
+/// Spark's standalone mode: a coordinator and two `ember worker`s and nothing else run a query;
+/// the coordinator asks the workers for four executors. A worker killed mid-query takes its
+/// executors with it: every answer stays exact, and the lost executors are replaced on the
+/// other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
+    let env: Vec<(String, String)> = [
+        ("EMBER_CLUSTER_MANAGER_KIND", "standalone"),
+        ("EMBER_CLUSTER_MANAGER_EXECUTORS", "4"),
+        ("EMBER_CLUSTER_MANAGER_EXECUTOR_SLOTS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cluster = ProcessCluster::start_with_env(0, 0.01, &tpch_data_dir(0.01), &env);
+    let mut workers = Workers(vec![spawn_worker(&cluster, 0), spawn_worker(&cluster, 1)]);
+    let client = cluster.connect(4).await;
+    let before = alive_allocations(&client).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    assert!(
+        before.iter().all(|a| a.starts_with("standalone-")),
+        "{before:?}"
+    );
+
+    let sql = "select l_returnflag, l_linestatus, sum(l_quantity), count(*) \
+               from tpch.lineitem group by 1, 2 order by 1, 2";
+    let expected = rows(&client.simple_query(sql).await.expect("the query"));
+    assert_eq!(expected.len(), 4, "{expected:?}");
+    let runs = {
+        let port = cluster.pg_port;
+        tokio::spawn(async move {
+            let client = crate::common::connect(port).await.expect("a second client");
+            let mut answers = vec![];
+            for _ in 0..6 {
+                answers.push(client.simple_query(sql).await.map(|m| rows(&m)));
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGKILL: the worker cannot clean up; its executors die with it.
+    let _ = workers.0[0].kill();
+    let _ = workers.0[0].wait();
+    for answer in runs.await.expect("the runs") {
+        match answer {
+            Ok(rows) => assert_eq!(rows, expected),
+            Err(e) => panic!(
+                "a query failed while a worker died: {e}\n{}",
+                cluster.logs()
+            ),
+        }
+    }
+    // The lost executors are replaced on the surviving worker (it has the cores).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = alive_allocations(&client).await;
+        if alive.len() == 4 && alive.iter().filter(|a| before.contains(a)).count() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "executors not replaced: {alive:?} (before {before:?})\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        rows(&client.simple_query(sql).await.expect("after the loss")),
+        expected
+    );
+}
