@@ -305,6 +305,19 @@ pub struct ClusterManagerConfig {
     pub executor_memory: u64,
     /// Milliseconds a requested executor may take to register before it is replaced.
     pub start_timeout_ms: u64,
+    /// Scale between `min_executors` and `max_executors` with the load (`executors` is the
+    /// initial number).
+    pub dynamic_allocation: bool,
+    /// Fewest executors dynamic allocation keeps.
+    pub min_executors: usize,
+    /// Most executors dynamic allocation asks for.
+    pub max_executors: usize,
+    /// Milliseconds tasks wait for a slot before more executors are asked for.
+    pub scheduler_backlog_timeout_ms: u64,
+    /// Milliseconds between further requests while the backlog lasts (each doubling).
+    pub sustained_scheduler_backlog_timeout_ms: u64,
+    /// Milliseconds an executor may stay idle before it is given back.
+    pub executor_idle_timeout_ms: u64,
 }
 
 /// The `[tpch]` section: generated TPC-H sample data.
@@ -650,6 +663,28 @@ impl EmberConfig {
             return Err(invalid(
                 "cluster_manager.executors",
                 "must not exceed coordinator.max_executors",
+            ));
+        }
+        let c = &self.cluster_manager;
+        if c.dynamic_allocation
+            && !(c.min_executors <= c.executors
+                && c.executors <= c.max_executors
+                && c.max_executors >= 1
+                && c.max_executors <= self.coordinator.max_executors)
+        {
+            return Err(invalid(
+                "cluster_manager.max_executors",
+                "dynamic allocation needs min_executors <= executors <= max_executors, \
+                 1 <= max_executors <= coordinator.max_executors",
+            ));
+        }
+        if c.scheduler_backlog_timeout_ms == 0
+            || c.sustained_scheduler_backlog_timeout_ms == 0
+            || c.executor_idle_timeout_ms == 0
+        {
+            return Err(invalid(
+                "cluster_manager.executor_idle_timeout_ms",
+                "the backlog and idle timeouts must be positive",
             ));
         }
         if self.cluster_manager.start_timeout_ms < 1000 {

@@ -87,8 +87,6 @@ pub struct LocalExecutors {
 
 #[derive(Debug)]
 struct Running {
-    /// Names its work dir (`executor-<index>`), reused once it is gone.
-    index: usize,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -132,25 +130,18 @@ impl ClusterManager for LocalExecutors {
             ember_coordinator::Error::Unavailable(format!("cannot start a local executor: {e}"))
         };
         let listener = TcpListener::bind((config.executor.bind_host.as_str(), 0)).await?;
-        let index = {
-            let running = self.lock();
-            (0..)
-                .find(|i| running.values().all(|r| r.index != *i))
-                .unwrap_or(0)
-        };
+        // One work dir per allocation (ids are unique to this coordinator's run, so two
+        // coordinators sharing a data dir never share one), removed when the executor stops.
         let work_dir = if config.executor.work_dir.as_os_str().is_empty() {
-            config
-                .coordinator
-                .data_dir
-                .join("work")
-                .join(format!("executor-{index}"))
+            config.coordinator.data_dir.join("work")
         } else {
-            config.executor.work_dir.join(format!("executor-{index}"))
-        };
+            config.executor.work_dir.clone()
+        }
+        .join(&request.allocation_id);
         let mut options = ExecutorOptions::from_config(
             config,
             self.coordinator.clone(),
-            work_dir,
+            work_dir.clone(),
             self.cluster.clone(),
         )
         .map_err(|e| unavailable(&e))?;
@@ -178,13 +169,18 @@ impl ClusterManager for LocalExecutors {
                 Ok(()) => "stopped".to_string(),
                 Err(error) => error.to_string(),
             };
+            if let Err(error) = std::fs::remove_dir_all(&work_dir)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %work_dir.display(), %error, "cannot remove a stopped executor's work dir");
+            }
             events.send(AllocationEvent::Exited {
                 allocation_id,
                 reason,
             });
         });
         self.lock()
-            .insert(request.allocation_id, Running { index, stop, task });
+            .insert(request.allocation_id, Running { stop, task });
         Ok(())
     }
 

@@ -135,8 +135,11 @@ impl Allocations {
 /// How many executors to keep, and what each gets.
 #[derive(Debug, Clone)]
 pub struct AllocationPolicy {
-    /// Executors the allocator keeps requested or running.
+    /// Executors the allocator keeps requested or running (the initial number with dynamic
+    /// allocation).
     pub executors: usize,
+    /// Scaling with the load, if on.
+    pub dynamic: Option<DynamicAllocation>,
     /// Slots of each (0: the backend decides).
     pub slots: usize,
     /// Memory of each (0: the backend decides).
@@ -147,12 +150,36 @@ pub struct AllocationPolicy {
     pub gone_retention: Duration,
 }
 
+/// Spark's dynamic allocation: more executors while tasks wait, fewer when they idle.
+#[derive(Debug, Clone)]
+pub struct DynamicAllocation {
+    /// Fewest executors kept.
+    pub min: usize,
+    /// Most executors asked for.
+    pub max: usize,
+    /// How long tasks wait for a slot before more executors are asked for.
+    pub backlog_timeout: Duration,
+    /// Between further requests while the backlog lasts (each asks for twice as many).
+    pub sustained_backlog_timeout: Duration,
+    /// How long an executor may idle before it is given back.
+    pub idle_timeout: Duration,
+}
+
 impl AllocationPolicy {
     /// From `cluster_manager.*`.
     pub fn from_config(config: &ember_config::EmberConfig) -> Self {
         let c = &config.cluster_manager;
         Self {
             executors: c.executors,
+            dynamic: c.dynamic_allocation.then(|| DynamicAllocation {
+                min: c.min_executors,
+                max: c.max_executors,
+                backlog_timeout: Duration::from_millis(c.scheduler_backlog_timeout_ms),
+                sustained_backlog_timeout: Duration::from_millis(
+                    c.sustained_scheduler_backlog_timeout_ms,
+                ),
+                idle_timeout: Duration::from_millis(c.executor_idle_timeout_ms),
+            }),
             slots: c.executor_slots,
             memory: c.executor_memory,
             start_timeout: Duration::from_millis(c.start_timeout_ms),
@@ -175,6 +202,17 @@ pub(crate) struct Allocator {
     /// asked four times a second.
     failures: u32,
     backoff_until: Instant,
+    /// How many executors to keep now (the policy's number unless dynamic allocation moves it).
+    target: usize,
+    /// Since when tasks have waited for a slot, how many executors the next request adds, and
+    /// when it is due.
+    backlog_since: Option<Instant>,
+    ramp: usize,
+    next_ramp: Instant,
+    /// Since when each allocated executor has run nothing.
+    idle_since: std::collections::HashMap<String, Instant>,
+    /// Allocations given back on purpose: their exits are no failures.
+    releasing: std::collections::HashSet<String>,
 }
 
 /// The longest wait between requests after failures.
@@ -192,6 +230,7 @@ impl Allocator {
     ) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Self {
+            target: policy_target(&policy),
             manager,
             policy,
             scheduler,
@@ -201,6 +240,11 @@ impl Allocator {
             next: 0,
             failures: 0,
             backoff_until: Instant::now(),
+            backlog_since: None,
+            ramp: 0,
+            next_ramp: Instant::now(),
+            idle_since: Default::default(),
+            releasing: Default::default(),
         }
     }
 
@@ -242,8 +286,10 @@ impl Allocator {
                     && a.state != AllocationState::Gone
                 {
                     info!(%allocation_id, %reason, "executor process ended");
-                    self.failures += 1;
-                    self.backoff_until = Instant::now() + backoff(self.failures);
+                    if !self.releasing.remove(&allocation_id) {
+                        self.failures += 1;
+                        self.backoff_until = Instant::now() + backoff(self.failures);
+                    }
                     a.state = AllocationState::Gone;
                     a.since = Instant::now();
                     a.reason = Some(reason.clone());
@@ -261,10 +307,16 @@ impl Allocator {
         let Ok(registered) = self.scheduler.allocations().await else {
             return;
         };
+        // An executor that lost its session registers again as a new incarnation of the same
+        // allocation: the allocation is alive if any incarnation is.
+        let mut alive_by_allocation: BTreeMap<String, bool> = BTreeMap::new();
+        for (allocation_id, _executor_id, alive) in registered {
+            *alive_by_allocation.entry(allocation_id).or_default() |= alive;
+        }
         let mut to_release = vec![];
         let wanted = {
             let mut allocations = self.allocations.lock();
-            for (allocation_id, _executor_id, alive) in &registered {
+            for (allocation_id, alive) in &alive_by_allocation {
                 let Some(a) = allocations.get_mut(allocation_id) else {
                     continue;
                 };
@@ -304,9 +356,13 @@ impl Allocator {
                 .values()
                 .filter(|a| a.state != AllocationState::Gone)
                 .count();
-            self.policy.executors.saturating_sub(live)
+            self.target.saturating_sub(live)
         };
+        if self.policy.dynamic.is_some() {
+            to_release.extend(self.scale().await);
+        }
         for allocation_id in to_release {
+            self.releasing.insert(allocation_id.clone());
             if let Err(error) = self.manager.release(&allocation_id).await {
                 warn!(%allocation_id, %error, "cannot release an executor");
             }
@@ -317,6 +373,100 @@ impl Allocator {
         for _ in 0..wanted {
             self.request().await;
         }
+    }
+
+    /// Dynamic allocation: raises the target while tasks wait for slots (by 1, 2, 4, ... per
+    /// interval), lowers it by the executors idle past the timeout that hold no shuffle output a
+    /// running query needs, and returns those to give back.
+    async fn scale(&mut self) -> Vec<String> {
+        let Some(dynamic) = self.policy.dynamic.clone() else {
+            return vec![];
+        };
+        let Ok(load) = self.scheduler.load().await else {
+            return vec![];
+        };
+        let now = Instant::now();
+        let live = self
+            .allocations
+            .lock()
+            .values()
+            .filter(|a| a.state != AllocationState::Gone)
+            .count();
+        if load.pending_tasks > 0 {
+            let since = *self.backlog_since.get_or_insert(now);
+            let due = if self.ramp == 0 {
+                now.duration_since(since) >= dynamic.backlog_timeout
+            } else {
+                now >= self.next_ramp
+            };
+            if due {
+                self.ramp = if self.ramp == 0 { 1 } else { self.ramp * 2 };
+                self.next_ramp = now + dynamic.sustained_backlog_timeout;
+                // No more than the waiting tasks can use.
+                let slots = load
+                    .executors
+                    .iter()
+                    .map(|e| e.slots)
+                    .max()
+                    .unwrap_or(self.policy.slots)
+                    .max(1);
+                let useful = load.pending_tasks.div_ceil(slots);
+                let target = (live + self.ramp.min(useful)).min(dynamic.max);
+                if target > self.target {
+                    info!(
+                        from = self.target,
+                        to = target,
+                        pending_tasks = load.pending_tasks,
+                        "tasks are waiting: asking for more executors"
+                    );
+                    self.target = target;
+                }
+            }
+        } else {
+            self.backlog_since = None;
+            self.ramp = 0;
+        }
+        let mut idle: Vec<(Instant, String)> = vec![];
+        for executor in &load.executors {
+            if executor.running > 0 {
+                self.idle_since.remove(&executor.allocation_id);
+                continue;
+            }
+            let since = *self
+                .idle_since
+                .entry(executor.allocation_id.clone())
+                .or_insert(now);
+            // Spark's shuffle tracking: outputs a running query still reads keep it.
+            if now.duration_since(since) >= dynamic.idle_timeout && !executor.holds_outputs {
+                idle.push((since, executor.allocation_id.clone()));
+            }
+        }
+        let present: std::collections::HashSet<&str> = load
+            .executors
+            .iter()
+            .map(|e| e.allocation_id.as_str())
+            .collect();
+        self.idle_since
+            .retain(|id, _| present.contains(id.as_str()));
+        idle.sort();
+        let mut released = vec![];
+        for (_, allocation_id) in idle {
+            if self.target <= dynamic.min || load.pending_tasks > 0 {
+                break;
+            }
+            self.target -= 1;
+            info!(%allocation_id, to = self.target, "executor idle: giving it back");
+            if let Some(a) = self.allocations.lock().get_mut(&allocation_id) {
+                a.state = AllocationState::Gone;
+                a.since = now;
+                a.reason = Some("idle: given back".into());
+            }
+            self.idle_since.remove(&allocation_id);
+            self.scheduler
+                .allocation_gone(allocation_id.clone(), "given back: idle".into());
+            released.push(allocation_id);
+        }
+        released
     }
 
     async fn request(&mut self) {
@@ -349,6 +499,16 @@ impl Allocator {
             self.failures += 1;
             self.backoff_until = Instant::now() + backoff(self.failures);
         }
+    }
+}
+
+/// The executors to start with.
+fn policy_target(policy: &AllocationPolicy) -> usize {
+    match &policy.dynamic {
+        Some(dynamic) => policy
+            .executors
+            .clamp(dynamic.min, dynamic.max.max(dynamic.min)),
+        None => policy.executors,
     }
 }
 
@@ -402,6 +562,7 @@ mod tests {
         let allocations = Arc::new(Allocations::default());
         let policy = AllocationPolicy {
             executors: 2,
+            dynamic: None,
             slots: 3,
             memory: 1 << 30,
             start_timeout: Duration::from_millis(1500),

@@ -22,7 +22,8 @@ async fn a_lone_coordinator_starts_its_executors_through_its_cluster_manager() {
     let executors = rows(
         &client
             .simple_query(
-                "select status, slots, allocation_id from system.executors order by allocation_id",
+                "select status, slots, allocation_id from system.executors \
+                 where status = 'alive' order by allocation_id",
             )
             .await
             .expect("system.executors"),
@@ -172,4 +173,92 @@ async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
         rows(&client.simple_query(sql).await.expect("after the loss")),
         expected
     );
+}
+
+async fn alive_count(client: &tokio_postgres::Client) -> usize {
+    alive_allocations(client).await.len()
+}
+
+/// Spark's dynamic allocation: tasks waiting for slots bring more executors (up to the
+/// maximum), and executors idle past the timeout are given back (down to the minimum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_allocation_scales_up_under_load_and_back_down_when_idle() {
+    let env: Vec<(String, String)> = [
+        ("EMBER_CLUSTER_MANAGER_KIND", "local"),
+        ("EMBER_CLUSTER_MANAGER_EXECUTORS", "1"),
+        ("EMBER_CLUSTER_MANAGER_EXECUTOR_SLOTS", "1"),
+        ("EMBER_CLUSTER_MANAGER_DYNAMIC_ALLOCATION", "true"),
+        ("EMBER_CLUSTER_MANAGER_MIN_EXECUTORS", "1"),
+        ("EMBER_CLUSTER_MANAGER_MAX_EXECUTORS", "3"),
+        ("EMBER_CLUSTER_MANAGER_SCHEDULER_BACKLOG_TIMEOUT_MS", "100"),
+        (
+            "EMBER_CLUSTER_MANAGER_SUSTAINED_SCHEDULER_BACKLOG_TIMEOUT_MS",
+            "100",
+        ),
+        ("EMBER_CLUSTER_MANAGER_EXECUTOR_IDLE_TIMEOUT_MS", "1500"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cluster = ProcessCluster::start_with_env(0, 0.01, &tpch_data_dir(0.01), &env);
+    let client = cluster.connect(1).await;
+    // Load: queries of many tasks on one slot.
+    let load = {
+        let port = cluster.pg_port;
+        tokio::spawn(async move {
+            let client = crate::common::connect(port).await.expect("a client");
+            client
+                .simple_query("set datafusion.execution.target_partitions = 16")
+                .await
+                .expect("set");
+            let started = Instant::now();
+            let mut answers = vec![];
+            while started.elapsed() < Duration::from_secs(6) {
+                answers.push(rows(
+                    &client
+                        .simple_query(
+                            "select l_orderkey % 7, count(*) from tpch.lineitem \
+                             group by 1 order by 1",
+                        )
+                        .await
+                        .expect("a query under scaling"),
+                ));
+            }
+            answers
+        })
+    };
+    let mut most = 1;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        most = most.max(alive_count(&client).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answers = load.await.expect("the load");
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "answers changed while scaling"
+    );
+    assert!(
+        most >= 2,
+        "no executor was added under load\n{}",
+        cluster.logs()
+    );
+    assert!(most <= 3, "more than max_executors: {most}");
+    // Idle: back to the minimum; the ones given back are listed as gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive_count(&client).await > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "idle executors were not given back\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = rows(
+        &client
+            .simple_query("select count(*) from system.executors where status = 'gone'")
+            .await
+            .expect("system.executors"),
+    );
+    assert_ne!(gone[0][0].as_deref(), Some("0"), "{gone:?}");
 }

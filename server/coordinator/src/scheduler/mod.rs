@@ -90,6 +90,25 @@ pub(crate) struct Speculation {
     pub(crate) min_runtime: Duration,
 }
 
+/// How busy the cluster is: what dynamic allocation scales by.
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    /// Tasks of running queries that could run now but wait for a slot.
+    pub(crate) pending_tasks: usize,
+    /// Live executors cluster managers started: allocation id, tasks running there, and
+    /// whether a running query still needs map outputs it holds.
+    pub(crate) executors: Vec<ExecutorLoad>,
+}
+
+/// One allocated executor's load.
+#[derive(Debug)]
+pub(crate) struct ExecutorLoad {
+    pub(crate) allocation_id: String,
+    pub(crate) running: usize,
+    pub(crate) slots: usize,
+    pub(crate) holds_outputs: bool,
+}
+
 /// Launches and re-runs of one task beyond `task_max_attempts` that are tolerated when they are
 /// caused by lost executors or lost map outputs rather than by the task itself.
 const MAX_LOSSES_PER_TASK: u32 = 8;
@@ -139,6 +158,8 @@ pub(crate) enum Event {
     Snapshot(oneshot::Sender<Snapshot>),
     /// The executors cluster managers started, by allocation: their ids and whether alive.
     Allocations(oneshot::Sender<Vec<(String, ExecutorId, bool)>>),
+    /// How busy the cluster is, for dynamic allocation.
+    Load(oneshot::Sender<Load>),
     /// A cluster manager saw the process of this allocation's executor end: it is lost now,
     /// without waiting for its heartbeats to stop.
     AllocationGone {
@@ -207,6 +228,14 @@ impl SchedulerHandle {
     pub(crate) async fn allocations(&self) -> Result<Vec<(String, ExecutorId, bool)>, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Event::Allocations(tx));
+        rx.await
+            .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
+    }
+
+    /// How busy the cluster is.
+    pub(crate) async fn load(&self) -> Result<Load, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Load(tx));
         rx.await
             .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
     }
@@ -375,6 +404,9 @@ impl Scheduler {
                         .collect(),
                 );
             }
+            Event::Load(tx) => {
+                let _ = tx.send(self.load());
+            }
             Event::AllocationGone {
                 allocation_id,
                 reason,
@@ -389,6 +421,9 @@ impl Scheduler {
                     .collect();
                 for executor_id in alive {
                     self.executor_lost(&executor_id, &reason);
+                    if let Some(executor) = self.executors.get_mut(&executor_id) {
+                        executor.status = ExecutorStatus::Gone;
+                    }
                 }
             }
             Event::Tick => self.tick(),
@@ -500,6 +535,41 @@ impl Scheduler {
                 last_assigned: 0,
             },
         );
+    }
+
+    fn load(&self) -> Load {
+        let mut pending_tasks = 0;
+        let mut holders = std::collections::HashSet::new();
+        for query in self.running.iter().filter(|q| q.status == Status::Running) {
+            for (si, stage) in query.stages.iter().enumerate() {
+                if !stage.status.is_final() && query.is_runnable(StageId(si as u32)) {
+                    pending_tasks += stage
+                        .tasks
+                        .iter()
+                        .filter(|t| t.status == Status::Pending)
+                        .count();
+                }
+                for task in &stage.tasks {
+                    if let Some(output) = &task.output {
+                        holders.insert(output.executor_id.clone());
+                    }
+                }
+            }
+        }
+        Load {
+            pending_tasks,
+            executors: self
+                .executors
+                .values()
+                .filter(|e| e.status == ExecutorStatus::Alive && !e.info.allocation_id.is_empty())
+                .map(|e| ExecutorLoad {
+                    allocation_id: e.info.allocation_id.clone(),
+                    running: e.running.len(),
+                    slots: e.info.slots,
+                    holds_outputs: holders.contains(&e.info.id),
+                })
+                .collect(),
+        }
     }
 
     fn tick(&mut self) {

@@ -18,7 +18,7 @@ impl Scheduler {
         let Some(executor) = self.executors.get_mut(executor_id) else {
             return;
         };
-        if executor.status == ExecutorStatus::Lost {
+        if executor.status != ExecutorStatus::Alive {
             return;
         }
         warn!(%executor_id, reason, "executor lost");

@@ -18,7 +18,10 @@ pub(crate) type ExecutorTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Stat
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExecutorStatus {
     Alive,
+    /// Stopped answering, or its session failed.
     Lost,
+    /// Its cluster manager saw its process end, or gave it back.
+    Gone,
 }
 
 impl ExecutorStatus {
@@ -26,6 +29,7 @@ impl ExecutorStatus {
         match self {
             ExecutorStatus::Alive => "alive",
             ExecutorStatus::Lost => "lost",
+            ExecutorStatus::Gone => "gone",
         }
     }
 }
