@@ -522,7 +522,7 @@ mod tests {
     use super::*;
     use crate::scheduler::{Scheduler, SchedulerConfig};
 
-    /// Records requests and releases; a request whose number is in `fail` is refused.
+    /// Records requests and releases; every start succeeds.
     #[derive(Debug, Default)]
     struct FakeManager {
         requests: Mutex<Vec<(ExecutorRequest, AllocationEvents)>>,
