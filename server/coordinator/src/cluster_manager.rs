@@ -202,6 +202,8 @@ pub(crate) struct Allocator {
     /// asked four times a second.
     failures: u32,
     backoff_until: Instant,
+    /// Requests the cluster manager refused in a row.
+    refusals: u32,
     /// How many executors to keep now (the policy's number unless dynamic allocation moves it).
     target: usize,
     /// Since when tasks have waited for a slot, how many executors the next request adds, and
@@ -217,6 +219,8 @@ pub(crate) struct Allocator {
 
 /// The longest wait between requests after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between requests the cluster manager refused.
+const MAX_REFUSAL_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How often the allocator compares what runs with what it wants.
 const TICK: Duration = Duration::from_millis(250);
@@ -240,6 +244,7 @@ impl Allocator {
             next: 0,
             failures: 0,
             backoff_until: Instant::now(),
+            refusals: 0,
             backlog_since: None,
             ramp: 0,
             next_ramp: Instant::now(),
@@ -493,11 +498,24 @@ impl Allocator {
         );
         let events = AllocationEvents(self.events_tx.clone());
         if let Err(error) = self.manager.request(request, events).await {
-            warn!(allocation_id = %id, %error, "the cluster manager could not start an executor");
+            // Said once per run of refusals (no worker has room, say), not at every retry.
+            if self.refusals == 0 {
+                warn!(allocation_id = %id, %error, "the cluster manager could not start an executor; retrying");
+            }
+            self.refusals += 1;
             // Nothing was started: nothing to list.
             self.allocations.lock().remove(&id);
-            self.failures += 1;
-            self.backoff_until = Instant::now() + backoff(self.failures);
+            // Capacity may come any moment (a worker connecting): retry within a second or two,
+            // where failed processes back off up to MAX_BACKOFF.
+            self.backoff_until = Instant::now() + backoff(self.refusals).min(MAX_REFUSAL_BACKOFF);
+        } else {
+            if self.refusals > 0 {
+                info!(
+                    refusals = self.refusals,
+                    "the cluster manager starts executors again"
+                );
+            }
+            self.refusals = 0;
         }
     }
 }
