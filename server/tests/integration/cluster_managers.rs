@@ -77,7 +77,7 @@ fn spawn_worker(cluster: &ProcessCluster, i: usize) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["worker", "--coordinator"])
         .arg(format!("127.0.0.1:{}", cluster.grpc_port))
-        .args(["--cores", "4", "--memory", "2GiB", "--data-dir"])
+        .args(["--cores", "2", "--memory", "2GiB", "--data-dir"])
         .arg(&cluster.data_dir)
         .arg("--work-dir")
         .arg(cluster.dir.path().join(format!("worker-{i}")))
@@ -104,9 +104,9 @@ async fn alive_allocations(client: &tokio_postgres::Client) -> Vec<String> {
 }
 
 /// Spark's standalone mode: a coordinator and two `ember worker`s and nothing else run a query;
-/// the coordinator asks the workers for four executors. A worker killed mid-query takes its
-/// executors with it: every answer stays exact, and the lost executors are replaced on the
-/// other worker.
+/// the coordinator asks the workers (two cores each) for four one-slot executors, so each runs
+/// two. A worker killed mid-query takes its executors with it: every answer stays exact, and
+/// the lost executors are replaced on a worker with room (a third, started after the loss).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
     let env: Vec<(String, String)> = [
@@ -155,7 +155,8 @@ async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
             ),
         }
     }
-    // The lost executors are replaced on the surviving worker (it has the cores).
+    // The survivor is full: the replacements go to a new worker.
+    workers.0.push(spawn_worker(&cluster, 2));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let alive = alive_allocations(&client).await;
