@@ -49,10 +49,13 @@ impl ClusterKey {
         let offer = RegisterExecutor {
             proof: vec![],
             ..register.clone()
-        }
-        .encode_to_vec();
-        self.membership
-            .tag(&[b"executor", challenge, &offer, &register.nonce])
+        };
+        self.offer_tag(
+            b"executor",
+            challenge,
+            &offer.encode_to_vec(),
+            &register.nonce,
+        )
     }
 
     /// Whether `register` answers `challenge` with a valid proof and a fresh nonce of its own.
@@ -60,14 +63,14 @@ impl ClusterKey {
         let offer = RegisterExecutor {
             proof: vec![],
             ..register.clone()
-        }
-        .encode_to_vec();
-        register.nonce.len() == NONCE_LEN
-            && register.nonce != challenge
-            && self.membership.verify_tag(
-                &[b"executor", challenge, &offer, &register.nonce],
-                &register.proof,
-            )
+        };
+        self.verify_offer(
+            b"executor",
+            challenge,
+            &offer.encode_to_vec(),
+            &register.nonce,
+            &register.proof,
+        )
     }
 
     /// A standalone worker's proof for `register` in answer to the coordinator's `challenge`.
@@ -75,10 +78,13 @@ impl ClusterKey {
         let offer = RegisterWorker {
             proof: vec![],
             ..register.clone()
-        }
-        .encode_to_vec();
-        self.membership
-            .tag(&[b"worker", challenge, &offer, &register.nonce])
+        };
+        self.offer_tag(
+            b"worker",
+            challenge,
+            &offer.encode_to_vec(),
+            &register.nonce,
+        )
     }
 
     /// Whether `register` answers `challenge` with a valid worker proof and a fresh nonce.
@@ -86,14 +92,35 @@ impl ClusterKey {
         let offer = RegisterWorker {
             proof: vec![],
             ..register.clone()
-        }
-        .encode_to_vec();
-        register.nonce.len() == NONCE_LEN
-            && register.nonce != challenge
-            && self.membership.verify_tag(
-                &[b"worker", challenge, &offer, &register.nonce],
-                &register.proof,
-            )
+        };
+        self.verify_offer(
+            b"worker",
+            challenge,
+            &offer.encode_to_vec(),
+            &register.nonce,
+            &register.proof,
+        )
+    }
+
+    /// `H(k, label, challenge, offer, nonce)`: the label keeps an executor's proof from passing
+    /// for a worker's and back.
+    fn offer_tag(&self, label: &[u8], challenge: &[u8], offer: &[u8], nonce: &[u8]) -> Vec<u8> {
+        self.membership.tag(&[label, challenge, offer, nonce])
+    }
+
+    fn verify_offer(
+        &self,
+        label: &[u8],
+        challenge: &[u8],
+        offer: &[u8],
+        nonce: &[u8],
+        proof: &[u8],
+    ) -> bool {
+        nonce.len() == NONCE_LEN
+            && nonce != challenge
+            && self
+                .membership
+                .verify_tag(&[label, challenge, offer, nonce], proof)
     }
 
     /// The coordinator's proof that it holds the secret too, binding the id it assigned.

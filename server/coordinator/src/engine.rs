@@ -208,6 +208,7 @@ impl QueryEngine {
         self.fit_partitions(session);
         let plan = self.to_plan(session, parsed.ast().clone()).await?;
         if parsed.is_explain_distributed() {
+            self.authorize(session, &plan).await?;
             return self.explain_distributed(session, &plan).await;
         }
         self.execute_plan(session, parsed, plan).await
@@ -249,10 +250,7 @@ impl QueryEngine {
         let read = tables_read(&state, &statement);
         let called = crate::statement::functions_called(&statement);
         match state.statement_to_plan(statement).await {
-            Ok(plan) => {
-                self.authorize(session, &plan).await?;
-                Ok(plan)
-            }
+            Ok(plan) => Ok(plan),
             // DataFusion's words, with the type the catalog and the registry say it is.
             Err(error) if missing_table(&state, &read).is_some() => {
                 Err(Error::UndefinedTable(Error::from(error).to_string()))
@@ -276,6 +274,7 @@ impl QueryEngine {
                 let plan = self
                     .to_plan(session, DFStatement::Statement(query.clone()))
                     .await?;
+                self.authorize(session, &plan).await?;
                 let Output::Rows(stream) = self.run_query(session, parsed, plan).await? else {
                     return Err(Error::Syntax(
                         "a cursor needs a query that returns rows".into(),
@@ -299,8 +298,9 @@ impl QueryEngine {
         parsed: &ParsedStatement,
         plan: LogicalPlan,
     ) -> Result<Output> {
-        // Checked again here: privileges may have changed since a prepared statement was
-        // planned.
+        // Checked where plans start running (here, `start_query`, cursors, EXPLAIN
+        // DISTRIBUTED), not when they are planned: a prepared statement meets the privileges
+        // of the moment it runs.
         self.authorize(session, &plan).await?;
         if let LogicalPlan::Analyze(analyze) = &plan
             && !is_query(&analyze.input)

@@ -75,7 +75,7 @@ impl QueryEngine {
         parsed: &ParsedStatement,
         plan: LogicalPlan,
     ) -> Result<StartedQuery> {
-        // Frontends run prepared plans through here: privileges may have changed since.
+        // Frontends run prepared plans through here (see `execute_plan`).
         self.authorize(session, &plan).await?;
         let physical = session.ctx.state().create_physical_plan(&plan).await?;
         self.start_physical(session, parsed.sql(), physical).await
