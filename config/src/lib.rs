@@ -280,6 +280,9 @@ pub struct ExecutorConfig {
     /// Bytes of disk the work dir (shuffle files and spills) may use; a task that would write more
     /// fails with SQLSTATE 53100. 0 means no limit.
     pub max_disk_bytes: u64,
+    /// Milliseconds a decommissioning executor (SIGTERM) lets its tasks finish before it hands
+    /// them back and exits.
+    pub decommission_grace_ms: u64,
 }
 
 /// The `[local]` section: settings for `ember local`.

@@ -33,8 +33,8 @@ use ember_protocol::credentials::SigningKey;
 use ember_protocol::membership::{self, ClusterCredentials};
 use ember_protocol::proto::cluster_service_client::ClusterServiceClient;
 use ember_protocol::proto::{
-    CoordinatorMessage, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor, TaskId,
-    coordinator_message, executor_message,
+    CoordinatorMessage, Decommissioning, ExecutorMessage, Heartbeat, LaunchTask, RegisterExecutor,
+    TaskId, coordinator_message, executor_message,
 };
 
 /// How an executor is set up.
@@ -73,6 +73,8 @@ pub struct ExecutorOptions {
     /// The allocation a cluster manager started this executor for (`executor.allocation_id`;
     /// empty when started by hand).
     pub allocation_id: String,
+    /// How long a decommissioning executor lets its tasks run before handing them back.
+    pub decommission_grace: Duration,
 }
 
 impl ExecutorOptions {
@@ -110,6 +112,7 @@ impl ExecutorOptions {
             client_key: (!config.auth.flight_secret.is_empty())
                 .then(|| SigningKey::from_secret(&config.auth.flight_secret)),
             allocation_id: config.executor.allocation_id.clone(),
+            decommission_grace: Duration::from_millis(config.executor.decommission_grace_ms),
         })
     }
 }
@@ -141,6 +144,7 @@ pub struct Executor {
     name: String,
     options: ExecutorOptions,
     flight_listener: TcpListener,
+    decommission: CancellationToken,
 }
 
 /// Tasks launched in this session, waiting for a slot or running; cancelling the token stops one.
@@ -154,7 +158,15 @@ impl Executor {
             name,
             options,
             flight_listener,
+            decommission: CancellationToken::new(),
         }
+    }
+
+    /// Cancelling it decommissions the executor gracefully (what SIGTERM does): it takes no new
+    /// tasks, finishes those it runs within `decommission_grace` (handing back the rest), serves
+    /// its shuffle outputs until the coordinator says no query needs them, and `run` returns.
+    pub fn decommission_token(&self) -> CancellationToken {
+        self.decommission.clone()
     }
 
     /// The executor's name in logs (its id in `system.executors` is the coordinator's).
@@ -169,6 +181,7 @@ impl Executor {
             name,
             options,
             flight_listener,
+            decommission,
         } = self;
         let flight_port = flight_listener.local_addr()?.port();
         // A new incarnation owns nothing that an earlier one left behind.
@@ -269,6 +282,7 @@ impl Executor {
             runner,
             cpu,
             served_rx: tokio::sync::Mutex::new(served_rx),
+            decommission: decommission.clone(),
         };
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
@@ -277,7 +291,11 @@ impl Executor {
                 _ = &mut shutdown => break,
                 result = session.serve() => {
                     match result {
-                        Ok(()) => {
+                        Ok(SessionEnd::Drained) => {
+                            info!(executor = %name, "decommissioned: the coordinator needs nothing more from this executor");
+                            break;
+                        }
+                        Ok(SessionEnd::Closed) => {
                             info!(executor = %name, "coordinator closed the session");
                             backoff = Duration::from_millis(100);
                         }
@@ -286,8 +304,13 @@ impl Executor {
                     }
                 }
             }
+            // A decommissioning executor does not come back.
+            if decommission.is_cancelled() {
+                break;
+            }
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = decommission.cancelled() => break,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -311,10 +334,23 @@ struct Session {
     /// Result partitions clients have read from this executor (see `ShuffleFlightService`);
     /// the current session forwards them to the coordinator.
     served_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<TaskId>>,
+    /// Cancelled when the executor is to decommission.
+    decommission: CancellationToken,
 }
 
+/// How a session ended without an error.
+enum SessionEnd {
+    /// The coordinator closed it (or wrote the executor off): register again.
+    Closed,
+    /// Decommissioned: exit.
+    Drained,
+}
+
+/// How long a decommissioning executor waits for the reports of the tasks it hands back.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(2);
+
 impl Session {
-    async fn serve(&self) -> Result<()> {
+    async fn serve(&self) -> Result<SessionEnd> {
         let scheme = ember_protocol::tls::scheme(self.options.cluster.tls.as_ref());
         let endpoint = format!("{scheme}://{}", self.options.coordinator);
         let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint)
@@ -346,24 +382,48 @@ impl Session {
         let slots = Arc::new(Semaphore::new(self.options.slots.max(1)));
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         let mut served_rx = self.served_rx.lock().await;
+        // When decommissioning: the end of the grace period.
+        let mut draining: Option<tokio::time::Instant> = None;
         let result = loop {
+            let deadline = draining.unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)
+            });
             tokio::select! {
                 Some(task) = served_rx.recv() => {
                     let served = executor_message::Message::ResultServed(task);
                     if tx.send(message(served)).await.is_err() {
-                        break Ok(());
+                        break Ok(SessionEnd::Closed);
                     }
                 }
                 _ = heartbeat.tick() => {
                     let running_tasks = lock(&running).len() as u32;
                     let beat = executor_message::Message::Heartbeat(Heartbeat { running_tasks });
                     if tx.send(message(beat)).await.is_err() {
-                        break Ok(());
+                        break Ok(SessionEnd::Closed);
                     }
                 }
+                _ = self.decommission.cancelled(), if draining.is_none() => {
+                    let grace = self.options.decommission_grace;
+                    draining = Some(tokio::time::Instant::now() + grace);
+                    info!(executor = %self.name, running = lock(&running).len(), grace_ms = grace.as_millis() as u64, "decommissioning: no new tasks, finishing those running");
+                    let notice = executor_message::Message::Decommissioning(Decommissioning {
+                        grace_ms: grace.as_millis() as u64,
+                    });
+                    if tx.send(message(notice)).await.is_err() {
+                        break Ok(SessionEnd::Closed);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline), if draining.is_some() => {
+                    self.hand_back(&running).await;
+                    break Ok(SessionEnd::Drained);
+                }
                 received = inbound.message() => match received {
-                    Ok(Some(msg)) => self.handle(msg, &id, &tx, &running, &slots),
-                    Ok(None) => break Ok(()),
+                    Ok(Some(msg)) => {
+                        if self.handle(msg, &id, &tx, &running, &slots, draining.is_some()) {
+                            break Ok(SessionEnd::Drained);
+                        }
+                    }
+                    Ok(None) => break Ok(SessionEnd::Closed),
                     Err(status) => break Err(Error::Status(status)),
                 },
             }
@@ -374,6 +434,23 @@ impl Session {
         }
         self.runner.live.release_all();
         result
+    }
+
+    /// The grace period is over: stops the tasks still running, whose reports (cancelled) tell
+    /// the coordinator to run them elsewhere, and waits briefly for those reports to go out.
+    async fn hand_back(&self, running: &RunningTasks) {
+        let tokens: Vec<CancellationToken> = lock(running).values().cloned().collect();
+        if tokens.is_empty() {
+            return;
+        }
+        warn!(executor = %self.name, tasks = tokens.len(), "decommission grace period over: handing back the tasks still running");
+        for token in tokens {
+            token.cancel();
+        }
+        let waited = tokio::time::Instant::now();
+        while !lock(running).is_empty() && waited.elapsed() < HAND_BACK_WAIT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn remove_shuffle_files(&self) {
@@ -451,6 +528,8 @@ impl Session {
         Ok(ExecutorId(registered.executor_id))
     }
 
+    /// Acts on one message of the coordinator; true when it says this executor is drained
+    /// (decommissioned, whether on a signal or by its cluster manager) and may exit.
     fn handle(
         &self,
         msg: CoordinatorMessage,
@@ -458,8 +537,20 @@ impl Session {
         tx: &mpsc::Sender<ExecutorMessage>,
         running: &RunningTasks,
         slots: &Arc<Semaphore>,
-    ) {
+        draining: bool,
+    ) -> bool {
         match msg.message {
+            Some(coordinator_message::Message::Drained(_)) => return true,
+            Some(coordinator_message::Message::LaunchTask(launch)) if draining => {
+                // Sent before the coordinator heard of the decommission: handed back at once.
+                if let Some(task_id) = launch.task {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let status = executor_message::Message::TaskStatus(cancelled(task_id));
+                        let _ = tx.send(message(status)).await;
+                    });
+                }
+            }
             Some(coordinator_message::Message::LaunchTask(launch)) => {
                 self.launch(
                     launch,
@@ -505,6 +596,7 @@ impl Session {
             )
             | None => {}
         }
+        false
     }
 
     fn launch(

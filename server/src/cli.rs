@@ -198,6 +198,30 @@ async fn shutdown_signal() {
     ctrl_c().await;
 }
 
+/// An executor's signals: the first SIGTERM decommissions it (a pod deletion, a worker's
+/// release); SIGINT or a second SIGTERM stops it at once (the returned future completes).
+async fn executor_signals(decommission: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c() => return,
+                _ = term.recv() => {}
+            }
+            info!("SIGTERM: decommissioning (a second signal stops at once)");
+            decommission.cancel();
+            tokio::select! {
+                _ = ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = decommission;
+    ctrl_c().await;
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -251,7 +275,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ExecutorOptions::from_config(&config, args.coordinator.clone(), work_dir, cluster)?;
             let executor = Executor::new(options, listener);
             info!(executor = %executor.name(), coordinator = %args.coordinator, "starting executor");
-            executor.run(shutdown_signal()).await?;
+            let decommission = executor.decommission_token();
+            executor.run(executor_signals(decommission)).await?;
         }
         Command::Worker(args) => {
             let flags = vec![

@@ -42,6 +42,9 @@ pub struct WorkerOptions {
     pub name: String,
 }
 
+/// How long an executor the coordinator released may take to exit after SIGTERM.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// One executor process the worker runs.
 struct Child {
     kill: oneshot::Sender<()>,
@@ -258,8 +261,19 @@ fn launch_executor(
         let status = tokio::select! {
             status = child.wait() => status,
             _ = killed => {
-                let _ = child.start_kill();
-                child.wait().await
+                // SIGTERM first: the executor decommissions, which ends at once when the
+                // coordinator has written it off, and removes its files; SIGKILL if it hangs.
+                if let Some(pid) = child.id() {
+                    // SAFETY: sending a signal to our own child, which has not been reaped.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                }
+                match tokio::time::timeout(STOP_WAIT, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                }
             }
         };
         let reason = match status {

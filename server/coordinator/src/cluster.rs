@@ -289,6 +289,13 @@ impl SessionContext {
                         session,
                         task,
                     },
+                    Some(executor_message::Message::Decommissioning(decommissioning)) => {
+                        info!(%executor_id, grace_ms = decommissioning.grace_ms, "executor is stopping gracefully");
+                        Event::Decommissioning {
+                            executor_id: executor_id.clone(),
+                            session,
+                        }
+                    }
                     Some(executor_message::Message::Register(_)) | None => {
                         break "it sent an unexpected message".to_string();
                     }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::error::Result;
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{ExecutorStatus, SchedulerHandle};
 
 /// What an executor is asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +89,9 @@ pub(crate) enum AllocationState {
     Requested,
     Starting,
     Registered,
+    /// Being given back (or stopping on a signal): it takes no new tasks and goes once no
+    /// running query needs it. It no longer counts towards the target.
+    Decommissioning,
     Gone,
 }
 
@@ -98,6 +101,7 @@ impl AllocationState {
             AllocationState::Requested => "requested",
             AllocationState::Starting => "starting",
             AllocationState::Registered => "alive",
+            AllocationState::Decommissioning => "decommissioning",
             AllocationState::Gone => "gone",
         }
     }
@@ -111,6 +115,16 @@ pub(crate) struct Allocation {
     pub(crate) since: Instant,
     /// Why it is gone.
     pub(crate) reason: Option<String>,
+}
+
+impl Allocation {
+    /// Counts towards the target: requested, starting or registered.
+    fn counts(&self) -> bool {
+        !matches!(
+            self.state,
+            AllocationState::Gone | AllocationState::Decommissioning
+        )
+    }
 }
 
 /// The allocations, shared with the system tables.
@@ -313,29 +327,62 @@ impl Allocator {
             return;
         };
         // An executor that lost its session registers again as a new incarnation of the same
-        // allocation: the allocation is alive if any incarnation is.
-        let mut alive_by_allocation: BTreeMap<String, bool> = BTreeMap::new();
-        for (allocation_id, _executor_id, alive) in registered {
-            *alive_by_allocation.entry(allocation_id).or_default() |= alive;
+        // allocation: the allocation is as alive as its liveliest incarnation.
+        let mut by_allocation: BTreeMap<String, ExecutorStatus> = BTreeMap::new();
+        for (allocation_id, _executor_id, status) in registered {
+            let rank = |s: &ExecutorStatus| match s {
+                ExecutorStatus::Alive => 2,
+                ExecutorStatus::Decommissioning => 1,
+                ExecutorStatus::Lost | ExecutorStatus::Gone => 0,
+            };
+            let entry = by_allocation.entry(allocation_id).or_insert(status);
+            if rank(&status) > rank(entry) {
+                *entry = status;
+            }
         }
         let mut to_release = vec![];
         let wanted = {
             let mut allocations = self.allocations.lock();
-            for (allocation_id, alive) in &alive_by_allocation {
+            for (allocation_id, status) in &by_allocation {
                 let Some(a) = allocations.get_mut(allocation_id) else {
                     continue;
                 };
-                match (a.state, alive) {
-                    (AllocationState::Requested | AllocationState::Starting, true) => {
+                match (a.state, status) {
+                    (
+                        AllocationState::Requested | AllocationState::Starting,
+                        ExecutorStatus::Alive,
+                    ) => {
                         a.state = AllocationState::Registered;
                         a.since = Instant::now();
                         self.failures = 0;
                     }
-                    (AllocationState::Registered, false) => {
-                        // Lost (heartbeats stopped): make sure its process goes too.
+                    (
+                        AllocationState::Requested
+                        | AllocationState::Starting
+                        | AllocationState::Registered,
+                        ExecutorStatus::Decommissioning,
+                    ) => {
+                        // Stopping on a signal (its pod deleted, say): replaced at once, and
+                        // its exit is no failure.
+                        info!(%allocation_id, "executor is decommissioning; replacing it");
+                        a.state = AllocationState::Decommissioning;
+                        a.since = Instant::now();
+                        self.releasing.insert(allocation_id.clone());
+                    }
+                    (
+                        AllocationState::Registered | AllocationState::Decommissioning,
+                        ExecutorStatus::Lost | ExecutorStatus::Gone,
+                    ) => {
+                        // Lost (heartbeats stopped), or decommissioned: make sure its process
+                        // goes too.
+                        let reason = if a.state == AllocationState::Decommissioning {
+                            "decommissioned"
+                        } else {
+                            "lost"
+                        };
                         a.state = AllocationState::Gone;
                         a.since = Instant::now();
-                        a.reason = Some("lost".into());
+                        a.reason = Some(reason.into());
                         to_release.push(allocation_id.clone());
                     }
                     _ => {}
@@ -357,14 +404,11 @@ impl Allocator {
             let retention = self.policy.gone_retention;
             allocations
                 .retain(|_, a| a.state != AllocationState::Gone || a.since.elapsed() < retention);
-            let live = allocations
-                .values()
-                .filter(|a| a.state != AllocationState::Gone)
-                .count();
+            let live = allocations.values().filter(|a| a.counts()).count();
             self.target.saturating_sub(live)
         };
         if self.policy.dynamic.is_some() {
-            to_release.extend(self.scale().await);
+            self.scale().await;
         }
         for allocation_id in to_release {
             self.releasing.insert(allocation_id.clone());
@@ -381,21 +425,22 @@ impl Allocator {
     }
 
     /// Dynamic allocation: raises the target while tasks wait for slots (by 1, 2, 4, ... per
-    /// interval), lowers it by the executors idle past the timeout that hold no shuffle output a
-    /// running query needs, and returns those to give back.
-    async fn scale(&mut self) -> Vec<String> {
+    /// interval), and lowers it by the executors idle past the timeout, which are decommissioned:
+    /// one that holds no shuffle output a running query needs goes at once, one that does takes
+    /// no new tasks and goes when its readers have finished.
+    async fn scale(&mut self) {
         let Some(dynamic) = self.policy.dynamic.clone() else {
-            return vec![];
+            return;
         };
         let Ok(load) = self.scheduler.load().await else {
-            return vec![];
+            return;
         };
         let now = Instant::now();
         let live = self
             .allocations
             .lock()
             .values()
-            .filter(|a| a.state != AllocationState::Gone)
+            .filter(|a| a.counts())
             .count();
         if load.pending_tasks > 0 {
             let since = *self.backlog_since.get_or_insert(now);
@@ -431,7 +476,7 @@ impl Allocator {
             self.backlog_since = None;
             self.ramp = 0;
         }
-        let mut idle: Vec<(Instant, String)> = vec![];
+        let mut idle: Vec<(bool, Instant, String)> = vec![];
         for executor in &load.executors {
             if executor.running > 0 {
                 self.idle_since.remove(&executor.allocation_id);
@@ -441,9 +486,13 @@ impl Allocator {
                 .idle_since
                 .entry(executor.allocation_id.clone())
                 .or_insert(now);
-            // Spark's shuffle tracking: outputs a running query still reads keep it.
-            if now.duration_since(since) >= dynamic.idle_timeout && !executor.holds_outputs {
-                idle.push((since, executor.allocation_id.clone()));
+            if now.duration_since(since) >= dynamic.idle_timeout {
+                // Those without outputs a running query still reads go first.
+                idle.push((
+                    executor.holds_outputs,
+                    since,
+                    executor.allocation_id.clone(),
+                ));
             }
         }
         let present: std::collections::HashSet<&str> = load
@@ -454,24 +503,22 @@ impl Allocator {
         self.idle_since
             .retain(|id, _| present.contains(id.as_str()));
         idle.sort();
-        let mut released = vec![];
-        for (_, allocation_id) in idle {
+        for (holds_outputs, _, allocation_id) in idle {
             if self.target <= dynamic.min || load.pending_tasks > 0 {
                 break;
             }
             self.target -= 1;
-            info!(%allocation_id, to = self.target, "executor idle: giving it back");
+            info!(%allocation_id, to = self.target, holds_outputs, "executor idle: decommissioning it");
             if let Some(a) = self.allocations.lock().get_mut(&allocation_id) {
-                a.state = AllocationState::Gone;
+                a.state = AllocationState::Decommissioning;
                 a.since = now;
                 a.reason = Some("idle: given back".into());
             }
             self.idle_since.remove(&allocation_id);
-            self.scheduler
-                .allocation_gone(allocation_id.clone(), "given back: idle".into());
-            released.push(allocation_id);
+            self.releasing.insert(allocation_id.clone());
+            // The scheduler tells it to stop once drained; the allocation is released then.
+            self.scheduler.decommission(allocation_id);
         }
-        released
     }
 
     async fn request(&mut self) {

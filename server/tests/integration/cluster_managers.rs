@@ -263,3 +263,119 @@ async fn dynamic_allocation_scales_up_under_load_and_back_down_when_idle() {
     );
     assert_ne!(gone[0][0].as_deref(), Some("0"), "{gone:?}");
 }
+
+/// Graceful decommission (Spark's): SIGTERM to an executor holding map outputs of a running
+/// query. It takes no new tasks, finishes its own and serves its outputs until the query no
+/// longer reads them; then it is told it is drained and exits cleanly. The answer is exact and
+/// nothing it produced is recomputed (at most the tasks launched while the signal was on its
+/// way run again elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_decommissions_an_executor_without_recomputing_its_outputs() {
+    const SCALE: f64 = 0.1;
+    let data = tpch_data_dir(SCALE);
+    let env: Vec<(String, String)> = [
+        ("EMBER_COORDINATOR_EXECUTOR_TIMEOUT_MS", "2000"),
+        ("EMBER_EXECUTOR_HEARTBEAT_INTERVAL_MS", "250"),
+        ("EMBER_EXECUTOR_DECOMMISSION_GRACE_MS", "30000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut cluster = ProcessCluster::start_with_env(3, SCALE, &data, &env);
+    let monitor = cluster.connect(3).await;
+    let reference = crate::common::datafusion_tpch(SCALE, &data).await;
+    let sql = ember_planner::tpch::QUERIES[8];
+    let mut victim = None;
+    let mut answer = None;
+    for _round in 0..5 {
+        let client = crate::common::connect(cluster.pg_port)
+            .await
+            .expect("a client");
+        client
+            .simple_query("set search_path = tpch")
+            .await
+            .expect("set");
+        let query = tokio::spawn(async move { client.simple_query(sql).await });
+        // An executor that holds a committed output of the running query, once another stage
+        // has started reading.
+        while !query.is_finished() {
+            let holders = rows(
+                &monitor
+                    .simple_query(
+                        "select e.flight_port from system.tasks t \
+                         join system.queries q on t.query_id = q.query_id \
+                         join system.executors e on t.executor_id = e.executor_id \
+                         where q.status = 'running' and t.status = 'succeeded' \
+                         and t.stage_id = 0 and e.status = 'alive' limit 1",
+                    )
+                    .await
+                    .expect("system.tasks"),
+            );
+            if let Some(port) = holders.first().and_then(|r| r[0].as_deref()) {
+                let port: u16 = port.parse().expect("a port");
+                let i = cluster.executor_by_port(port).expect("one of ours");
+                cluster.signal_executor(i, "TERM");
+                victim = Some((i, port));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let result = query.await.expect("the query task");
+        if victim.is_some() {
+            answer = Some(result);
+            break;
+        }
+    }
+    let (i, port) = victim.expect("no round was long enough to signal an executor mid-query");
+    let answer = rows(&answer.expect("an answer").expect("the query succeeds"));
+    let expected = crate::common::datafusion_rows(&reference, sql).await;
+    crate::common::compare(&answer, &expected, true).expect("the exact answer");
+    // It exits by itself, cleanly, once drained.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cluster.executors[i].try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the executor did not exit\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}\n{}", cluster.logs());
+    let listed = rows(
+        &monitor
+            .simple_query(&format!(
+                "select status from system.executors where flight_port = {port}"
+            ))
+            .await
+            .expect("system.executors"),
+    );
+    assert_eq!(
+        listed,
+        [[Some("gone".to_string())]],
+        "decommissioned, not lost"
+    );
+    // Nothing it had produced ran again.
+    let rerun = rows(
+        &monitor
+            .simple_query(
+                "select count(*) from system.tasks t join system.queries q \
+                 on t.query_id = q.query_id where q.sql like '%nation%' and t.attempt > 0",
+            )
+            .await
+            .expect("system.tasks"),
+    );
+    let rerun: usize = rerun[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .expect("a count");
+    assert!(rerun <= 2, "{rerun} tasks ran again\n{}", cluster.logs());
+    assert!(
+        cluster.logs().contains("executor decommissioned"),
+        "{}",
+        cluster.logs()
+    );
+}

@@ -10,6 +10,7 @@
 //! One task owns the state; everyone else holds a [`SchedulerHandle`] and sends events, so no
 //! lock is ever held across the scheduling logic.
 
+mod decommission;
 mod placement;
 mod recovery;
 pub(crate) mod snapshot;
@@ -32,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 pub(crate) use snapshot::Snapshot;
-pub(crate) use state::{ExecutorInfo, ExecutorTx, Submission};
-use state::{ExecutorState, ExecutorStatus, QueryState, Status};
+pub(crate) use state::{ExecutorInfo, ExecutorStatus, ExecutorTx, Submission};
+use state::{ExecutorState, QueryState, Status};
 
 use crate::error::Error;
 use crate::output::ResultEvent;
@@ -156,8 +157,18 @@ pub(crate) enum Event {
         query_id: QueryId,
     },
     Snapshot(oneshot::Sender<Snapshot>),
-    /// The executors cluster managers started, by allocation: their ids and whether alive.
-    Allocations(oneshot::Sender<Vec<(String, ExecutorId, bool)>>),
+    /// The executor is stopping gracefully (it received SIGTERM): no new tasks go there.
+    Decommissioning {
+        executor_id: ExecutorId,
+        session: u64,
+    },
+    /// The allocator gives this allocation's executor back: decommission it, so that it is
+    /// released once no running query needs it.
+    Decommission {
+        allocation_id: String,
+    },
+    /// The executors cluster managers started, by allocation: their ids and statuses.
+    Allocations(oneshot::Sender<Vec<(String, ExecutorId, ExecutorStatus)>>),
     /// How busy the cluster is, for dynamic allocation.
     Load(oneshot::Sender<Load>),
     /// A cluster manager saw the process of this allocation's executor end: it is lost now,
@@ -224,8 +235,10 @@ impl SchedulerHandle {
             .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
     }
 
-    /// The registered executors cluster managers started: allocation id, executor id, alive.
-    pub(crate) async fn allocations(&self) -> Result<Vec<(String, ExecutorId, bool)>, Error> {
+    /// The registered executors cluster managers started: allocation id, executor id, status.
+    pub(crate) async fn allocations(
+        &self,
+    ) -> Result<Vec<(String, ExecutorId, ExecutorStatus)>, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Event::Allocations(tx));
         rx.await
@@ -238,6 +251,12 @@ impl SchedulerHandle {
         self.send(Event::Load(tx));
         rx.await
             .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
+    }
+
+    /// Decommissions the executor of `allocation_id`: no new tasks; it is told to stop once
+    /// nothing runs there and no running query needs its outputs.
+    pub(crate) fn decommission(&self, allocation_id: String) {
+        self.send(Event::Decommission { allocation_id });
     }
 
     /// The executor of `allocation_id` is gone (its process ended).
@@ -353,9 +372,28 @@ impl Scheduler {
                 // A session the scheduler has written off reports nothing that counts.
                 if self
                     .current(&executor_id, session)
-                    .is_some_and(|e| e.status == ExecutorStatus::Alive)
+                    .is_some_and(|e| e.status.is_live())
                 {
                     self.task_status(&executor_id, status);
+                }
+            }
+            Event::Decommissioning {
+                executor_id,
+                session,
+            } => {
+                if self.current(&executor_id, session).is_some() {
+                    self.decommission(&executor_id, "it is stopping (SIGTERM)");
+                }
+            }
+            Event::Decommission { allocation_id } => {
+                let live: Vec<ExecutorId> = self
+                    .executors
+                    .values()
+                    .filter(|e| e.info.allocation_id == allocation_id && e.status.is_live())
+                    .map(|e| e.info.id.clone())
+                    .collect();
+                for executor_id in live {
+                    self.decommission(&executor_id, "its cluster manager gives it back");
                 }
             }
             Event::ExecutorLost {
@@ -394,13 +432,7 @@ impl Scheduler {
                     self.executors
                         .values()
                         .filter(|e| !e.info.allocation_id.is_empty())
-                        .map(|e| {
-                            (
-                                e.info.allocation_id.clone(),
-                                e.info.id.clone(),
-                                e.status == ExecutorStatus::Alive,
-                            )
-                        })
+                        .map(|e| (e.info.allocation_id.clone(), e.info.id.clone(), e.status))
                         .collect(),
                 );
             }
@@ -414,9 +446,7 @@ impl Scheduler {
                 let alive: Vec<ExecutorId> = self
                     .executors
                     .values()
-                    .filter(|e| {
-                        e.info.allocation_id == allocation_id && e.status == ExecutorStatus::Alive
-                    })
+                    .filter(|e| e.info.allocation_id == allocation_id && e.status.is_live())
                     .map(|e| e.info.id.clone())
                     .collect();
                 for executor_id in alive {
@@ -539,7 +569,6 @@ impl Scheduler {
 
     fn load(&self) -> Load {
         let mut pending_tasks = 0;
-        let mut holders = std::collections::HashSet::new();
         for query in self.running.iter().filter(|q| q.status == Status::Running) {
             for (si, stage) in query.stages.iter().enumerate() {
                 if !stage.status.is_final() && query.is_runnable(StageId(si as u32)) {
@@ -549,13 +578,9 @@ impl Scheduler {
                         .filter(|t| t.status == Status::Pending)
                         .count();
                 }
-                for task in &stage.tasks {
-                    if let Some(output) = &task.output {
-                        holders.insert(output.executor_id.clone());
-                    }
-                }
             }
         }
+        let holders = self.needed_output_holders();
         Load {
             pending_tasks,
             executors: self
@@ -577,12 +602,13 @@ impl Scheduler {
         let silent: Vec<ExecutorId> = self
             .executors
             .values()
-            .filter(|e| e.status == ExecutorStatus::Alive && e.last_heartbeat.elapsed() > timeout)
+            .filter(|e| e.status.is_live() && e.last_heartbeat.elapsed() > timeout)
             .map(|e| e.info.id.clone())
             .collect();
         for id in silent {
             self.executor_lost(&id, "no heartbeat within the executor timeout");
         }
+        self.release_drained();
         // Lost executors stay visible for a while, then are forgotten: an executor that comes
         // back registers as a new one.
         let retention = self.config.lost_executor_retention;
@@ -670,7 +696,7 @@ impl Scheduler {
         let Some(executor) = self.executors.get(executor_id) else {
             return;
         };
-        if executor.status != ExecutorStatus::Alive {
+        if !executor.status.is_live() {
             return;
         }
         if let Err(error) = executor.tx.try_send(Ok(message)) {

@@ -18,7 +18,7 @@ impl Scheduler {
         let Some(executor) = self.executors.get_mut(executor_id) else {
             return;
         };
-        if executor.status != ExecutorStatus::Alive {
+        if !executor.status.is_live() {
             return;
         }
         warn!(%executor_id, reason, "executor lost");
@@ -102,7 +102,7 @@ impl Scheduler {
             .executor
             .as_ref()
             .and_then(|e| self.executors.get(e))
-            .is_some_and(|e| e.status == ExecutorStatus::Alive);
+            .is_some_and(|e| e.status.is_live());
         // A running attempt on a live executor will report how it ended; act on that report.
         if task.status == Status::Succeeded || (task.status == Status::Running && !executor_alive) {
             info!(%query_id, partition, attempt, "re-running a result partition whose stream was lost");
@@ -119,11 +119,8 @@ impl Scheduler {
 /// read them. Consumers are looked at first (stage ids are topological), so a reset consumer makes
 /// its inputs needed again.
 fn recompute_lost_outputs(query: &mut QueryState, executors: &HashMap<ExecutorId, ExecutorState>) {
-    let alive = |id: &ExecutorId| {
-        executors
-            .get(id)
-            .is_some_and(|e| e.status == ExecutorStatus::Alive)
-    };
+    // A decommissioning executor still serves its outputs.
+    let alive = |id: &ExecutorId| executors.get(id).is_some_and(|e| e.status.is_live());
     let result_stage = query.graph.result_stage().id;
     for si in (0..query.stages.len()).rev() {
         let stage_id = StageId(si as u32);

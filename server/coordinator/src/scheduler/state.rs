@@ -18,6 +18,9 @@ pub(crate) type ExecutorTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Stat
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExecutorStatus {
     Alive,
+    /// Stopping gracefully: no new tasks; what runs there finishes and its shuffle outputs are
+    /// served until no running query needs them.
+    Decommissioning,
     /// Stopped answering, or its session failed.
     Lost,
     /// Its cluster manager saw its process end, or gave it back.
@@ -25,9 +28,19 @@ pub(crate) enum ExecutorStatus {
 }
 
 impl ExecutorStatus {
+    /// Its session counts: its task reports are taken and its shuffle outputs are readable
+    /// (alive or decommissioning).
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(
+            self,
+            ExecutorStatus::Alive | ExecutorStatus::Decommissioning
+        )
+    }
+
     pub(crate) fn as_str(&self) -> &'static str {
         match self {
             ExecutorStatus::Alive => "alive",
+            ExecutorStatus::Decommissioning => "decommissioning",
             ExecutorStatus::Lost => "lost",
             ExecutorStatus::Gone => "gone",
         }

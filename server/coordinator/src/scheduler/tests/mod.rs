@@ -529,3 +529,98 @@ fn a_query_without_executors_fails_after_the_wait() {
         "{error}"
     );
 }
+
+#[test]
+fn a_decommissioning_executor_gets_no_tasks_finishes_its_own_and_is_drained_when_unneeded() {
+    let mut test = SchedulerTest::new(config());
+    test.executor("a", 2);
+    test.executor("b", 2);
+    let query = test.submit(two_stage_graph(5, 2));
+    let (on_a, on_b) = (test.launched("a"), test.launched("b"));
+    assert_eq!((on_a.len(), on_b.len()), (2, 2));
+    let a = test.executors["a"].id.clone();
+    let session = test.executors["a"].session;
+    test.event(Event::Decommissioning {
+        executor_id: a.clone(),
+        session,
+    });
+    let status = |test: &SchedulerTest| test.scheduler.executors[&a].status;
+    assert_eq!(status(&test), ExecutorStatus::Decommissioning);
+    // Its first task finishes there and counts; the freed slot takes nothing new.
+    test.succeed("a", &on_a[0]);
+    assert!(test.launched("a").is_empty());
+    assert_eq!(
+        test.task_status(&query, MAP, on_a[0].partition as usize),
+        Status::Succeeded
+    );
+    // Its second is handed back (the grace period ran out): it runs again on b, uncounted.
+    test.report(
+        "a",
+        &on_a[1],
+        task_status::Result::Failed(TaskFailure::Cancelled.to_proto()),
+    );
+    for attempt in &on_b {
+        test.succeed("b", attempt);
+    }
+    let moved = test.launched("b");
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    assert!(
+        moved
+            .iter()
+            .any(|t| t.partition == on_a[1].partition && t.attempt == 1),
+        "{moved:?}"
+    );
+    let query_state = test
+        .scheduler
+        .running
+        .iter()
+        .find(|q| q.id == query)
+        .expect("running");
+    assert_eq!(
+        query_state.stages[0].tasks[on_a[1].partition as usize].failures,
+        0
+    );
+    // Maps finish on b; the result stage runs on b alone while `a` still serves its map output,
+    // which it keeps until every reader has finished.
+    for attempt in &moved {
+        test.succeed("b", attempt);
+    }
+    let results = test.launched("b");
+    assert_eq!(in_stage(&results, RESULT).len(), 2, "{results:?}");
+    assert!(test.launched("a").is_empty());
+    test.event(Event::Tick);
+    assert_eq!(
+        status(&test),
+        ExecutorStatus::Decommissioning,
+        "its output is still read"
+    );
+    assert!(
+        !test
+            .messages("a")
+            .iter()
+            .any(|m| matches!(m, coordinator_message::Message::Drained(_)))
+    );
+    for attempt in in_stage(&results, RESULT) {
+        test.succeed("b", &attempt);
+    }
+    assert_eq!(test.status(&query), Status::Succeeded);
+    // Nobody reads its output any more: it is told it is drained, and it is gone.
+    test.event(Event::Tick);
+    assert!(
+        test.messages("a")
+            .iter()
+            .any(|m| matches!(m, coordinator_message::Message::Drained(_)))
+    );
+    assert_eq!(status(&test), ExecutorStatus::Gone);
+    // Nothing of the query was recomputed: the map output it held was read, not lost.
+    let query_state = test
+        .scheduler
+        .running
+        .iter()
+        .find(|q| q.id == query)
+        .expect("running");
+    assert_eq!(
+        query_state.stages[0].tasks[on_a[0].partition as usize].attempt,
+        0
+    );
+}
