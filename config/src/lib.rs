@@ -9,6 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod kubernetes;
+pub use kubernetes::KubernetesConfig;
+
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -81,6 +84,8 @@ pub struct EmberConfig {
     pub local: LocalConfig,
     /// `[cluster_manager]`: who starts executors, and how many.
     pub cluster_manager: ClusterManagerConfig,
+    /// `[kubernetes]`: the executor pods of the `kubernetes` cluster manager.
+    pub kubernetes: KubernetesConfig,
     /// `[tpch]`: generated TPC-H sample data.
     pub tpch: TpchConfig,
 }
@@ -656,10 +661,26 @@ impl EmberConfig {
                 "entries are name:verifier, as printed by `ember passwd NAME`",
             ));
         }
-        if !["static", "local", "standalone"].contains(&self.cluster_manager.kind.as_str()) {
+        if !["static", "local", "standalone", "kubernetes"]
+            .contains(&self.cluster_manager.kind.as_str())
+        {
             return Err(invalid(
                 "cluster_manager.kind",
-                "must be static, local or standalone",
+                "must be static, local, standalone or kubernetes",
+            ));
+        }
+        let name = &self.kubernetes.cluster_name;
+        if name.is_empty()
+            || name.len() > 30
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || name.starts_with('-')
+            || name.ends_with('-')
+        {
+            return Err(invalid(
+                "kubernetes.cluster_name",
+                "must be 1 to 30 lowercase letters, digits or '-', not starting or ending with '-'",
             ));
         }
         if self.cluster_manager.executors > self.coordinator.max_executors.max(1) {

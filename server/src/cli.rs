@@ -20,7 +20,7 @@ use crate::roles::{CoordinatorListeners, CoordinatorRole, signing_key};
 )]
 pub struct Cli {
     /// TOML file overlaying the defaults (see config/ember.toml for every key).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "EMBER_CONFIG")]
     pub config: Option<PathBuf>,
     /// The role or tool to run.
     #[command(subcommand)]
@@ -235,10 +235,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 CoordinatorRole::new(&config, listeners, key.clone(), shared, cluster.clone())
                     .await?;
             // `static`: executors are started by hand and register themselves.
-            if config.cluster_manager.kind == "local" {
-                let manager = crate::local::LocalExecutors::new(&config, grpc_addr, cluster, key);
-                coordinator = coordinator
-                    .with_cluster_manager(manager, AllocationPolicy::from_config(&config));
+            match config.cluster_manager.kind.as_str() {
+                "local" => {
+                    let manager =
+                        crate::local::LocalExecutors::new(&config, grpc_addr, cluster, key);
+                    coordinator = coordinator
+                        .with_cluster_manager(manager, AllocationPolicy::from_config(&config));
+                }
+                "kubernetes" => {
+                    let manager =
+                        ember_kubernetes::KubernetesExecutors::connect(&config, grpc_addr.port())
+                            .await?;
+                    coordinator = coordinator
+                        .with_cluster_manager(manager, AllocationPolicy::from_config(&config));
+                }
+                // `standalone`: workers connect to the coordinator's cluster service.
+                _ => {}
             }
             coordinator.run(shutdown_signal()).await?;
         }
