@@ -39,5 +39,18 @@ export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
 export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 
+# The Kubernetes manifests (config/k8s), and the executor pod template inside the ConfigMap,
+# against the Kubernetes API schemas, offline.
+"$venv/bin/python" -c 'import kubernetes_validate' 2>/dev/null || "$venv/bin/pip" install -q kubernetes-validate
+manifests=$(mktemp -d)
+trap 'rm -rf "$manifests"' EXIT
+"$venv/bin/python" - "$manifests" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open("config/k8s/configmap.yaml"))
+open(sys.argv[1] + "/executor-pod.yaml", "w").write(config["data"]["executor-pod.yaml"])
+PY
+"$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 \
+  config/k8s/*.yaml config/k8s/examples/*.yaml "$manifests/executor-pod.yaml"
+
 # One build job per core; the test binaries then run one at a time (each starts clusters).
 timeout 5000 cargo test --workspace --no-fail-fast -- --test-threads=2

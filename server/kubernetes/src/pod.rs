@@ -268,6 +268,41 @@ mod tests {
         assert_eq!(json["ownerReferences"][0]["uid"], "1234");
     }
 
+    /// The manifests in config/k8s: the ConfigMap's ember.toml is a valid configuration for the
+    /// kubernetes cluster manager, and its pod template makes an executor pod that keeps the
+    /// secrets and volumes it declares.
+    #[test]
+    fn the_shipped_configmap_holds_a_valid_configuration_and_pod_template() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/k8s/configmap.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("config/k8s/configmap.yaml");
+        let map: k8s_openapi::api::core::v1::ConfigMap =
+            serde_yaml::from_str(&text).expect("a ConfigMap");
+        let data = map.data.expect("data");
+        let config = ember_config::ConfigBuilder::new()
+            .toml(&data["ember.toml"], "configmap.yaml")
+            .and_then(|b| b.build())
+            .expect("a valid configuration");
+        assert_eq!(config.cluster_manager.kind, "kubernetes");
+        assert_eq!(
+            config.kubernetes.pod_template_file,
+            std::path::Path::new("/etc/ember/executor-pod.yaml")
+        );
+        let template: Pod = serde_yaml::from_str(&data["executor-pod.yaml"]).expect("a Pod");
+        let pod = executor_pod(&template, &settings(), &request());
+        let spec = pod.spec.expect("a spec");
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let container = &spec.containers[0];
+        assert_eq!(container.image.as_deref(), Some("ember:1"));
+        let env = container.env.clone().unwrap_or_default();
+        for name in ["EMBER_CONFIG", "EMBER_AUTH_CLUSTER_SECRET", "POD_IP"] {
+            assert!(env.iter().any(|v| v.name == name), "{name} missing");
+        }
+        assert_eq!(container.volume_mounts.as_ref().map(Vec::len), Some(3));
+    }
+
     #[test]
     fn a_template_file_keeps_what_it_sets_and_gets_what_ember_needs() {
         let dir = std::env::temp_dir().join(format!("ember-pod-template-{}", std::process::id()));

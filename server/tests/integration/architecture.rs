@@ -46,7 +46,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "ember-coordinator",
             "ember-pgwire",
             "ember-flight-sql",
+            "ember-kubernetes",
         ],
+    ),
+    (
+        "ember-kubernetes",
+        &["ember-config", "ember-protocol", "ember-coordinator"],
     ),
     ("ember-sql-tests", &[]),
 ];
@@ -67,7 +72,13 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
     ),
     (
         "ember-coordinator",
-        &["pgwire", "datafusion-pg-catalog", "arrow-flight"],
+        &[
+            "pgwire",
+            "datafusion-pg-catalog",
+            "arrow-flight",
+            "kube",
+            "k8s-openapi",
+        ],
     ),
     ("ember-config", &["datafusion", "tonic", "tokio"]),
 ];
