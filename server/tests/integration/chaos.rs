@@ -99,7 +99,7 @@ async fn answers_stay_exact_when_executors_die() {
                 Outcome::Missed => eprintln!("chaos: {label}: query ended before the fault"),
             }
             results.push((label, outcome));
-            wait_for_executors(&cluster, &monitor, EXECUTORS).await;
+            crate::common::wait_until_alive(&cluster, &monitor, EXECUTORS).await;
         }
     }
     let exact = results
@@ -349,27 +349,6 @@ async fn executor_lost(monitor: &Client, port: u16) -> bool {
             .expect("system.executors"),
     );
     found.first().and_then(|r| r[0].as_deref()) == Some("lost")
-}
-
-async fn wait_for_executors(cluster: &ProcessCluster, monitor: &Client, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let alive = rows(
-            &monitor
-                .simple_query("select count(*) from system.executors where status = 'alive'")
-                .await
-                .expect("system.executors"),
-        );
-        if alive[0][0].as_deref() == Some(&n.to_string()) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "executors did not come back\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Cancels a long query once its tasks run: within 5 s the executors run nothing of it and its

@@ -379,3 +379,98 @@ async fn sigterm_decommissions_an_executor_without_recomputing_its_outputs() {
         cluster.logs()
     );
 }
+
+/// A decommissioning executor whose tasks outlast its grace period hands them back: they run
+/// again elsewhere, the answer is exact, and the executor still exits cleanly. (The grace period
+/// is a millisecond, so that whatever runs when the signal lands is handed back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_outlasting_the_decommission_grace_period_are_handed_back() {
+    const SCALE: f64 = 0.1;
+    let data = tpch_data_dir(SCALE);
+    let env: Vec<(String, String)> = [
+        ("EMBER_COORDINATOR_EXECUTOR_TIMEOUT_MS", "2000"),
+        ("EMBER_EXECUTOR_HEARTBEAT_INTERVAL_MS", "250"),
+        ("EMBER_EXECUTOR_DECOMMISSION_GRACE_MS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut cluster = ProcessCluster::start_with_env(2, SCALE, &data, &env);
+    let monitor = cluster.connect(2).await;
+    let reference = crate::common::datafusion_tpch(SCALE, &data).await;
+    // Few, long join tasks (each side's rows meet about 30 of the other's per part).
+    let sql = "select count(*), sum(l1.l_quantity * l2.l_quantity) from tpch.lineitem l1 \
+               join tpch.lineitem l2 on l1.l_partkey = l2.l_partkey";
+    let expected = crate::common::datafusion_rows(&reference, sql).await;
+    let mut handed_back = false;
+    for _round in 0..5 {
+        let client = crate::common::connect(cluster.pg_port)
+            .await
+            .expect("a client");
+        client
+            .simple_query("set datafusion.execution.target_partitions = 2")
+            .await
+            .expect("set");
+        let query = tokio::spawn(async move { client.simple_query(sql).await });
+        let mut victim = None;
+        while victim.is_none() && !query.is_finished() {
+            let running = rows(
+                &monitor
+                    .simple_query(
+                        "select e.flight_port from system.tasks t \
+                         join system.queries q on t.query_id = q.query_id \
+                         join system.executors e on t.executor_id = e.executor_id \
+                         where q.status = 'running' and t.status = 'running' \
+                         and e.status = 'alive' limit 1",
+                    )
+                    .await
+                    .expect("system.tasks"),
+            );
+            if let Some(port) = running.first().and_then(|r| r[0].as_deref()) {
+                let i = cluster
+                    .executor_by_port(port.parse().expect("a port"))
+                    .expect("one of ours");
+                cluster.signal_executor(i, "TERM");
+                victim = Some(i);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let outcome = query.await.expect("the query task");
+        let answer = rows(&outcome.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())));
+        crate::common::compare(&answer, &expected, false).expect("the exact answer");
+        let Some(i) = victim else { continue };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = cluster.executors[i].try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the executor did not exit\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}\n{}", cluster.logs());
+        if cluster
+            .logs()
+            .contains("handing back the tasks still running")
+        {
+            handed_back = true;
+            break;
+        }
+        cluster.restart_executor(i);
+        crate::common::wait_until_alive(&cluster, &monitor, 2).await;
+    }
+    assert!(handed_back, "no task was handed back\n{}", cluster.logs());
+    let rerun = rows(
+        &monitor
+            .simple_query(
+                "select count(*) from system.tasks t join system.queries q \
+                 on t.query_id = q.query_id where q.sql like '%l_partkey%' and t.attempt > 0",
+            )
+            .await
+            .expect("system.tasks"),
+    );
+    assert_ne!(rerun[0][0].as_deref(), Some("0"), "no task ran again");
+}

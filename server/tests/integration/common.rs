@@ -487,3 +487,25 @@ pub async fn open_executor_session(
     .map_err(|_| tonic::Status::cancelled("the session closed"))?;
     Ok((tx, inbound))
 }
+
+/// Waits until `n` executors are alive.
+pub async fn wait_until_alive(cluster: &ProcessCluster, monitor: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = rows(
+            &monitor
+                .simple_query("select count(*) from system.executors where status = 'alive'")
+                .await
+                .expect("system.executors"),
+        );
+        if alive[0][0].as_deref() == Some(&n.to_string()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "executors did not come back\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
