@@ -17,7 +17,8 @@ pub struct KubernetesConfig {
     pub image_pull_policy: String,
     /// A pod template (YAML) the executor pods start from; empty: the built-in one.
     pub pod_template_file: PathBuf,
-    /// `host:port` executors dial to register; empty: `$POD_IP` and `coordinator.port`.
+    /// `host:port` executors dial to register; empty: `$POD_IP` (else
+    /// `coordinator.cluster_bind_host`) and `coordinator.port`.
     pub coordinator_address: String,
     /// The coordinator's pod, owner of the executor pods (so they go when it goes); empty:
     /// `$POD_NAME`, else none.

@@ -316,7 +316,8 @@ impl Executor {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         let _ = flight_stop_tx.send(());
-        let _ = flight_server.await;
+        // Readers still streaming get a moment to finish; the process does not wait for them.
+        let _ = tokio::time::timeout(FLIGHT_STOP_WAIT, flight_server).await;
         let _ = std::fs::remove_dir_all(&shuffle_root);
         info!(executor = %name, "executor stopped");
         Ok(())
@@ -346,6 +347,12 @@ enum SessionEnd {
     Drained,
 }
 
+/// How long an executor waits for the coordinator to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a stopping executor lets readers finish their shuffle streams.
+const FLIGHT_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a decommissioning executor waits for the reports of the tasks it hands back.
 const HAND_BACK_WAIT: Duration = Duration::from_secs(2);
 
@@ -355,7 +362,8 @@ impl Session {
         let endpoint = format!("{scheme}://{}", self.options.coordinator);
         let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint)
             .map_err(|e| Error::Protocol(e.to_string()))?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT);
         if let Some(tls) = &self.options.cluster.tls {
             // The coordinator must present a certificate of the cluster's CA.
             endpoint = endpoint.tls_config(tls.client())?;
@@ -415,6 +423,9 @@ impl Session {
                 }
                 () = tokio::time::sleep_until(deadline), if draining.is_some() => {
                     self.hand_back(&running).await;
+                    // The reports go out while the session stays open; the coordinator says
+                    // `Drained` once it has taken them, unless outputs here are still needed.
+                    let _ = tokio::time::timeout(HAND_BACK_WAIT, drained(&mut inbound)).await;
                     break Ok(SessionEnd::Drained);
                 }
                 received = inbound.message() => match received {
@@ -652,11 +663,25 @@ impl Session {
                 },
                 _ = token.cancelled() => cancelled(task_id),
             };
-            lock(&running).remove(&attempt);
+            // Sent before the task leaves `running`: a decommissioning executor handing tasks
+            // back waits for `running` to empty, and so for these reports to be queued.
             let _ = tx
                 .send(message(executor_message::Message::TaskStatus(status)))
                 .await;
+            lock(&running).remove(&attempt);
         });
+    }
+}
+
+/// Reads the session until the coordinator says the executor is drained (or the session ends).
+async fn drained(inbound: &mut tonic::Streaming<CoordinatorMessage>) {
+    while let Ok(Some(message)) = inbound.message().await {
+        if matches!(
+            message.message,
+            Some(coordinator_message::Message::Drained(_))
+        ) {
+            return;
+        }
     }
 }
 

@@ -198,28 +198,43 @@ async fn shutdown_signal() {
     ctrl_c().await;
 }
 
+/// SIGTERM, listened for from now on (before an executor is set up, so that a pod deleted while
+/// it starts is not killed by the default action).
+#[cfg(unix)]
+fn terminate_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
+#[cfg(not(unix))]
+fn terminate_signal() -> Option<()> {
+    None
+}
+
 /// An executor's signals: the first SIGTERM decommissions it (a pod deletion, a worker's
 /// release); SIGINT or a second SIGTERM stops it at once (the returned future completes).
-async fn executor_signals(decommission: tokio_util::sync::CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = ctrl_c() => return,
-                _ = term.recv() => {}
-            }
-            info!("SIGTERM: decommissioning (a second signal stops at once)");
-            decommission.cancel();
-            tokio::select! {
-                _ = ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
+#[cfg(unix)]
+async fn executor_signals(
+    term: Option<tokio::signal::unix::Signal>,
+    decommission: tokio_util::sync::CancellationToken,
+) {
+    let Some(mut term) = term else {
+        return ctrl_c().await;
+    };
+    tokio::select! {
+        _ = ctrl_c() => return,
+        _ = term.recv() => {}
     }
-    let _ = decommission;
-    ctrl_c().await;
+    info!("SIGTERM: decommissioning (a second signal stops at once)");
+    decommission.cancel();
+    tokio::select! {
+        _ = ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn executor_signals(_term: Option<()>, _decommission: tokio_util::sync::CancellationToken) {
+    ctrl_c().await
 }
 
 /// Runs the parsed command line.
@@ -255,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             coordinator.run(shutdown_signal()).await?;
         }
         Command::Executor(args) => {
+            let term = terminate_signal();
             let flags = vec![
                 ("executor.flight_port", args.flight_port.as_ref()),
                 ("executor.work_dir", args.work_dir.as_ref()),
@@ -288,7 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let executor = Executor::new(options, listener);
             info!(executor = %executor.name(), coordinator = %args.coordinator, "starting executor");
             let decommission = executor.decommission_token();
-            executor.run(executor_signals(decommission)).await?;
+            executor.run(executor_signals(term, decommission)).await?;
         }
         Command::Worker(args) => {
             let flags = vec![
@@ -332,6 +348,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster,
                 executor_args,
                 name: format!("worker-{}", std::process::id()),
+                decommission_grace: std::time::Duration::from_millis(
+                    config.executor.decommission_grace_ms,
+                ),
             };
             info!(coordinator = %options.coordinator, cores = options.cores, memory = options.memory, "starting worker");
             crate::worker::run(options, shutdown_signal()).await?;

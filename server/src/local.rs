@@ -165,9 +165,9 @@ impl ClusterManager for LocalExecutors {
             allocation_id: allocation_id.clone(),
         });
         let task = tokio::spawn(async move {
-            let reason = match executor.run(stopped(stop_rx)).await {
-                Ok(()) => "stopped".to_string(),
-                Err(error) => error.to_string(),
+            let (reason, clean) = match executor.run(stopped(stop_rx)).await {
+                Ok(()) => ("stopped".to_string(), true),
+                Err(error) => (error.to_string(), false),
             };
             if let Err(error) = std::fs::remove_dir_all(&work_dir)
                 && error.kind() != std::io::ErrorKind::NotFound
@@ -177,6 +177,7 @@ impl ClusterManager for LocalExecutors {
             events.send(AllocationEvent::Exited {
                 allocation_id,
                 reason,
+                clean,
             });
         });
         self.lock()

@@ -40,10 +40,13 @@ pub struct WorkerOptions {
     pub executor_args: Vec<String>,
     /// A name for logs.
     pub name: String,
+    /// The executors' decommission grace period (`executor.decommission_grace_ms`): a
+    /// released executor is killed if it has not exited a little after it.
+    pub decommission_grace: Duration,
 }
 
-/// How long an executor the coordinator released may take to exit after SIGTERM.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long an executor may take to exit after SIGTERM beyond its decommission grace period.
+const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// One executor process the worker runs.
 struct Child {
@@ -161,7 +164,7 @@ async fn session(
     }
     info!(worker = %options.name, worker_id = %registered.worker_id, coordinator = %options.coordinator, cores = options.cores, memory = options.memory, "worker registered");
 
-    let (exits_tx, mut exits_rx) = mpsc::unbounded_channel::<(String, String)>();
+    let (exits_tx, mut exits_rx) = mpsc::unbounded_channel::<(String, String, bool)>();
     loop {
         tokio::select! {
             command = inbound.message() => {
@@ -175,6 +178,7 @@ async fn session(
                             send(worker_message::Message::Exited(ExecutorExited {
                                 allocation_id,
                                 reason: "refused: a duplicate or malformed allocation id".into(),
+                                clean: false,
                             }))
                             .await?;
                             continue;
@@ -193,6 +197,7 @@ async fn session(
                                 send(worker_message::Message::Exited(ExecutorExited {
                                     allocation_id,
                                     reason: format!("cannot start: {error}"),
+                                    clean: false,
                                 }))
                                 .await?;
                             }
@@ -206,10 +211,10 @@ async fn session(
                     _ => anyhow::bail!("the coordinator sent an unexpected command"),
                 }
             }
-            Some((allocation_id, reason)) = exits_rx.recv() => {
+            Some((allocation_id, reason, clean)) = exits_rx.recv() => {
                 children.remove(&allocation_id);
                 info!(%allocation_id, %reason, "executor process ended");
-                send(worker_message::Message::Exited(ExecutorExited { allocation_id, reason })).await?;
+                send(worker_message::Message::Exited(ExecutorExited { allocation_id, reason, clean })).await?;
             }
         }
     }
@@ -228,7 +233,7 @@ fn valid_id(id: &str) -> bool {
 fn launch_executor(
     options: &WorkerOptions,
     launch: &LaunchExecutor,
-    exits: mpsc::UnboundedSender<(String, String)>,
+    exits: mpsc::UnboundedSender<(String, String, bool)>,
 ) -> anyhow::Result<(u32, Child)> {
     let work_dir = options.work_dir.join(&launch.allocation_id);
     std::fs::create_dir_all(&work_dir)?;
@@ -257,6 +262,7 @@ fn launch_executor(
     info!(allocation_id = %launch.allocation_id, pid, slots = launch.slots, memory = launch.memory, "executor started");
     let (kill, killed) = oneshot::channel::<()>();
     let allocation_id = launch.allocation_id.clone();
+    let stop_wait = options.decommission_grace + STOP_SLACK;
     tokio::spawn(async move {
         let status = tokio::select! {
             status = child.wait() => status,
@@ -267,7 +273,7 @@ fn launch_executor(
                     // SAFETY: sending a signal to our own child, which has not been reaped.
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
                 }
-                match tokio::time::timeout(STOP_WAIT, child.wait()).await {
+                match tokio::time::timeout(stop_wait, child.wait()).await {
                     Ok(status) => status,
                     Err(_) => {
                         let _ = child.start_kill();
@@ -276,11 +282,11 @@ fn launch_executor(
                 }
             }
         };
-        let reason = match status {
-            Ok(status) => status.to_string(),
-            Err(error) => error.to_string(),
+        let (reason, clean) = match status {
+            Ok(status) => (status.to_string(), status.success()),
+            Err(error) => (error.to_string(), false),
         };
-        let _ = exits.send((allocation_id, reason));
+        let _ = exits.send((allocation_id, reason, clean));
     });
     Ok((pid, Child { kill }))
 }

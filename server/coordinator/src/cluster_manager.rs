@@ -52,6 +52,9 @@ pub enum AllocationEvent {
         allocation_id: String,
         /// Exit status or error, for `system.executors` and logs.
         reason: String,
+        /// It exited with status 0 (it decommissioned, or stopped when asked): not a failure
+        /// that should slow down the next requests.
+        clean: bool,
     },
 }
 
@@ -300,12 +303,15 @@ impl Allocator {
             AllocationEvent::Exited {
                 allocation_id,
                 reason,
+                clean,
             } => {
                 if let Some(a) = allocations.get_mut(&allocation_id)
                     && a.state != AllocationState::Gone
                 {
-                    info!(%allocation_id, %reason, "executor process ended");
-                    if !self.releasing.remove(&allocation_id) {
+                    info!(%allocation_id, %reason, clean, "executor process ended");
+                    // A clean exit (a pod deleted and its executor decommissioned before the
+                    // allocator saw it decommissioning, say) is no failure.
+                    if !self.releasing.remove(&allocation_id) && !clean {
                         self.failures += 1;
                         self.backoff_until = Instant::now() + backoff(self.failures);
                     }
@@ -355,6 +361,11 @@ impl Allocator {
                         a.state = AllocationState::Registered;
                         a.since = Instant::now();
                         self.failures = 0;
+                    }
+                    (AllocationState::Decommissioning, ExecutorStatus::Alive) => {
+                        // A new incarnation (it lost its session and registered again) of an
+                        // executor being given back: decommission it too (idempotent).
+                        self.scheduler.decommission(allocation_id.clone());
                     }
                     (
                         AllocationState::Requested
@@ -477,7 +488,20 @@ impl Allocator {
             self.ramp = 0;
         }
         let mut idle: Vec<(bool, Instant, String)> = vec![];
-        for executor in &load.executors {
+        // Only executors the allocator holds as registered may be given back (not one already
+        // decommissioning, nor one of an allocation it wrote off).
+        let registered: std::collections::HashSet<String> = self
+            .allocations
+            .lock()
+            .iter()
+            .filter(|(_, a)| a.state == AllocationState::Registered)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for executor in load
+            .executors
+            .iter()
+            .filter(|e| registered.contains(&e.allocation_id))
+        {
             if executor.running > 0 {
                 self.idle_since.remove(&executor.allocation_id);
                 continue;
@@ -681,6 +705,7 @@ mod tests {
         events.send(AllocationEvent::Exited {
             allocation_id: first.clone(),
             reason: "exit status 137".into(),
+            clean: false,
         });
         wait_for(3).await;
         assert!(states().contains(&"gone"));

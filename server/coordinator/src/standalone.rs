@@ -243,6 +243,7 @@ impl Workers {
                         placed.events.send(AllocationEvent::Exited {
                             allocation_id: exited.allocation_id,
                             reason: truncate(exited.reason),
+                            clean: exited.clean,
                         });
                     }
                 }
@@ -265,6 +266,7 @@ impl Workers {
                 placed.events.send(AllocationEvent::Exited {
                     allocation_id,
                     reason: format!("worker {worker_id} lost: {reason}"),
+                    clean: false,
                 });
             }
         }

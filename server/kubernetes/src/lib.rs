@@ -76,14 +76,7 @@ impl KubernetesExecutors {
         } else {
             read_template(&k.pod_template_file).map_err(unavailable)?
         };
-        let coordinator_address = if !k.coordinator_address.is_empty() {
-            k.coordinator_address.clone()
-        } else {
-            match std::env::var("POD_IP") {
-                Ok(ip) if !ip.is_empty() => format!("{ip}:{grpc_port}"),
-                _ => format!("{}:{grpc_port}", config.coordinator.bind_host),
-            }
-        };
+        let coordinator_address = coordinator_address(config, grpc_port)?;
         let coordinator_pod = if k.coordinator_pod.is_empty() {
             std::env::var("POD_NAME").unwrap_or_default()
         } else {
@@ -164,7 +157,9 @@ impl KubernetesExecutors {
                 continue;
             };
             info!(pod = %name, "removing an executor pod an earlier coordinator left");
-            self.delete(&name).await?;
+            if let Err(error) = self.delete(&name).await {
+                warn!(pod = %name, %error, "cannot remove an orphaned executor pod");
+            }
         }
         Ok(())
     }
@@ -260,7 +255,7 @@ async fn watch_pods(
         let event = match pod_state(&pod, deleted) {
             PodState::Waiting => continue,
             PodState::Started => AllocationEvent::Started { allocation_id },
-            PodState::Ended(reason) => {
+            PodState::Ended { reason, clean } => {
                 // A finished pod stays until deleted: it has told what it had to.
                 if !deleted && let Err(error) = pods.delete(&name, &DeleteParams::default()).await {
                     warn!(pod = %name, %error, "cannot delete a finished executor pod");
@@ -268,6 +263,7 @@ async fn watch_pods(
                 AllocationEvent::Exited {
                     allocation_id,
                     reason: format!("pod {name}: {reason}"),
+                    clean,
                 }
             }
         };
@@ -280,56 +276,189 @@ async fn watch_pods(
 enum PodState {
     Waiting,
     Started,
-    Ended(String),
+    Ended { reason: String, clean: bool },
 }
 
-/// What a pod says of its executor's process.
+/// Reasons a container waits that waiting will not cure.
+const STUCK: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "ImageInspectError",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// What a pod says of its executor's process: the executor container's state (a sidecar may
+/// keep the pod running after it), else the pod's phase.
 fn pod_state(pod: &Pod, deleted: bool) -> PodState {
-    if deleted {
-        return PodState::Ended("deleted".into());
-    }
     let status = pod.status.clone().unwrap_or_default();
-    let terminated = status
-        .container_statuses
+    let statuses = status.container_statuses.unwrap_or_default();
+    let executor = statuses
         .iter()
-        .flatten()
-        .find_map(|c| c.state.as_ref()?.terminated.clone());
+        .find(|c| c.name == pod::CONTAINER)
+        .or_else(|| statuses.first());
+    let state = executor.and_then(|c| c.state.clone()).unwrap_or_default();
+    if let Some(t) = state.terminated {
+        let reason = format!(
+            "exit code {}{}",
+            t.exit_code,
+            t.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+        return PodState::Ended {
+            reason: if deleted {
+                format!("deleted, {reason}")
+            } else {
+                reason
+            },
+            clean: t.exit_code == 0,
+        };
+    }
+    if deleted {
+        return PodState::Ended {
+            reason: "deleted".into(),
+            clean: false,
+        };
+    }
+    if let Some(reason) = state
+        .waiting
+        .and_then(|w| w.reason)
+        .filter(|r| STUCK.contains(&r.as_str()))
+    {
+        return PodState::Ended {
+            reason: format!("cannot start: {reason}"),
+            clean: false,
+        };
+    }
     match status.phase.as_deref() {
         Some("Running") => PodState::Started,
-        Some(phase @ ("Succeeded" | "Failed")) => PodState::Ended(match terminated {
-            Some(t) => format!(
-                "{phase}, exit code {}{}",
-                t.exit_code,
-                t.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-            ),
-            None => phase.to_string(),
-        }),
-        _ => {
-            // Pending: an image that cannot be pulled or a container that cannot be made
-            // will not start by waiting.
-            let stuck = status
-                .container_statuses
-                .iter()
-                .flatten()
-                .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-                .find(|r| {
-                    [
-                        "ErrImagePull",
-                        "ImagePullBackOff",
-                        "InvalidImageName",
-                        "CreateContainerConfigError",
-                        "CreateContainerError",
-                    ]
-                    .contains(&r.as_str())
-                });
-            match stuck {
-                Some(reason) => PodState::Ended(format!("cannot start: {reason}")),
-                None => PodState::Waiting,
-            }
-        }
+        Some(phase @ ("Succeeded" | "Failed")) => PodState::Ended {
+            reason: phase.to_string(),
+            clean: phase == "Succeeded",
+        },
+        _ => PodState::Waiting,
+    }
+}
+
+/// Where executors dial the coordinator: `kubernetes.coordinator_address`, else this pod's IP
+/// (`$POD_IP`, the downward API), else the cluster bind address if it names one host.
+fn coordinator_address(config: &EmberConfig, grpc_port: u16) -> ember_coordinator::Result<String> {
+    let k = &config.kubernetes;
+    if !k.coordinator_address.is_empty() {
+        return Ok(k.coordinator_address.clone());
+    }
+    let host = std::env::var("POD_IP")
+        .ok()
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| config.coordinator.cluster_bind_host.clone());
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Err(unavailable(format!(
+            "executors cannot dial {host}: set kubernetes.coordinator_address, or POD_IP from \
+             the downward API"
+        ))),
+        Ok(std::net::IpAddr::V6(ip)) => Ok(format!("[{ip}]:{grpc_port}")),
+        _ => Ok(format!("{host}:{grpc_port}")),
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str, containers: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": phase, "containerStatuses": containers},
+        }))
+        .expect("a pod")
+    }
+
+    fn status(name: &str, state: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"name": name, "ready": false, "restartCount": 0, "image": "",
+                           "imageID": "", "state": state})
+    }
+
+    #[test]
+    fn the_executor_container_decides_how_its_pod_ended() {
+        let running = serde_json::json!({"running": {}});
+        let exited = |code: i32| serde_json::json!({"terminated": {"exitCode": code}});
+        assert!(matches!(
+            pod_state(
+                &pod(
+                    "Running",
+                    serde_json::json!([status(pod::CONTAINER, running.clone())])
+                ),
+                false
+            ),
+            PodState::Started
+        ));
+        // A sidecar keeps the pod running; the executor has exited cleanly.
+        let pod_with_sidecar = pod(
+            "Running",
+            serde_json::json!([
+                status("sidecar", running),
+                status(pod::CONTAINER, exited(0))
+            ]),
+        );
+        assert!(matches!(
+            pod_state(&pod_with_sidecar, false),
+            PodState::Ended { clean: true, .. }
+        ));
+        let failed = pod(
+            "Failed",
+            serde_json::json!([status(pod::CONTAINER, exited(137))]),
+        );
+        match pod_state(&failed, false) {
+            PodState::Ended { reason, clean } => {
+                assert!(!clean);
+                assert!(reason.contains("137"), "{reason}");
+            }
+            _ => panic!("a failed pod has ended"),
+        }
+        let stuck = pod(
+            "Pending",
+            serde_json::json!([status(
+                pod::CONTAINER,
+                serde_json::json!({"waiting": {"reason": "ErrImageNeverPull"}})
+            )]),
+        );
+        assert!(matches!(
+            pod_state(&stuck, false),
+            PodState::Ended { clean: false, .. }
+        ));
+        let pending = pod("Pending", serde_json::json!([]));
+        assert!(matches!(pod_state(&pending, false), PodState::Waiting));
+        assert!(matches!(
+            pod_state(&pending, true),
+            PodState::Ended { clean: false, .. }
+        ));
+    }
+
+    #[test]
+    fn executors_are_told_an_address_they_can_dial() {
+        let mut config = EmberConfig::defaults();
+        config.kubernetes.coordinator_address = "ember.ember.svc:50050".into();
+        assert_eq!(
+            coordinator_address(&config, 50050).expect("set"),
+            "ember.ember.svc:50050"
+        );
+        if std::env::var_os("POD_IP").is_some() {
+            return;
+        }
+        config.kubernetes.coordinator_address.clear();
+        config.coordinator.cluster_bind_host = "0.0.0.0".into();
+        assert!(coordinator_address(&config, 50050).is_err());
+        config.coordinator.cluster_bind_host = "fd00::5".into();
+        assert_eq!(
+            coordinator_address(&config, 50050).expect("v6"),
+            "[fd00::5]:50050"
+        );
+        config.coordinator.cluster_bind_host = "10.1.2.3".into();
+        assert_eq!(coordinator_address(&config, 7).expect("v4"), "10.1.2.3:7");
+    }
 }

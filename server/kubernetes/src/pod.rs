@@ -50,7 +50,7 @@ impl PodSettings {
     /// The label selector of every executor pod of this Ember cluster.
     pub fn cluster_selector(&self) -> String {
         format!(
-            "{COMPONENT_LABEL}=executor,{INSTANCE_LABEL}={}",
+            "{NAME_LABEL}=ember,{COMPONENT_LABEL}=executor,{INSTANCE_LABEL}={}",
             self.cluster_name
         )
     }

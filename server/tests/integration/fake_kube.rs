@@ -426,8 +426,9 @@ async fn list_or_watch(
         loop {
             match rx.recv().await {
                 Ok(change) if change.revision > last => return Some((change, rx)),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Ok(_) => continue,
+                // As the real server ends a watch that fell behind: the client lists again.
+                Err(_) => return None,
             }
         }
     });
@@ -554,7 +555,22 @@ async fn kubelet(shared: Arc<Shared>, namespace: String, pod: Value) {
     };
     let pid = child.id().unwrap_or(0);
     let key = (namespace.clone(), name.clone());
-    lock(&shared.inner).pids.insert(key.clone(), pid);
+    {
+        let mut inner = lock(&shared.inner);
+        match inner.pods.get(&key) {
+            // Deleted while its process started: it does not outlive the pod.
+            None => {
+                let _ = child.start_kill();
+                return;
+            }
+            Some(pod) => {
+                if !pod["metadata"]["deletionTimestamp"].is_null() {
+                    signal(pid, libc::SIGTERM);
+                }
+            }
+        }
+        inner.pids.insert(key.clone(), pid);
+    }
     let started = now();
     set_status(
         &shared,

@@ -25,17 +25,22 @@ impl Scheduler {
                 executor.status = ExecutorStatus::Decommissioning;
                 self.release_drained();
             }
-            ExecutorStatus::Decommissioning => {}
-            // Written off already: nothing is wanted from it, it may go at once.
-            ExecutorStatus::Lost | ExecutorStatus::Gone => {
-                let _ = executor.tx.try_send(Ok(drained()));
-            }
+            // Already going; or written off, its session closed: the executor, seeing the
+            // session end while decommissioning, exits.
+            ExecutorStatus::Decommissioning | ExecutorStatus::Lost | ExecutorStatus::Gone => {}
         }
     }
 
     /// Tells each decommissioning executor that runs nothing and holds no output a running
     /// query needs that it is drained; it is gone from then on.
     pub(super) fn release_drained(&mut self) {
+        if !self
+            .executors
+            .values()
+            .any(|e| e.status == ExecutorStatus::Decommissioning)
+        {
+            return;
+        }
         let holders = self.needed_output_holders();
         for executor in self.executors.values_mut() {
             if executor.status != ExecutorStatus::Decommissioning

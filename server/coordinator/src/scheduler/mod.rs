@@ -614,10 +614,9 @@ impl Scheduler {
         let retention = self.config.lost_executor_retention;
         self.executors
             .retain(|_, e| e.lost_at.is_none_or(|at| at.elapsed() < retention));
-        let any_alive = self
-            .executors
-            .values()
-            .any(|e| e.status == ExecutorStatus::Alive);
+        // A decommissioning executor still finishes tasks: queries are not failed for want of
+        // executors while one is.
+        let any_alive = self.executors.values().any(|e| e.status.is_live());
         if any_alive {
             self.no_executor_since = None;
         } else {

@@ -118,7 +118,10 @@ impl Scheduler {
 /// Map outputs that lived on executors no longer alive are recomputed where a stage still has to
 /// read them. Consumers are looked at first (stage ids are topological), so a reset consumer makes
 /// its inputs needed again.
-fn recompute_lost_outputs(query: &mut QueryState, executors: &HashMap<ExecutorId, ExecutorState>) {
+pub(super) fn recompute_lost_outputs(
+    query: &mut QueryState,
+    executors: &HashMap<ExecutorId, ExecutorState>,
+) {
     // A decommissioning executor still serves its outputs.
     let alive = |id: &ExecutorId| executors.get(id).is_some_and(|e| e.status.is_live());
     let result_stage = query.graph.result_stage().id;

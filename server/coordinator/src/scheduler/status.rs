@@ -226,6 +226,9 @@ impl Scheduler {
         task.reset();
         if let Some(lost) = lost_output {
             lose_map_output(query, &lost);
+            // Other outputs of executors that are gone (decommissioned, say) that this task
+            // reads are recomputed now, not discovered one failed fetch at a time.
+            super::recovery::recompute_lost_outputs(query, &self.executors);
         }
     }
 }
