@@ -21,8 +21,7 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/ember /usr/local/bin/ember
 USER 10001:10001
 WORKDIR /var/lib/ember
-ENV EMBER_COORDINATOR_DATA_DIR=/var/lib/ember \
-    EMBER_LOG_FORMAT=json
+ENV EMBER_COORDINATOR_DATA_DIR=/var/lib/ember
 # pgwire, coordinator gRPC (cluster), Flight SQL
 EXPOSE 5433 50050 50051
 # tini reaps the executor processes an `ember worker` starts and forwards signals: SIGTERM

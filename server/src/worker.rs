@@ -21,6 +21,7 @@ use ember_protocol::proto::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// What a worker offers and how it starts executors.
@@ -50,7 +51,10 @@ const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// One executor process the worker runs.
 struct Child {
-    kill: oneshot::Sender<()>,
+    /// Stops it (SIGTERM, then SIGKILL after the grace period); taken when used.
+    kill: Option<oneshot::Sender<()>>,
+    /// Ends when the process has exited (and its exit was reported).
+    supervisor: tokio::task::JoinHandle<()>,
 }
 
 /// Serves the coordinator until `shutdown` completes, reconnecting when a session ends.
@@ -61,21 +65,43 @@ pub async fn run(
     std::fs::create_dir_all(&options.work_dir)?;
     tokio::pin!(shutdown);
     let mut pause = Duration::from_millis(500);
+    // How long a stopping worker waits for its executors to decommission.
+    let stop_wait = options.decommission_grace + STOP_SLACK + Duration::from_secs(1);
+    let stopping = CancellationToken::new();
     loop {
         let mut children: HashMap<String, Child> = HashMap::new();
-        let outcome = tokio::select! {
-            outcome = session(&options, &mut children) => Some(outcome),
-            () = &mut shutdown => None,
+        let outcome = {
+            let session = session(&options, &mut children, &stopping);
+            tokio::pin!(session);
+            tokio::select! {
+                outcome = &mut session => Some(outcome),
+                () = &mut shutdown => {
+                    // The session stays open while its executors decommission, so that the
+                    // coordinator hears of each as it goes.
+                    info!(worker = %options.name, "worker stopping; decommissioning its executors");
+                    stopping.cancel();
+                    let _ = tokio::time::timeout(stop_wait, &mut session).await;
+                    None
+                }
+            }
         };
         // Whatever ended the session, its executors go: the coordinator has written them off
-        // (or is stopping).
+        // (or is stopping). They get SIGTERM, so they decommission (at once when their
+        // coordinator needs nothing more from them), and SIGKILL after the grace period.
         let count = children.len();
-        for (_, child) in children.drain() {
-            let _ = child.kill.send(());
+        let mut supervisors = vec![];
+        for (_, mut child) in children.drain() {
+            if let Some(kill) = child.kill.take() {
+                let _ = kill.send(());
+            }
+            supervisors.push(child.supervisor);
+        }
+        if outcome.is_none() {
+            let _ = tokio::time::timeout(stop_wait, futures::future::join_all(supervisors)).await;
         }
         match outcome {
             None => {
-                info!(worker = %options.name, executors = count, "worker stopping");
+                info!(worker = %options.name, "worker stopped");
                 return Ok(());
             }
             Some(Ok(registered)) => {
@@ -96,10 +122,12 @@ pub async fn run(
     }
 }
 
-/// One session: returns whether the worker registered (and so may reconnect at once).
+/// One session: returns whether the worker registered (and so may reconnect at once). Once
+/// `stopping` is cancelled it stops its executors and returns when they have all exited.
 async fn session(
     options: &WorkerOptions,
     children: &mut HashMap<String, Child>,
+    stopping: &CancellationToken,
 ) -> anyhow::Result<bool> {
     let scheme = ember_protocol::tls::scheme(options.cluster.tls.as_ref());
     let mut endpoint =
@@ -165,8 +193,20 @@ async fn session(
     info!(worker = %options.name, worker_id = %registered.worker_id, coordinator = %options.coordinator, cores = options.cores, memory = options.memory, "worker registered");
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel::<(String, String, bool)>();
+    let mut draining = false;
     loop {
         tokio::select! {
+            () = stopping.cancelled(), if !draining => {
+                draining = true;
+                for child in children.values_mut() {
+                    if let Some(kill) = child.kill.take() {
+                        let _ = kill.send(());
+                    }
+                }
+                if children.is_empty() {
+                    return Ok(true);
+                }
+            }
             command = inbound.message() => {
                 let Some(command) = command? else {
                     return Ok(true);
@@ -174,10 +214,17 @@ async fn session(
                 match command.command {
                     Some(worker_command::Command::Launch(launch)) => {
                         let allocation_id = launch.allocation_id.clone();
-                        if children.contains_key(&allocation_id) || !valid_id(&allocation_id) {
+                        let refusal = if draining {
+                            Some("refused: the worker is stopping")
+                        } else if children.contains_key(&allocation_id) || !valid_id(&allocation_id) {
+                            Some("refused: a duplicate or malformed allocation id")
+                        } else {
+                            None
+                        };
+                        if let Some(refusal) = refusal {
                             send(worker_message::Message::Exited(ExecutorExited {
                                 allocation_id,
-                                reason: "refused: a duplicate or malformed allocation id".into(),
+                                reason: refusal.into(),
                                 clean: false,
                             }))
                             .await?;
@@ -204,8 +251,11 @@ async fn session(
                         }
                     }
                     Some(worker_command::Command::Kill(kill)) => {
-                        if let Some(child) = children.remove(&kill.allocation_id) {
-                            let _ = child.kill.send(());
+                        if let Some(kill) = children
+                            .get_mut(&kill.allocation_id)
+                            .and_then(|child| child.kill.take())
+                        {
+                            let _ = kill.send(());
                         }
                     }
                     _ => anyhow::bail!("the coordinator sent an unexpected command"),
@@ -215,6 +265,9 @@ async fn session(
                 children.remove(&allocation_id);
                 info!(%allocation_id, %reason, "executor process ended");
                 send(worker_message::Message::Exited(ExecutorExited { allocation_id, reason, clean })).await?;
+                if draining && children.is_empty() {
+                    return Ok(true);
+                }
             }
         }
     }
@@ -263,7 +316,7 @@ fn launch_executor(
     let (kill, killed) = oneshot::channel::<()>();
     let allocation_id = launch.allocation_id.clone();
     let stop_wait = options.decommission_grace + STOP_SLACK;
-    tokio::spawn(async move {
+    let supervisor = tokio::spawn(async move {
         let status = tokio::select! {
             status = child.wait() => status,
             _ = killed => {
@@ -288,7 +341,13 @@ fn launch_executor(
         };
         let _ = exits.send((allocation_id, reason, clean));
     });
-    Ok((pid, Child { kill }))
+    Ok((
+        pid,
+        Child {
+            kill: Some(kill),
+            supervisor,
+        },
+    ))
 }
 
 /// On Linux the kernel kills the executor when the worker dies, however it dies.

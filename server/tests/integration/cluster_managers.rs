@@ -174,6 +174,33 @@ async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
         rows(&client.simple_query(sql).await.expect("after the loss")),
         expected
     );
+    // SIGTERM to a worker: its executors decommission (told they are drained, as nothing needs
+    // them) before it exits, cleanly.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &workers.0[1].id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = workers.0[1].try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not stop\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "{exit}\n{}", cluster.logs());
+    let coordinator_log =
+        std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap_or_default();
+    assert!(
+        coordinator_log.matches("executor decommissioned").count() >= 2,
+        "{}",
+        cluster.logs()
+    );
 }
 
 async fn alive_count(client: &tokio_postgres::Client) -> usize {
