@@ -8,14 +8,11 @@ use crate::common::{ProcessCluster, rows, tpch_data_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_coordinator_starts_its_executors_through_its_cluster_manager() {
-    let env: Vec<(String, String)> = [
+    let env = crate::common::settings(&[
         ("EMBER_CLUSTER_MANAGER_KIND", "local"),
         ("EMBER_CLUSTER_MANAGER_EXECUTORS", "2"),
         ("EMBER_CLUSTER_MANAGER_EXECUTOR_SLOTS", "2"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     // No `ember executor` process: the coordinator's cluster manager starts both.
     let cluster = ProcessCluster::start_with_env(0, 0.01, &tpch_data_dir(0.01), &env);
     let client = cluster.connect(2).await;
@@ -109,14 +106,11 @@ async fn alive_allocations(client: &tokio_postgres::Client) -> Vec<String> {
 /// the lost executors are replaced on a worker with room (a third, started after the loss).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
-    let env: Vec<(String, String)> = [
+    let env = crate::common::settings(&[
         ("EMBER_CLUSTER_MANAGER_KIND", "standalone"),
         ("EMBER_CLUSTER_MANAGER_EXECUTORS", "4"),
         ("EMBER_CLUSTER_MANAGER_EXECUTOR_SLOTS", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let cluster = ProcessCluster::start_with_env(0, 0.01, &tpch_data_dir(0.01), &env);
     let mut workers = Workers(vec![spawn_worker(&cluster, 0), spawn_worker(&cluster, 1)]);
     let client = cluster.connect(4).await;
@@ -181,18 +175,10 @@ async fn standalone_workers_start_executors_and_a_lost_worker_is_replaced() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let exit = loop {
-        if let Some(exit) = workers.0[1].try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not stop\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exit = crate::common::wait_for_exit(&mut workers.0[1], Duration::from_secs(40), || {
+        cluster.logs()
+    })
+    .await;
     assert!(exit.success(), "{exit}\n{}", cluster.logs());
     let coordinator_log =
         std::fs::read_to_string(cluster.dir.path().join("coordinator.log")).unwrap_or_default();
@@ -211,7 +197,7 @@ async fn alive_count(client: &tokio_postgres::Client) -> usize {
 /// maximum), and executors idle past the timeout are given back (down to the minimum).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamic_allocation_scales_up_under_load_and_back_down_when_idle() {
-    let env: Vec<(String, String)> = [
+    let env = crate::common::settings(&[
         ("EMBER_CLUSTER_MANAGER_KIND", "local"),
         ("EMBER_CLUSTER_MANAGER_EXECUTORS", "1"),
         ("EMBER_CLUSTER_MANAGER_EXECUTOR_SLOTS", "1"),
@@ -224,10 +210,7 @@ async fn dynamic_allocation_scales_up_under_load_and_back_down_when_idle() {
             "100",
         ),
         ("EMBER_CLUSTER_MANAGER_EXECUTOR_IDLE_TIMEOUT_MS", "1500"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let cluster = ProcessCluster::start_with_env(0, 0.01, &tpch_data_dir(0.01), &env);
     let client = cluster.connect(1).await;
     // Load: queries of many tasks on one slot.
@@ -300,14 +283,11 @@ async fn dynamic_allocation_scales_up_under_load_and_back_down_when_idle() {
 async fn sigterm_decommissions_an_executor_without_recomputing_its_outputs() {
     const SCALE: f64 = 0.1;
     let data = tpch_data_dir(SCALE);
-    let env: Vec<(String, String)> = [
+    let env = crate::common::settings(&[
         ("EMBER_COORDINATOR_EXECUTOR_TIMEOUT_MS", "2000"),
         ("EMBER_EXECUTOR_HEARTBEAT_INTERVAL_MS", "250"),
         ("EMBER_EXECUTOR_DECOMMISSION_GRACE_MS", "30000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let mut cluster = ProcessCluster::start_with_env(3, SCALE, &data, &env);
     let monitor = cluster.connect(3).await;
     let reference = crate::common::datafusion_tpch(SCALE, &data).await;
@@ -358,18 +338,12 @@ async fn sigterm_decommissions_an_executor_without_recomputing_its_outputs() {
     let expected = crate::common::datafusion_rows(&reference, sql).await;
     crate::common::compare(&answer, &expected, true).expect("the exact answer");
     // It exits by itself, cleanly, once drained.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = cluster.executors[i].try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the executor did not exit\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dir = cluster.dir.path().to_path_buf();
+    let status =
+        crate::common::wait_for_exit(&mut cluster.executors[i], Duration::from_secs(30), || {
+            crate::common::logs_in(&dir)
+        })
+        .await;
     assert!(status.success(), "{status}\n{}", cluster.logs());
     let listed = rows(
         &monitor
@@ -414,14 +388,11 @@ async fn sigterm_decommissions_an_executor_without_recomputing_its_outputs() {
 async fn tasks_outlasting_the_decommission_grace_period_are_handed_back() {
     const SCALE: f64 = 0.1;
     let data = tpch_data_dir(SCALE);
-    let env: Vec<(String, String)> = [
+    let env = crate::common::settings(&[
         ("EMBER_COORDINATOR_EXECUTOR_TIMEOUT_MS", "2000"),
         ("EMBER_EXECUTOR_HEARTBEAT_INTERVAL_MS", "250"),
         ("EMBER_EXECUTOR_DECOMMISSION_GRACE_MS", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let mut cluster = ProcessCluster::start_with_env(2, SCALE, &data, &env);
     let monitor = cluster.connect(2).await;
     let reference = crate::common::datafusion_tpch(SCALE, &data).await;
@@ -466,18 +437,13 @@ async fn tasks_outlasting_the_decommission_grace_period_are_handed_back() {
         let answer = rows(&outcome.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())));
         crate::common::compare(&answer, &expected, false).expect("the exact answer");
         let Some(i) = victim else { continue };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = cluster.executors[i].try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the executor did not exit\n{}",
-                cluster.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let dir = cluster.dir.path().to_path_buf();
+        let status = crate::common::wait_for_exit(
+            &mut cluster.executors[i],
+            Duration::from_secs(20),
+            || crate::common::logs_in(&dir),
+        )
+        .await;
         assert!(status.success(), "{status}\n{}", cluster.logs());
         if cluster
             .logs()

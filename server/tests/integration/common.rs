@@ -197,16 +197,7 @@ impl ProcessCluster {
     }
 
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-            for entry in entries.flatten() {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    out.push_str(&format!("== {}\n", entry.path().display()));
-                    out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-                }
-            }
-        }
-        out
+        logs_in(self.dir.path())
     }
 
     /// Connects once the coordinator answers and `executors` executors are alive.
@@ -508,4 +499,46 @@ pub async fn wait_until_alive(cluster: &ProcessCluster, monitor: &Client, n: usi
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Settings as environment variables (`EMBER_<SECTION>_<KEY>`), for `start_with_env`.
+pub fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Waits up to `within` for `child` to exit; panics with `context` if it does not.
+pub async fn wait_for_exit(
+    child: &mut Child,
+    within: Duration,
+    context: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {within:?}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `.log` files of a directory, each under its name.
+pub fn logs_in(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                out.push_str(&format!("== {}\n", entry.path().display()));
+                out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+    }
+    out
 }

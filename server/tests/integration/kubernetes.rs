@@ -80,14 +80,7 @@ async fn alive(client: &tokio_postgres::Client) -> usize {
 }
 
 fn pod_logs(dir: &Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            out.push_str(&format!("== {}\n", entry.path().display()));
-            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
-    out
+    crate::common::logs_in(dir)
 }
 
 /// Only pods, only in the coordinator's namespace: what `config/k8s/rbac.yaml` grants.
