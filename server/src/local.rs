@@ -82,7 +82,8 @@ pub struct LocalExecutors {
     coordinator: String,
     cluster: ClusterCredentials,
     client_key: SigningKey,
-    running: Mutex<HashMap<String, Running>>,
+    /// The executors running; each removes itself when it ends.
+    running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
 #[derive(Debug)]
@@ -105,7 +106,7 @@ impl LocalExecutors {
             coordinator: format!("127.0.0.1:{}", grpc_addr.port()),
             cluster,
             client_key,
-            running: Mutex::default(),
+            running: Arc::default(),
         })
     }
 
@@ -164,6 +165,9 @@ impl ClusterManager for LocalExecutors {
         events.send(AllocationEvent::Started {
             allocation_id: allocation_id.clone(),
         });
+        let running = Arc::clone(&self.running);
+        // Held until the executor is listed: one that ends at once removes itself after.
+        let mut listed = self.lock();
         let task = tokio::spawn(async move {
             let (reason, clean) = match executor.run(stopped(stop_rx)).await {
                 Ok(()) => ("stopped".to_string(), true),
@@ -174,14 +178,17 @@ impl ClusterManager for LocalExecutors {
             {
                 tracing::warn!(path = %work_dir.display(), %error, "cannot remove a stopped executor's work dir");
             }
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&allocation_id);
             events.send(AllocationEvent::Exited {
                 allocation_id,
                 reason,
                 clean,
             });
         });
-        self.lock()
-            .insert(request.allocation_id, Running { stop, task });
+        listed.insert(request.allocation_id, Running { stop, task });
         Ok(())
     }
 
