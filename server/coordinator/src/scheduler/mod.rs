@@ -386,13 +386,7 @@ impl Scheduler {
                 }
             }
             Event::Decommission { allocation_id } => {
-                let live: Vec<ExecutorId> = self
-                    .executors
-                    .values()
-                    .filter(|e| e.info.allocation_id == allocation_id && e.status.is_live())
-                    .map(|e| e.info.id.clone())
-                    .collect();
-                for executor_id in live {
+                for executor_id in self.live_of_allocation(&allocation_id) {
                     self.decommission(&executor_id, "its cluster manager gives it back");
                 }
             }
@@ -443,13 +437,7 @@ impl Scheduler {
                 allocation_id,
                 reason,
             } => {
-                let alive: Vec<ExecutorId> = self
-                    .executors
-                    .values()
-                    .filter(|e| e.info.allocation_id == allocation_id && e.status.is_live())
-                    .map(|e| e.info.id.clone())
-                    .collect();
-                for executor_id in alive {
+                for executor_id in self.live_of_allocation(&allocation_id) {
                     self.executor_lost(&executor_id, &reason);
                     if let Some(executor) = self.executors.get_mut(&executor_id) {
                         executor.status = ExecutorStatus::Gone;
@@ -459,6 +447,15 @@ impl Scheduler {
             Event::Tick => self.tick(),
         }
         self.update_slots();
+    }
+
+    /// The live executors (every incarnation) of a cluster manager's allocation.
+    fn live_of_allocation(&self, allocation_id: &str) -> Vec<ExecutorId> {
+        self.executors
+            .values()
+            .filter(|e| e.info.allocation_id == allocation_id && e.status.is_live())
+            .map(|e| e.info.id.clone())
+            .collect()
     }
 
     fn update_slots(&self) {
