@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `[kubernetes]` section (used when `cluster_manager.kind = "kubernetes"`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     /// Namespace of the executor pods; empty: the coordinator's own (its service account's),

@@ -9,10 +9,12 @@
 
 use std::path::{Path, PathBuf};
 
+mod http;
 mod kubernetes;
+pub use http::HttpConfig;
 pub use kubernetes::KubernetesConfig;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 /// The defaults, with every key documented.
@@ -63,7 +65,7 @@ pub enum Error {
 }
 
 /// Ember's merged and validated settings, one field per section of `ember.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmberConfig {
     /// `[coordinator]`: listeners, data dir, executor liveness and query history.
@@ -86,12 +88,14 @@ pub struct EmberConfig {
     pub cluster_manager: ClusterManagerConfig,
     /// `[kubernetes]`: the executor pods of the `kubernetes` cluster manager.
     pub kubernetes: KubernetesConfig,
+    /// `[http]`: the web UI, REST API and Prometheus metrics.
+    pub http: HttpConfig,
     /// `[tpch]`: generated TPC-H sample data.
     pub tpch: TpchConfig,
 }
 
 /// The `[scheduler]` section: task retries, speculative execution and query admission.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// Attempts of a task before its query fails (at least 1); deterministic user errors are never
@@ -123,7 +127,7 @@ pub struct SchedulerConfig {
 }
 
 /// The `[auth]` section: how Postgres and Flight SQL clients authenticate.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Postgres authentication method: `trust` (the default; local use only), `password`, `md5`
@@ -152,7 +156,7 @@ pub struct AuthConfig {
 
 /// The `[tls]` section: certificates for the client ports (Postgres, Flight SQL) and for the
 /// cluster's ports (coordinator gRPC, executor Flight).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain for the client ports (Postgres and Flight SQL); empty (together with
@@ -171,7 +175,7 @@ pub struct TlsConfig {
 }
 
 /// The `[cache]` section: memory for the Parquet metadata, file listing and statistics caches.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Bytes of Parquet footers cached in memory on every node that reads files; 0 turns the
@@ -187,7 +191,7 @@ pub struct CacheConfig {
 }
 
 /// The `[storage]` section: where local data may live and how to reach S3-compatible storage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Local directories that tables, COPY and scanned or written files must lie in; empty means
@@ -210,7 +214,7 @@ pub struct StorageConfig {
 }
 
 /// The `[coordinator]` section: listeners, data dir, executor liveness and query history.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// Address the client ports (Postgres, Flight SQL) bind to; `0.0.0.0` accepts remote clients.
@@ -262,7 +266,7 @@ pub struct CoordinatorConfig {
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorConfig {
     /// Address the executor's Flight service binds to and advertises to peers.
@@ -291,7 +295,7 @@ pub struct ExecutorConfig {
 }
 
 /// The `[local]` section: settings for `ember local`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// Executors started in-process by `ember local` (default 2).
@@ -299,7 +303,7 @@ pub struct LocalConfig {
 }
 
 /// The `[cluster_manager]` section: who starts executors, and how many.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterManagerConfig {
     /// `static` (executors started by hand register themselves), `local` (the coordinator
@@ -329,7 +333,7 @@ pub struct ClusterManagerConfig {
 }
 
 /// The `[tpch]` section: generated TPC-H sample data.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TpchConfig {
     /// TPC-H scale factor generated into `<data_dir>/tpch` and registered as schema `tpch`; 0 turns
@@ -575,6 +579,9 @@ impl EmberConfig {
             origin: "configuration".to_string(),
             message: message.to_string(),
         };
+        if self.http.refresh_ms < 200 {
+            return Err(invalid("http.refresh_ms", "must be at least 200"));
+        }
         if !self.auth.cluster_secret.is_empty() && self.auth.cluster_secret.len() < 16 {
             return Err(invalid(
                 "auth.cluster_secret",

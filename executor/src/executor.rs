@@ -405,7 +405,13 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     let running_tasks = lock(&running).len() as u32;
-                    let beat = executor_message::Message::Heartbeat(Heartbeat { running_tasks });
+                    let runtime = self.runner.base.runtime_env();
+                    let beat = executor_message::Message::Heartbeat(Heartbeat {
+                        running_tasks,
+                        memory_used: runtime.memory_pool.reserved() as u64,
+                        disk_used: self.runner.disk.used()
+                            + runtime.disk_manager.used_disk_space(),
+                    });
                     if tx.send(message(beat)).await.is_err() {
                         break Ok(SessionEnd::Closed);
                     }

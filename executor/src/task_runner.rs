@@ -10,6 +10,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::MetricValue;
 use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
@@ -18,7 +19,8 @@ use ember_planner::shuffle::{DiskBudget, LiveBlocks, PeerWorkDirs, ShuffleEnv, S
 use futures::TryStreamExt;
 
 use ember_protocol::proto::{
-    LaunchTask, PartitionStats, TaskId, TaskStatus, TaskSucceeded, task_status,
+    LaunchTask, MetricKind, OperatorMetric, OperatorMetrics, PartitionStats, TaskId, TaskStatus,
+    TaskSucceeded, task_status,
 };
 use ember_protocol::task_errors::TaskFailure;
 
@@ -109,6 +111,8 @@ impl TaskRunner {
             .try_collect()
             .await?;
         let spilled_bytes = spilled_bytes(plan.as_ref());
+        let mut operators = vec![];
+        operator_metrics(plan.as_ref(), 0, &mut operators);
         tracing::debug!(
             task = %attempt,
             plan_bytes = launch.plan.len(),
@@ -132,7 +136,50 @@ impl TaskRunner {
         Ok(TaskSucceeded {
             partitions,
             spilled_bytes,
+            operators,
         })
+    }
+}
+
+/// The metrics of each operator of a finished plan, in pre-order, summed over its partitions
+/// (DataFusion's `MetricsSet::aggregate_by_name`). Timestamps and ratios do not add up over
+/// tasks and are left out.
+fn operator_metrics(plan: &dyn ExecutionPlan, depth: u32, out: &mut Vec<OperatorMetrics>) {
+    let metrics = plan
+        .metrics()
+        .map(|m| m.aggregate_by_name())
+        .into_iter()
+        .flat_map(|set| set.iter().cloned().collect::<Vec<_>>())
+        .filter_map(|metric| {
+            let value = metric.value();
+            let kind = match value {
+                MetricValue::ElapsedCompute(_) | MetricValue::Time { .. } => MetricKind::TimeNanos,
+                MetricValue::CurrentMemoryUsage(_)
+                | MetricValue::Gauge { .. }
+                | MetricValue::PeakMemoryUsage { .. } => MetricKind::Gauge,
+                MetricValue::OutputRows(_)
+                | MetricValue::SpillCount(_)
+                | MetricValue::SpilledBytes(_)
+                | MetricValue::OutputBytes(_)
+                | MetricValue::OutputBatches(_)
+                | MetricValue::SpilledRows(_)
+                | MetricValue::Count { .. } => MetricKind::Count,
+                _ => return None,
+            };
+            Some(OperatorMetric {
+                name: value.name().to_string(),
+                value: value.as_usize() as u64,
+                kind: kind as i32,
+            })
+        })
+        .collect();
+    out.push(OperatorMetrics {
+        operator: plan.name().to_string(),
+        metrics,
+        depth,
+    });
+    for child in plan.children() {
+        operator_metrics(child.as_ref(), depth + 1, out);
     }
 }
 

@@ -25,7 +25,7 @@ pub use live::{
     LiveBlocks, LiveItem, LiveReader, LiveReceiver, LiveSender, LiveWriter, OVERFLOW_AFTER,
     Overflow, live_batches,
 };
-pub use reader::{ReadMode, ShuffleReaderExec};
+pub use reader::{ReadMode, SHUFFLE_READ_BYTES, ShuffleReaderExec};
 pub use writer::{ShuffleWriterExec, map_output_schema};
 
 use crate::ids::{ExecutorId, QueryId, StageId};
@@ -244,6 +244,11 @@ impl DiskBudget {
         }
         *used.entry(query.clone()).or_default() += bytes;
         Ok(())
+    }
+
+    /// Bytes of shuffle files on disk now.
+    pub fn used(&self) -> u64 {
+        self.lock().values().sum()
     }
 
     /// The query's files were deleted.

@@ -16,6 +16,9 @@ use futures::{StreamExt, TryStreamExt};
 use super::{MapOutputLocation, ShuffleBlock, ShuffleEnv, ShuffleError, read_local_block};
 use crate::ids::{QueryId, StageId};
 
+/// The shuffle reader's metric of the Arrow bytes it read from map outputs.
+pub const SHUFFLE_READ_BYTES: &str = "shuffle_read_bytes";
+
 /// Which map outputs one reader partition consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -238,6 +241,8 @@ impl ExecutionPlan for ShuffleReaderExec {
             })?;
         let blocks = self.blocks(partition)?;
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        // Arrow bytes of the batches read from map outputs (Spark's shuffle read).
+        let bytes_read = MetricBuilder::new(&self.metrics).counter(SHUFFLE_READ_BYTES, partition);
         let schema = Arc::clone(&self.schema);
         // The next block is opened while the current one is read.
         let stream = futures::stream::iter(blocks)
@@ -248,7 +253,10 @@ impl ExecutionPlan for ShuffleReaderExec {
             })
             .buffered(2)
             .try_flatten()
-            .inspect_ok(move |batch| output_rows.add(batch.num_rows()));
+            .inspect_ok(move |batch| {
+                output_rows.add(batch.num_rows());
+                bytes_read.add(batch.get_array_memory_size());
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             stream,

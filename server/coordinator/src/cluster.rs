@@ -278,6 +278,8 @@ impl SessionContext {
                         executor_id: executor_id.clone(),
                         session,
                         active_tasks: beat.running_tasks,
+                        memory_used: beat.memory_used,
+                        disk_used: beat.disk_used,
                     },
                     Some(executor_message::Message::TaskStatus(status)) => Event::TaskStatus {
                         executor_id: executor_id.clone(),

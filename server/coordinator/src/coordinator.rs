@@ -28,6 +28,7 @@ use crate::cluster::{ClusterManagerService, ExecutorLimits};
 use crate::cluster_manager::{AllocationPolicy, Allocations, Allocator, ClusterManager};
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
+use crate::monitor::Metrics;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::standalone::Workers;
 use crate::system_tables::{SYSTEM_SCHEMA, SystemSchema};
@@ -73,7 +74,9 @@ impl Coordinator {
         ctx.state_ref()
             .write()
             .register_file_format(Arc::new(FloatSafeParquetFactory::default()), true)?;
-        let (scheduler, handle) = Scheduler::new(SchedulerConfig::from_config(config));
+        let metrics = Arc::new(Metrics::new());
+        let (scheduler, handle) =
+            Scheduler::new(SchedulerConfig::from_config(config), Arc::clone(&metrics));
         let catalog = ctx
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
@@ -109,6 +112,8 @@ impl Coordinator {
             fetcher,
             store,
             allowed_paths,
+            metrics,
+            serde_json::to_value(config).unwrap_or_default(),
         )?);
         Ok(Self {
             engine,

@@ -39,6 +39,8 @@ pub struct QueryEngine {
     pub(crate) fetcher: Arc<FlightShuffleFetcher>,
     pub(crate) catalog: Arc<CatalogStore>,
     pub(crate) allowed_paths: AllowedPaths,
+    open_sessions: Arc<crate::monitor::Sessions>,
+    monitor: crate::monitor::Monitor,
 }
 
 impl QueryEngine {
@@ -48,9 +50,21 @@ impl QueryEngine {
         fetcher: Arc<FlightShuffleFetcher>,
         catalog: Arc<CatalogStore>,
         allowed_paths: AllowedPaths,
+        metrics: Arc<crate::monitor::Metrics>,
+        configuration: serde_json::Value,
     ) -> Result<Self> {
         ember_planner::functions::register(&mut base_state)?;
+        let open_sessions = Arc::new(crate::monitor::Sessions::default());
+        let monitor = crate::monitor::Monitor::new(
+            scheduler.clone(),
+            Arc::clone(catalog.access()),
+            metrics,
+            Arc::clone(&open_sessions),
+            configuration,
+        );
         Ok(Self {
+            open_sessions,
+            monitor,
             native: Arc::new(DataFusionDialect::new(base_state.clone())),
             base_state,
             scheduler,
@@ -64,6 +78,12 @@ impl QueryEngine {
     /// distributed planner settings. Dialects build their sessions' state from it.
     pub fn base_state(&self) -> SessionState {
         self.base_state.clone()
+    }
+
+    /// What the coordinator is doing (queries, stages, tasks, executors, metrics), and the
+    /// cancelling of a query by id: for the web UI, the REST API and `/metrics`.
+    pub fn monitor(&self) -> &crate::monitor::Monitor {
+        &self.monitor
     }
 
     /// Roles and privileges: who may log in, and what each role may read and write.
@@ -84,7 +104,11 @@ impl QueryEngine {
     ) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let alive = self.scheduler.snapshot().await?.alive_executors();
+            let alive = self
+                .scheduler
+                .snapshot(crate::scheduler::SnapshotRequest::executors())
+                .await?
+                .alive_executors();
             if alive >= executors {
                 return Ok(());
             }
@@ -138,7 +162,11 @@ impl QueryEngine {
             options_set: Default::default(),
             statement_timeout: Default::default(),
             cancels: tokio::sync::watch::channel(0).0,
+            frontend: crate::monitor::EMBEDDED.to_string(),
+            open_sessions: Arc::clone(&self.open_sessions),
         };
+        self.open_sessions
+            .opened(&session.id, crate::monitor::EMBEDDED);
         dialect.init_session(&session);
         session
     }

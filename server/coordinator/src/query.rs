@@ -117,6 +117,7 @@ impl QueryEngine {
             query_id: query_id.clone(),
             session_id: session.id.clone(),
             user: session.user.clone(),
+            frontend: session.frontend.clone(),
             sql: sql.to_string(),
             graph,
             settings: changed_settings(state.config_options()),

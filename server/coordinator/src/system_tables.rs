@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, BooleanArray, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    Array, BooleanBuilder, ListBuilder, RecordBatch, StringArray, StringBuilder,
 };
-use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::{MemTable, TableType};
@@ -19,8 +18,9 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::access::{AccessControl, Securable};
 use crate::cluster_manager::Allocations;
-use crate::scheduler::snapshot as schemas;
-use crate::scheduler::{SchedulerHandle, Snapshot};
+use crate::monitor::tables;
+use crate::monitor::tables as schemas;
+use crate::scheduler::{SchedulerHandle, Snapshot, SnapshotRequest};
 use crate::session::Identity;
 
 /// The schema's name.
@@ -261,21 +261,6 @@ fn with_allocations(executors: RecordBatch, allocations: &Allocations) -> Result
     )?)
 }
 
-/// The rows of `batch` whose `column` is one of `values`.
-fn rows_where(batch: &RecordBatch, column: &str, values: &HashSet<String>) -> Result<RecordBatch> {
-    let Some(strings) = batch
-        .column_by_name(column)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-    else {
-        return Ok(batch.clone());
-    };
-    let keep: BooleanArray = strings
-        .iter()
-        .map(|v| Some(v.is_some_and(|v| values.contains(v))))
-        .collect();
-    Ok(filter_record_batch(batch, &keep)?)
-}
-
 /// What `viewer`'s session may see of the scheduler: everything for a superuser, else its own
 /// queries.
 fn scheduler_rows(
@@ -283,31 +268,20 @@ fn scheduler_rows(
     snapshot: Snapshot,
     identity: Option<&Identity>,
     access: &AccessControl,
-) -> Result<RecordBatch> {
+) -> RecordBatch {
+    if let SystemTable::Executors = table {
+        return tables::executors_batch(&snapshot.executors);
+    }
     let restricted = identity.filter(|i| !access.is_superuser(&i.current_role()));
-    let Some(identity) = restricted else {
-        return Ok(match table {
-            SystemTable::Executors => snapshot.executors,
-            SystemTable::Queries => snapshot.queries,
-            SystemTable::Stages => snapshot.stages,
-            _ => snapshot.tasks,
-        });
-    };
-    let own = rows_where(
-        &snapshot.queries,
-        "user_name",
-        &HashSet::from([identity.session_user()]),
-    )?;
-    let ids: HashSet<String> = own
-        .column_by_name("query_id")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .map(|ids| ids.iter().flatten().map(str::to_string).collect())
-        .unwrap_or_default();
+    let queries: Vec<_> = snapshot
+        .queries
+        .iter()
+        .filter(|q| restricted.is_none_or(|i| q.summary.user == i.session_user()))
+        .collect();
     match table {
-        SystemTable::Executors => Ok(snapshot.executors),
-        SystemTable::Queries => Ok(own),
-        SystemTable::Stages => rows_where(&snapshot.stages, "query_id", &ids),
-        _ => rows_where(&snapshot.tasks, "query_id", &ids),
+        SystemTable::Queries => tables::queries_batch(&queries),
+        SystemTable::Stages => tables::stages_batch(&queries),
+        _ => tables::tasks_batch(&queries),
     }
 }
 
@@ -397,10 +371,14 @@ impl TableProvider for SystemTableProvider {
             table => {
                 let snapshot = self
                     .scheduler
-                    .snapshot()
+                    .snapshot(match table {
+                        SystemTable::Executors => SnapshotRequest::executors(),
+                        SystemTable::Queries => SnapshotRequest::summaries(),
+                        _ => SnapshotRequest::tables(),
+                    })
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let rows = scheduler_rows(table, snapshot, identity.as_deref(), &self.access)?;
+                let rows = scheduler_rows(table, snapshot, identity.as_deref(), &self.access);
                 match table {
                     SystemTable::Executors => with_allocations(rows, &self.allocations)?,
                     _ => rows,

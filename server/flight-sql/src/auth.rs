@@ -14,8 +14,12 @@ use ember_protocol::credentials::{bearer_token, credential_status};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+use ember_coordinator::monitor::ConnectionGuard;
 use ember_coordinator::users::Method;
 use ember_coordinator::{ClientSession, QueryEngine};
+
+/// The frontend's name in sessions, `system.queries.frontend` and metrics.
+pub(crate) const FRONTEND: &str = "flight-sql";
 
 /// One client's Flight SQL session: its `ClientSession` (settings, current schema).
 pub(crate) struct FlightSession {
@@ -23,6 +27,8 @@ pub(crate) struct FlightSession {
     pub(crate) session: ClientSession,
     // A std Mutex: touched briefly, never across an await.
     last_used: Mutex<Instant>,
+    /// Counts the session in `ember_connections{frontend="flight-sql"}` while it is open.
+    _open: ConnectionGuard,
 }
 
 impl FlightSession {
@@ -140,7 +146,9 @@ impl Authenticator {
         if let Some(session) = sessions.get(session_id) {
             return Ok(Arc::clone(session));
         }
+        let metrics = self.engine.monitor().metrics();
         if sessions.len() >= self.limits.max_sessions {
+            metrics.connection_refused(FRONTEND);
             return Err(Status::resource_exhausted(format!(
                 "too many Flight SQL sessions: {} are open (coordinator.max_connections); \
                  close one (CloseSession) or wait for idle ones to expire",
@@ -162,6 +170,7 @@ impl Authenticator {
                 .filter(|(_, used)| used.elapsed() >= SESSION_REUSE_AFTER)
                 .map(|(id, _)| (*id).clone());
             let Some(oldest) = oldest else {
+                metrics.connection_refused(FRONTEND);
                 return Err(Status::resource_exhausted(format!(
                     "user \"{user}\" has {} Flight SQL sessions in use \
                      (coordinator.max_sessions_per_user)",
@@ -172,8 +181,13 @@ impl Authenticator {
         }
         let session = Arc::new(FlightSession {
             user: user.to_string(),
-            session: self.engine.new_session().with_user(user),
+            session: self
+                .engine
+                .new_session()
+                .with_user(user)
+                .with_frontend(FRONTEND),
             last_used: Mutex::new(Instant::now()),
+            _open: metrics.connection_opened(FRONTEND),
         });
         sessions.insert(session_id.to_vec(), Arc::clone(&session));
         Ok(session)
@@ -190,6 +204,7 @@ impl Authenticator {
     /// Checks the token of a call and finds its session. A valid token whose session is gone
     /// (the coordinator restarted, or the session idled out) gets a fresh one.
     pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        self.engine.monitor().metrics().request(FRONTEND);
         let Some(token) = bearer_token(metadata) else {
             if self.method == Method::Trust {
                 let (session, token) =

@@ -363,6 +363,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.engine.monitor().metrics().request(crate::FRONTEND);
         let session = self.session(client);
         let statement = &target.statement;
         Ok(DescribeStatementResponse::new(

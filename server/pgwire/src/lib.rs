@@ -68,6 +68,9 @@ use ember_coordinator::{
 };
 use pg_compat::PG_SERVER_VERSION;
 
+/// The frontend's name in sessions, `system.queries.frontend` and metrics.
+const FRONTEND: &str = "pgwire";
+
 /// The Postgres frontend of one coordinator: serves its listener until shut down.
 pub struct PgServer {
     listener: TcpListener,
@@ -190,6 +193,7 @@ async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "postgres wire protocol listening");
     }
+    let metrics = Arc::clone(handlers.handler.engine.monitor().metrics());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -198,6 +202,7 @@ async fn serve(
                 Ok((mut socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        metrics.connection_refused(FRONTEND);
                         tokio::spawn(async move {
                             use tokio::io::AsyncWriteExt;
                             let _ = socket.write_all(&too_many_clients()).await;
@@ -207,10 +212,12 @@ async fn serve(
                     };
                     let handlers = Arc::clone(&handlers);
                     let tls = tls.clone();
+                    let open = metrics.connection_opened(FRONTEND);
                     tokio::spawn(async move {
                         if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             debug!(%peer, %error, "postgres connection ended with an error");
                         }
+                        drop(open);
                         drop(permit);
                     });
                 }
@@ -439,6 +446,7 @@ impl Sessions {
                     Arc::clone(&self.dialect) as Arc<dyn ember_coordinator::ClientDialect>
                 )
                 .with_user(user)
+                .with_frontend(FRONTEND)
         });
         if created {
             self.cancel_keys
@@ -580,6 +588,7 @@ impl SimpleQueryHandler for PgHandler {
         C: ClientInfo + ClientPortalStore + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
     {
+        self.engine.monitor().metrics().request(FRONTEND);
         let session = self.session(client);
         let statements = match self.engine.parse(&session, query) {
             Ok(statements) => statements,

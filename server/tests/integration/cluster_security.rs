@@ -361,7 +361,8 @@ async fn client_ports_cap_connections_and_sessions() {
         match as_user("alice").await {
             Ok(client) => break client,
             Err(e)
-                if e.as_db_error().is_some_and(|db| db.code().code() == "53300")
+                if e.as_db_error()
+                    .is_some_and(|db| db.code().code() == "53300")
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;

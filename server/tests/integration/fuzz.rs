@@ -80,7 +80,10 @@ fn executor_message() -> impl Strategy<Value = ExecutorMessage> {
     );
     prop_oneof![
         any::<u32>().prop_map(
-            |running_tasks| executor_message::Message::Heartbeat(Heartbeat { running_tasks })
+            |running_tasks| executor_message::Message::Heartbeat(Heartbeat {
+                running_tasks,
+                ..Default::default()
+            })
         ),
         task.clone().prop_map(|task| {
             executor_message::Message::TaskStatus(TaskStatus {

@@ -32,11 +32,12 @@ use ember_protocol::proto::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-pub(crate) use snapshot::Snapshot;
+pub(crate) use snapshot::{Snapshot, SnapshotRequest};
 pub(crate) use state::{ExecutorInfo, ExecutorStatus, ExecutorTx, Submission};
 use state::{ExecutorState, QueryState, Status};
 
 use crate::error::Error;
+use crate::monitor::Metrics;
 use crate::output::ResultEvent;
 
 /// Scheduler settings.
@@ -127,6 +128,8 @@ pub(crate) enum Event {
         executor_id: ExecutorId,
         session: u64,
         active_tasks: u32,
+        memory_used: u64,
+        disk_used: u64,
     },
     TaskStatus {
         executor_id: ExecutorId,
@@ -156,7 +159,13 @@ pub(crate) enum Event {
     Release {
         query_id: QueryId,
     },
-    Snapshot(oneshot::Sender<Snapshot>),
+    Snapshot(SnapshotRequest, oneshot::Sender<Snapshot>),
+    /// Stop a queued or running query (a cancel request from the monitoring API); answers
+    /// whether it was still running.
+    Cancel {
+        query_id: QueryId,
+        tx: oneshot::Sender<bool>,
+    },
     /// The executor is stopping gracefully (it received SIGTERM): no new tasks go there.
     Decommissioning {
         executor_id: ExecutorId,
@@ -228,9 +237,17 @@ impl SchedulerHandle {
         self.capacity.slot_memory.load(Ordering::Relaxed)
     }
 
-    pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
+    pub(crate) async fn snapshot(&self, request: SnapshotRequest) -> Result<Snapshot, Error> {
         let (tx, rx) = oneshot::channel();
-        self.send(Event::Snapshot(tx));
+        self.send(Event::Snapshot(request, tx));
+        rx.await
+            .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
+    }
+
+    /// Stops a queued or running query; false if it had already ended (or is unknown).
+    pub(crate) async fn cancel(&self, query_id: QueryId) -> Result<bool, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Cancel { query_id, tx });
         rx.await
             .map_err(|_| Error::Unavailable("the scheduler has stopped".into()))
     }
@@ -281,10 +298,11 @@ pub(crate) struct Scheduler {
     assignments: u64,
     /// Since when no executor has been alive.
     no_executor_since: Option<Instant>,
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
-    pub(crate) fn new(config: SchedulerConfig) -> (Self, SchedulerHandle) {
+    pub(crate) fn new(config: SchedulerConfig, metrics: Arc<Metrics>) -> (Self, SchedulerHandle) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (executor_events_tx, executor_events_rx) = mpsc::channel(EXECUTOR_EVENTS);
         let capacity = Arc::new(Capacity::default());
@@ -304,6 +322,7 @@ impl Scheduler {
             history: VecDeque::new(),
             assignments: 0,
             no_executor_since: Some(Instant::now()),
+            metrics,
         };
         (scheduler, handle)
     }
@@ -357,9 +376,14 @@ impl Scheduler {
                 executor_id,
                 session,
                 active_tasks,
+                memory_used,
+                disk_used,
             } => {
                 if let Some(executor) = self.current(&executor_id, session) {
                     executor.active_tasks = active_tasks;
+                    executor.memory_used = memory_used;
+                    executor.memory_peak = executor.memory_peak.max(memory_used);
+                    executor.disk_used = disk_used;
                     executor.last_heartbeat = Instant::now();
                     executor.last_heartbeat_wall = SystemTime::now();
                 }
@@ -415,8 +439,20 @@ impl Scheduler {
                 attempt,
             } => self.retry_result(&query_id, partition, attempt),
             Event::Release { query_id } => self.release(&query_id),
-            Event::Snapshot(tx) => {
+            Event::Cancel { query_id, tx } => {
+                let running = self
+                    .running
+                    .iter()
+                    .any(|q| q.id == query_id && !q.status.is_final());
+                if running {
+                    info!(%query_id, "query cancelled by request");
+                    self.finish_query(&query_id, Err(Error::Cancelled));
+                }
+                let _ = tx.send(running);
+            }
+            Event::Snapshot(request, tx) => {
                 let _ = tx.send(Snapshot::build(
+                    &request,
                     self.executors.values(),
                     self.running.iter().chain(self.history.iter()),
                 ));
@@ -558,6 +594,10 @@ impl Scheduler {
                 last_heartbeat_wall: now,
                 tasks_succeeded: 0,
                 tasks_failed: 0,
+                bytes_written: 0,
+                memory_used: 0,
+                memory_peak: 0,
+                disk_used: 0,
                 lost_at: None,
                 last_assigned: 0,
             },
@@ -656,7 +696,13 @@ impl Scheduler {
             Status::Failed
         };
         query.error = Some(error.to_string());
+        query.sqlstate = Some(error.sqlstate().to_string());
         query.finished_at = Some(SystemTime::now());
+        self.metrics.query_ended(
+            query.status,
+            &query.frontend,
+            query.submitted_instant.elapsed().as_secs_f64(),
+        );
         info!(%query_id, %error, "query ended");
         for stage in &mut query.stages {
             for task in &mut stage.tasks {

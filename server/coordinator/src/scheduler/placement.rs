@@ -34,6 +34,9 @@ impl Scheduler {
                 let query = &mut self.running[qi];
                 query.status = Status::Succeeded;
                 query.finished_at = Some(SystemTime::now());
+                let elapsed = query.submitted_instant.elapsed().as_secs_f64();
+                self.metrics
+                    .query_ended(Status::Succeeded, &query.frontend, elapsed);
                 continue;
             }
             for si in 0..self.running[qi].stages.len() {
@@ -171,6 +174,8 @@ impl Scheduler {
             stage_state.finished_at = None;
         }
         let task = &mut stage_state.tasks[partition];
+        self.metrics
+            .task_started(task.launches > 0 && !speculative, speculative);
         task.launches += 1;
         if speculative {
             task.speculative = Some(SpeculativeAttempt {

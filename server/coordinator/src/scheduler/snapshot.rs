@@ -1,32 +1,104 @@
-//! A point-in-time copy of the scheduler's state as Arrow batches, behind the `system` tables.
+//! A point-in-time copy of the scheduler's state as the monitoring model: what the `system`
+//! tables, the REST API and the web UI show.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt32Array, UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Utc};
+use datafusion::physical_plan::{ExecutionPlan, displayable};
+use ember_planner::ids::QueryId;
 
-use super::state::{ExecutorState, QueryState};
+use super::state::{ExecutorState, QueryState, StageState, Status, TaskState};
+use crate::monitor::model::{Executor, Operator, QueryDetail, QuerySummary, Stage, Task};
 
-/// The rows of `system.executors`, `system.queries`, `system.stages` and `system.tasks`.
+/// What a snapshot copies.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotRequest {
+    /// One query, or all of them.
+    pub(crate) query: Option<QueryId>,
+    /// Queries with their stages and tasks (else summaries only).
+    pub(crate) stages: bool,
+    /// Stages with their plans and operators.
+    pub(crate) plans: bool,
+    /// Queries at all (else executors only).
+    pub(crate) queries: bool,
+}
+
+impl SnapshotRequest {
+    /// Every query with its stages and tasks, without plans: the `system` tables.
+    pub(crate) fn tables() -> Self {
+        Self {
+            query: None,
+            stages: true,
+            plans: false,
+            queries: true,
+        }
+    }
+
+    /// Every query, summaries only: the query list, the cluster page, `/metrics`.
+    pub(crate) fn summaries() -> Self {
+        Self {
+            stages: false,
+            ..Self::tables()
+        }
+    }
+
+    /// One query in full: the query page.
+    pub(crate) fn query(id: QueryId) -> Self {
+        Self {
+            query: Some(id),
+            stages: true,
+            plans: true,
+            queries: true,
+        }
+    }
+
+    /// Executors only.
+    pub(crate) fn executors() -> Self {
+        Self {
+            queries: false,
+            ..Self::summaries()
+        }
+    }
+}
+
+/// The executors and queries a [`SnapshotRequest`] asked for.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    pub(crate) executors: RecordBatch,
-    pub(crate) queries: RecordBatch,
-    pub(crate) stages: RecordBatch,
-    pub(crate) tasks: RecordBatch,
+    pub(crate) executors: Vec<Executor>,
+    /// Queries oldest first; `stages` is empty unless asked for.
+    pub(crate) queries: Vec<QueryDetail>,
 }
 
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+impl Snapshot {
+    /// Executors currently alive (lost ones stay listed in `system.executors`).
+    pub(crate) fn alive_executors(&self) -> usize {
+        self.executors
+            .iter()
+            .filter(|e| e.state == crate::monitor::ExecutorState::Alive)
+            .count()
+    }
+
+    pub(crate) fn build<'a>(
+        request: &SnapshotRequest,
+        executors: impl Iterator<Item = &'a ExecutorState>,
+        queries: impl Iterator<Item = &'a QueryState>,
+    ) -> Self {
+        let mut executors: Vec<Executor> = executors.map(executor).collect();
+        executors.sort_by(|a, b| a.executor_id.cmp(&b.executor_id));
+        let queries = if request.queries {
+            queries
+                .filter(|q| request.query.as_ref().is_none_or(|id| &q.id == id))
+                .map(|q| query(q, request))
+                .collect()
+        } else {
+            vec![]
+        };
+        Self { executors, queries }
+    }
 }
 
-fn micros(t: Option<SystemTime>) -> Option<i64> {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| d.as_micros() as i64)
+fn time(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
 }
 
 fn millis_between(start: Option<SystemTime>, end: Option<SystemTime>) -> Option<u64> {
@@ -36,258 +108,195 @@ fn millis_between(start: Option<SystemTime>, end: Option<SystemTime>) -> Option<
         .map(|d| d.as_millis() as u64)
 }
 
-fn strings<I: IntoIterator<Item = Option<String>>>(values: I) -> ArrayRef {
-    Arc::new(values.into_iter().collect::<StringArray>())
-}
-
-fn u64s<I: IntoIterator<Item = Option<u64>>>(values: I) -> ArrayRef {
-    Arc::new(values.into_iter().collect::<UInt64Array>())
-}
-
-fn u32s<I: IntoIterator<Item = Option<u32>>>(values: I) -> ArrayRef {
-    Arc::new(values.into_iter().collect::<UInt32Array>())
-}
-
-fn times<I: IntoIterator<Item = Option<SystemTime>>>(values: I) -> ArrayRef {
-    let array: TimestampMicrosecondArray = values.into_iter().map(micros).collect();
-    Arc::new(array.with_timezone("UTC"))
-}
-
-macro_rules! schema {
-    ($($name:literal : $ty:expr),* $(,)?) => {
-        Arc::new(Schema::new(vec![$(Field::new($name, $ty, true)),*]))
-    };
-}
-
-pub(crate) fn executors_schema() -> SchemaRef {
-    schema!(
-        "executor_id": DataType::Utf8, "host": DataType::Utf8, "flight_port": DataType::UInt32,
-        "status": DataType::Utf8, "slots": DataType::UInt32, "cores": DataType::UInt32,
-        "memory_bytes": DataType::UInt64, "running_tasks": DataType::UInt32,
-        "active_tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt64, "tasks_failed": DataType::UInt64,
-        "registered_at": ts_type(), "last_heartbeat": ts_type(), "allocation_id": DataType::Utf8,
-    )
-}
-
-pub(crate) fn queries_schema() -> SchemaRef {
-    schema!(
-        "query_id": DataType::Utf8, "status": DataType::Utf8, "sql": DataType::Utf8,
-        "stages": DataType::UInt32, "tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt32,
-        "result_rows": DataType::UInt64, "submitted_at": ts_type(), "finished_at": ts_type(),
-        "duration_ms": DataType::UInt64, "error": DataType::Utf8, "session_id": DataType::Utf8,
-        "user_name": DataType::Utf8,
-    )
-}
-
-pub(crate) fn stages_schema() -> SchemaRef {
-    schema!(
-        "query_id": DataType::Utf8, "stage_id": DataType::UInt32, "kind": DataType::Utf8,
-        "status": DataType::Utf8, "tasks": DataType::UInt32, "tasks_succeeded": DataType::UInt32,
-        "tasks_running": DataType::UInt32, "input_stages": DataType::Utf8,
-        "output_partitioning": DataType::Utf8, "rows": DataType::UInt64, "bytes": DataType::UInt64,
-        "started_at": ts_type(), "finished_at": ts_type(), "duration_ms": DataType::UInt64,
-    )
-}
-
-pub(crate) fn tasks_schema() -> SchemaRef {
-    schema!(
-        "query_id": DataType::Utf8, "stage_id": DataType::UInt32, "partition": DataType::UInt32,
-        "attempt": DataType::UInt32, "status": DataType::Utf8, "executor_id": DataType::Utf8,
-        "rows": DataType::UInt64, "bytes": DataType::UInt64, "spilled_bytes": DataType::UInt64,
-        "speculative": DataType::Boolean, "started_at": ts_type(),
-        "finished_at": ts_type(), "duration_ms": DataType::UInt64, "error": DataType::Utf8,
-    )
-}
-
-impl Snapshot {
-    /// Executors currently alive (lost ones stay listed in `system.executors`).
-    pub(crate) fn alive_executors(&self) -> usize {
-        self.executors
-            .column_by_name("status")
-            .and_then(|c| c.as_string_opt::<i32>())
-            .map_or(0, |status| {
-                status.iter().filter(|s| *s == Some("alive")).count()
-            })
-    }
-
-    pub(crate) fn build<'a>(
-        executors: impl Iterator<Item = &'a ExecutorState>,
-        queries: impl Iterator<Item = &'a QueryState>,
-    ) -> Self {
-        let mut executors: Vec<&ExecutorState> = executors.collect();
-        executors.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-        let queries: Vec<&QueryState> = queries.collect();
-        Self {
-            executors: executors_batch(&executors),
-            queries: queries_batch(&queries),
-            stages: stages_batch(&queries),
-            tasks: tasks_batch(&queries),
-        }
+fn executor(e: &ExecutorState) -> Executor {
+    Executor {
+        executor_id: e.info.id.to_string(),
+        host: e.info.host.clone(),
+        flight_port: e.info.flight_port,
+        state: e.status,
+        slots: e.info.slots as u32,
+        cores: e.info.cores as u32,
+        memory_bytes: e.info.memory,
+        memory_used_bytes: e.memory_used,
+        memory_peak_bytes: e.memory_peak,
+        disk_used_bytes: e.disk_used,
+        running_tasks: e.running.len() as u32,
+        active_tasks: e.active_tasks,
+        tasks_succeeded: e.tasks_succeeded,
+        tasks_failed: e.tasks_failed,
+        shuffle_write_bytes: e.bytes_written,
+        registered_at: time(e.registered_at),
+        last_heartbeat: time(e.last_heartbeat_wall),
+        allocation_id: Some(e.info.allocation_id.clone()).filter(|a| !a.is_empty()),
     }
 }
 
-fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
-    RecordBatch::try_new(schema, columns)
-        .expect("system table columns match their schema (built side by side)")
+fn count(tasks: &[TaskState], status: Status) -> u32 {
+    tasks.iter().filter(|t| t.status == status).count() as u32
 }
 
-fn executors_batch(executors: &[&ExecutorState]) -> RecordBatch {
-    let e = executors;
-    batch(
-        executors_schema(),
-        vec![
-            strings(e.iter().map(|e| Some(e.info.id.to_string()))),
-            strings(e.iter().map(|e| Some(e.info.host.clone()))),
-            u32s(e.iter().map(|e| Some(u32::from(e.info.flight_port)))),
-            strings(e.iter().map(|e| Some(e.status.as_str().to_string()))),
-            u32s(e.iter().map(|e| Some(e.info.slots as u32))),
-            u32s(e.iter().map(|e| Some(e.info.cores as u32))),
-            u64s(e.iter().map(|e| Some(e.info.memory))),
-            u32s(e.iter().map(|e| Some(e.running.len() as u32))),
-            u32s(e.iter().map(|e| Some(e.active_tasks))),
-            u64s(e.iter().map(|e| Some(e.tasks_succeeded))),
-            u64s(e.iter().map(|e| Some(e.tasks_failed))),
-            times(e.iter().map(|e| Some(e.registered_at))),
-            times(e.iter().map(|e| Some(e.last_heartbeat_wall))),
-            strings(
-                e.iter()
-                    .map(|e| Some(e.info.allocation_id.clone()).filter(|a| !a.is_empty())),
-            ),
-        ],
-    )
-}
-
-fn queries_batch(queries: &[&QueryState]) -> RecordBatch {
-    let q = queries;
-    let num_tasks = |q: &QueryState| q.stages.iter().map(|s| s.tasks.len()).sum::<usize>() as u32;
-    let succeeded =
-        |q: &QueryState| q.stages.iter().map(|s| s.tasks_succeeded()).sum::<usize>() as u32;
-    let result_rows = |q: &QueryState| {
-        q.stages
+fn query(q: &QueryState, request: &SnapshotRequest) -> QueryDetail {
+    let summary = QuerySummary {
+        query_id: q.id.to_string(),
+        state: q.status,
+        sql: q.sql.clone(),
+        user: q.user.clone(),
+        session_id: q.session_id.clone(),
+        frontend: q.frontend.clone(),
+        num_stages: q.stages.len() as u32,
+        stages_succeeded: q
+            .stages
+            .iter()
+            .filter(|s| s.status == Status::Succeeded)
+            .count() as u32,
+        num_tasks: q.stages.iter().map(|s| s.tasks.len() as u32).sum(),
+        tasks_succeeded: q
+            .stages
+            .iter()
+            .map(|s| count(&s.tasks, Status::Succeeded))
+            .sum(),
+        tasks_running: q
+            .stages
+            .iter()
+            .map(|s| count(&s.tasks, Status::Running))
+            .sum(),
+        result_rows: q
+            .stages
             .last()
-            .map(|s| s.tasks.iter().map(|t| t.rows).sum::<u64>())
+            .map_or(0, |s| s.tasks.iter().map(|t| t.rows).sum()),
+        submitted_at: time(q.submitted_at),
+        finished_at: q.finished_at.map(time),
+        duration_ms: millis_between(Some(q.submitted_at), q.finished_at).unwrap_or(0),
+        error: q.error.clone(),
+        sqlstate: q.sqlstate.clone(),
     };
-    batch(
-        queries_schema(),
-        vec![
-            strings(q.iter().map(|q| Some(q.id.to_string()))),
-            strings(q.iter().map(|q| Some(q.status.as_str().to_string()))),
-            strings(q.iter().map(|q| Some(q.sql.clone()))),
-            u32s(q.iter().map(|q| Some(q.stages.len() as u32))),
-            u32s(q.iter().map(|q| Some(num_tasks(q)))),
-            u32s(q.iter().map(|q| Some(succeeded(q)))),
-            u64s(q.iter().map(|q| result_rows(q))),
-            times(q.iter().map(|q| Some(q.submitted_at))),
-            times(q.iter().map(|q| q.finished_at)),
-            u64s(
-                q.iter()
-                    .map(|q| millis_between(Some(q.submitted_at), q.finished_at)),
-            ),
-            strings(q.iter().map(|q| q.error.clone())),
-            strings(q.iter().map(|q| Some(q.session_id.clone()))),
-            strings(q.iter().map(|q| Some(q.user.clone()))),
-        ],
-    )
+    if !request.stages {
+        return QueryDetail {
+            summary,
+            stages: vec![],
+            critical_path: vec![],
+        };
+    }
+    let stages: Vec<Stage> = q.stages.iter().map(|s| stage(q, s, request)).collect();
+    let critical_path = critical_path(&stages);
+    QueryDetail {
+        summary,
+        stages,
+        critical_path,
+    }
 }
 
-fn stages_batch(queries: &[&QueryState]) -> RecordBatch {
-    let rows: Vec<_> = queries
-        .iter()
-        .flat_map(|q| q.stages.iter().map(move |s| (*q, s)))
-        .collect();
-    let r = &rows;
-    batch(
-        stages_schema(),
-        vec![
-            strings(r.iter().map(|(q, _)| Some(q.id.to_string()))),
-            u32s(r.iter().map(|(_, s)| Some(s.id.0))),
-            strings(
-                r.iter()
-                    .map(|(q, s)| Some(q.graph.stage(s.id).kind.as_str().to_string())),
-            ),
-            strings(r.iter().map(|(_, s)| Some(s.status.as_str().to_string()))),
-            u32s(r.iter().map(|(_, s)| Some(s.tasks.len() as u32))),
-            u32s(r.iter().map(|(_, s)| Some(s.tasks_succeeded() as u32))),
-            u32s(r.iter().map(|(_, s)| {
-                Some(
-                    s.tasks
-                        .iter()
-                        .filter(|t| t.status == super::state::Status::Running)
-                        .count() as u32,
-                )
-            })),
-            strings(r.iter().map(|(q, s)| {
-                let inputs: Vec<String> = q
-                    .graph
-                    .stage(s.id)
-                    .inputs
+fn stage(q: &QueryState, s: &StageState, request: &SnapshotRequest) -> Stage {
+    let planned = q.graph.stage(s.id);
+    let (plan, operators) = if request.plans {
+        let mut descriptions = vec![];
+        describe(planned.plan.as_ref(), &mut descriptions);
+        let operators = s
+            .operators
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Operator {
+                depth: o.depth,
+                name: o.name.clone(),
+                // The executors run the plan the coordinator cut; if one reported another
+                // shape, only the names it sent are shown.
+                description: descriptions
+                    .get(i)
+                    .filter(|(name, _)| *name == o.name)
+                    .map_or_else(|| o.name.clone(), |(_, line)| line.clone()),
+                metrics: o
+                    .metrics
                     .iter()
-                    .map(|i| i.to_string())
-                    .collect();
-                Some(inputs.join(","))
-            })),
-            strings(r.iter().map(|(q, s)| {
-                Some(match q.graph.stage(s.id).writer().output_partitioning() {
-                    Some(p) => p.to_string(),
-                    None => "single".to_string(),
-                })
-            })),
-            u64s(
-                r.iter()
-                    .map(|(_, s)| Some(s.tasks.iter().map(|t| t.rows).sum())),
-            ),
-            u64s(
-                r.iter()
-                    .map(|(_, s)| Some(s.tasks.iter().map(|t| t.bytes).sum())),
-            ),
-            times(r.iter().map(|(_, s)| s.started_at)),
-            times(r.iter().map(|(_, s)| s.finished_at)),
-            u64s(
-                r.iter()
-                    .map(|(_, s)| millis_between(s.started_at, s.finished_at)),
-            ),
-        ],
-    )
+                    .map(|(k, (v, _))| (k.clone(), *v))
+                    .collect(),
+            })
+            .collect();
+        (
+            displayable(planned.plan.as_ref()).indent(true).to_string(),
+            operators,
+        )
+    } else {
+        (String::new(), vec![])
+    };
+    Stage {
+        stage_id: s.id.0,
+        kind: planned.kind.as_str().to_string(),
+        state: s.status,
+        input_stages: planned.inputs.iter().map(|i| i.0).collect(),
+        output_partitioning: match planned.writer().output_partitioning() {
+            Some(p) => p.to_string(),
+            None => "single".to_string(),
+        },
+        num_tasks: s.tasks.len() as u32,
+        tasks_succeeded: count(&s.tasks, Status::Succeeded),
+        tasks_running: count(&s.tasks, Status::Running),
+        rows: s.tasks.iter().map(|t| t.rows).sum(),
+        bytes: s.tasks.iter().map(|t| t.bytes).sum(),
+        shuffle_read_bytes: s.tasks.iter().map(|t| t.shuffle_read_bytes).sum(),
+        spilled_bytes: s.tasks.iter().map(|t| t.spilled_bytes).sum(),
+        started_at: s.started_at.map(time),
+        finished_at: s.finished_at.map(time),
+        duration_ms: millis_between(s.started_at, s.finished_at),
+        plan,
+        operators,
+        tasks: s.tasks.iter().map(task).collect(),
+    }
 }
 
-fn tasks_batch(queries: &[&QueryState]) -> RecordBatch {
-    let rows: Vec<_> = queries
+/// Each operator's name and one-line description, in pre-order.
+fn describe(plan: &dyn ExecutionPlan, out: &mut Vec<(String, String)>) {
+    out.push((
+        plan.name().to_string(),
+        displayable(plan)
+            .one_line()
+            .to_string()
+            .trim_end()
+            .to_string(),
+    ));
+    for child in plan.children() {
+        describe(child.as_ref(), out);
+    }
+}
+
+fn task(t: &TaskState) -> Task {
+    Task {
+        partition: t.partition,
+        attempt: t.attempt,
+        state: t.status,
+        executor_id: t.executor.as_ref().map(|e| e.to_string()),
+        speculative: t.speculation_won,
+        rows: t.rows,
+        bytes: t.bytes,
+        shuffle_read_bytes: t.shuffle_read_bytes,
+        spilled_bytes: t.spilled_bytes,
+        started_at: t.started_at.map(time),
+        finished_at: t.finished_at.map(time),
+        duration_ms: millis_between(t.started_at, t.finished_at),
+        error: t.error.clone(),
+        sqlstate: t.sqlstate.clone(),
+    }
+}
+
+/// The chain of stages the query waited on: from the result stage back through, at each step,
+/// the input that finished last (or still runs), returned first stage first.
+fn critical_path(stages: &[Stage]) -> Vec<u32> {
+    let Some(mut current) = stages.last() else {
+        return vec![];
+    };
+    let mut path = vec![current.stage_id];
+    while let Some(latest) = current
+        .input_stages
         .iter()
-        .flat_map(|q| {
-            q.stages
-                .iter()
-                .flat_map(move |s| s.tasks.iter().map(move |t| (*q, s.id, t)))
-        })
-        .collect();
-    let r = &rows;
-    batch(
-        tasks_schema(),
-        vec![
-            strings(r.iter().map(|(q, _, _)| Some(q.id.to_string()))),
-            u32s(r.iter().map(|(_, s, _)| Some(s.0))),
-            u32s(r.iter().map(|(_, _, t)| Some(t.partition))),
-            u32s(r.iter().map(|(_, _, t)| Some(t.attempt))),
-            strings(
-                r.iter()
-                    .map(|(_, _, t)| Some(t.status.as_str().to_string())),
-            ),
-            strings(
-                r.iter()
-                    .map(|(_, _, t)| t.executor.as_ref().map(|e| e.to_string())),
-            ),
-            u64s(r.iter().map(|(_, _, t)| Some(t.rows))),
-            u64s(r.iter().map(|(_, _, t)| Some(t.bytes))),
-            u64s(r.iter().map(|(_, _, t)| Some(t.spilled_bytes))),
-            Arc::new(BooleanArray::from_iter(
-                r.iter().map(|(_, _, t)| Some(t.speculation_won)),
-            )),
-            times(r.iter().map(|(_, _, t)| t.started_at)),
-            times(r.iter().map(|(_, _, t)| t.finished_at)),
-            u64s(
-                r.iter()
-                    .map(|(_, _, t)| millis_between(t.started_at, t.finished_at)),
-            ),
-            strings(r.iter().map(|(_, _, t)| t.error.clone())),
-        ],
-    )
+        .filter_map(|id| stages.get(*id as usize))
+        .max_by_key(|s| (s.finished_at.is_none(), s.finished_at))
+    {
+        // Stage inputs have smaller ids, so this ends; the guard keeps it so on bad input.
+        if path.contains(&latest.stage_id) {
+            break;
+        }
+        path.push(latest.stage_id);
+        current = latest;
+    }
+    path.reverse();
+    path
 }

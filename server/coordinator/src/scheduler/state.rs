@@ -1,51 +1,21 @@
 //! The scheduler's bookkeeping: executors, queries, stages and task attempts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
 use ember_planner::ids::{ExecutorId, QueryId, StageId, TaskAttempt};
 use ember_planner::shuffle::MapOutputLocation;
 use ember_planner::stage::StageGraph;
-use ember_protocol::proto::CoordinatorMessage;
+use ember_protocol::proto::{CoordinatorMessage, MetricKind, OperatorMetrics};
 use tokio::sync::mpsc;
 
 use crate::output::ResultEvent;
+// The scheduler's states are the ones the monitoring API shows.
+pub(crate) use crate::monitor::{ExecutorState as ExecutorStatus, State as Status};
 
 /// The sending half of an executor's session stream, bounded: an executor that lets
 /// [`crate::cluster::EXECUTOR_QUEUE`] messages pile up is written off.
 pub(crate) type ExecutorTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ExecutorStatus {
-    Alive,
-    /// Stopping gracefully: no new tasks; what runs there finishes and its shuffle outputs are
-    /// served until no running query needs them.
-    Decommissioning,
-    /// Stopped answering, or its session failed.
-    Lost,
-    /// Its cluster manager saw its process end, or gave it back.
-    Gone,
-}
-
-impl ExecutorStatus {
-    /// Its session counts: its task reports are taken and its shuffle outputs are readable
-    /// (alive or decommissioning).
-    pub(crate) fn is_live(&self) -> bool {
-        matches!(
-            self,
-            ExecutorStatus::Alive | ExecutorStatus::Decommissioning
-        )
-    }
-
-    pub(crate) fn as_str(&self) -> &'static str {
-        match self {
-            ExecutorStatus::Alive => "alive",
-            ExecutorStatus::Decommissioning => "decommissioning",
-            ExecutorStatus::Lost => "lost",
-            ExecutorStatus::Gone => "gone",
-        }
-    }
-}
 
 /// What an executor told us when it registered.
 #[derive(Debug, Clone)]
@@ -84,6 +54,13 @@ pub(crate) struct ExecutorState {
     pub(crate) last_heartbeat_wall: SystemTime,
     pub(crate) tasks_succeeded: u64,
     pub(crate) tasks_failed: u64,
+    /// Bytes the tasks that succeeded there wrote.
+    pub(crate) bytes_written: u64,
+    /// Its memory pool's reservations and work-dir files, as of its last heartbeat, and the
+    /// most reserved at any heartbeat.
+    pub(crate) memory_used: u64,
+    pub(crate) memory_peak: u64,
+    pub(crate) disk_used: u64,
     /// When the executor was declared lost; it is forgotten a while later.
     pub(crate) lost_at: Option<Instant>,
     /// Tie-breaker so equal executors take turns.
@@ -93,34 +70,6 @@ pub(crate) struct ExecutorState {
 impl ExecutorState {
     pub(crate) fn free_slots(&self) -> usize {
         self.info.slots.saturating_sub(self.running.len())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Status {
-    /// Waiting for admission (too many queries running).
-    Queued,
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl Status {
-    pub(crate) fn as_str(&self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Pending => "pending",
-            Status::Running => "running",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    pub(crate) fn is_final(&self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
     }
 }
 
@@ -149,6 +98,8 @@ pub(crate) struct TaskState {
     pub(crate) output: Option<MapOutputLocation>,
     pub(crate) rows: u64,
     pub(crate) bytes: u64,
+    /// Arrow bytes its shuffle readers read.
+    pub(crate) shuffle_read_bytes: u64,
     pub(crate) spilled_bytes: u64,
     /// The successful attempt was a speculative copy that beat the original.
     pub(crate) speculation_won: bool,
@@ -158,6 +109,7 @@ pub(crate) struct TaskState {
     pub(crate) finished_at: Option<SystemTime>,
     pub(crate) elapsed_us: u64,
     pub(crate) error: Option<String>,
+    pub(crate) sqlstate: Option<String>,
 }
 
 impl TaskState {
@@ -174,6 +126,7 @@ impl TaskState {
             output: None,
             rows: 0,
             bytes: 0,
+            shuffle_read_bytes: 0,
             spilled_bytes: 0,
             speculation_won: false,
             started_at: None,
@@ -181,6 +134,7 @@ impl TaskState {
             finished_at: None,
             elapsed_us: 0,
             error: None,
+            sqlstate: None,
         }
     }
 
@@ -201,14 +155,76 @@ pub(crate) struct StageState {
     pub(crate) tasks: Vec<TaskState>,
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) finished_at: Option<SystemTime>,
+    /// The plan's operators in pre-order, with metrics added up over succeeded tasks.
+    pub(crate) operators: Vec<OperatorTotals>,
+}
+
+/// One operator of a stage's plan, its metrics added up over the stage's succeeded tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct OperatorTotals {
+    pub(crate) depth: u32,
+    pub(crate) name: String,
+    /// Value and how it adds up, by metric name.
+    pub(crate) metrics: BTreeMap<String, (u64, MetricKind)>,
+}
+
+/// Bounds on what one task report may add to a stage's operator metrics.
+const MAX_OPERATORS: usize = 1024;
+const MAX_METRICS_PER_OPERATOR: usize = 64;
+const MAX_NAME_LEN: usize = 64;
+
+fn bounded_name(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
 }
 
 impl StageState {
-    pub(crate) fn tasks_succeeded(&self) -> usize {
-        self.tasks
-            .iter()
-            .filter(|t| t.status == Status::Succeeded)
-            .count()
+    /// Adds one succeeded task's operator metrics: counts and times are summed, gauges keep
+    /// the largest. A report of another plan shape than the first is ignored.
+    pub(crate) fn add_operator_metrics(&mut self, operators: &[OperatorMetrics]) {
+        if operators.is_empty() || operators.len() > MAX_OPERATORS {
+            return;
+        }
+        if self.operators.is_empty() {
+            self.operators = operators
+                .iter()
+                .map(|o| OperatorTotals {
+                    depth: o.depth,
+                    name: bounded_name(&o.operator),
+                    metrics: BTreeMap::new(),
+                })
+                .collect();
+        }
+        let same_shape = self.operators.len() == operators.len()
+            && self
+                .operators
+                .iter()
+                .zip(operators)
+                .all(|(mine, theirs)| mine.name == bounded_name(&theirs.operator));
+        if !same_shape {
+            return;
+        }
+        for (totals, reported) in self.operators.iter_mut().zip(operators) {
+            for metric in reported.metrics.iter().take(MAX_METRICS_PER_OPERATOR) {
+                let kind = MetricKind::try_from(metric.kind).unwrap_or(MetricKind::Count);
+                let name = bounded_name(&metric.name);
+                if totals.metrics.len() >= MAX_METRICS_PER_OPERATOR
+                    && !totals.metrics.contains_key(&name)
+                {
+                    continue;
+                }
+                let entry = totals.metrics.entry(name).or_insert((0, kind));
+                entry.0 = match kind {
+                    MetricKind::Gauge => entry.0.max(metric.value),
+                    MetricKind::Count | MetricKind::TimeNanos => {
+                        entry.0.saturating_add(metric.value)
+                    }
+                };
+            }
+        }
     }
 }
 
@@ -220,6 +236,8 @@ pub(crate) struct Submission {
     pub(crate) session_id: String,
     /// The session's user (`system.queries.user_name`).
     pub(crate) user: String,
+    /// The frontend the session came through (`pgwire`, `flight-sql`, `embedded`).
+    pub(crate) frontend: String,
     pub(crate) sql: String,
     pub(crate) graph: StageGraph,
     /// The session's settings that differ from the defaults; tasks run with them.
@@ -232,12 +250,14 @@ pub(crate) struct QueryState {
     pub(crate) id: QueryId,
     pub(crate) session_id: String,
     pub(crate) user: String,
+    pub(crate) frontend: String,
     pub(crate) sql: String,
     pub(crate) graph: StageGraph,
     pub(crate) settings: HashMap<String, String>,
     pub(crate) stages: Vec<StageState>,
     pub(crate) status: Status,
     pub(crate) error: Option<String>,
+    pub(crate) sqlstate: Option<String>,
     pub(crate) submitted_at: SystemTime,
     pub(crate) submitted_instant: Instant,
     pub(crate) finished_at: Option<SystemTime>,
@@ -252,6 +272,7 @@ impl QueryState {
             query_id: id,
             session_id,
             user,
+            frontend,
             sql,
             graph,
             settings,
@@ -271,18 +292,21 @@ impl QueryState {
                 tasks: (0..stage.num_tasks() as u32).map(TaskState::new).collect(),
                 started_at: None,
                 finished_at: None,
+                operators: vec![],
             })
             .collect();
         Self {
             id,
             session_id,
             user,
+            frontend,
             sql,
             graph,
             settings,
             stages,
             status: Status::Queued,
             error: None,
+            sqlstate: None,
             submitted_at: SystemTime::now(),
             submitted_instant: Instant::now(),
             finished_at: None,

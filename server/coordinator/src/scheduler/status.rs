@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use ember_planner::ids::{ExecutorId, StageId, TaskAttempt};
-use ember_planner::shuffle::MapOutputLocation;
+use ember_planner::shuffle::{MapOutputLocation, SHUFFLE_READ_BYTES};
 use ember_planner::sqlstate::SqlState;
 use ember_protocol::proto::{TaskId, TaskStatus, TaskSucceeded, task_status};
 use ember_protocol::task_errors::TaskFailure;
@@ -78,6 +78,7 @@ impl Scheduler {
                 if let Some(executor) = self.executors.get_mut(executor_id) {
                     executor.tasks_failed += 1;
                 }
+                self.metrics.task_failed();
                 let failure = TaskFailure::from_proto(failed);
                 self.attempt_failed(qi, &attempt, executor_id, which, failure);
             }
@@ -118,7 +119,20 @@ impl Scheduler {
         task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
         task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
         task.spilled_bytes = succeeded.spilled_bytes;
+        task.shuffle_read_bytes = succeeded
+            .operators
+            .iter()
+            .flat_map(|o| &o.metrics)
+            .filter(|m| m.name == SHUFFLE_READ_BYTES)
+            .fold(0u64, |sum, m| sum.saturating_add(m.value));
         task.speculation_won = which == Which::Speculative;
+        let (written, read, spilled) = (task.bytes, task.shuffle_read_bytes, task.spilled_bytes);
+        self.metrics.task_succeeded(written, read, spilled);
+        if let Some(executor) = self.executors.get_mut(executor_id) {
+            executor.bytes_written = executor.bytes_written.saturating_add(written);
+        }
+        let task = &mut self.running[qi].stages[attempt.stage_id.0 as usize].tasks
+            [attempt.partition as usize];
         task.output = Some(MapOutputLocation {
             map_partition: attempt.partition,
             attempt: attempt.attempt,
@@ -137,6 +151,7 @@ impl Scheduler {
         let query = &mut self.running[qi];
         let is_result = query.is_result_stage(attempt.stage_id);
         let stage = &mut query.stages[attempt.stage_id.0 as usize];
+        stage.add_operator_metrics(&succeeded.operators);
         if stage.tasks.iter().all(|t| t.status == Status::Succeeded) {
             stage.status = Status::Succeeded;
             stage.finished_at = Some(SystemTime::now());
@@ -152,6 +167,9 @@ impl Scheduler {
         {
             query.status = Status::Succeeded;
             query.finished_at = Some(SystemTime::now());
+            let elapsed = query.submitted_instant.elapsed();
+            self.metrics
+                .query_ended(Status::Succeeded, &query.frontend, elapsed.as_secs_f64());
             info!(query_id = %query.id, elapsed_ms = query.submitted_instant.elapsed().as_millis() as u64, "query succeeded");
             // Stays in `running` until the client has fetched the result and releases it.
         }
@@ -171,6 +189,7 @@ impl Scheduler {
         let (kind, sqlstate, message, lost_output) = describe(failure);
         let task = &mut query.stages[attempt.stage_id.0 as usize].tasks[attempt.partition as usize];
         task.error = Some(message.clone());
+        task.sqlstate = Some(sqlstate.to_string());
         if kind == TaskErrorKind::User {
             // Deterministic: every attempt would fail the same way.
             task.status = Status::Failed;

@@ -54,6 +54,16 @@ pub struct ClientSession {
     pub(crate) cancels: watch::Sender<u64>,
     /// The options the session started with, for `RESET`.
     pub(crate) initial_options: ConfigOptions,
+    /// The frontend it came through (`pgwire`, `flight-sql`; `embedded` until told).
+    pub(crate) frontend: String,
+    /// The open sessions the monitor counts; this one leaves it when dropped.
+    pub(crate) open_sessions: Arc<crate::monitor::Sessions>,
+}
+
+impl Drop for ClientSession {
+    fn drop(&mut self) {
+        self.open_sessions.closed(&self.id);
+    }
 }
 
 /// What stops a running statement: a cancel request for its session, or its timeout.
@@ -122,6 +132,19 @@ impl ClientSession {
     /// `SET ROLE` chose.
     pub fn current_role(&self) -> String {
         self.identity.current_role()
+    }
+
+    /// This session, opened through `frontend` (`pgwire`, `flight-sql`): the monitoring API
+    /// and the metrics count its sessions and queries by it.
+    pub fn with_frontend(mut self, frontend: &str) -> Self {
+        self.frontend = frontend.to_string();
+        self.open_sessions.opened(&self.id, frontend);
+        self
+    }
+
+    /// The frontend the session came through.
+    pub fn frontend(&self) -> &str {
+        &self.frontend
     }
 
     /// The user the session runs for.

@@ -81,7 +81,7 @@ pub(super) struct SchedulerTest {
 
 impl SchedulerTest {
     pub(super) fn new(config: SchedulerConfig) -> Self {
-        let (scheduler, _handle) = Scheduler::new(config);
+        let (scheduler, _handle) = Scheduler::new(config, Default::default());
         Self {
             scheduler,
             executors: HashMap::new(),
@@ -135,6 +135,7 @@ impl SchedulerTest {
             query_id: query_id.clone(),
             session_id: "test".into(),
             user: "tester".into(),
+            frontend: "embedded".into(),
             sql: "SELECT a FROM t".into(),
             graph,
             settings: HashMap::from([("datafusion.execution.batch_size".into(), "7".into())]),
@@ -204,6 +205,7 @@ impl SchedulerTest {
                 num_bytes: 24,
             }],
             spilled_bytes: 0,
+            operators: vec![],
         };
         self.report(name, attempt, task_status::Result::Succeeded(succeeded));
     }
