@@ -79,6 +79,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
             ("coordinator.port", Some(&zero)),
             ("coordinator.pg_port", Some(&zero)),
             ("coordinator.flight_sql_port", Some(&zero)),
+            ("http.port", Some(&zero)),
         ],
     )?;
     eprintln!("preparing TPC-H SF{scale} and a local cluster with {executors} executors");
@@ -188,6 +189,7 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
             ("coordinator.port", Some(&zero)),
             ("coordinator.pg_port", Some(&zero)),
             ("coordinator.flight_sql_port", Some(&zero)),
+            ("http.port", Some(&zero)),
         ];
         if !cached {
             flags.extend([

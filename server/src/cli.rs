@@ -73,6 +73,9 @@ pub struct CoordinatorArgs {
     /// Arrow Flight SQL port (0: any free port).
     #[arg(long)]
     pub flight_sql_port: Option<String>,
+    /// HTTP port of the web UI, REST API and metrics (0: any free port).
+    #[arg(long)]
+    pub http_port: Option<String>,
     /// Address to bind the client ports (Postgres, Flight SQL) to.
     #[arg(long)]
     pub bind: Option<String>,
@@ -169,6 +172,7 @@ fn coordinator_flags(args: &CoordinatorArgs) -> Vec<(&'static str, Option<&Strin
         ("coordinator.pg_port", args.pg_port.as_ref()),
         ("coordinator.port", args.port.as_ref()),
         ("coordinator.flight_sql_port", args.flight_sql_port.as_ref()),
+        ("http.port", args.http_port.as_ref()),
         ("coordinator.bind_host", args.bind.as_ref()),
         ("coordinator.cluster_bind_host", args.cluster_bind.as_ref()),
         ("tpch.scale", args.tpch.as_ref()),
@@ -364,11 +368,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let cluster = LocalCluster::start(&config).await?;
             println!(
                 "ember local: {} executors; connect with psql -h {} -p {} -U ember -d ember, \
-                 or Flight SQL at grpc://{}",
+                 or Flight SQL at grpc://{}{}",
                 config.local.executors,
                 cluster.pg_addr.ip(),
                 cluster.pg_addr.port(),
-                cluster.flight_sql_addr
+                cluster.flight_sql_addr,
+                cluster
+                    .http_addr
+                    .map(|addr| format!("; web UI at http://{addr}/"))
+                    .unwrap_or_default()
             );
             cluster.run(shutdown_signal()).await?;
         }

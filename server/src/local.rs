@@ -29,6 +29,8 @@ pub struct LocalCluster {
     pub grpc_addr: std::net::SocketAddr,
     /// Where Flight SQL clients connect.
     pub flight_sql_addr: std::net::SocketAddr,
+    /// Where the web UI is served (none when `http.enabled` is false).
+    pub http_addr: Option<std::net::SocketAddr>,
     coordinator: CoordinatorRole,
 }
 
@@ -40,6 +42,11 @@ impl LocalCluster {
         let grpc_addr = listeners.grpc.local_addr()?;
         let pg_addr = listeners.pg.local_addr()?;
         let flight_sql_addr = listeners.flight_sql.local_addr()?;
+        let http_addr = listeners
+            .http
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         // The executors run in this process: they share the key whether configured or random.
         let (key, _) = signing_key(config);
         // A new cluster secret and an ephemeral CA at every start unless configured: only these
@@ -56,6 +63,7 @@ impl LocalCluster {
             pg_addr,
             grpc_addr,
             flight_sql_addr,
+            http_addr,
             coordinator,
         })
     }

@@ -2,9 +2,9 @@
 //! bound by the caller. This is where Ember is composed; nothing below it knows the others.
 //!
 //! ```text
-//!  PgServer (ember-pgwire) ─────┐
+//!  PgServer (ember-pgwire) ────────────┐
 //!  FlightSqlServer (ember-flight-sql) ─┼─► QueryEngine ◄─ Coordinator (ember-coordinator)
-//!                               │                          scheduler, executors' gRPC
+//!  HttpServer (ember-http) ────────────┘   (monitor)       scheduler, executors' gRPC
 //! ```
 //! Shutdown stops everything at once: the frontends accept no more clients and the scheduler
 //! stops, so statements still running end with 57P01 (their clients see why) instead of
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use ember_config::EmberConfig;
 use ember_coordinator::{AllocationPolicy, ClusterManager, Coordinator, QueryEngine, stopped};
 use ember_flight_sql::{ExecutorEndpoints, FlightSqlServer};
+use ember_http::HttpServer;
 use ember_pgwire::PgServer;
 use ember_protocol::credentials::SigningKey;
 use ember_protocol::membership::ClusterCredentials;
@@ -33,6 +34,8 @@ pub struct CoordinatorListeners {
     pub pg: TcpListener,
     /// `coordinator.flight_sql_port`: Flight SQL clients.
     pub flight_sql: TcpListener,
+    /// `http.port`: the web UI, REST API and metrics (none when `http.enabled` is false).
+    pub http: Option<TcpListener>,
 }
 
 impl CoordinatorListeners {
@@ -66,6 +69,19 @@ impl CoordinatorListeners {
                 "coordinator.flight_sql_port",
             )
             .await?,
+            http: match config.http.enabled {
+                true => Some(
+                    listen(
+                        host,
+                        config.http.port,
+                        "the web UI and REST API (HTTP)",
+                        "--http-port",
+                        "http.port",
+                    )
+                    .await?,
+                ),
+                false => None,
+            },
         })
     }
 }
@@ -75,6 +91,7 @@ pub struct CoordinatorRole {
     coordinator: Coordinator,
     pg: PgServer,
     flight_sql: FlightSqlServer,
+    http: Option<HttpServer>,
 }
 
 impl CoordinatorRole {
@@ -105,6 +122,9 @@ impl CoordinatorRole {
         )
         .await?
         .with_max_connections(config.coordinator.max_connections);
+        let http = listeners
+            .http
+            .map(|listener| HttpServer::new(Arc::clone(&engine), config, listener));
         let flight_sql = FlightSqlServer::new(
             engine,
             config,
@@ -117,6 +137,7 @@ impl CoordinatorRole {
             coordinator,
             pg,
             flight_sql,
+            http,
         })
     }
 
@@ -140,9 +161,15 @@ impl CoordinatorRole {
         let (stop_tx, stop_rx) = watch::channel(false);
         let coordinator = tokio::spawn(self.coordinator.run(stopped(stop_rx.clone())));
         let pg = tokio::spawn(self.pg.run(stopped(stop_rx.clone())));
-        let flight_sql = tokio::spawn(self.flight_sql.run(stopped(stop_rx)));
+        let flight_sql = tokio::spawn(self.flight_sql.run(stopped(stop_rx.clone())));
+        let http = self
+            .http
+            .map(|http| tokio::spawn(http.run(stopped(stop_rx))));
         shutdown.await;
         let _ = stop_tx.send(true);
+        if let Some(http) = http {
+            let _ = http.await;
+        }
         let _ = flight_sql.await;
         let _ = pg.await;
         let _ = coordinator.await;

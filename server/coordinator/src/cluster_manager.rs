@@ -644,7 +644,8 @@ mod tests {
     #[tokio::test]
     async fn allocations_are_kept_at_the_target_and_replaced_when_they_end_or_stall() {
         let config = ember_config::EmberConfig::defaults();
-        let (scheduler, handle) = Scheduler::new(SchedulerConfig::from_config(&config), Default::default());
+        let (scheduler, handle) =
+            Scheduler::new(SchedulerConfig::from_config(&config), Default::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(scheduler.run(crate::stopped(stop_rx.clone())));
         let manager = Arc::new(FakeManager::default());

@@ -340,6 +340,7 @@ impl QueryEngine {
         }
         match &plan {
             LogicalPlan::Explain(_) => self.explain(session, plan).await,
+            LogicalPlan::Analyze(_) => self.explain_analyze(session, parsed, plan).await,
             LogicalPlan::Ddl(_) => self.execute_ddl(session, parsed, plan).await,
             LogicalPlan::Dml(_) => self.insert(session, parsed.sql(), plan).await,
             LogicalPlan::Copy(_) => self.copy(session, parsed.sql(), plan).await,

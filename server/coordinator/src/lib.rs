@@ -29,6 +29,7 @@ mod ddl;
 pub mod declared;
 pub mod engine;
 pub mod error;
+mod explain_analyze;
 pub mod ingest;
 mod join_fallback;
 pub mod monitor;

@@ -98,7 +98,7 @@ impl QueryEngine {
             subquery.resolve(value)?;
         }
         let state = session.ctx.state();
-        if !scans_files(&physical)? || runs_on_coordinator(&physical)? {
+        if !distributes(&physical)? {
             // Nothing to distribute (constants, VALUES, system tables), or a plan that has to
             // stay in one process (recursive queries feed their output back): answer here.
             return Ok(StartedQuery::Local(execute_stream(
@@ -215,6 +215,11 @@ fn changed_settings(options: &ConfigOptions) -> HashMap<String, String> {
             (changed && !e.key.starts_with("datafusion.catalog.")).then_some((e.key, value))
         })
         .collect()
+}
+
+/// Whether a plan runs on the executors: it reads files and every operator can travel.
+pub(crate) fn distributes(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    Ok(scans_files(plan)? && !runs_on_coordinator(plan)?)
 }
 
 fn scans_files(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
