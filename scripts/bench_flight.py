@@ -48,6 +48,7 @@ class Cluster:
             "EMBER_COORDINATOR_FLIGHT_SQL_PORT": str(self.flight_port),
             "EMBER_COORDINATOR_PG_PORT": str(self.pg_port),
             "EMBER_COORDINATOR_PORT": "0",
+            "EMBER_HTTP_PORT": "0",
         })
         log = open(os.path.join(log_dir, f"ember-{'proxy' if proxy else 'direct'}.log"), "w")
         self.process = subprocess.Popen(

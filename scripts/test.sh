@@ -11,6 +11,9 @@ command -v protoc >/dev/null 2>&1 || true # protoc is vendored by the build; not
 # The real-client tests (server/tests/pg_clients.rs) compile and run a pgJDBC program.
 command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
+# The web UI tests (server/tests/integration/web_ui.rs) drive Debian's headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -36,6 +39,10 @@ export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 # ADBC's Flight SQL driver and pyarrow for the Flight SQL client tests (server/tests/flight_sql.rs).
 "$venv/bin/python" -c 'import adbc_driver_flightsql, adbc_driver_manager, pyarrow' 2>/dev/null \
   || "$venv/bin/pip" install -q adbc-driver-flightsql adbc-driver-manager pyarrow
+# selenium (the browser tests), the Prometheus client's parser (/metrics) and jsonschema (REST
+# answers against docs/openapi.json).
+"$venv/bin/python" -c 'import selenium, prometheus_client, jsonschema' 2>/dev/null \
+  || "$venv/bin/pip" install -q selenium prometheus-client jsonschema
 export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
 export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 

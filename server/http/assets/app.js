@@ -323,7 +323,8 @@ class QueryView {
       this.sort = { key, dir: this.sort.key === key ? -this.sort.dir : (key === "duration" ? -1 : 1) };
       this.renderTasks();
     });
-    root.addEventListener("click", (event) => {
+    // On an element of this view: `root` outlives it and would keep the listener.
+    this.el("summary").addEventListener("click", (event) => {
       if (event.target.id === "cancel-query") {
         event.target.disabled = true;
         cancelQuery(this.id);

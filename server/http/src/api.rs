@@ -9,9 +9,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ember_coordinator::monitor::{Cancelled, QuerySummary};
+use ember_coordinator::monitor::{
+    Cancelled, Cluster, Executor, Operator, QueryDetail, QuerySummary, Stage, Task,
+};
 use ember_coordinator::{Error, SqlState};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::AppState;
 use crate::auth::Viewer;
@@ -27,14 +30,58 @@ pub(crate) const REQUESTED_BY: &str = "x-requested-by";
 const MAX_SEARCH: usize = 1024;
 const MAX_LIMIT: usize = 10_000;
 
+/// The OpenAPI document of the REST API, generated from the routes and the monitoring model
+/// (checked into `docs/openapi.json`; a test keeps the two the same).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ember REST API",
+        description = "Queries with their stages, tasks and operator metrics, executors and the \
+                       cluster, as the web UI shows them; and the cancelling of a query. When \
+                       auth.method is not trust, every call needs HTTP Basic credentials of a \
+                       user of auth.users. A user who is not a superuser sees and cancels only \
+                       their own queries."
+    ),
+    paths(list_queries, query_detail, cancel_query, executors, cluster, metrics, openapi),
+    components(schemas(
+        QuerySummary, QueryDetail, Stage, Task, Operator, Executor, Cluster, ErrorBody,
+        CancelAccepted
+    )),
+    tags(
+        (name = "queries", description = "Queries, their stages, tasks and operators"),
+        (name = "cluster", description = "Executors and the cluster"),
+        (name = "metrics", description = "Prometheus metrics")
+    )
+)]
+pub struct ApiDoc;
+
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/queries", get(list_queries))
         .route("/api/v1/queries/{id}", get(query_detail))
         .route("/api/v1/queries/{id}/cancel", post(cancel_query))
         .route("/api/v1/executors", get(executors))
         .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
+}
+
+/// What an error response carries.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong.
+    error: String,
+    /// Its SQLSTATE, as the SQL frontends would report it.
+    sqlstate: String,
+}
+
+/// The answer to an accepted cancel request.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CancelAccepted {
+    /// The query being stopped.
+    query_id: String,
+    /// Always true: the query was queued or running and is stopping.
+    cancelled: bool,
 }
 
 /// An error as the API returns it.
@@ -70,17 +117,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(serde_json::json!({
-                "error": self.message,
-                "sqlstate": self.sqlstate.to_string(),
-            })),
+            Json(ErrorBody {
+                error: self.message,
+                sqlstate: self.sqlstate.to_string(),
+            }),
         )
             .into_response()
     }
 }
 
 /// Filters of `GET /api/v1/queries`, all optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct QueryFilter {
     /// Only queries in this state (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
     state: Option<String>,
@@ -112,6 +160,16 @@ impl QueryFilter {
     }
 }
 
+/// The queries the coordinator holds (queued, running, and the latest finished ones), newest
+/// first.
+#[utoipa::path(
+    get, path = "/api/v1/queries", tag = "queries", params(QueryFilter),
+    responses(
+        (status = 200, description = "Queries, newest first", body = Vec<QuerySummary>),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)
+    )
+)]
 async fn list_queries(
     State(state): State<Arc<AppState>>,
     Extension(viewer): Extension<Viewer>,
@@ -136,6 +194,16 @@ async fn list_queries(
     ))
 }
 
+/// One query with its stages, tasks, operator metrics and critical path.
+#[utoipa::path(
+    get, path = "/api/v1/queries/{id}", tag = "queries",
+    params(("id" = String, Path, description = "The query's id")),
+    responses(
+        (status = 200, description = "The query", body = QueryDetail),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 404, description = "No such query (or not the caller's)", body = ErrorBody)
+    )
+)]
 async fn query_detail(
     State(state): State<Arc<AppState>>,
     Extension(viewer): Extension<Viewer>,
@@ -155,6 +223,22 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
+/// Stops a queued or running query: its client gets SQLSTATE 57014. Needs the
+/// `X-Requested-By` header (any value).
+#[utoipa::path(
+    post, path = "/api/v1/queries/{id}/cancel", tag = "queries",
+    params(
+        ("id" = String, Path, description = "The query's id"),
+        ("X-Requested-By" = String, Header, description = "Any value; guards against cross-site requests")
+    ),
+    responses(
+        (status = 202, description = "The query is stopping", body = CancelAccepted),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The X-Requested-By header is missing", body = ErrorBody),
+        (status = 404, description = "No such query (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "The query has already ended", body = ErrorBody)
+    )
+)]
 async fn cancel_query(
     State(state): State<Arc<AppState>>,
     Extension(viewer): Extension<Viewer>,
@@ -171,7 +255,10 @@ async fn cancel_query(
     match state.engine.monitor().cancel(&viewer.0, &id).await {
         Ok(Cancelled::Stopped) => Ok((
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "query_id": id, "cancelled": true })),
+            Json(CancelAccepted {
+                query_id: id,
+                cancelled: true,
+            }),
         )
             .into_response()),
         Ok(Cancelled::AlreadyEnded) => Err(ApiError::new(
@@ -184,18 +271,39 @@ async fn cancel_query(
     }
 }
 
-async fn executors(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<ember_coordinator::monitor::Executor>>, ApiError> {
+/// Every executor the coordinator knows, lost and gone ones for a while.
+#[utoipa::path(
+    get, path = "/api/v1/executors", tag = "cluster",
+    responses(
+        (status = 200, description = "Executors by id", body = Vec<Executor>),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)
+    )
+)]
+async fn executors(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Executor>>, ApiError> {
     Ok(Json(state.engine.monitor().executors().await?))
 }
 
-async fn cluster(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<ember_coordinator::monitor::Cluster>, ApiError> {
+/// Version, uptime, executors and queries by state, sessions by frontend, configuration.
+#[utoipa::path(
+    get, path = "/api/v1/cluster", tag = "cluster",
+    responses(
+        (status = 200, description = "The cluster", body = Cluster),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)
+    )
+)]
+async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<Cluster>, ApiError> {
     Ok(Json(state.engine.monitor().cluster().await?))
 }
 
+/// Every metric in the OpenMetrics text format, for Prometheus.
+#[utoipa::path(
+    get, path = "/metrics", tag = "metrics",
+    responses(
+        (status = 200, description = "The metrics", body = String,
+         content_type = "application/openmetrics-text"),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)
+    )
+)]
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let text = state.engine.monitor().metrics_text().await?;
     Ok((
@@ -206,4 +314,37 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
         text,
     )
         .into_response())
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "cluster",
+    responses((status = 200, description = "The OpenAPI document of this API", body = Object))
+)]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/openapi.json` is what the code generates: run with `EMBER_BLESS=1` to rewrite it
+    /// after changing the API.
+    #[test]
+    fn openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let generated = ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the document serialises")
+            + "\n";
+        if std::env::var_os("EMBER_BLESS").is_some() {
+            std::fs::write(path, &generated).expect("write docs/openapi.json");
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json differs from the code; run EMBER_BLESS=1 cargo test -p ember-http"
+        );
+    }
 }

@@ -25,7 +25,7 @@ mod api;
 mod assets;
 mod auth;
 
-pub use api::API_PREFIX;
+pub use api::{API_PREFIX, ApiDoc};
 
 /// Settings the routes share.
 struct AppState {

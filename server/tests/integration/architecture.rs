@@ -47,8 +47,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "ember-pgwire",
             "ember-flight-sql",
             "ember-kubernetes",
+            "ember-http",
         ],
     ),
+    ("ember-http", &["ember-config", "ember-coordinator"]),
     (
         "ember-kubernetes",
         &["ember-config", "ember-protocol", "ember-coordinator"],
@@ -78,6 +80,7 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
             "arrow-flight",
             "kube",
             "k8s-openapi",
+            "axum",
         ],
     ),
     ("ember-config", &["datafusion", "tonic", "tokio"]),

@@ -71,6 +71,8 @@ fn start_up_errors_name_the_port_and_logs_suit_a_collector() {
                 "0",
                 "--flight-sql-port",
                 "0",
+                "--http-port",
+                "0",
             ])
             .args(["--pg-port", &port, "--data-dir"])
             .arg(data.path())

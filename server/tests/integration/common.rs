@@ -39,9 +39,19 @@ pub fn flight_sql_port(env: &[(String, String)]) -> u16 {
         .unwrap_or(0)
 }
 
+/// The HTTP port a test asked for in `env`, else a free one.
+fn http_port(env: &[(String, String)]) -> u16 {
+    env.iter()
+        .find(|(k, _)| k == "EMBER_HTTP_PORT")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(free_port)
+}
+
 /// A coordinator and executors, each a separate `ember` process; killed on drop.
 pub struct ProcessCluster {
     pub pg_port: u16,
+    /// The web UI, REST API and metrics.
+    pub http_port: u16,
     pub grpc_port: u16,
     pub tpch_scale: f64,
     pub data_dir: PathBuf,
@@ -57,6 +67,7 @@ fn spawn_coordinator(
     log_dir: &Path,
     pg_port: u16,
     grpc_port: u16,
+    http_port: u16,
     tpch_scale: f64,
     data_dir: &Path,
     env: &[(String, String)],
@@ -71,6 +82,7 @@ fn spawn_coordinator(
         .args(["--port", &grpc_port.to_string()])
         // Each cluster its own Flight SQL port (EMBER_COORDINATOR_FLIGHT_SQL_PORT overrides).
         .args(["--flight-sql-port", &flight_sql_port(env).to_string()])
+        .args(["--http-port", &http_port.to_string()])
         .args(["--tpch", &tpch_scale.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
@@ -97,13 +109,22 @@ impl ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg_port = free_port();
         let grpc_port = free_port();
+        let http_port = http_port(env);
         // The coordinator generates nothing if the data is already there: point it at the
         // shared TPC-H directory through its data dir.
         let data_dir = tpch_dir.to_path_buf();
-        let coordinator =
-            spawn_coordinator(dir.path(), pg_port, grpc_port, tpch_scale, &data_dir, env);
+        let coordinator = spawn_coordinator(
+            dir.path(),
+            pg_port,
+            grpc_port,
+            http_port,
+            tpch_scale,
+            &data_dir,
+            env,
+        );
         let mut cluster = Self {
             pg_port,
+            http_port,
             grpc_port,
             tpch_scale,
             data_dir,
@@ -190,6 +211,7 @@ impl ProcessCluster {
             self.dir.path(),
             self.pg_port,
             self.grpc_port,
+            self.http_port,
             self.tpch_scale,
             &self.data_dir,
             &self.env,

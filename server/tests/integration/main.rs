@@ -21,3 +21,4 @@ mod pg_robustness;
 mod s3;
 mod slt_server;
 mod tpch_cluster;
+mod web_ui;

@@ -239,6 +239,7 @@ async fn datafusion_corpus_passes_on_ember_as_on_datafusion() -> anyhow::Result<
     builder.set_str("coordinator.port", "0", "test")?;
     builder.set_str("coordinator.pg_port", "0", "test")?;
     builder.set_str("coordinator.flight_sql_port", "0", "test")?;
+    builder.set_str("http.port", "0", "test")?;
     builder.set_str(
         "coordinator.data_dir",
         &data_dir.display().to_string(),

@@ -16,6 +16,7 @@ async fn slt_files_pass_on_a_two_executor_cluster() -> anyhow::Result<()> {
     builder.set_str("coordinator.port", "0", "test")?;
     builder.set_str("coordinator.pg_port", "0", "test")?;
     builder.set_str("coordinator.flight_sql_port", "0", "test")?;
+    builder.set_str("http.port", "0", "test")?;
     builder.set_str(
         "coordinator.data_dir",
         &data_dir.display().to_string(),

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The state of a query, a stage or a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Waiting for admission (too many queries running); queries only.
@@ -55,7 +56,7 @@ impl State {
 }
 
 /// The lifecycle state of an executor, as `system.executors.status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorState {
     /// Registered and taking tasks.
@@ -96,7 +97,7 @@ impl ExecutorState {
 }
 
 /// One query as the query list shows it (`system.queries`, `GET /api/v1/queries`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct QuerySummary {
     /// The query's id.
     pub query_id: String,
@@ -135,7 +136,7 @@ pub struct QuerySummary {
 }
 
 /// One query with its stages and tasks (`GET /api/v1/queries/{id}`, the query page).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct QueryDetail {
     /// What the list shows of it.
     #[serde(flatten)]
@@ -149,7 +150,7 @@ pub struct QueryDetail {
 }
 
 /// One shuffle-bounded stage of a query.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Stage {
     /// Its id within the query.
     pub stage_id: u32,
@@ -192,7 +193,7 @@ pub struct Stage {
 /// One operator of a stage's plan with DataFusion's metrics (`output_rows`, `elapsed_compute`
 /// in nanoseconds, `spilled_bytes`, ...) added up over the stage's succeeded tasks: counts and
 /// times summed, gauges (memory) the largest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Operator {
     /// How deep in the stage's plan it is (the root, the stage's writer, is 0).
     pub depth: u32,
@@ -205,7 +206,7 @@ pub struct Operator {
 }
 
 /// The latest attempt of one task (one partition of a stage).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Task {
     /// The partition it computes.
     pub partition: u32,
@@ -238,7 +239,7 @@ pub struct Task {
 }
 
 /// One executor (`system.executors`, `GET /api/v1/executors`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Executor {
     /// Its id, given at registration.
     pub executor_id: String,
@@ -279,7 +280,7 @@ pub struct Executor {
 }
 
 /// Sessions connected through one frontend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FrontendSessions {
     /// `pgwire`, `flight-sql` or `embedded`.
     pub frontend: String,
@@ -288,7 +289,7 @@ pub struct FrontendSessions {
 }
 
 /// The cluster as a whole (`GET /api/v1/cluster`, the cluster page).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Cluster {
     /// Ember's version.
     pub version: String,
@@ -297,13 +298,16 @@ pub struct Cluster {
     /// Milliseconds since then.
     pub uptime_ms: u64,
     /// Executors by state (`alive`, `decommissioning`, `lost`, `gone`).
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub executors: BTreeMap<&'static str, u64>,
     /// Task slots of live executors.
     pub slots: u64,
     /// Queries by state, of those the coordinator remembers.
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub queries: BTreeMap<&'static str, u64>,
     /// Sessions connected now, by frontend.
     pub sessions: Vec<FrontendSessions>,
     /// The effective configuration, by section, with secrets masked.
+    #[schema(value_type = Object)]
     pub configuration: serde_json::Value,
 }
