@@ -104,7 +104,7 @@ impl Monitor {
             .map(|q| q.summary)
             .filter(|q| all || q.user == viewer)
             .collect();
-        queries.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at));
+        queries.sort_by_key(|q| std::cmp::Reverse(q.submitted_at));
         Ok(queries)
     }
 
