@@ -84,6 +84,9 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     )?;
     eprintln!("preparing TPC-H SF{scale} and a local cluster with {executors} executors");
     let cluster = LocalCluster::start(&config).await?;
+    if let Some(addr) = cluster.http_addr {
+        eprintln!("web UI at http://{addr}/");
+    }
     let engine = cluster.engine();
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(cluster.run(stopped(stop_rx)));

@@ -28,9 +28,9 @@ use crate::cluster::{ClusterManagerService, ExecutorLimits};
 use crate::cluster_manager::{AllocationPolicy, Allocations, Allocator, ClusterManager};
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
-use crate::monitor::Metrics;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::standalone::Workers;
+use crate::status::Metrics;
 use crate::system_tables::{SYSTEM_SCHEMA, SystemSchema};
 
 /// A coordinator's parts, before `run` starts serving.

@@ -50,7 +50,7 @@ impl QueryEngine {
         fetcher: Arc<FlightShuffleFetcher>,
         catalog: Arc<CatalogStore>,
         allowed_paths: AllowedPaths,
-        metrics: Arc<crate::monitor::Metrics>,
+        metrics: Arc<crate::status::Metrics>,
         configuration: serde_json::Value,
     ) -> Result<Self> {
         ember_planner::functions::register(&mut base_state)?;

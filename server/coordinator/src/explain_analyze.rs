@@ -16,12 +16,12 @@ use futures::StreamExt;
 
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
-use crate::monitor::model::{QueryDetail, Stage};
 use crate::output::Output;
 use crate::query::StartedQuery;
 use crate::scheduler::SnapshotRequest;
 use crate::session::ClientSession;
 use crate::statement::ParsedStatement;
+use crate::status::model::{QueryDetail, Stage};
 
 impl QueryEngine {
     /// Runs the query under `EXPLAIN ANALYZE` on the cluster and answers its stages and

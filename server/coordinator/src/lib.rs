@@ -41,6 +41,7 @@ mod scheduler;
 pub mod session;
 mod standalone;
 pub mod statement;
+pub mod status;
 mod system_tables;
 pub mod users;
 mod writes;

@@ -18,10 +18,10 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::access::{AccessControl, Securable};
 use crate::cluster_manager::Allocations;
-use crate::monitor::tables;
-use crate::monitor::tables as schemas;
 use crate::scheduler::{SchedulerHandle, Snapshot, SnapshotRequest};
 use crate::session::Identity;
+use crate::status::tables;
+use crate::status::tables as schemas;
 
 /// The schema's name.
 pub(crate) const SYSTEM_SCHEMA: &str = "system";

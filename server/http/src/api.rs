@@ -1,5 +1,5 @@
 //! The REST API (`/api/v1`) and `/metrics`. JSON field names are the monitoring model's
-//! (`ember_coordinator::monitor::model`) and stable; errors are `{"error", "sqlstate"}` with an
+//! (`ember_coordinator::status::model`) and stable; errors are `{"error", "sqlstate"}` with an
 //! HTTP status that says what kind.
 
 use std::sync::Arc;

@@ -37,8 +37,8 @@ pub(crate) use state::{ExecutorInfo, ExecutorStatus, ExecutorTx, Submission};
 use state::{ExecutorState, QueryState, Status};
 
 use crate::error::Error;
-use crate::monitor::Metrics;
 use crate::output::ResultEvent;
+use crate::status::Metrics;
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use datafusion::physical_plan::{ExecutionPlan, displayable};
 use ember_planner::ids::QueryId;
 
 use super::state::{ExecutorState, QueryState, StageState, Status, TaskState};
-use crate::monitor::model::{Executor, Operator, QueryDetail, QuerySummary, Stage, Task};
+use crate::status::model::{Executor, Operator, QueryDetail, QuerySummary, Stage, Task};
 
 /// What a snapshot copies.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ impl Snapshot {
     pub(crate) fn alive_executors(&self) -> usize {
         self.executors
             .iter()
-            .filter(|e| e.state == crate::monitor::ExecutorState::Alive)
+            .filter(|e| e.state == crate::status::ExecutorState::Alive)
             .count()
     }
 

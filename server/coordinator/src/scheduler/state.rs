@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::output::ResultEvent;
 // The scheduler's states are the ones the monitoring API shows.
-pub(crate) use crate::monitor::{ExecutorState as ExecutorStatus, State as Status};
+pub(crate) use crate::status::{ExecutorState as ExecutorStatus, State as Status};
 
 /// The sending half of an executor's session stream, bounded: an executor that lets
 /// [`crate::cluster::EXECUTOR_QUEUE`] messages pile up is written off.

@@ -4,9 +4,9 @@
 //! through it.
 //!
 //! ```text
-//!  scheduler state ──snapshot──► model (QuerySummary, QueryDetail, Executor) ──► REST / UI
-//!        │                                   └──► system.* tables (tables.rs)
-//!        └── counters (metrics.rs) ◄── frontends: connections, requests ──► /metrics
+//!  scheduler state ──snapshot──► status::model (QuerySummary, QueryDetail, Executor) ──► REST / UI
+//!        │                                   └──► system.* tables (status/tables.rs)
+//!        └── counters (status/metrics.rs) ◄── frontends: connections, requests ──► /metrics
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,14 +20,9 @@ use crate::access::AccessControl;
 use crate::error::{Error, Result};
 use crate::scheduler::{SchedulerHandle, SnapshotRequest};
 
-pub mod metrics;
-pub mod model;
-pub(crate) mod tables;
-
-pub use metrics::{ConnectionGuard, Metrics};
-pub use model::{
-    Cluster, Executor, ExecutorState, FrontendSessions, Operator, QueryDetail, QuerySummary, Stage,
-    State, Task,
+pub use crate::status::{
+    Cluster, ConnectionGuard, Executor, ExecutorState, FrontendSessions, Metrics, Operator,
+    QueryDetail, QuerySummary, Stage, State, Task,
 };
 
 /// The frontend of sessions made by the engine's own callers (the benchmark, tests).
