@@ -64,6 +64,8 @@ pub struct Metrics {
     connections_opened: Family<FrontendLabels, Counter>,
     connections_refused: Family<FrontendLabels, Counter>,
     requests: Family<FrontendLabels, Counter>,
+    /// One scrape at a time: each resets the gauges it sets.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -95,6 +97,7 @@ impl Metrics {
             connections_opened: Family::default(),
             connections_refused: Family::default(),
             requests: Family::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -267,6 +270,7 @@ impl Metrics {
     /// Sets the gauges from what the scheduler holds now and encodes every metric in the
     /// OpenMetrics text format.
     pub(crate) fn encode(&self, queries: &[QuerySummary], executors: &[Executor]) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.queries.clear();
         for query in queries {
             self.queries
