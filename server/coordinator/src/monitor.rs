@@ -163,16 +163,22 @@ impl Monitor {
     /// Stops a queued or running query, as a Postgres cancel request would: its client gets
     /// SQLSTATE 57014. Only its own user or a superuser may; others are told it does not exist.
     pub async fn cancel(&self, requester: &str, query_id: &str) -> Result<Cancelled> {
-        let Some(query) = self.query(requester, query_id).await? else {
-            return Err(Error::UndefinedObject(format!(
-                "query {query_id} does not exist"
-            )));
-        };
+        let missing = || Error::UndefinedObject(format!("query {query_id} does not exist"));
+        let id = QueryId::parse(query_id).ok_or_else(missing)?;
+        // Its summary is enough to know whose it is and whether it still runs.
+        let snapshot = self
+            .scheduler
+            .snapshot(SnapshotRequest::summary(id.clone()))
+            .await?;
+        let all = self.sees_all(requester);
+        let query = snapshot
+            .queries
+            .into_iter()
+            .find(|q| all || q.summary.user == requester)
+            .ok_or_else(missing)?;
         if query.summary.state.is_final() {
             return Ok(Cancelled::AlreadyEnded);
         }
-        let id = QueryId::parse(query_id)
-            .ok_or_else(|| Error::UndefinedObject(format!("query {query_id} does not exist")))?;
         Ok(if self.scheduler.cancel(id).await? {
             Cancelled::Stopped
         } else {

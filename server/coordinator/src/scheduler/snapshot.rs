@@ -52,6 +52,14 @@ impl SnapshotRequest {
         }
     }
 
+    /// One query's summary: who ran it and whether it still runs.
+    pub(crate) fn summary(id: QueryId) -> Self {
+        Self {
+            query: Some(id),
+            ..Self::summaries()
+        }
+    }
+
     /// Executors only.
     pub(crate) fn executors() -> Self {
         Self {
