@@ -16,4 +16,7 @@ pub struct HttpConfig {
     /// Whether `/metrics` may be scraped without credentials when `auth.method` is not trust
     /// (the UI and `/api/v1` always ask for them then).
     pub metrics_without_auth: bool,
+    /// HTTP connections open at once; more wait until one closes. A connection that sends
+    /// nothing for a minute is closed.
+    pub max_connections: usize,
 }

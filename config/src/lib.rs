@@ -9,8 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
+mod history;
 mod http;
 mod kubernetes;
+pub use history::HistoryConfig;
 pub use http::HttpConfig;
 pub use kubernetes::KubernetesConfig;
 
@@ -90,6 +92,8 @@ pub struct EmberConfig {
     pub kubernetes: KubernetesConfig,
     /// `[http]`: the web UI, REST API and Prometheus metrics.
     pub http: HttpConfig,
+    /// `[history]`: the event log and the history of finished queries.
+    pub history: HistoryConfig,
     /// `[tpch]`: generated TPC-H sample data.
     pub tpch: TpchConfig,
 }
@@ -581,6 +585,12 @@ impl EmberConfig {
         };
         if self.http.refresh_ms < 200 {
             return Err(invalid("http.refresh_ms", "must be at least 200"));
+        }
+        if self.history.retention_hours == 0 {
+            return Err(invalid("history.retention_hours", "must be at least 1"));
+        }
+        if self.history.max_queries == 0 {
+            return Err(invalid("history.max_queries", "must be at least 1"));
         }
         if !self.auth.cluster_secret.is_empty() && self.auth.cluster_secret.len() < 16 {
             return Err(invalid(

@@ -28,6 +28,8 @@ use crate::cluster::{ClusterManagerService, ExecutorLimits};
 use crate::cluster_manager::{AllocationPolicy, Allocations, Allocator, ClusterManager};
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
+use crate::history::{EventLog, History};
+use crate::monitor::Monitor;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::standalone::Workers;
 use crate::status::Metrics;
@@ -75,8 +77,12 @@ impl Coordinator {
             .write()
             .register_file_format(Arc::new(FloatSafeParquetFactory::default()), true)?;
         let metrics = Arc::new(Metrics::new());
-        let (scheduler, handle) =
+        let (mut scheduler, handle) =
             Scheduler::new(SchedulerConfig::from_config(config), Arc::clone(&metrics));
+        let history = History::open(&config.coordinator.data_dir, &config.history)?;
+        if let Some(history) = &history {
+            scheduler = scheduler.with_event_log(EventLog::start(Arc::clone(history))?);
+        }
         let catalog = ctx
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
@@ -104,6 +110,14 @@ impl Coordinator {
                 config.coordinator.max_executors,
             )
         });
+        let monitor = Monitor::new(
+            handle.clone(),
+            Arc::clone(&access),
+            metrics,
+            Arc::default(),
+            history,
+            serde_json::to_value(config).unwrap_or_default(),
+        );
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir, access)?);
         store.restore(&ctx.state(), DEFAULT_CATALOG).await?;
         let engine = Arc::new(QueryEngine::new(
@@ -112,8 +126,7 @@ impl Coordinator {
             fetcher,
             store,
             allowed_paths,
-            metrics,
-            serde_json::to_value(config).unwrap_or_default(),
+            monitor,
         )?);
         Ok(Self {
             engine,

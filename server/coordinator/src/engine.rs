@@ -50,20 +50,11 @@ impl QueryEngine {
         fetcher: Arc<FlightShuffleFetcher>,
         catalog: Arc<CatalogStore>,
         allowed_paths: AllowedPaths,
-        metrics: Arc<crate::status::Metrics>,
-        configuration: serde_json::Value,
+        monitor: crate::monitor::Monitor,
     ) -> Result<Self> {
         ember_planner::functions::register(&mut base_state)?;
-        let open_sessions = Arc::new(crate::monitor::Sessions::default());
-        let monitor = crate::monitor::Monitor::new(
-            scheduler.clone(),
-            Arc::clone(catalog.access()),
-            metrics,
-            Arc::clone(&open_sessions),
-            configuration,
-        );
         Ok(Self {
-            open_sessions,
+            open_sessions: Arc::clone(monitor.sessions()),
             monitor,
             native: Arc::new(DataFusionDialect::new(base_state.clone())),
             base_state,

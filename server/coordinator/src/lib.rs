@@ -30,6 +30,7 @@ pub mod declared;
 pub mod engine;
 pub mod error;
 mod explain_analyze;
+mod history;
 pub mod ingest;
 mod join_fallback;
 pub mod monitor;

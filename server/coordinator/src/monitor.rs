@@ -7,9 +7,10 @@
 //!  scheduler state ──snapshot──► status::model (QuerySummary, QueryDetail, Executor) ──► REST / UI
 //!        │                                   └──► system.* tables (status/tables.rs)
 //!        └── counters (status/metrics.rs) ◄── frontends: connections, requests ──► /metrics
+//!  event log (history/) ──► finished queries the scheduler no longer holds, after a restart too
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use ember_planner::ids::QueryId;
 
 use crate::access::AccessControl;
 use crate::error::{Error, Result};
+use crate::history::History;
 use crate::scheduler::{SchedulerHandle, SnapshotRequest};
 
 pub use crate::status::{
@@ -35,6 +37,8 @@ pub struct Monitor {
     access: Arc<AccessControl>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
+    /// Finished queries from the event log (none if `history.enabled` is off).
+    history: Option<Arc<History>>,
     started_at: DateTime<Utc>,
     started: Instant,
     configuration: Arc<serde_json::Value>,
@@ -63,6 +67,7 @@ impl Monitor {
         access: Arc<AccessControl>,
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
+        history: Option<Arc<History>>,
         configuration: serde_json::Value,
     ) -> Self {
         Self {
@@ -70,10 +75,16 @@ impl Monitor {
             access,
             metrics,
             sessions,
+            history,
             started_at: Utc::now(),
             started: Instant::now(),
             configuration: Arc::new(mask_secrets(configuration)),
         }
+    }
+
+    /// The sessions open now, which sessions add themselves to.
+    pub(crate) fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// The counters frontends move (connections, requests).
@@ -86,34 +97,56 @@ impl Monitor {
         self.access.is_superuser(role)
     }
 
-    /// The queries `viewer` may see (all for a superuser, else its own), newest first.
+    /// The queries `viewer` may see (all for a superuser, else its own), newest first: those
+    /// the scheduler holds, and the finished ones of the event log's history.
     pub async fn queries(&self, viewer: &str) -> Result<Vec<QuerySummary>> {
         let snapshot = self
             .scheduler
             .snapshot(SnapshotRequest::summaries())
             .await?;
+        let mut queries: Vec<QuerySummary> =
+            snapshot.queries.into_iter().map(|q| q.summary).collect();
+        if let Some(history) = &self.history {
+            let live: HashSet<String> = queries.iter().map(|q| q.query_id.clone()).collect();
+            queries.extend(
+                history
+                    .summaries()
+                    .into_iter()
+                    .filter(|q| !live.contains(&q.query_id)),
+            );
+        }
         let all = self.sees_all(viewer);
-        let mut queries: Vec<QuerySummary> = snapshot
-            .queries
-            .into_iter()
-            .map(|q| q.summary)
-            .filter(|q| all || q.user == viewer)
-            .collect();
+        queries.retain(|q| all || q.user == viewer);
         queries.sort_by_key(|q| std::cmp::Reverse(q.submitted_at));
         Ok(queries)
     }
 
-    /// One query with its stages, tasks and operator metrics, if `viewer` may see it.
+    /// One query with its stages, tasks and operator metrics, if `viewer` may see it: as the
+    /// scheduler holds it, else as the event log recorded it.
     pub async fn query(&self, viewer: &str, query_id: &str) -> Result<Option<QueryDetail>> {
         let Some(id) = QueryId::parse(query_id) else {
             return Ok(None);
         };
-        let snapshot = self.scheduler.snapshot(SnapshotRequest::query(id)).await?;
+        let snapshot = self
+            .scheduler
+            .snapshot(SnapshotRequest::query(id.clone()))
+            .await?;
         let all = self.sees_all(viewer);
-        Ok(snapshot
-            .queries
-            .into_iter()
-            .find(|q| all || q.summary.user == viewer))
+        let detail = match snapshot.queries.into_iter().next() {
+            Some(live) => Some(live),
+            None => match &self.history {
+                Some(history) => {
+                    let history = Arc::clone(history);
+                    tokio::task::spawn_blocking(move || history.detail(&id))
+                        .await
+                        .map_err(|e| {
+                            Error::Unavailable(format!("reading the query history: {e}"))
+                        })??
+                }
+                None => None,
+            },
+        };
+        Ok(detail.filter(|q| all || q.summary.user == viewer))
     }
 
     /// Every executor the coordinator knows (lost ones for a while), by id.
@@ -171,12 +204,19 @@ impl Monitor {
             .snapshot(SnapshotRequest::summary(id.clone()))
             .await?;
         let all = self.sees_all(requester);
-        let query = snapshot
-            .queries
-            .into_iter()
-            .find(|q| all || q.summary.user == requester)
-            .ok_or_else(missing)?;
-        if query.summary.state.is_final() {
+        let summary = match snapshot.queries.into_iter().next() {
+            Some(live) => live.summary,
+            // A query of the history has ended.
+            None => self
+                .history
+                .as_ref()
+                .and_then(|h| h.summary(id.as_str()))
+                .ok_or_else(missing)?,
+        };
+        if !(all || summary.user == requester) {
+            return Err(missing());
+        }
+        if summary.state.is_final() {
             return Ok(Cancelled::AlreadyEnded);
         }
         Ok(if self.scheduler.cancel(id).await? {

@@ -24,6 +24,7 @@ use tracing::info;
 mod api;
 mod assets;
 mod auth;
+mod listener;
 
 pub use api::{API_PREFIX, ApiDoc};
 
@@ -40,6 +41,7 @@ struct AppState {
 pub struct HttpServer {
     listener: TcpListener,
     router: Router,
+    max_connections: usize,
 }
 
 impl HttpServer {
@@ -54,6 +56,7 @@ impl HttpServer {
         Self {
             listener,
             router: router(state),
+            max_connections: config.http.max_connections,
         }
     }
 
@@ -62,7 +65,12 @@ impl HttpServer {
         if let Ok(addr) = self.listener.local_addr() {
             info!(%addr, "web UI, REST API and metrics listening");
         }
-        if let Err(error) = axum::serve(self.listener, self.router)
+        let listener = listener::LimitedListener::new(
+            self.listener,
+            self.max_connections,
+            listener::IDLE_TIMEOUT,
+        );
+        if let Err(error) = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
         {

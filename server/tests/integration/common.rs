@@ -86,6 +86,8 @@ fn spawn_coordinator(
         .args(["--tpch", &tpch_scale.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
+        // The data dir is shared by the tests; each cluster's event log is its own.
+        .env("EMBER_HISTORY_DIR", log_dir.join("events"))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)

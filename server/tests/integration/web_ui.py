@@ -1,8 +1,10 @@
 """Drives Ember's web UI in headless Chromium (selenium + chromedriver), for web_ui.rs.
 
 Arguments: a JSON object with base_url, finished (query id, stages, tasks), long (query id),
-executors (expected live count) and screenshots (a directory). Prints what it saw as one JSON
-line; any failed check raises, so the process exits non-zero with the reason.
+executors (expected live count) and screenshots (a directory); with "history": true, only the
+finished query is looked at (after a restart, from the event log) and the screenshots are named
+history-*. Prints what it saw as one JSON line; any failed check raises, so the process exits
+non-zero with the reason.
 """
 
 import json
@@ -51,11 +53,15 @@ def wait(what, condition, timeout=20):
         raise AssertionError(f"timed out waiting for {what}") from error
 
 
+history = args.get("history", False)
+
+
 def shot(name):
-    driver.save_screenshot(os.path.join(shots, name + ".png"))
+    prefix = "history-" if history else ""
+    driver.save_screenshot(os.path.join(shots, prefix + name + ".png"))
 
 
-try:
+def check_finished_query():
     finished = args["finished"]
     # The query list shows the finished query.
     driver.get(base + "/#/queries")
@@ -96,6 +102,9 @@ try:
          and all(r.get_attribute("data-stage-id") == first
                  for r in driver.find_elements(By.CSS_SELECTOR, "#tasks-table tr.task-row")))
 
+
+
+def check_live_pages():
     # A long query's progress moves while its page is open.
     long_id = args["long"]["id"]
     driver.get(base + f"/#/query/{long_id}")
@@ -132,6 +141,12 @@ try:
     wait("the cluster page", lambda: driver.find_elements(By.CSS_SELECTOR, "#cluster-table"))
     wait("the sessions of the pgwire frontend", lambda: "pgwire" in driver.find_element(By.ID, "main").text)
     shot("cluster")
+
+
+try:
+    check_finished_query()
+    if not history:
+        check_live_pages()
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
 finally:

@@ -237,14 +237,14 @@ async fn start_long_query(
     tokio::spawn(async move { client.simple_query(&long_query()).await })
 }
 
-/// The three parts share one cluster's generated data; they run one after another.
+/// The four parts share one cluster's generated data; they run one after another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_ui_rest_api_metrics_and_browser() {
-    let cluster = ProcessCluster::start(2, SCALE, &tpch_data_dir(SCALE));
+    let mut cluster = ProcessCluster::start(2, SCALE, &tpch_data_dir(SCALE));
     let client = cluster.connect(2).await;
     rest_api_and_metrics_follow_queries(&cluster, &client).await;
-    the_web_ui_in_a_real_browser(&cluster, &client).await;
-    drop(client);
+    let (finished, cancelled) = the_web_ui_in_a_real_browser(&cluster, &client).await;
+    history_after_a_restart(&mut cluster, client, &finished, &cancelled).await;
     drop(cluster);
     credentials_and_who_may_cancel().await;
 }
@@ -401,7 +401,11 @@ async fn rest_api_and_metrics_follow_queries(
     assert!(scan_rows > 0, "{analyzed:?}");
 }
 
-async fn the_web_ui_in_a_real_browser(cluster: &ProcessCluster, client: &tokio_postgres::Client) {
+/// Returns the finished query's id, with its stage and task counts, and the cancelled one's.
+async fn the_web_ui_in_a_real_browser(
+    cluster: &ProcessCluster,
+    client: &tokio_postgres::Client,
+) -> ((String, usize, usize), String) {
     let (finished, stages, tasks) = query_counts(client, "l_orderkey").await;
     let long = start_long_query(cluster.pg_port, "ember", "").await;
     let long_id = running_query(client, "l_suppkey % 7").await;
@@ -441,6 +445,121 @@ async fn the_web_ui_in_a_real_browser(cluster: &ProcessCluster, client: &tokio_p
             "screenshot {shot}"
         );
     }
+    ((finished, stages, tasks), long_id)
+}
+
+/// After the coordinator is killed and started again, finished queries show with the same
+/// detail from the event log (REST and browser), and one that was running shows as ended by
+/// the restart.
+async fn history_after_a_restart(
+    cluster: &mut ProcessCluster,
+    client: tokio_postgres::Client,
+    finished: &(String, usize, usize),
+    cancelled: &str,
+) {
+    let port = cluster.http_port;
+    let detail = |id: String| async move {
+        let answer = http(port, "GET", &format!("/api/v1/queries/{id}"), None, &[]).await;
+        assert_eq!(answer.status, 200, "{id}: {}", answer.body);
+        answer.json()
+    };
+    let before = [
+        detail(finished.0.clone()).await,
+        detail(cancelled.to_string()).await,
+    ];
+    assert_eq!(before[1]["state"], "cancelled");
+    // One is running when the coordinator is killed.
+    let running = start_long_query(cluster.pg_port, "ember", "").await;
+    let interrupted = running_query(&client, "l_suppkey % 7").await;
+    assert_ne!(interrupted, cancelled);
+    drop(client);
+    cluster.restart_coordinator();
+    let _client = cluster.connect(2).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the interrupted query's client hears of it")
+        .expect("query task");
+    assert!(outcome.is_err(), "the query ran on past the kill");
+
+    // The same stages, tasks, operators and times, read back from the event log.
+    let after = [
+        detail(finished.0.clone()).await,
+        detail(cancelled.to_string()).await,
+    ];
+    assert_eq!(before[0], after[0], "the finished query's detail changed");
+    assert_eq!(before[1], after[1], "the cancelled query's detail changed");
+    let ended = detail(interrupted.clone()).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["sqlstate"], "57P01", "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("coordinator stopped")),
+        "{ended}"
+    );
+    assert!(
+        ended["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .flat_map(|s| s["tasks"].as_array().expect("tasks"))
+            .all(|t| t["state"] != "running"),
+        "nothing still runs in a query the restart ended: {ended}"
+    );
+    let listed = http(port, "GET", "/api/v1/queries", None, &[]).await.json();
+    for id in [finished.0.as_str(), cancelled, interrupted.as_str()] {
+        assert!(
+            listed
+                .as_array()
+                .expect("a list")
+                .iter()
+                .any(|q| q["query_id"] == id),
+            "{id} is not listed after the restart"
+        );
+    }
+    // A query of the history has ended: a cancel is a conflict.
+    let cancel = http(
+        port,
+        "POST",
+        &format!("/api/v1/queries/{cancelled}/cancel"),
+        None,
+        &[("X-Requested-By", "test")],
+    )
+    .await;
+    assert_eq!(cancel.status, 409, "{}", cancel.body);
+
+    // The log itself: JSON lines from submission to the end.
+    let log = std::fs::read_to_string(
+        cluster
+            .dir
+            .path()
+            .join("events")
+            .join(format!("{}.jsonl", finished.0)),
+    )
+    .expect("the finished query's event log");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is a JSON object"))
+        .collect();
+    assert_eq!(events[0]["event"], "query_submitted");
+    assert_eq!(events.last().expect("events")["event"], "query_ended");
+    for kind in ["task_started", "task_ended", "stage_started", "stage_ended"] {
+        assert!(events.iter().any(|e| e["event"] == kind), "no {kind} event");
+    }
+
+    // The browser shows it as before: one DAG node per stage, one row per task.
+    let screenshots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
+    let args = serde_json::json!({
+        "base_url": format!("http://127.0.0.1:{port}"),
+        "finished": {"id": finished.0, "stages": finished.1, "tasks": finished.2},
+        "history": true,
+        "screenshots": screenshots,
+    });
+    let seen = run_python(&[script("web_ui.py").display().to_string(), args.to_string()]).await;
+    let seen: serde_json::Value = serde_json::from_str(&seen).expect("what the browser saw");
+    assert_eq!(seen["stage_nodes"], finished.1);
+    assert_eq!(seen["task_rows"], finished.2);
+    assert!(screenshots.join("history-query.png").exists());
 }
 
 /// Under password authentication: no credentials, or wrong ones, get a Basic challenge; a user

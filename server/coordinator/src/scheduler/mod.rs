@@ -11,6 +11,7 @@
 //! lock is ever held across the scheduling logic.
 
 mod decommission;
+mod events;
 mod placement;
 mod recovery;
 pub(crate) mod snapshot;
@@ -37,6 +38,7 @@ pub(crate) use state::{ExecutorInfo, ExecutorStatus, ExecutorTx, Submission};
 use state::{ExecutorState, QueryState, Status};
 
 use crate::error::Error;
+use crate::history::EventLog;
 use crate::output::ResultEvent;
 use crate::status::Metrics;
 
@@ -299,6 +301,8 @@ pub(crate) struct Scheduler {
     /// Since when no executor has been alive.
     no_executor_since: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// Writes each query's transitions to the event log, when there is one.
+    events: Option<events::EventRecorder>,
 }
 
 impl Scheduler {
@@ -323,8 +327,27 @@ impl Scheduler {
             assignments: 0,
             no_executor_since: Some(Instant::now()),
             metrics,
+            events: None,
         };
         (scheduler, handle)
+    }
+
+    /// Logs every query's transitions to `log`.
+    pub(crate) fn with_event_log(mut self, log: EventLog) -> Self {
+        self.events = Some(events::EventRecorder::new(log));
+        self
+    }
+
+    /// Logs what moved in the queries that may have moved.
+    fn record_events(&mut self) {
+        let Some(recorder) = &mut self.events else {
+            return;
+        };
+        for query in &self.running {
+            if recorder.may_have_moved(query) {
+                recorder.record(query);
+            }
+        }
     }
 
     /// Processes events until every handle is dropped or `shutdown` fires.
@@ -354,6 +377,7 @@ impl Scheduler {
                 }
             }
             self.schedule();
+            self.record_events();
         }
         for query in std::mem::take(&mut self.running) {
             if let Some(tx) = &query.results_tx {
@@ -704,14 +728,21 @@ impl Scheduler {
             query.submitted_instant.elapsed().as_secs_f64(),
         );
         info!(%query_id, %error, "query ended");
+        let now = query.finished_at;
         for stage in &mut query.stages {
             for task in &mut stage.tasks {
                 if !task.status.is_final() {
+                    if task.status == Status::Running {
+                        task.finished_at = now;
+                    }
                     task.status = Status::Cancelled;
                 }
                 task.speculative = None;
             }
             if !stage.status.is_final() {
+                if stage.started_at.is_some() {
+                    stage.finished_at = now;
+                }
                 stage.status = query.status;
             }
         }
@@ -801,6 +832,9 @@ impl Scheduler {
                 // is written off at its next launch, and a new session starts without files.
                 let _ = executor.tx.try_send(Ok(release.clone()));
             }
+        }
+        if let Some(recorder) = &mut self.events {
+            recorder.released(&query);
         }
         self.history.push_back(query);
         while self.history.len() > self.config.history_size {

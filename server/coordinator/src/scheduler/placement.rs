@@ -188,6 +188,7 @@ impl Scheduler {
             task.status = Status::Running;
             task.executor = Some(executor_id.clone());
             task.started_at = Some(SystemTime::now());
+            task.finished_at = None;
             task.started_instant = Some(Instant::now());
             debug!(task = %attempt, %executor_id, "task launched");
         }

@@ -8,7 +8,10 @@ use datafusion::physical_plan::{ExecutionPlan, displayable};
 use ember_planner::ids::QueryId;
 
 use super::state::{ExecutorState, QueryState, StageState, Status, TaskState};
-use crate::status::model::{Executor, Operator, QueryDetail, QuerySummary, Stage, Task};
+use crate::history::{StagePlan, StageProgress};
+use crate::status::model::{
+    Executor, Operator, QueryDetail, QuerySummary, Stage, Task, critical_path, millis_between,
+};
 
 /// What a snapshot copies.
 #[derive(Debug, Clone)]
@@ -105,15 +108,8 @@ impl Snapshot {
     }
 }
 
-fn time(t: SystemTime) -> DateTime<Utc> {
+pub(super) fn time(t: SystemTime) -> DateTime<Utc> {
     DateTime::<Utc>::from(t)
-}
-
-fn millis_between(start: Option<SystemTime>, end: Option<SystemTime>) -> Option<u64> {
-    let end = end.unwrap_or_else(SystemTime::now);
-    start
-        .and_then(|s| end.duration_since(s).ok())
-        .map(|d| d.as_millis() as u64)
 }
 
 fn executor(e: &ExecutorState) -> Executor {
@@ -144,7 +140,26 @@ fn count(tasks: &[TaskState], status: Status) -> u32 {
 }
 
 fn query(q: &QueryState, request: &SnapshotRequest) -> QueryDetail {
-    let summary = QuerySummary {
+    let summary = summary(q);
+    if !request.stages {
+        return QueryDetail {
+            summary,
+            stages: vec![],
+            critical_path: vec![],
+        };
+    }
+    let stages: Vec<Stage> = q.stages.iter().map(|s| stage(q, s, request)).collect();
+    let critical_path = critical_path(&stages);
+    QueryDetail {
+        summary,
+        stages,
+        critical_path,
+    }
+}
+
+/// What the query list shows of a query.
+pub(super) fn summary(q: &QueryState) -> QuerySummary {
+    QuerySummary {
         query_id: q.id.to_string(),
         state: q.status,
         sql: q.sql.clone(),
@@ -177,51 +192,79 @@ fn query(q: &QueryState, request: &SnapshotRequest) -> QueryDetail {
         duration_ms: millis_between(Some(q.submitted_at), q.finished_at).unwrap_or(0),
         error: q.error.clone(),
         sqlstate: q.sqlstate.clone(),
-    };
-    if !request.stages {
-        return QueryDetail {
-            summary,
-            stages: vec![],
-            critical_path: vec![],
-        };
     }
-    let stages: Vec<Stage> = q.stages.iter().map(|s| stage(q, s, request)).collect();
-    let critical_path = critical_path(&stages);
-    QueryDetail {
-        summary,
-        stages,
-        critical_path,
+}
+
+/// What a stage is, apart from how far it got: its kind, inputs, partitioning, tasks and plan
+/// (the event log records it once, when its query is submitted).
+pub(super) fn stage_plan(q: &QueryState, s: &StageState) -> StagePlan {
+    let planned = q.graph.stage(s.id);
+    let mut descriptions = vec![];
+    describe(planned.plan.as_ref(), &mut descriptions);
+    StagePlan {
+        stage_id: s.id.0,
+        kind: planned.kind.as_str().to_string(),
+        input_stages: planned.inputs.iter().map(|i| i.0).collect(),
+        output_partitioning: match planned.writer().output_partitioning() {
+            Some(p) => p.to_string(),
+            None => "single".to_string(),
+        },
+        num_tasks: s.tasks.len() as u32,
+        plan: displayable(planned.plan.as_ref()).indent(true).to_string(),
+        operators: descriptions
+            .into_iter()
+            .map(|(depth, name, description)| Operator {
+                depth,
+                name,
+                description,
+                metrics: Default::default(),
+            })
+            .collect(),
     }
+}
+
+/// How far a stage got: its state, times and operator metrics so far.
+pub(super) fn stage_progress(q: &QueryState, s: &StageState) -> StageProgress {
+    StageProgress {
+        stage_id: s.id.0,
+        state: s.status,
+        started_at: s.started_at.map(time),
+        finished_at: s.finished_at.map(time),
+        operators: operators(q, s),
+    }
+}
+
+/// The stage's operators with their metrics summed over its succeeded tasks.
+fn operators(q: &QueryState, s: &StageState) -> Vec<Operator> {
+    let mut descriptions = vec![];
+    describe(q.graph.stage(s.id).plan.as_ref(), &mut descriptions);
+    s.operators
+        .iter()
+        .enumerate()
+        .map(|(i, o)| Operator {
+            depth: o.depth,
+            name: o.name.clone(),
+            // The executors run the plan the coordinator cut; if one reported another shape,
+            // only the names it sent are shown.
+            description: descriptions
+                .get(i)
+                .filter(|(_, name, _)| *name == o.name)
+                .map_or_else(|| o.name.clone(), |(_, _, line)| line.clone()),
+            metrics: o
+                .metrics
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), *v))
+                .collect(),
+        })
+        .collect()
 }
 
 fn stage(q: &QueryState, s: &StageState, request: &SnapshotRequest) -> Stage {
     let planned = q.graph.stage(s.id);
     let (plan, operators) = if request.plans {
-        let mut descriptions = vec![];
-        describe(planned.plan.as_ref(), &mut descriptions);
-        let operators = s
-            .operators
-            .iter()
-            .enumerate()
-            .map(|(i, o)| Operator {
-                depth: o.depth,
-                name: o.name.clone(),
-                // The executors run the plan the coordinator cut; if one reported another
-                // shape, only the names it sent are shown.
-                description: descriptions
-                    .get(i)
-                    .filter(|(name, _)| *name == o.name)
-                    .map_or_else(|| o.name.clone(), |(_, line)| line.clone()),
-                metrics: o
-                    .metrics
-                    .iter()
-                    .map(|(k, (v, _))| (k.clone(), *v))
-                    .collect(),
-            })
-            .collect();
         (
             displayable(planned.plan.as_ref()).indent(true).to_string(),
-            operators,
+            operators(q, s),
         )
     } else {
         (String::new(), vec![])
@@ -251,9 +294,14 @@ fn stage(q: &QueryState, s: &StageState, request: &SnapshotRequest) -> Stage {
     }
 }
 
-/// Each operator's name and one-line description, in pre-order.
-fn describe(plan: &dyn ExecutionPlan, out: &mut Vec<(String, String)>) {
+/// Each operator's depth, name and one-line description, in pre-order.
+fn describe(plan: &dyn ExecutionPlan, out: &mut Vec<(u32, String, String)>) {
+    describe_at(plan, 0, out);
+}
+
+fn describe_at(plan: &dyn ExecutionPlan, depth: u32, out: &mut Vec<(u32, String, String)>) {
     out.push((
+        depth,
         plan.name().to_string(),
         displayable(plan)
             .one_line()
@@ -262,11 +310,11 @@ fn describe(plan: &dyn ExecutionPlan, out: &mut Vec<(String, String)>) {
             .to_string(),
     ));
     for child in plan.children() {
-        describe(child.as_ref(), out);
+        describe_at(child.as_ref(), depth + 1, out);
     }
 }
 
-fn task(t: &TaskState) -> Task {
+pub(super) fn task(t: &TaskState) -> Task {
     Task {
         partition: t.partition,
         attempt: t.attempt,
@@ -283,28 +331,4 @@ fn task(t: &TaskState) -> Task {
         error: t.error.clone(),
         sqlstate: t.sqlstate.clone(),
     }
-}
-
-/// The chain of stages the query waited on: from the result stage back through, at each step,
-/// the input that finished last (or still runs), returned first stage first.
-fn critical_path(stages: &[Stage]) -> Vec<u32> {
-    let Some(mut current) = stages.last() else {
-        return vec![];
-    };
-    let mut path = vec![current.stage_id];
-    while let Some(latest) = current
-        .input_stages
-        .iter()
-        .filter_map(|id| stages.get(*id as usize))
-        .max_by_key(|s| (s.finished_at.is_none(), s.finished_at))
-    {
-        // Stage inputs have smaller ids, so this ends; the guard keeps it so on bad input.
-        if path.contains(&latest.stage_id) {
-            break;
-        }
-        path.push(latest.stage_id);
-        current = latest;
-    }
-    path.reverse();
-    path
 }

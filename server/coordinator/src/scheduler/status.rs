@@ -193,6 +193,7 @@ impl Scheduler {
         if kind == TaskErrorKind::User {
             // Deterministic: every attempt would fail the same way.
             task.status = Status::Failed;
+            task.finished_at = Some(SystemTime::now());
             self.finish_query(
                 &query_id,
                 Err(Error::Task {
@@ -217,6 +218,7 @@ impl Scheduler {
                 }
             }
         }
+        task.finished_at = Some(SystemTime::now());
         let counted = lost_output.is_none() && kind != TaskErrorKind::ExecutorLost;
         if counted {
             task.failures += 1;

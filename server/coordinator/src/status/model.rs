@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The state of a query, a stage or a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Waiting for admission (too many queries running); queries only.
@@ -97,7 +97,7 @@ impl ExecutorState {
 }
 
 /// One query as the query list shows it (`system.queries`, `GET /api/v1/queries`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QuerySummary {
     /// The query's id.
     pub query_id: String,
@@ -193,7 +193,7 @@ pub struct Stage {
 /// One operator of a stage's plan with DataFusion's metrics (`output_rows`, `elapsed_compute`
 /// in nanoseconds, `spilled_bytes`, ...) added up over the stage's succeeded tasks: counts and
 /// times summed, gauges (memory) the largest.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Operator {
     /// How deep in the stage's plan it is (the root, the stage's writer, is 0).
     pub depth: u32,
@@ -206,7 +206,7 @@ pub struct Operator {
 }
 
 /// The latest attempt of one task (one partition of a stage).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     /// The partition it computes.
     pub partition: u32,
@@ -310,4 +310,39 @@ pub struct Cluster {
     /// The effective configuration, by section, with secrets masked.
     #[schema(value_type = Object)]
     pub configuration: serde_json::Value,
+}
+
+/// Milliseconds from `start` to `end` (or to now, while it runs); none before it starts.
+pub(crate) fn millis_between(
+    start: Option<std::time::SystemTime>,
+    end: Option<std::time::SystemTime>,
+) -> Option<u64> {
+    let end = end.unwrap_or_else(std::time::SystemTime::now);
+    start
+        .and_then(|s| end.duration_since(s).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
+/// The chain of stages the query waited on: from the result stage back through, at each step,
+/// the input that finished last (or still runs), returned first stage first.
+pub(crate) fn critical_path(stages: &[Stage]) -> Vec<u32> {
+    let Some(mut current) = stages.last() else {
+        return vec![];
+    };
+    let mut path = vec![current.stage_id];
+    while let Some(latest) = current
+        .input_stages
+        .iter()
+        .filter_map(|id| stages.get(*id as usize))
+        .max_by_key(|s| (s.finished_at.is_none(), s.finished_at))
+    {
+        // Stage inputs have smaller ids, so this ends; the guard keeps it so on bad input.
+        if path.contains(&latest.stage_id) {
+            break;
+        }
+        path.push(latest.stage_id);
+        current = latest;
+    }
+    path.reverse();
+    path
 }

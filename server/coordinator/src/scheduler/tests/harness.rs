@@ -90,10 +90,12 @@ impl SchedulerTest {
         }
     }
 
-    /// One event through the scheduler, then one scheduling round (as its loop does).
+    /// One event through the scheduler, then one scheduling round and the event log (as its
+    /// loop does).
     pub(super) fn event(&mut self, event: Event) {
         self.scheduler.handle(event);
         self.scheduler.schedule();
+        self.scheduler.record_events();
     }
 
     /// Registers executor `name` with `slots` slots.

@@ -624,3 +624,112 @@ fn a_decommissioning_executor_gets_no_tasks_finishes_its_own_and_is_drained_when
         0
     );
 }
+
+/// The event log replays into exactly what the scheduler shows of a query that failed a task,
+/// lost an executor with its outputs, ran again and succeeded.
+#[test]
+fn the_event_log_replays_into_the_detail_the_scheduler_shows() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let history_config = ember_config::HistoryConfig {
+        enabled: true,
+        dir: std::path::PathBuf::new(),
+        retention_hours: 1,
+        max_queries: 10,
+    };
+    let history = crate::history::History::open(dir.path(), &history_config)
+        .expect("the history")
+        .expect("enabled");
+    let log = crate::history::EventLog::start(std::sync::Arc::clone(&history)).expect("a log");
+    let mut test = SchedulerTest::new(config());
+    test.scheduler = std::mem::replace(
+        &mut test.scheduler,
+        super::Scheduler::new(config(), Default::default()).0,
+    )
+    .with_event_log(log);
+    test.executor("a", 2);
+    test.executor("b", 2);
+    let query = test.submit(two_stage_graph(3, 2));
+    let maps = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(maps.len(), 3);
+    // One map task fails and runs again; the others succeed.
+    let on = test.runs_on(&maps[0]);
+    test.fail(
+        on,
+        &maps[0],
+        execution_error(ErrorKind::Io, SqlState::IO_ERROR),
+    );
+    for attempt in &maps[1..] {
+        let on = test.runs_on(attempt);
+        test.succeed(on, attempt);
+    }
+    let retry = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(retry.len(), 1);
+    let on = test.runs_on(&retry[0]);
+    test.succeed(on, &retry[0]);
+    // The result tasks run; one executor is lost with the outputs they read.
+    let results = [test.launched("a"), test.launched("b")].concat();
+    assert_eq!(in_stage(&results, RESULT).len(), 2);
+    test.lose("b");
+    // Only `a` is left: what still runs there and what runs again finish there.
+    let a = ExecutorId("a".into());
+    let mut running: Vec<TaskAttempt> = results
+        .into_iter()
+        .filter(|r| test.scheduler.executors[&a].running.contains(r))
+        .collect();
+    let mut round = 0;
+    loop {
+        running.extend(test.launched("a"));
+        if running.is_empty() {
+            break;
+        }
+        round += 1;
+        assert!(round < 20, "the query does not finish");
+        for attempt in std::mem::take(&mut running) {
+            test.succeed("a", &attempt);
+        }
+    }
+    assert_eq!(test.status(&query), Status::Succeeded);
+    test.event(Event::Release {
+        query_id: query.clone(),
+    });
+    let live = super::Snapshot::build(
+        &super::SnapshotRequest::query(query.clone()),
+        test.scheduler.executors.values(),
+        test.scheduler.history.iter(),
+    )
+    .queries
+    .pop()
+    .expect("the query");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while history.summary(query.as_str()).is_none() {
+        assert!(Instant::now() < deadline, "the log never saw the query end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let replayed = history
+        .detail(&query)
+        .expect("the log reads")
+        .expect("the query is in the history");
+    let (live, replayed) = (
+        serde_json::to_value(&live).expect("json"),
+        serde_json::to_value(&replayed).expect("json"),
+    );
+    assert_eq!(live, replayed);
+    // The failed attempt shows in the log as a failure before its retry.
+    let log = std::fs::read_to_string(dir.path().join(format!("events/{query}.jsonl")))
+        .expect("the query's log");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(r#"{"event":"task_ended""#)
+                && l.contains(r#""state":"failed""#)
+                && l.contains(r#""sqlstate":"58030""#)),
+        "{log}"
+    );
+    assert!(
+        live["stages"][0]["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .any(|t| t["attempt"].as_u64() > Some(0)),
+        "a task ran more than once: {live}"
+    );
+}
