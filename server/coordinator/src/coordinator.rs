@@ -116,6 +116,7 @@ impl Coordinator {
             metrics,
             Arc::default(),
             history,
+            Arc::clone(&allocations),
             serde_json::to_value(config).unwrap_or_default(),
         );
         let store = Arc::new(CatalogStore::open(&config.coordinator.data_dir, access)?);

@@ -18,13 +18,14 @@ use chrono::{DateTime, Utc};
 use ember_planner::ids::QueryId;
 
 use crate::access::AccessControl;
+use crate::cluster_manager::Allocations;
 use crate::error::{Error, Result};
 use crate::history::History;
 use crate::scheduler::{SchedulerHandle, SnapshotRequest};
 
 pub use crate::status::{
-    Cluster, ConnectionGuard, Executor, ExecutorState, FrontendSessions, Metrics, Operator,
-    QueryDetail, QuerySummary, Stage, State, Task,
+    Allocation, Cluster, ConnectionGuard, Executor, ExecutorState, FrontendSessions, Metrics,
+    Operator, QueryDetail, QuerySummary, Stage, State, Task,
 };
 
 /// The frontend of sessions made by the engine's own callers (the benchmark, tests).
@@ -39,6 +40,8 @@ pub struct Monitor {
     sessions: Arc<Sessions>,
     /// Finished queries from the event log (none if `history.enabled` is off).
     history: Option<Arc<History>>,
+    /// The cluster manager's allocations.
+    allocations: Arc<Allocations>,
     started_at: DateTime<Utc>,
     started: Instant,
     configuration: Arc<serde_json::Value>,
@@ -68,6 +71,7 @@ impl Monitor {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
         history: Option<Arc<History>>,
+        allocations: Arc<Allocations>,
         configuration: serde_json::Value,
     ) -> Self {
         Self {
@@ -76,6 +80,7 @@ impl Monitor {
             metrics,
             sessions,
             history,
+            allocations,
             started_at: Utc::now(),
             started: Instant::now(),
             configuration: Arc::new(mask_secrets(configuration)),
@@ -107,6 +112,7 @@ impl Monitor {
         let mut queries: Vec<QuerySummary> =
             snapshot.queries.into_iter().map(|q| q.summary).collect();
         if let Some(history) = &self.history {
+            history.loaded().await;
             let live: HashSet<String> = queries.iter().map(|q| q.query_id.clone()).collect();
             queries.extend(
                 history
@@ -136,6 +142,7 @@ impl Monitor {
             Some(live) => Some(live),
             None => match &self.history {
                 Some(history) => {
+                    history.loaded().await;
                     let history = Arc::clone(history);
                     tokio::task::spawn_blocking(move || history.detail(&id))
                         .await
@@ -156,6 +163,31 @@ impl Monitor {
             .snapshot(SnapshotRequest::executors())
             .await?
             .executors)
+    }
+
+    /// The cluster manager's allocations whose executor has not registered, oldest id first.
+    pub async fn allocations(&self) -> Result<Vec<Allocation>> {
+        // One whose executor registered since the allocator last looked is an executor.
+        let registered: HashSet<String> = self
+            .executors()
+            .await?
+            .into_iter()
+            .filter_map(|e| e.allocation_id)
+            .collect();
+        Ok(self
+            .allocations
+            .unregistered()
+            .into_iter()
+            .filter(|(id, _)| !registered.contains(id))
+            .map(|(allocation_id, a)| Allocation {
+                allocation_id,
+                state: a.state.as_str().to_string(),
+                slots: (a.request.slots > 0).then_some(a.request.slots as u32),
+                memory_bytes: (a.request.memory > 0).then_some(a.request.memory),
+                state_ms: a.since.elapsed().as_millis() as u64,
+                reason: a.reason,
+            })
+            .collect())
     }
 
     /// The cluster as a whole: version, uptime, executors, sessions, configuration.
@@ -204,14 +236,14 @@ impl Monitor {
             .snapshot(SnapshotRequest::summary(id.clone()))
             .await?;
         let all = self.sees_all(requester);
-        let summary = match snapshot.queries.into_iter().next() {
-            Some(live) => live.summary,
+        let summary = match (snapshot.queries.into_iter().next(), &self.history) {
+            (Some(live), _) => live.summary,
             // A query of the history has ended.
-            None => self
-                .history
-                .as_ref()
-                .and_then(|h| h.summary(id.as_str()))
-                .ok_or_else(missing)?,
+            (None, Some(history)) => {
+                history.loaded().await;
+                history.summary(id.as_str()).ok_or_else(missing)?
+            }
+            (None, None) => return Err(missing()),
         };
         if !(all || summary.user == requester) {
             return Err(missing());

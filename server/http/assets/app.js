@@ -623,8 +623,10 @@ class ExecutorsView {
         <thead><tr><th>Executor</th><th>Address</th><th>State</th><th class="num">Slots</th><th class="num">Active tasks</th>
           <th>Memory used / peak / pool</th><th class="num">Disk</th><th class="num">Shuffle written</th>
           <th class="num">Tasks ok</th><th class="num">Tasks failed</th><th>Last heartbeat</th><th>Allocation</th></tr></thead>
-        <tbody></tbody></table></div>`;
+        <tbody></tbody></table></div>
+      <div id="allocations"></div>`;
     this.body = root.querySelector("tbody");
+    this.allocations = root.querySelector("#allocations");
     this.cards = root.querySelector("#executor-cards");
     this.error = root.querySelector("#error");
   }
@@ -635,8 +637,16 @@ class ExecutorsView {
   }
 
   async refresh() {
-    const executors = await api("/executors");
+    const [executors, allocations] = await Promise.all([api("/executors"), api("/allocations")]);
     this.error.hidden = true;
+    this.allocations.innerHTML = allocations.length ? `
+      <h2>Allocations not registered <span class="hint">requested of the cluster manager; their executors have not registered</span></h2>
+      <div class="table-scroll"><table class="grid" id="allocations-table">
+        <thead><tr><th>Allocation</th><th>State</th><th class="num">Slots</th><th class="num">Memory</th><th class="num">In this state</th><th>Reason</th></tr></thead>
+        <tbody>${allocations.map((a) => `<tr class="allocation-row" data-allocation-id="${esc(a.allocation_id)}">
+          <td class="mono">${esc(a.allocation_id)}</td><td>${badge(a.state)}</td>
+          <td class="num">${a.slots == null ? "any" : a.slots}</td><td class="num">${a.memory_bytes == null ? "any" : esc(fmtBytes(a.memory_bytes))}</td>
+          <td class="num">${esc(fmtMs(a.state_ms))}</td><td>${esc(a.reason || "")}</td></tr>`).join("")}</tbody></table></div>` : "";
     const live = executors.filter((e) => e.state === "alive" || e.state === "decommissioning");
     const sum = (f) => live.reduce((n, e) => n + f(e), 0);
     this.cards.innerHTML = [

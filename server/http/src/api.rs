@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ember_coordinator::monitor::{
-    Cancelled, Cluster, Executor, Operator, QueryDetail, QuerySummary, Stage, Task,
+    Allocation, Cancelled, Cluster, Executor, Operator, QueryDetail, QuerySummary, Stage, Task,
 };
 use ember_coordinator::{Error, SqlState};
 use serde::{Deserialize, Serialize};
@@ -42,9 +42,12 @@ const MAX_LIMIT: usize = 10_000;
                        user of auth.users. A user who is not a superuser sees and cancels only \
                        their own queries."
     ),
-    paths(list_queries, query_detail, cancel_query, executors, cluster, metrics, openapi),
+    paths(
+        list_queries, query_detail, cancel_query, executors, allocations, cluster, metrics,
+        openapi
+    ),
     components(schemas(
-        QuerySummary, QueryDetail, Stage, Task, Operator, Executor, Cluster, ErrorBody,
+        QuerySummary, QueryDetail, Stage, Task, Operator, Executor, Allocation, Cluster, ErrorBody,
         CancelAccepted
     )),
     tags(
@@ -62,6 +65,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/queries/{id}", get(query_detail))
         .route("/api/v1/queries/{id}/cancel", post(cancel_query))
         .route("/api/v1/executors", get(executors))
+        .route("/api/v1/allocations", get(allocations))
         .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
 }
@@ -281,6 +285,21 @@ async fn cancel_query(
 )]
 async fn executors(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Executor>>, ApiError> {
     Ok(Json(state.engine.monitor().executors().await?))
+}
+
+/// The cluster manager's allocations whose executor has not registered (requested, starting,
+/// given back or gone before it did).
+#[utoipa::path(
+    get, path = "/api/v1/allocations", tag = "cluster",
+    responses(
+        (status = 200, description = "Allocations by id", body = Vec<Allocation>),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody)
+    )
+)]
+async fn allocations(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<Allocation>>, ApiError> {
+    Ok(Json(state.engine.monitor().allocations().await?))
 }
 
 /// Version, uptime, executors and queries by state, sessions by frontend, configuration.

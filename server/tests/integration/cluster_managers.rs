@@ -56,6 +56,65 @@ async fn a_lone_coordinator_starts_its_executors_through_its_cluster_manager() {
     );
 }
 
+/// An allocation whose executor cannot register (it claims more memory than the coordinator
+/// takes) is listed by the REST API, for the executors page, with why it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_whose_executors_do_not_register_are_listed() {
+    let env = crate::common::settings(&[
+        ("EMBER_CLUSTER_MANAGER_KIND", "local"),
+        ("EMBER_CLUSTER_MANAGER_EXECUTORS", "1"),
+        ("EMBER_CLUSTER_MANAGER_EXECUTOR_MEMORY", "2147483648"),
+        ("EMBER_COORDINATOR_MAX_EXECUTOR_MEMORY", "1073741824"),
+        ("EMBER_CLUSTER_MANAGER_START_TIMEOUT_MS", "3000"),
+    ]);
+    let cluster = ProcessCluster::start_with_env(0, 0.01, &tpch_data_dir(0.01), &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut starting = false;
+    let listed = loop {
+        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", cluster.http_port)).await {
+            drop(stream);
+            let answer =
+                crate::web_ui::http(cluster.http_port, "GET", "/api/v1/allocations", None, &[])
+                    .await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let listed = answer.json();
+            starting |= listed
+                .as_array()
+                .expect("a list")
+                .iter()
+                .any(|a| a["state"] == "starting" || a["state"] == "requested");
+            // Started, refused at registration, given up after the start timeout: listed with
+            // the reason.
+            if let Some(gone) = listed
+                .as_array()
+                .expect("a list")
+                .iter()
+                .find(|a| a["state"] == "gone")
+            {
+                break gone.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no allocation was listed as gone\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        listed["allocation_id"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("local-")),
+        "{listed}"
+    );
+    assert!(starting, "never listed while it started");
+    assert_eq!(listed["memory_bytes"], 2147483648u64, "{listed}");
+    assert!(listed["reason"].is_string(), "{listed}");
+    let executors =
+        crate::web_ui::http(cluster.http_port, "GET", "/api/v1/executors", None, &[]).await;
+    assert_eq!(executors.json(), serde_json::json!([]), "none registered");
+}
+
 /// `ember worker` processes, killed when dropped.
 struct Workers(Vec<std::process::Child>);
 

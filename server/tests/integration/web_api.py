@@ -59,7 +59,11 @@ def validate(base, openapi_path, query_id):
     detail = check(f"/api/v1/queries/{query_id}", 200)
     assert detail["stages"], detail
     check("/api/v1/queries/0123456789abcdef", 404, 404)
-    check("/api/v1/executors", 200)
+    executors = check("/api/v1/executors", 200)
+    allocations = check("/api/v1/allocations", 200)
+    # Executors started by hand have no allocation; an allocation that registered is an executor.
+    registered = {e["allocation_id"] for e in executors if e["allocation_id"]}
+    assert not registered & {a["allocation_id"] for a in allocations}, (executors, allocations)
     cluster = check("/api/v1/cluster", 200)
     assert cluster["configuration"]["http"]["refresh_ms"] >= 200
     code, _, body = get(base + "/api/v1/openapi.json")

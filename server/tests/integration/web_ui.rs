@@ -30,10 +30,10 @@ const LONG_QUERY_SETTINGS: &str = "set datafusion.execution.target_partitions = 
      set datafusion.optimizer.hash_join_single_partition_threshold_rows = 0";
 
 /// An HTTP/1.1 answer: status, headers (lower-case names) and body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -44,13 +44,13 @@ impl Answer {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
 /// One request on its own connection.
-async fn http(
+pub(crate) async fn http(
     port: u16,
     method: &str,
     path: &str,

@@ -53,6 +53,8 @@ pub(crate) struct History {
     retention: Duration,
     max_queries: usize,
     index: Mutex<Index>,
+    /// Whether the logs found at start have been read into the index.
+    loaded: tokio::sync::watch::Sender<bool>,
 }
 
 /// Finished queries by id, and in the order they finished (oldest first).
@@ -102,7 +104,14 @@ impl History {
             retention: Duration::from_secs(config.retention_hours.saturating_mul(3600)),
             max_queries: config.max_queries,
             index: Mutex::default(),
+            loaded: tokio::sync::watch::Sender::new(false),
         })))
+    }
+
+    /// Waits until the logs found at start are in the index (at once, after the first time).
+    pub(crate) async fn loaded(&self) {
+        // An error means the writer is gone: what it read is all there is.
+        let _ = self.loaded.subscribe().wait_for(|loaded| *loaded).await;
     }
 
     fn lock(&self) -> MutexGuard<'_, Index> {
@@ -317,6 +326,7 @@ impl EventLog {
             .name("ember-event-log".into())
             .spawn(move || {
                 history.load();
+                history.loaded.send_replace(true);
                 write_events(&history, &rx);
             })?;
         Ok(Self { tx })

@@ -9,6 +9,6 @@ pub(crate) mod tables;
 
 pub use metrics::{ConnectionGuard, Metrics};
 pub use model::{
-    Cluster, Executor, ExecutorState, FrontendSessions, Operator, QueryDetail, QuerySummary, Stage,
-    State, Task,
+    Allocation, Cluster, Executor, ExecutorState, FrontendSessions, Operator, QueryDetail,
+    QuerySummary, Stage, State, Task,
 };

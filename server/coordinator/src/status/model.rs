@@ -279,6 +279,25 @@ pub struct Executor {
     pub allocation_id: Option<String>,
 }
 
+/// A cluster manager's request for an executor that has not registered: not yet (`requested`,
+/// `starting`), or never and given up or ended (`gone`), or given back before it did
+/// (`decommissioning`). Registered ones are executors (`GET /api/v1/executors`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Allocation {
+    /// Its id with the cluster manager; the executor registers with it.
+    pub allocation_id: String,
+    /// `requested`, `starting`, `decommissioning` or `gone`.
+    pub state: String,
+    /// Task slots asked for (none: the backend decides).
+    pub slots: Option<u32>,
+    /// Memory asked for, in bytes (none: the backend decides).
+    pub memory_bytes: Option<u64>,
+    /// Milliseconds it has been in this state.
+    pub state_ms: u64,
+    /// Why it is gone.
+    pub reason: Option<String>,
+}
+
 /// Sessions connected through one frontend.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FrontendSessions {
