@@ -9,9 +9,10 @@ use std::time::SystemTime;
 use chrono::Utc;
 use ember_planner::ids::{ExecutorId, QueryId};
 
-use super::snapshot::{stage_plan, stage_progress, summary, task};
+use super::snapshot::{stage_plan, stage_progress, summary, task, time as time_of};
 use super::state::{QueryState, Status, TaskState};
 use crate::history::{EventLog, QueryEvent};
+use crate::status::model::millis_between;
 
 /// What was last logged of a task: a change to any of it is a transition.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +21,7 @@ struct TaskKey {
     attempt: u32,
     executor: Option<ExecutorId>,
     finished_at: Option<SystemTime>,
+    attempt_failures: u32,
 }
 
 impl TaskKey {
@@ -29,6 +31,7 @@ impl TaskKey {
             attempt: t.attempt,
             executor: t.executor.clone(),
             finished_at: t.finished_at,
+            attempt_failures: t.attempt_failures,
         }
     }
 }
@@ -104,6 +107,7 @@ impl EventRecorder {
                                 attempt: 0,
                                 executor: None,
                                 finished_at: None,
+                                attempt_failures: 0,
                             })
                             .collect()
                     })
@@ -118,17 +122,20 @@ impl EventRecorder {
                     continue;
                 }
                 let stage_id = si as u32;
-                // An attempt that failed and is to run again went from running to pending in
-                // one step: its failure is logged first, on the executor it ran on.
-                if before.status == Status::Running
-                    && t.status == Status::Pending
-                    && t.error.is_some()
-                    && t.finished_at != before.finished_at
+                // An attempt that failed and runs again (or whose speculative copy carries on)
+                // moved on in one step: its failure is logged first, as the attempt it was.
+                if t.attempt_failures > before.attempt_failures
+                    && t.status != Status::Failed
+                    && let Some(failure) = &t.last_failure
                 {
                     let mut failed = task(t);
                     failed.state = Status::Failed;
-                    failed.executor_id = before.executor.as_ref().map(|e| e.to_string());
-                    failed.attempt = before.attempt;
+                    failed.attempt = failure.attempt;
+                    failed.executor_id = Some(failure.executor.to_string());
+                    failed.started_at = failure.started_at.map(time_of);
+                    failed.finished_at = Some(time_of(failure.failed_at));
+                    failed.duration_ms =
+                        millis_between(failure.started_at, Some(failure.failed_at));
                     log.append(
                         &q.id,
                         &QueryEvent::TaskEnded {

@@ -110,6 +110,18 @@ pub(crate) struct TaskState {
     pub(crate) elapsed_us: u64,
     pub(crate) error: Option<String>,
     pub(crate) sqlstate: Option<String>,
+    /// Attempts of it that failed, retried or not, and the latest of them.
+    pub(crate) attempt_failures: u32,
+    pub(crate) last_failure: Option<FailedAttempt>,
+}
+
+/// An attempt that failed: what the event log says of it.
+#[derive(Debug, Clone)]
+pub(crate) struct FailedAttempt {
+    pub(crate) attempt: u32,
+    pub(crate) executor: ExecutorId,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) failed_at: SystemTime,
 }
 
 impl TaskState {
@@ -135,6 +147,8 @@ impl TaskState {
             elapsed_us: 0,
             error: None,
             sqlstate: None,
+            attempt_failures: 0,
+            last_failure: None,
         }
     }
 

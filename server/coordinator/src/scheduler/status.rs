@@ -10,7 +10,7 @@ use ember_protocol::task_errors::TaskFailure;
 use tracing::{debug, info, warn};
 
 use super::Scheduler;
-use super::state::{QueryState, Status};
+use super::state::{FailedAttempt, QueryState, Status};
 use crate::error::{Error, TaskErrorKind};
 use crate::output::ResultEvent;
 
@@ -116,6 +116,7 @@ impl Scheduler {
         task.elapsed_us = elapsed_us;
         task.finished_at = Some(SystemTime::now());
         task.error = None;
+        task.sqlstate = None;
         task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
         task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
         task.spilled_bytes = succeeded.spilled_bytes;
@@ -190,6 +191,16 @@ impl Scheduler {
         let task = &mut query.stages[attempt.stage_id.0 as usize].tasks[attempt.partition as usize];
         task.error = Some(message.clone());
         task.sqlstate = Some(sqlstate.to_string());
+        task.attempt_failures += 1;
+        task.last_failure = Some(FailedAttempt {
+            attempt: attempt.attempt,
+            executor: executor_id.clone(),
+            started_at: match which {
+                Which::Primary => task.started_at,
+                Which::Speculative => None,
+            },
+            failed_at: SystemTime::now(),
+        });
         if kind == TaskErrorKind::User {
             // Deterministic: every attempt would fail the same way.
             task.status = Status::Failed;
