@@ -43,6 +43,8 @@ export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 # answers against docs/openapi.json).
 "$venv/bin/python" -c 'import selenium, prometheus_client, jsonschema' 2>/dev/null \
   || "$venv/bin/pip" install -q selenium prometheus-client jsonschema
+# The Python deltalake package (delta-rs), which reads and writes the Delta tables Ember shares.
+"$venv/bin/python" -c 'import deltalake' 2>/dev/null || "$venv/bin/pip" install -q deltalake
 export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
 export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 

@@ -76,6 +76,11 @@ impl Coordinator {
         ctx.state_ref()
             .write()
             .register_file_format(Arc::new(FloatSafeParquetFactory::default()), true)?;
+        // `STORED AS DELTA`: Delta tables other engines may write too.
+        ctx.state_ref()
+            .write()
+            .table_factories_mut()
+            .insert("DELTA".into(), Arc::new(ember_delta::DeltaTableFactory));
         let metrics = Arc::new(Metrics::new());
         let (mut scheduler, handle) =
             Scheduler::new(SchedulerConfig::from_config(config), Arc::clone(&metrics));

@@ -14,6 +14,7 @@ use syn::visit::Visit;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("ember-config", &[]),
     ("ember-planner", &["ember-config"]),
+    ("ember-delta", &["ember-planner"]),
     ("ember-protocol", &["ember-planner"]),
     (
         "ember-executor",
@@ -21,7 +22,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "ember-coordinator",
-        &["ember-config", "ember-planner", "ember-protocol"],
+        &[
+            "ember-config",
+            "ember-planner",
+            "ember-delta",
+            "ember-protocol",
+        ],
     ),
     (
         "ember-pgwire",

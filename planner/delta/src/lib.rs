@@ -1,0 +1,11 @@
+//! Delta Lake tables for Ember (the table format Spark's users know): a table's snapshot at a
+//! version, its files with their statistics and partition values, and commits of files that
+//! executors wrote.
+
+pub use deltalake_core;
+
+mod external;
+mod scan;
+
+pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_url};
+pub use scan::{DeltaScanTable, PartitionValues, object_store_url};
