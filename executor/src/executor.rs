@@ -153,6 +153,7 @@ type RunningTasks = Arc<Mutex<HashMap<TaskAttempt, CancellationToken>>>;
 impl Executor {
     /// An executor whose Flight service will use the already-bound `flight_listener`.
     pub fn new(options: ExecutorOptions, flight_listener: TcpListener) -> Self {
+        ember_protocol::tls::install_crypto_provider();
         let name = format!("executor-{}", &QueryId::random().as_str()[..8]);
         Self {
             name,

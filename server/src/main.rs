@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    ember_protocol::tls::install_crypto_provider();
     init_logging()?;
     let cli = ember_server::cli::Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -5,6 +5,14 @@
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// Makes ring the process's rustls crypto provider. Two are compiled in (ring, which Ember's TLS
+/// uses, and aws-lc-rs, which the Delta Lake library's HTTP client brings), so rustls cannot pick
+/// one by itself and panics when a TLS config is built without one; every role installs ring
+/// before it builds any. Installing it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A member's certificate and key, and the CA all members' certificates are signed by (PEM).
 #[derive(Clone)]
 pub struct ClusterTls {

@@ -128,11 +128,20 @@ impl DeltaScanTable {
             .collect::<Result<Vec<_>>>()?;
         let path = file.path();
         // Paths in the log are relative to the table, or (shallow clones) absolute URLs.
+        let table_url = self.table.table_url();
         let location = match Url::parse(&path) {
+            // Read through the table's store: a file of another is refused, not looked up there.
+            Ok(url)
+                if url.scheme() != table_url.scheme()
+                    || url.authority() != table_url.authority() =>
+            {
+                return Err(DataFusionError::Plan(format!(
+                    "file {path} of the Delta table at {table_url} is not in the table's storage"
+                )));
+            }
             Ok(url) => StorePath::from_url_path(url.path()).map_err(external)?,
             Err(_) => {
-                let root =
-                    StorePath::from_url_path(self.table.table_url().path()).map_err(external)?;
+                let root = StorePath::from_url_path(table_url.path()).map_err(external)?;
                 root.parts()
                     .chain(file.object_store_path().parts())
                     .collect()

@@ -62,6 +62,7 @@ impl Coordinator {
         cluster: ClusterCredentials,
         grpc_listener: TcpListener,
     ) -> Result<Self> {
+        ember_protocol::tls::install_crypto_provider();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let allowed_paths = AllowedPaths::from_config(config, &[])?;
         let runtime = RuntimeEnvBuilder::new()
