@@ -16,7 +16,7 @@ use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::{GetExt, Statistics};
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
-use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+use datafusion::datasource::file_format::parquet::{ParquetFormat, ParquetFormatFactory};
 use datafusion::datasource::file_format::{FileFormat, FileFormatFactory};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileSinkConfig, FileSource};
 use datafusion::datasource::table_schema::TableSchema;
@@ -64,6 +64,21 @@ impl FloatSafeFormat {
     pub fn new(inner: Arc<dyn FileFormat>) -> Self {
         Self { inner }
     }
+
+    /// DataFusion's parquet format with `session`'s parquet options, wrapped.
+    pub fn parquet(session: &dyn Session) -> Self {
+        Self::new(Arc::new(
+            ParquetFormat::default().with_options(session.default_table_options().parquet.clone()),
+        ))
+    }
+}
+
+/// Whether min/max statistics of `data_type` may leave NaN out (parquet's and Delta's do).
+pub fn is_float(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Float16 | DataType::Float32 | DataType::Float64
+    )
 }
 
 /// Float min/max of `statistics` become inexact: the file may hold NaN beyond them.
@@ -73,10 +88,7 @@ pub fn loosen_float_bounds(mut statistics: Statistics, schema: &SchemaRef) -> St
         .iter()
         .zip(statistics.column_statistics.iter_mut())
     {
-        if matches!(
-            field.data_type(),
-            DataType::Float16 | DataType::Float32 | DataType::Float64
-        ) {
+        if is_float(field.data_type()) {
             column.min_value = std::mem::take(&mut column.min_value).to_inexact();
             column.max_value = std::mem::take(&mut column.max_value).to_inexact();
             if matches!(column.sum_value, Precision::Exact(_)) {

@@ -8,13 +8,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableProvider;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
 use tokio::sync::Mutex;
 use url::Url;
 
+use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
 
 /// Opens the Delta table at `url` (its newest version) through the object store `session`
@@ -22,7 +22,7 @@ use crate::scan::{DeltaScanTable, object_store_url};
 pub async fn open_table(session: &dyn Session, url: &Url) -> Result<DeltaTable> {
     let store = session.runtime_env().object_store(object_store_url(url)?)?;
     DeltaTableBuilder::from_url(url.clone())
-        .map_err(external)?
+        .map_err(library_error)?
         .with_storage_backend(store, url.clone())
         .load()
         .await
@@ -46,10 +46,6 @@ pub fn table_url(location: &str) -> Result<Url> {
         url.set_path(&format!("{}/", url.path()));
     }
     Ok(url)
-}
-
-fn external(error: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
-    DataFusionError::External(Box::new(error))
 }
 
 /// Makes the providers of `STORED AS DELTA` tables.
@@ -110,11 +106,6 @@ pub struct ExternalDeltaTable {
 }
 
 impl ExternalDeltaTable {
-    /// The table's location.
-    pub fn url(&self) -> &Url {
-        &self.url
-    }
-
     /// The table as of its newest version.
     pub async fn latest(&self) -> Result<DeltaScanTable> {
         let mut table = self.table.lock().await;
@@ -130,11 +121,6 @@ impl ExternalDeltaTable {
             );
         }
         Ok(current)
-    }
-
-    /// Where its files are read from.
-    pub fn object_store_url(&self) -> Result<ObjectStoreUrl> {
-        object_store_url(&self.url)
     }
 }
 

@@ -8,4 +8,13 @@ mod external;
 mod scan;
 
 pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_url};
-pub use scan::{DeltaScanTable, PartitionValues, object_store_url};
+pub use scan::{DeltaScanTable, object_store_url};
+
+use datafusion::error::DataFusionError;
+
+/// A library error as DataFusion's.
+pub(crate) fn library_error(
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> DataFusionError {
+    DataFusionError::External(Box::new(error))
+}

@@ -2,17 +2,18 @@
 //! planned as the same parquet scan (`DataSourceExec`) any file table gets, so the distributed
 //! planner cuts and ships it like every other scan.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
-use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
@@ -25,9 +26,11 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltalake_core::DeltaTable;
-use deltalake_core::kernel::LogicalFileView;
-use ember_planner::float_stats::FloatSafeFormat;
+use deltalake_core::kernel::{LogDataHandler, LogicalFileView};
+use ember_planner::float_stats::{FloatSafeFormat, is_float};
 use url::Url;
+
+use crate::library_error;
 
 /// A Delta table as of one snapshot, read through Ember's parquet format.
 #[derive(Debug)]
@@ -43,7 +46,7 @@ pub struct DeltaScanTable {
 impl DeltaScanTable {
     /// The table as `table`'s loaded snapshot has it.
     pub fn try_new(table: DeltaTable) -> Result<Self> {
-        let snapshot = table.snapshot().map_err(external)?;
+        let snapshot = table.snapshot().map_err(library_error)?;
         let schema = snapshot.snapshot().arrow_schema();
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
         let mut file_fields = vec![];
@@ -65,16 +68,6 @@ impl DeltaScanTable {
         })
     }
 
-    /// The loaded table.
-    pub fn table(&self) -> &DeltaTable {
-        &self.table
-    }
-
-    /// The snapshot's version.
-    pub fn version(&self) -> Option<u64> {
-        self.table.version()
-    }
-
     /// Where in a file scan's output (file columns, then partition columns) each of the table's
     /// columns is.
     fn scan_index(&self, column: usize) -> usize {
@@ -94,7 +87,7 @@ impl DeltaScanTable {
 
     /// The snapshot's files that `filters` may match, with their partition values.
     fn files(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<PartitionedFile>> {
-        let snapshot = self.table.snapshot().map_err(external)?;
+        let snapshot = self.table.snapshot().map_err(library_error)?;
         let log_data = snapshot.log_data();
         let keep = match conjunction(filters.iter().cloned()) {
             Some(predicate) => {
@@ -105,7 +98,10 @@ impl DeltaScanTable {
                     .with_file_schema(Arc::clone(&self.schema))
                     .build(physical)
                 {
-                    Some(pruning) => Some(pruning.prune(&log_data)?),
+                    Some(pruning) => Some(pruning.prune(&FloatSafeStatistics {
+                        inner: &log_data,
+                        schema: &self.schema,
+                    })?),
                     None => None,
                 }
             }
@@ -139,9 +135,9 @@ impl DeltaScanTable {
                     "file {path} of the Delta table at {table_url} is not in the table's storage"
                 )));
             }
-            Ok(url) => StorePath::from_url_path(url.path()).map_err(external)?,
+            Ok(url) => StorePath::from_url_path(url.path()).map_err(library_error)?,
             Err(_) => {
-                let root = StorePath::from_url_path(table_url.path()).map_err(external)?;
+                let root = StorePath::from_url_path(table_url.path()).map_err(library_error)?;
                 root.parts()
                     .chain(file.object_store_path().parts())
                     .collect()
@@ -170,16 +166,57 @@ impl DeltaScanTable {
     }
 }
 
+/// The log's statistics, without the min/max of float columns: like parquet's, they may leave
+/// NaN out, and a bound without NaN would prune files a comparison matches.
+struct FloatSafeStatistics<'a> {
+    inner: &'a LogDataHandler<'a>,
+    schema: &'a Schema,
+}
+
+impl FloatSafeStatistics<'_> {
+    fn bounded(&self, column: &Column) -> bool {
+        self.schema
+            .field_with_name(&column.name)
+            .is_ok_and(|f| !is_float(f.data_type()))
+    }
+}
+
+impl PruningStatistics for FloatSafeStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bounded(column)
+            .then(|| self.inner.min_values(column))
+            .flatten()
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bounded(column)
+            .then(|| self.inner.max_values(column))
+            .flatten()
+    }
+
+    fn num_containers(&self) -> usize {
+        self.inner.num_containers()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.inner.null_counts(column)
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.inner.row_counts()
+    }
+
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        self.inner.contained(column, values)
+    }
+}
+
 /// A partition value as the log writes it (a string, or null), as the column's type.
 fn partition_value(data_type: &DataType, value: Option<&Option<String>>) -> Result<ScalarValue> {
     match value.and_then(|v| v.as_deref()) {
         None => ScalarValue::try_from(data_type),
         Some(text) => ScalarValue::Utf8(Some(text.to_string())).cast_to(data_type),
     }
-}
-
-fn external(error: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
-    DataFusionError::External(Box::new(error))
 }
 
 /// The object store URL (scheme and authority) a table's files are read through.
@@ -227,9 +264,7 @@ impl TableProvider for DeltaScanTable {
             ))));
         }
         let groups = FileGroup::new(files).split_files(state.config().target_partitions());
-        let format = FloatSafeFormat::new(Arc::new(
-            ParquetFormat::default().with_options(state.default_table_options().parquet.clone()),
-        ));
+        let format = FloatSafeFormat::parquet(state);
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
             .with_table_partition_cols(
                 self.partition_fields
@@ -253,6 +288,3 @@ impl TableProvider for DeltaScanTable {
         format.create_physical_plan(state, config).await
     }
 }
-
-/// Partition values by column, as a file's `add` action has them.
-pub type PartitionValues = HashMap<String, Option<String>>;

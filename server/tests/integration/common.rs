@@ -566,3 +566,15 @@ pub fn logs_in(dir: &Path) -> String {
     }
     out
 }
+
+/// The Python of the test venv (selenium, prometheus-client, jsonschema, deltalake, ...).
+pub fn python() -> String {
+    std::env::var("EMBER_TEST_PYTHON").expect(
+        "EMBER_TEST_PYTHON names the Python that scripts/test.sh installs the test packages into",
+    )
+}
+
+/// A helper script of these tests.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/integration/{name}"))
+}

@@ -4,6 +4,9 @@
       Writes version VERSION of a table partitioned by `region` into DIR: version 0 creates it
       with regions a and b, version 1 appends region c, version 2 appends more of region a.
       Ids are disjoint per write, so file statistics tell the writes apart.
+  delta_interop.py nan DIR
+      Writes a one-file table whose float column `x` holds 1.0, 2.0 and NaN (Delta's statistics
+      leave NaN out of min/max).
   delta_interop.py summary DIR
       Prints, as one JSON line, what deltalake reads: per region the row count, the sum of
       `amount` (rounded to 6 places) and the smallest and largest id, and the table's version.
@@ -66,6 +69,9 @@ def summary(path):
 
 if sys.argv[1] == "write":
     write(sys.argv[2], int(sys.argv[3]))
+elif sys.argv[1] == "nan":
+    write_deltalake(sys.argv[2], pa.table({"x": pa.array([1.0, 2.0, float("nan")], pa.float64())}))
+    print(json.dumps({"version": DeltaTable(sys.argv[2]).version()}))
 elif sys.argv[1] == "summary":
     summary(sys.argv[2])
 else:

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{ProcessCluster, rows, settings, tpch_data_dir};
+use crate::common::{ProcessCluster, python, rows, script, settings, tpch_data_dir};
 
 const SCALE: f64 = 0.01;
 
@@ -117,17 +117,6 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
     out
-}
-
-fn python() -> String {
-    std::env::var("EMBER_TEST_PYTHON").expect(
-        "EMBER_TEST_PYTHON names a Python with selenium and prometheus-client \
-         (scripts/test.sh installs them)",
-    )
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/integration/{name}"))
 }
 
 /// Runs a helper script; panics with its output unless it succeeds; returns its last line.

@@ -10,7 +10,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::Constraints;
 use datafusion::datasource::TableProvider;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
@@ -49,10 +48,10 @@ impl ManagedTable {
     }
 
     fn options(state: &dyn Session) -> Result<ListingOptions> {
-        let format =
-            ParquetFormat::default().with_options(state.default_table_options().parquet.clone());
-        let format = FloatSafeFormat::new(Arc::new(format));
-        Ok(ListingOptions::new(Arc::new(format)).with_file_extension(".parquet"))
+        Ok(
+            ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
+                .with_file_extension(".parquet"),
+        )
     }
 
     /// A listing table over exactly the manifest's files.
