@@ -40,6 +40,8 @@ impl SqlState {
     pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState(*b"25P02");
     /// `2BP01`: dependent_objects_still_exist.
     pub const DEPENDENT_OBJECTS_STILL_EXIST: SqlState = SqlState(*b"2BP01");
+    /// `40001`: serialization_failure (a transaction lost to a concurrent one).
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState(*b"40001");
     /// `34000`: invalid_cursor_name.
     pub const INVALID_CURSOR_NAME: SqlState = SqlState(*b"34000");
     /// `42000`: syntax_error_or_access_rule_violation (a statement that cannot be planned).

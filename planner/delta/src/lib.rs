@@ -4,11 +4,16 @@
 
 pub use deltalake_core;
 
+mod commit;
 mod external;
 mod scan;
 
+pub use commit::{
+    ARROW_TYPE_METADATA, CommitError, add_action, commit, create_table, delta_schema,
+    has_delta_type, reads_predicate,
+};
 pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_url};
-pub use scan::{DeltaScanTable, object_store_url};
+pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};
 
 use datafusion::error::DataFusionError;
 

@@ -6,12 +6,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
-use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
+use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::PartitionedFile;
@@ -26,28 +27,69 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltalake_core::DeltaTable;
-use deltalake_core::kernel::{LogDataHandler, LogicalFileView};
+use deltalake_core::kernel::{Action, LogDataHandler, LogicalFileView};
 use ember_planner::float_stats::{FloatSafeFormat, is_float};
 use url::Url;
 
+use crate::commit::has_delta_type;
 use crate::library_error;
 
 /// A Delta table as of one snapshot, read through Ember's parquet format.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DeltaScanTable {
     table: DeltaTable,
-    /// The table's columns in the order of its schema.
+    /// The table's columns in the order of its schema (and the file column, if asked for).
     schema: SchemaRef,
     /// Columns stored in the files, then partition columns: the order a file scan produces.
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
+    /// Only these files (paths as [`LogicalFileView::path`] gives them) are read.
+    only: Option<Arc<HashSet<String>>>,
+    /// A last column holding each row's file path.
+    file_column: Option<FieldRef>,
+}
+
+/// A file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// As [`LogicalFileView::path`] gives it: relative to the table, decoded.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its rows, if its statistics say.
+    pub rows: Option<u64>,
 }
 
 impl DeltaScanTable {
     /// The table as `table`'s loaded snapshot has it.
     pub fn try_new(table: DeltaTable) -> Result<Self> {
+        let schema = table
+            .snapshot()
+            .map_err(library_error)?
+            .snapshot()
+            .arrow_schema();
+        Self::with_schema(table, schema)
+    }
+
+    /// The table with the columns of `schema`, which must name the snapshot's columns: for
+    /// a table whose Arrow types Ember keeps (the log knows Delta's types only).
+    pub fn with_schema(table: DeltaTable, schema: SchemaRef) -> Result<Self> {
         let snapshot = table.snapshot().map_err(library_error)?;
-        let schema = snapshot.snapshot().arrow_schema();
+        let logged = snapshot.snapshot().arrow_schema();
+        let names = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        };
+        if names(&logged) != names(&schema) {
+            return Err(DataFusionError::Plan(format!(
+                "the Delta table at {} has the columns ({}), not ({})",
+                table.table_url(),
+                names(&logged).join(", "),
+                names(&schema).join(", ")
+            )));
+        }
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
         let mut file_fields = vec![];
         let mut partition_fields = vec![];
@@ -65,12 +107,74 @@ impl DeltaScanTable {
             schema,
             file_schema: Arc::new(Schema::new(file_fields)),
             partition_fields,
+            only: None,
+            file_column: None,
         })
+    }
+
+    /// The snapshot this table reads.
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// The version this table reads.
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// The same table, reading only `files`.
+    pub fn restricted_to(mut self, files: HashSet<String>) -> Self {
+        self.only = Some(Arc::new(files));
+        self
+    }
+
+    /// The same table with a last column `name` holding the path of each row's file.
+    pub fn with_file_column(mut self, name: &str) -> Self {
+        let field: FieldRef = Arc::new(Field::new(name, DataType::Utf8, false));
+        let mut fields = self.schema.fields().to_vec();
+        fields.push(Arc::clone(&field));
+        self.schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            self.schema.metadata().clone(),
+        ));
+        self.file_column = Some(field);
+        self
+    }
+
+    /// The snapshot's files that `filters` may match, by partition values and statistics.
+    pub fn matching_files(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Result<Vec<SnapshotFile>> {
+        Ok(self
+            .selected(state, filters)?
+            .into_iter()
+            .map(|file| SnapshotFile {
+                path: file.path().into_owned(),
+                size: file.size().max(0) as u64,
+                rows: file.num_records().map(|n| n as u64),
+            })
+            .collect())
+    }
+
+    /// The `remove` actions of the snapshot's files among `paths`.
+    pub fn remove_actions(&self, paths: &HashSet<String>) -> Result<Vec<Action>> {
+        let snapshot = self.table.snapshot().map_err(library_error)?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter(|file| paths.contains(file.path().as_ref()))
+            .map(|file| Action::Remove(file.remove_action(true)))
+            .collect())
     }
 
     /// Where in a file scan's output (file columns, then partition columns) each of the table's
     /// columns is.
     fn scan_index(&self, column: usize) -> usize {
+        if self.file_column.is_some() && column == self.schema.fields().len() - 1 {
+            return self.file_schema.fields().len() + self.partition_fields.len();
+        }
         let name = self.schema.field(column).name();
         match self.file_schema.index_of(name) {
             Ok(i) => i,
@@ -87,32 +191,68 @@ impl DeltaScanTable {
 
     /// The snapshot's files that `filters` may match, with their partition values.
     fn files(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<PartitionedFile>> {
+        self.selected(state, filters)?
+            .iter()
+            .map(|file| self.partitioned_file(file))
+            .collect()
+    }
+
+    /// The snapshot's files to read for `filters`.
+    fn selected(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<LogicalFileView>> {
         let snapshot = self.table.snapshot().map_err(library_error)?;
         let log_data = snapshot.log_data();
-        let keep = match conjunction(filters.iter().cloned()) {
+        // The file column says nothing statistics know.
+        let file_column = self.file_column.as_ref().map(|f| f.name().as_str());
+        let filters = filters
+            .iter()
+            .filter(|f| {
+                file_column.is_none_or(|name| !f.column_refs().iter().any(|c| c.name == name))
+            })
+            .cloned();
+        let table_schema = self.table_schema();
+        let keep = match conjunction(filters) {
             Some(predicate) => {
-                let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+                let df_schema = DFSchema::try_from(Arc::clone(&table_schema))?;
                 let physical = state.create_physical_expr(predicate, &df_schema)?;
                 // A predicate statistics cannot judge keeps every file.
                 match PruningPredicateBuilder::new()
-                    .with_file_schema(Arc::clone(&self.schema))
+                    .with_file_schema(Arc::clone(&table_schema))
                     .build(physical)
                 {
                     Some(pruning) => Some(pruning.prune(&FloatSafeStatistics {
                         inner: &log_data,
-                        schema: &self.schema,
+                        schema: &table_schema,
                     })?),
                     None => None,
                 }
             }
             None => None,
         };
-        log_data
+        Ok(log_data
             .iter()
             .enumerate()
             .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
-            .map(|(_, file)| self.partitioned_file(&file))
-            .collect()
+            .map(|(_, file)| file)
+            .filter(|file| {
+                self.only
+                    .as_ref()
+                    .is_none_or(|only| only.contains(file.path().as_ref()))
+            })
+            .collect())
+    }
+
+    /// The table's own columns (without the file column).
+    fn table_schema(&self) -> SchemaRef {
+        match &self.file_column {
+            None => Arc::clone(&self.schema),
+            Some(_) => {
+                let n = self.schema.fields().len() - 1;
+                Arc::new(Schema::new_with_metadata(
+                    self.schema.fields()[..n].to_vec(),
+                    self.schema.metadata().clone(),
+                ))
+            }
+        }
     }
 
     fn partitioned_file(&self, file: &LogicalFileView) -> Result<PartitionedFile> {
@@ -121,6 +261,11 @@ impl DeltaScanTable {
             .partition_fields
             .iter()
             .map(|field| partition_value(field.data_type(), values.get(field.name())))
+            .chain(
+                self.file_column
+                    .iter()
+                    .map(|_| Ok(ScalarValue::Utf8(Some(file.path().into_owned())))),
+            )
             .collect::<Result<Vec<_>>>()?;
         let path = file.path();
         // Paths in the log are relative to the table, or (shallow clones) absolute URLs.
@@ -149,21 +294,97 @@ impl DeltaScanTable {
         )
     }
 
-    /// The table's rows by the log's statistics (inexact: files without them count nothing).
-    fn statistics(&self) -> Statistics {
-        let rows = self
-            .table
-            .snapshot()
-            .ok()
-            .map(|s| {
-                s.log_data()
-                    .iter()
-                    .filter_map(|f| f.num_records())
-                    .sum::<usize>()
+    /// The table's statistics by its log: rows (exact when every file counts its rows), bytes
+    /// on disk, and each column's null count and bounds (inexact: the log's bounds may be
+    /// truncated or rounded outwards).
+    fn table_statistics(&self) -> Statistics {
+        let Ok(snapshot) = self.table.snapshot() else {
+            return Statistics::new_unknown(&self.schema);
+        };
+        let log_data = snapshot.log_data();
+        let (mut rows, mut bytes, mut counted) = (0usize, 0usize, true);
+        for file in log_data.iter() {
+            bytes += file.size().max(0) as usize;
+            match file.num_records() {
+                Some(n) => rows += n,
+                None => counted = false,
+            }
+        }
+        // A restricted table reads fewer files than the log's totals describe.
+        let exact = counted && self.only.is_none();
+        let stats = FloatSafeStatistics {
+            inner: &log_data,
+            schema: &self.schema,
+        };
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let column = Column::new_unqualified(field.name());
+                let mut statistics = ColumnStatistics::new_unknown();
+                if self.file_column.as_ref().is_some_and(|f| f == field) {
+                    return statistics;
+                }
+                if let Some(nulls) = stats.null_counts(&column).and_then(|a| total(&a)) {
+                    statistics.null_count = if exact {
+                        Precision::Exact(nulls)
+                    } else {
+                        Precision::Inexact(nulls)
+                    };
+                }
+                let wanted = field.data_type();
+                let bound = |values: Option<ArrayRef>, least: bool| {
+                    values
+                        .and_then(|v| extreme(&v, least))
+                        .and_then(|v| v.cast_to(wanted).ok())
+                        .map_or(Precision::Absent, Precision::Inexact)
+                };
+                statistics.min_value = bound(stats.min_values(&column), true);
+                statistics.max_value = bound(stats.max_values(&column), false);
+                statistics
             })
-            .unwrap_or(0);
-        Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(rows))
+            .collect();
+        Statistics {
+            num_rows: if exact {
+                Precision::Exact(rows)
+            } else {
+                Precision::Inexact(rows)
+            },
+            total_byte_size: Precision::Inexact(bytes),
+            column_statistics: columns,
+        }
     }
+}
+
+/// The sum of a column of per-file counts, if every file has one.
+fn total(counts: &ArrayRef) -> Option<usize> {
+    if counts.null_count() > 0 {
+        return None;
+    }
+    let counts = datafusion::arrow::compute::cast(counts, &DataType::UInt64).ok()?;
+    let counts = counts.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+    Some(counts.values().iter().map(|n| *n as usize).sum())
+}
+
+/// The least (or greatest) of per-file bounds, if every file has one.
+fn extreme(values: &ArrayRef, least: bool) -> Option<ScalarValue> {
+    if values.is_empty() || values.null_count() > 0 {
+        return None;
+    }
+    let mut best = ScalarValue::try_from_array(values, 0).ok()?;
+    for i in 1..values.len() {
+        let value = ScalarValue::try_from_array(values, i).ok()?;
+        let better = match value.partial_cmp(&best)? {
+            std::cmp::Ordering::Less => least,
+            std::cmp::Ordering::Greater => !least,
+            std::cmp::Ordering::Equal => false,
+        };
+        if better {
+            best = value;
+        }
+    }
+    Some(best)
 }
 
 /// The log's statistics, without the min/max of float columns: like parquet's, they may leave
@@ -175,9 +396,9 @@ struct FloatSafeStatistics<'a> {
 
 impl FloatSafeStatistics<'_> {
     fn bounded(&self, column: &Column) -> bool {
-        self.schema
-            .field_with_name(&column.name)
-            .is_ok_and(|f| !is_float(f.data_type()))
+        self.schema.field_with_name(&column.name).is_ok_and(|f| {
+            !is_float(f.data_type()) && !f.data_type().is_nested() && has_delta_type(f)
+        })
     }
 }
 
@@ -199,7 +420,11 @@ impl PruningStatistics for FloatSafeStatistics<'_> {
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        self.inner.null_counts(column)
+        self.schema
+            .field_with_name(&column.name)
+            .is_ok_and(|f| !f.data_type().is_nested())
+            .then(|| self.inner.null_counts(column))
+            .flatten()
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
@@ -243,7 +468,7 @@ impl TableProvider for DeltaScanTable {
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        Some(self.statistics())
+        Some(self.table_statistics())
     }
 
     async fn scan(
@@ -258,6 +483,18 @@ impl TableProvider for DeltaScanTable {
             None => (0..self.schema.fields().len()).collect(),
         };
         let files = self.files(state, filters)?;
+        let mut statistics = self.table_statistics();
+        if files.len()
+            < self
+                .table
+                .snapshot()
+                .map_err(library_error)?
+                .log_data()
+                .num_files()
+        {
+            // Pruned: the log's totals bound what the scan reads.
+            statistics = statistics.to_inexact();
+        }
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(Arc::new(
                 self.schema.project(&projection)?,
@@ -272,6 +509,7 @@ impl TableProvider for DeltaScanTable {
                     .map(|f| {
                         Arc::new(Field::new(f.name(), f.data_type().clone(), true)) as FieldRef
                     })
+                    .chain(self.file_column.iter().cloned())
                     .collect::<Vec<_>>(),
             )
             .build();
@@ -279,7 +517,7 @@ impl TableProvider for DeltaScanTable {
         let url = object_store_url(self.table.table_url())?;
         let config = FileScanConfigBuilder::new(url, source)
             .with_file_groups(groups)
-            .with_statistics(self.statistics())
+            .with_statistics(statistics)
             .with_projection_indices(Some(
                 projection.iter().map(|c| self.scan_index(*c)).collect(),
             ))?

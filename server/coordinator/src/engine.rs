@@ -11,7 +11,7 @@ use datafusion::common::TableReference;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{
     ColumnarValue, DdlStatement, Deallocate as DeallocatePlan, LogicalPlan, Statement, Volatility,
-    create_udf,
+    WriteOp, create_udf,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -333,7 +333,10 @@ impl QueryEngine {
             LogicalPlan::Explain(_) => self.explain(session, plan).await,
             LogicalPlan::Analyze(_) => self.explain_analyze(session, parsed, plan).await,
             LogicalPlan::Ddl(_) => self.execute_ddl(session, parsed, plan).await,
-            LogicalPlan::Dml(_) => self.insert(session, parsed.sql(), plan).await,
+            LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => {
+                self.insert(session, parsed.sql(), plan).await
+            }
+            LogicalPlan::Dml(_) => self.modify(session, parsed.sql(), plan).await,
             LogicalPlan::Copy(_) => self.copy(session, parsed.sql(), plan).await,
             LogicalPlan::Statement(Statement::Deallocate(_))
                 if parsed.deallocate() == Some(Deallocate::All) =>

@@ -101,6 +101,9 @@ pub enum Error {
     /// A bound parameter value that does not fit its type.
     #[error("{0}")]
     InvalidParameter(String),
+    /// A write that lost to a concurrent one on the same table.
+    #[error("{0}")]
+    SerializationFailure(String),
     /// A statement in a transaction block that already failed.
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     TransactionAborted,
@@ -189,6 +192,7 @@ impl Error {
             Error::Unavailable(_) => SqlState::INSUFFICIENT_RESOURCES,
             Error::Shutdown => SqlState::ADMIN_SHUTDOWN,
             Error::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            Error::SerializationFailure(_) => SqlState::SERIALIZATION_FAILURE,
             Error::CardinalityViolation(_) => SqlState::CARDINALITY_VIOLATION,
             Error::PermissionDenied(_) => SqlState::INSUFFICIENT_PRIVILEGE,
             Error::InvalidAuthorization(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,

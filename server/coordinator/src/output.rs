@@ -71,6 +71,12 @@ pub enum Command {
     Insert,
     /// `COPY (query) TO ...`.
     Copy,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `TRUNCATE`.
+    Truncate,
     /// `CREATE TABLE ... AS query` (and Flight SQL ingest into a new table).
     CreateTableAs,
     /// `CREATE [EXTERNAL] TABLE`.

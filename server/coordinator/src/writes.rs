@@ -4,8 +4,8 @@
 //!
 //! | target                   | commit                                                     |
 //! |--------------------------|------------------------------------------------------------|
-//! | managed table            | files moved into its directory, then the catalog's manifest |
-//! |                          | updated in one atomic write (readers see all or nothing)   |
+//! | managed table            | files moved into its directory, then one Delta transaction |
+//! |                          | adds them (readers see all or nothing)                     |
 //! | external table, COPY dir | files moved into the directory                             |
 //! | COPY to one file         | the one staged file renamed to the target                  |
 //!
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Schema, UInt64Type};
 use datafusion::common::{Constraint, SchemaError};
+use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::DataFusionError;
@@ -26,12 +27,17 @@ use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, Wri
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
+use ember_delta::CommitError;
+use ember_delta::deltalake_core::kernel::{Action, Add};
+use ember_delta::deltalake_core::protocol::{DeltaOperation, SaveMode};
 use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::access::Securable;
-use crate::catalog::{CatalogObject, ManagedEntry, ManagedFile, ManagedTable};
+use crate::catalog::{
+    CatalogObject, ManagedEntry, ManagedFile, ManagedTable, directory_sink_table,
+};
 use crate::ddl::ObjectName;
 use crate::ddl::already_exists;
 use crate::declared::{DeclaredString, TYPE_METADATA, check_column_constraints};
@@ -40,12 +46,12 @@ use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
 
-/// How long files replaced by an overwrite stay for queries that were planned before it.
-const REPLACED_FILES_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Parquet footers read at once when committing files.
+const FOOTER_READS: usize = 16;
 
 /// Where a write's files go when it commits.
-enum Target {
-    /// Into a managed table's manifest.
+pub(crate) enum Target {
+    /// Into a managed table's Delta log.
     Managed { table: ObjectName, overwrite: bool },
     /// Into the sink's directory (an external table, a new managed table, `COPY` to a
     /// directory), or renamed to the sink's one file (`COPY` to a file).
@@ -222,7 +228,7 @@ impl QueryEngine {
                 .collect::<Vec<_>>(),
             input_schema.metadata().clone(),
         ));
-        let mut entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?
+        let entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?
             .with_constraints_and_defaults(&cmd.constraints, &cmd.column_defaults)?;
         let state = session.ctx.state();
         let has_rows = !matches!(
@@ -230,14 +236,11 @@ impl QueryEngine {
             LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row
         );
         let mut rows = 0;
+        let mut files = vec![];
         if has_rows {
             let input = check_column_constraints(Arc::clone(&cmd.input), &schema)?;
             let input = state.create_physical_plan(&input).await?;
-            let table = ManagedTable::try_new(
-                entry.clone(),
-                Arc::clone(&schema),
-                &TaskContext::from(&state),
-            )?;
+            let table = directory_sink_table(&state, &entry.location, Arc::clone(&schema))?;
             let sink = datafusion::datasource::TableProvider::insert_into(
                 &table,
                 &state,
@@ -245,11 +248,10 @@ impl QueryEngine {
                 InsertOp::Append,
             )
             .await?;
-            let written = self.write(session, sql, sink, Target::Directory).await;
-            match written {
-                Ok((count, files)) => {
+            match self.write(session, sql, sink, Target::Directory).await {
+                Ok((count, written)) => {
                     rows = count;
-                    entry.files = files;
+                    files = written;
                 }
                 Err(error) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -257,6 +259,36 @@ impl QueryEngine {
                 }
             }
         }
+        let delta = async {
+            if schema.fields().is_empty() {
+                // Delta has no tables without columns; such a table holds no rows.
+                return Ok(None);
+            }
+            let url = ember_delta::table_url(&entry.location)?;
+            let store = session
+                .ctx
+                .runtime_env()
+                .object_store(ember_delta::object_store_url(&url)?)?;
+            let adds = add_actions(&store, &url, &files, &schema).await?;
+            let adds = adds
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Add(add) => Some(add),
+                    _ => None,
+                })
+                .collect();
+            let table =
+                ember_delta::create_table(store, &url, &name.name, &schema, vec![], adds).await?;
+            Ok::<_, Error>(Some(table))
+        }
+        .await;
+        let delta = match delta {
+            Ok(delta) => delta,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
+        };
         let catalog = self.base_catalog();
         let owner = session.current_role();
         let committed =
@@ -291,6 +323,7 @@ impl QueryEngine {
                                 entry.clone(),
                                 Arc::clone(&schema),
                                 &TaskContext::from(&state),
+                                delta.clone(),
                             )?),
                         )?;
                         Ok(())
@@ -317,7 +350,7 @@ impl QueryEngine {
 
     /// Runs a planned sink as a distributed write and commits it; returns the rows written and
     /// the committed files (which a new managed table records in its manifest).
-    async fn write(
+    pub(crate) async fn write(
         &self,
         session: &ClientSession,
         sql: &str,
@@ -396,87 +429,69 @@ impl QueryEngine {
         self.invalidate_listings(directory.prefix());
         if let Target::Managed { table, overwrite } = target {
             let files: Vec<ManagedFile> = moved.iter().map(|(_, f)| f.clone()).collect();
-            let replaced = self.commit_manifest(&table, files, overwrite).await;
-            match replaced {
-                Ok(old_files) if !old_files.is_empty() => {
-                    // Queries planned before the overwrite may still read the old files.
-                    let paths: Vec<StorePath> = old_files
-                        .iter()
-                        .filter_map(|f| child(directory.prefix(), &f.path).ok())
-                        .collect();
-                    let store = Arc::clone(&store);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(REPLACED_FILES_GRACE).await;
-                        delete_all(&store, paths).await;
-                    });
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    let paths = moved.iter().map(|(p, _)| p.clone()).collect();
-                    delete_all(&store, paths).await;
-                    return Err(error);
-                }
+            if let Err(error) = self.commit_write(session, &table, &files, overwrite).await {
+                let paths = moved.iter().map(|(p, _)| p.clone()).collect();
+                delete_all(&store, paths).await;
+                return Err(error);
             }
         }
         drop(guard);
         Ok((staged.rows, moved.into_iter().map(|(_, f)| f).collect()))
     }
 
-    /// Appends `files` to (or, overwriting, replaces the files of) a managed table's manifest;
-    /// returns the files an overwrite replaced.
-    async fn commit_manifest(
+    /// Commits `files` (in the table's directory) to a managed table: appended, or replacing
+    /// the files of the version the statement read.
+    async fn commit_write(
         &self,
+        session: &ClientSession,
         table: &ObjectName,
-        files: Vec<ManagedFile>,
+        files: &[ManagedFile],
         overwrite: bool,
-    ) -> Result<Vec<ManagedFile>> {
-        let catalog = self.base_catalog();
-        let (replaced, _) = self
-            .catalog
-            .update(
-                |file| {
-                    let entry = file
-                        .objects
-                        .iter_mut()
-                        .find_map(|o| match o {
-                            CatalogObject::Table(t)
-                                if t.schema == table.schema && t.name == table.name =>
-                            {
-                                Some(t)
-                            }
-                            _ => None,
-                        })
-                        .ok_or_else(|| {
-                            Error::UndefinedTable(format!(
-                                "table {table} was dropped while being written"
-                            ))
-                        })?;
-                    let replaced = if overwrite {
-                        std::mem::replace(&mut entry.files, files)
-                    } else {
-                        entry.files.extend(files);
-                        vec![]
-                    };
-                    Ok((replaced, entry.clone()))
-                },
-                |(_, entry)| {
-                    let schema = entry.arrow_schema()?;
-                    if let Some(provider) = catalog.and_then(|c| c.schema(&table.schema)) {
-                        provider.deregister_table(&table.name)?;
-                        provider.register_table(
-                            table.name.clone(),
-                            Arc::new(ManagedTable::try_new(
-                                entry.clone(),
-                                schema,
-                                &TaskContext::from(&self.base_state),
-                            )?),
-                        )?;
-                    }
-                    Ok(())
-                },
-            )
-            .await?;
-        Ok(replaced)
+    ) -> Result<()> {
+        let provider = self.managed_table(table).await?;
+        let managed = provider.downcast_ref::<ManagedTable>().ok_or_else(|| {
+            Error::UndefinedTable(format!("{table} is no longer a managed table"))
+        })?;
+        let snapshot = managed.snapshot()?;
+        let url = ember_delta::table_url(&managed.entry().location)?;
+        let store = session
+            .ctx
+            .runtime_env()
+            .object_store(ember_delta::object_store_url(&url)?)?;
+        let mut actions = add_actions(&store, &url, files, &managed.schema()).await?;
+        if overwrite {
+            let all = snapshot
+                .matching_files(&session.ctx.state(), &[])?
+                .into_iter()
+                .map(|f| f.path)
+                .collect();
+            actions.extend(snapshot.remove_actions(&all)?);
+        }
+        let operation = DeltaOperation::Write {
+            mode: if overwrite {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            },
+            partition_by: None,
+            predicate: None,
+        };
+        managed
+            .commit(&snapshot, actions, operation)
+            .await
+            .map_err(|e| commit_failure(table, e))?;
+        Ok(())
+    }
+
+    /// The provider registered for a managed table (the one commits move forward).
+    pub(crate) async fn managed_table(&self, table: &ObjectName) -> Result<Arc<dyn TableProvider>> {
+        let missing =
+            || Error::UndefinedTable(format!("table {table} was dropped while being written"));
+        let schema = self
+            .base_catalog()
+            .and_then(|c| c.schema(&table.schema))
+            .ok_or_else(missing)?;
+        schema.table(&table.name).await?.ok_or_else(missing)
     }
 
     /// Forgets cached listings at or below a written directory.
@@ -513,6 +528,53 @@ impl Staged {
             }
         }
         staged
+    }
+}
+
+/// The `add` actions of files written into the table at `url`, with the statistics their
+/// footers give (read a few at a time).
+pub(crate) async fn add_actions(
+    store: &Arc<dyn ObjectStore>,
+    url: &url::Url,
+    files: &[ManagedFile],
+    schema: &Schema,
+) -> Result<Vec<Action>> {
+    let root = StorePath::from_url_path(url.path())
+        .map_err(|e| Error::DataFusion(DataFusionError::External(Box::new(e))))?;
+    let schema = Arc::new(schema.clone());
+    // Each read owns what it needs: the futures run concurrently, held by the stream.
+    let reads: Vec<_> = files
+        .iter()
+        .map(|file| {
+            let (store, root, schema) = (Arc::clone(store), root.clone(), Arc::clone(&schema));
+            let (path, size) = (file.path.clone(), file.size);
+            async move {
+                ember_delta::add_action(
+                    store,
+                    &root,
+                    &path,
+                    size,
+                    &schema,
+                    std::collections::HashMap::new(),
+                )
+                .await
+            }
+        })
+        .collect();
+    let adds: Vec<Add> = futures::stream::iter(reads)
+        .buffered(FOOTER_READS)
+        .try_collect()
+        .await?;
+    Ok(adds.into_iter().map(Action::Add).collect())
+}
+
+/// A commit that failed: a lost race is a serialization failure the client may retry.
+pub(crate) fn commit_failure(table: &ObjectName, error: CommitError) -> Error {
+    match error {
+        CommitError::Conflict(reason) => Error::SerializationFailure(format!(
+            "could not serialize access to table {table} due to a concurrent write ({reason}); retry the statement"
+        )),
+        CommitError::Failed(error) => error.into(),
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) fn status(error: &Error) -> Status {
         | Error::DuplicatePreparedStatement(_)
         | Error::DuplicateObject(_) => Code::AlreadyExists,
         Error::DependentObjects(_) | Error::TransactionAborted => Code::FailedPrecondition,
+        // gRPC's code for a transaction that lost a race and may be retried.
+        Error::SerializationFailure(_) => Code::Aborted,
         Error::Syntax(_)
         | Error::InvalidParameter(_)
         | Error::InvalidSettingValue(_)

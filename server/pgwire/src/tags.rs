@@ -23,6 +23,9 @@ pub(crate) fn tag(outcome: &Outcome) -> String {
         // The 0 is the oid PostgreSQL once reported for single-row inserts.
         Command::Insert => format!("INSERT 0 {rows}"),
         Command::Copy => format!("COPY {rows}"),
+        Command::Update => format!("UPDATE {rows}"),
+        Command::Delete => format!("DELETE {rows}"),
+        Command::Truncate => "TRUNCATE TABLE".into(),
         Command::CreateTableAs => format!("SELECT {rows}"),
         Command::CreateTable => "CREATE TABLE".into(),
         Command::CreateView => "CREATE VIEW".into(),
@@ -68,6 +71,9 @@ mod tests {
         assert_eq!(tag(&outcome(Command::Insert, Some(5))), "INSERT 0 5");
         assert_eq!(tag(&outcome(Command::CreateTableAs, Some(7))), "SELECT 7");
         assert_eq!(tag(&outcome(Command::Copy, Some(0))), "COPY 0");
+        assert_eq!(tag(&outcome(Command::Update, Some(42))), "UPDATE 42");
+        assert_eq!(tag(&outcome(Command::Delete, Some(3))), "DELETE 3");
+        assert_eq!(tag(&outcome(Command::Truncate, None)), "TRUNCATE TABLE");
         assert_eq!(tag(&outcome(Command::CreateTable, None)), "CREATE TABLE");
         assert_eq!(
             tag(&outcome(

@@ -207,8 +207,18 @@ impl ProcessCluster {
     /// Kills the coordinator (SIGKILL: no chance to clean up) and starts a new one on the same
     /// ports and data dir; the executors reconnect by themselves.
     pub fn restart_coordinator(&mut self) {
+        self.kill_coordinator();
+        self.start_coordinator();
+    }
+
+    /// Kills the coordinator with SIGKILL.
+    pub fn kill_coordinator(&mut self) {
         let _ = self.coordinator.kill();
         let _ = self.coordinator.wait();
+    }
+
+    /// Starts a coordinator on the same ports and data dir (after [`Self::kill_coordinator`]).
+    pub fn start_coordinator(&mut self) {
         self.coordinator = spawn_coordinator(
             self.dir.path(),
             self.pg_port,

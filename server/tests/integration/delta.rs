@@ -231,3 +231,246 @@ async fn tables_deltalake_writes_are_read_over_the_cluster_at_their_newest_versi
         .expect_err("columns that are not the table's");
     assert!(message(&error).contains("columns"), "{error:?}");
 }
+
+/// The directory of managed table `name` in the warehouse of `data_dir`.
+fn table_dir(data_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    std::fs::read_dir(data_dir.join("warehouse/public"))
+        .expect("the warehouse")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}-")))
+        })
+        .unwrap_or_else(|| panic!("no directory of table {name}"))
+}
+
+async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    rows(
+        &client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+    )[0][0]
+        .clone()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_tables_are_delta_tables_that_update_and_delete_change() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
+    let mut cluster = ProcessCluster::start(2, 0.01, &data_dir);
+    let client = cluster.connect(2).await;
+    for sql in [
+        "create table li as select l_orderkey, l_linenumber, l_quantity, l_shipmode \
+         from tpch.lineitem where l_orderkey % 2 = 0",
+        "insert into li select l_orderkey, l_linenumber, l_quantity, l_shipmode \
+         from tpch.lineitem where l_orderkey % 2 = 1",
+    ] {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}\n{}", cluster.logs()));
+    }
+
+    // Row counts as PostgreSQL reports them, and the rows single-node DataFusion computes.
+    let ctx = crate::common::datafusion_tpch(0.01, &data_dir).await;
+    let deleted = client
+        .execute("delete from li where l_quantity > 40", &[])
+        .await
+        .expect("delete");
+    let updated = client
+        .execute(
+            "update li set l_quantity = l_quantity + 100 where l_shipmode = 'AIR'",
+            &[],
+        )
+        .await
+        .expect("update");
+    let expected_counts = crate::common::datafusion_rows(
+        &ctx,
+        "select count(*) filter (where l_quantity > 40), \
+         count(*) filter (where l_quantity <= 40 and l_shipmode = 'AIR') from lineitem",
+    )
+    .await;
+    assert_eq!(
+        [Some(deleted.to_string()), Some(updated.to_string())].to_vec(),
+        expected_counts[0]
+    );
+    let ember = rows(
+        &client
+            .simple_query(
+                "select l_shipmode, count(*), cast(sum(l_quantity) as bigint) from li \
+                 group by 1 order by 1",
+            )
+            .await
+            .expect("summary"),
+    );
+    let expected = crate::common::datafusion_rows(
+        &ctx,
+        "select l_shipmode, count(*), cast(sum(case when l_shipmode = 'AIR' \
+         then l_quantity + 100 else l_quantity end) as bigint) from lineitem \
+         where l_quantity <= 40 group by 1 order by 1",
+    )
+    .await;
+    assert_eq!(ember, expected);
+    // Nothing matches: nothing is rewritten or committed.
+    let none = client
+        .execute("delete from li where l_orderkey < 0", &[])
+        .await
+        .expect("delete nothing");
+    assert_eq!(none, 0);
+
+    // The Python deltalake package reads the same rows and the same history.
+    client
+        .simple_query(
+            "create table small as select cast(l_orderkey as bigint) as n from li where l_linenumber = 1",
+        )
+        .await
+        .expect("create small");
+    client
+        .simple_query("delete from small where n % 3 = 0")
+        .await
+        .expect("delete from small");
+    client
+        .simple_query("update small set n = -n where n % 3 = 1")
+        .await
+        .expect("update small");
+    let ours = rows(
+        &client
+            .simple_query("select count(*), sum(n) from small")
+            .await
+            .expect("small"),
+    );
+    let theirs = interop(&[
+        "history",
+        table_dir(&data_dir, "small").to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(
+        ours[0][0].as_deref(),
+        Some(theirs["rows"].to_string().as_str())
+    );
+    assert_eq!(
+        ours[0][1].as_deref(),
+        Some(theirs["sum"].to_string().as_str())
+    );
+    assert_eq!(
+        theirs["operations"],
+        serde_json::json!(["UPDATE", "DELETE", "CREATE TABLE"])
+    );
+
+    // Eight clients insert at once: every row arrives.
+    client
+        .simple_query("create table c (n int)")
+        .await
+        .expect("create c");
+    let mut inserts = vec![];
+    for i in 0..8 {
+        let port = cluster.pg_port;
+        inserts.push(tokio::spawn(async move {
+            let client = crate::common::connect(port).await.expect("connect");
+            for j in 0..3 {
+                client
+                    .simple_query(&format!("insert into c values ({})", i * 10 + j))
+                    .await
+                    .expect("a concurrent insert");
+            }
+        }));
+    }
+    for insert in inserts {
+        insert.await.expect("an inserting client");
+    }
+    assert_eq!(one(&client, "select count(distinct n) from c").await, "24");
+
+    // Two updates of the same rows at once: both read one version, and the second to commit
+    // loses with 40001. A pair may not overlap on its own; some pair does.
+    let mut conflicted = false;
+    for _ in 0..8 {
+        let (a, b) = (
+            crate::common::connect(cluster.pg_port).await.expect("a"),
+            crate::common::connect(cluster.pg_port).await.expect("b"),
+        );
+        let sql = "update li set l_linenumber = l_linenumber + 1 where l_orderkey < 20000";
+        let (ra, rb) = tokio::join!(a.execute(sql, &[]), b.execute(sql, &[]));
+        for result in [&ra, &rb] {
+            if let Err(error) = result {
+                let code = error.code().map(|c| c.code().to_string());
+                assert_eq!(code.as_deref(), Some("40001"), "{error}");
+                assert!(message(error).contains("retry"), "{error}");
+            }
+        }
+        assert!(
+            ra.is_ok() || rb.is_ok(),
+            "one of two conflicting updates commits"
+        );
+        if ra.is_err() || rb.is_err() {
+            conflicted = true;
+            break;
+        }
+    }
+    assert!(
+        conflicted,
+        "no pair of updates conflicted\n{}",
+        cluster.logs()
+    );
+
+    // A data dir of the earlier layout (files listed in the catalog, no log) is converted in
+    // place at start; a file its manifest does not list was never committed and goes.
+    client
+        .simple_query("create table old as select * from li where l_orderkey < 1000")
+        .await
+        .expect("create old");
+    client
+        .simple_query("insert into old select * from li where l_orderkey >= 59000")
+        .await
+        .expect("insert into old");
+    let check = "select count(*), cast(sum(l_quantity) as bigint), min(l_orderkey) from old";
+    let before = rows(&client.simple_query(check).await.expect("check old"));
+    drop(client);
+    cluster.kill_coordinator();
+    let dir = table_dir(&data_dir, "old");
+    std::fs::remove_dir_all(dir.join("_delta_log")).expect("remove the log");
+    let mut files = vec![];
+    for entry in std::fs::read_dir(&dir).expect("table dir").flatten() {
+        let name = entry.file_name().into_string().expect("UTF-8");
+        if name.ends_with(".parquet") {
+            let size = entry.metadata().expect("size").len();
+            files.push(serde_json::json!({"path": name, "size": size}));
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    let stray = dir.join("00000000000000000000-00000-uncommitted.parquet");
+    std::fs::copy(dir.join(files[0]["path"].as_str().expect("a path")), &stray)
+        .expect("a stray file");
+    let catalog_path = data_dir.join("catalog/catalog.json");
+    let mut catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&catalog_path).expect("catalog")).expect("JSON");
+    for object in catalog["objects"].as_array_mut().expect("objects") {
+        if object["name"] == "old" {
+            object["files"] = serde_json::Value::Array(files.clone());
+        }
+    }
+    std::fs::write(&catalog_path, serde_json::to_vec(&catalog).expect("JSON")).expect("write");
+    cluster.start_coordinator();
+    let client = cluster.connect(2).await;
+    let after = rows(&client.simple_query(check).await.expect("check converted"));
+    assert_eq!(before, after, "\n{}", cluster.logs());
+    assert!(dir.join("_delta_log").exists(), "no log after conversion");
+    assert!(!stray.exists(), "the uncommitted file is still there");
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&catalog_path).expect("catalog")).expect("JSON");
+    let old = catalog["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["name"] == "old")
+        .expect("old in the catalog");
+    assert!(old.get("files").is_none(), "the manifest stayed: {old}");
+    // And it changes like any other table.
+    let deleted = client
+        .execute("delete from old where l_orderkey >= 59000", &[])
+        .await
+        .expect("delete from the converted table");
+    assert!(deleted > 0);
+}

@@ -7,6 +7,9 @@
   delta_interop.py nan DIR
       Writes a one-file table whose float column `x` holds 1.0, 2.0 and NaN (Delta's statistics
       leave NaN out of min/max).
+  delta_interop.py history DIR
+      Prints, as one JSON line, the table's version, its row count, the sum of its integer
+      column `n`, and its commits' operations, newest first.
   delta_interop.py summary DIR
       Prints, as one JSON line, what deltalake reads: per region the row count, the sum of
       `amount` (rounded to 6 places) and the smallest and largest id, and the table's version.
@@ -72,6 +75,15 @@ if sys.argv[1] == "write":
 elif sys.argv[1] == "nan":
     write_deltalake(sys.argv[2], pa.table({"x": pa.array([1.0, 2.0, float("nan")], pa.float64())}))
     print(json.dumps({"version": DeltaTable(sys.argv[2]).version()}))
+elif sys.argv[1] == "history":
+    dt = DeltaTable(sys.argv[2])
+    data = dt.to_pyarrow_table()
+    print(json.dumps({
+        "version": dt.version(),
+        "rows": data.num_rows,
+        "sum": pc.sum(data.column("n")).as_py(),
+        "operations": [h["operation"] for h in dt.history()],
+    }))
 elif sys.argv[1] == "summary":
     summary(sys.argv[2])
 else:

@@ -1,14 +1,16 @@
-//! Managed tables: parquet files under the data dir whose list (the manifest) lives in the
-//! catalog. A scan reads exactly the files of the manifest it was planned with, so a write
-//! becomes visible all at once when the catalog commits the new manifest.
+//! Managed tables: Delta Lake tables under the data dir. The catalog keeps what Delta has no
+//! place for (the exact Arrow types, constraints, column defaults); the table's files and
+//! versions are its Delta log's. Executors write the files; the coordinator commits them, one
+//! Delta transaction per statement, and this table moves to the version it committed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
-use datafusion::common::Constraints;
+use datafusion::common::stats::Precision;
+use datafusion::common::{Constraints, DataFusionError, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -19,64 +21,95 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use ember_delta::deltalake_core::DeltaTable;
+use ember_delta::deltalake_core::kernel::Action;
+use ember_delta::deltalake_core::protocol::DeltaOperation;
+use ember_delta::{CommitError, DeltaScanTable};
 use ember_planner::float_stats::FloatSafeFormat;
 
 use super::ManagedEntry;
 
-/// A managed table as of one committed manifest.
+/// A managed table at the newest version this server committed or loaded.
 #[derive(Debug)]
 pub(crate) struct ManagedTable {
     entry: ManagedEntry,
     schema: SchemaRef,
     constraints: Constraints,
     defaults: HashMap<String, Expr>,
+    /// None for a table without columns: Delta has no such tables, and it holds no rows.
+    delta: RwLock<Option<DeltaTable>>,
+    /// Held while this server commits to the table: its statements queue here rather than
+    /// race for the log's next version (Delta's conflict rules still judge what they read).
+    commits: tokio::sync::Mutex<()>,
 }
 
 impl ManagedTable {
-    /// The table of `entry`; functions in column defaults resolve in `functions`.
+    /// The table of `entry` at the snapshot `delta`; functions in column defaults resolve in
+    /// `functions`.
     pub(crate) fn try_new(
         entry: ManagedEntry,
         schema: SchemaRef,
         functions: &TaskContext,
+        delta: Option<DeltaTable>,
     ) -> crate::error::Result<Self> {
+        // The log must name the catalog's columns.
+        if let Some(delta) = &delta {
+            DeltaScanTable::with_schema(delta.clone(), Arc::clone(&schema))?;
+        }
         Ok(Self {
             constraints: entry.table_constraints(),
             defaults: entry.column_defaults(functions)?,
             entry,
             schema,
+            delta: RwLock::new(delta),
+            commits: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn options(state: &dyn Session) -> Result<ListingOptions> {
-        Ok(
-            ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
-                .with_file_extension(".parquet"),
-        )
+    pub(crate) fn entry(&self) -> &ManagedEntry {
+        &self.entry
     }
 
-    /// A listing table over exactly the manifest's files.
-    fn files_table(&self, state: &dyn Session) -> Result<Option<ListingTable>> {
-        if self.entry.files.is_empty() {
-            return Ok(None);
+    /// The newest snapshot; none for a table without columns.
+    fn delta(&self) -> Option<DeltaTable> {
+        self.delta.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Commits `actions` as `operation` to the version `read` (what the statement read), one
+    /// commit of this server at a time, and moves the table to the new version.
+    pub(crate) async fn commit(
+        &self,
+        read: &DeltaScanTable,
+        actions: Vec<Action>,
+        operation: DeltaOperation,
+    ) -> std::result::Result<(), CommitError> {
+        let _turn = self.commits.lock().await;
+        let committed = ember_delta::commit(read.table(), actions, operation).await?;
+        self.advance(committed);
+        Ok(())
+    }
+
+    /// Moves to `committed`, unless a newer version is already here (commits of concurrent
+    /// statements may finish in any order).
+    fn advance(&self, committed: DeltaTable) {
+        let mut current = self.delta.write().unwrap_or_else(|e| e.into_inner());
+        if current
+            .as_ref()
+            .is_none_or(|c| committed.version() > c.version())
+        {
+            *current = Some(committed);
         }
-        let urls = self
-            .entry
-            .files
-            .iter()
-            .map(|f| ListingTableUrl::parse(format!("{}{}", self.entry.location, f.path)))
-            .collect::<Result<Vec<_>>>()?;
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(Self::options(state)?)
-            .with_schema(Arc::clone(&self.schema));
-        Ok(Some(ListingTable::try_new(config)?))
     }
 
-    /// A listing table over the table's directory, which DataFusion plans writes into.
-    fn directory_table(&self, state: &dyn Session) -> Result<ListingTable> {
-        let config = ListingTableConfig::new(ListingTableUrl::parse(&self.entry.location)?)
-            .with_listing_options(Self::options(state)?)
-            .with_schema(Arc::clone(&self.schema));
-        ListingTable::try_new(config)
+    /// The newest snapshot, read with the catalog's types.
+    pub(crate) fn snapshot(&self) -> Result<DeltaScanTable> {
+        let Some(delta) = self.delta() else {
+            return Err(DataFusionError::Plan(format!(
+                "table {}.{} has no columns, so it holds no rows to change",
+                self.entry.schema, self.entry.name
+            )));
+        };
+        DeltaScanTable::with_schema(delta, Arc::clone(&self.schema))
     }
 }
 
@@ -102,8 +135,15 @@ impl TableProvider for ManagedTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Parquet pruning uses the filters; the plan keeps them above the scan as well.
+        // Files are pruned by the log's statistics; the plan keeps the filters above the scan.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        match self.delta() {
+            None => Some(Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(0))),
+            Some(_) => TableProvider::statistics(&self.snapshot().ok()?),
+        }
     }
 
     async fn scan(
@@ -113,16 +153,16 @@ impl TableProvider for ManagedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match self.files_table(state)? {
-            Some(table) => table.scan(state, projection, filters, limit).await,
-            None => {
-                let schema = match projection {
-                    Some(p) => Arc::new(self.schema.project(p)?),
-                    None => Arc::clone(&self.schema),
-                };
-                Ok(Arc::new(EmptyExec::new(schema)))
-            }
+        if self.delta().is_none() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
         }
+        self.snapshot()?
+            .scan(state, projection, filters, limit)
+            .await
     }
 
     async fn insert_into(
@@ -132,9 +172,23 @@ impl TableProvider for ManagedTable {
         insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         // The engine turns the planned sink into a distributed write and commits the files it
-        // produced into this table's manifest.
-        self.directory_table(state)?
+        // produced to this table's log.
+        directory_sink_table(state, &self.entry.location, Arc::clone(&self.schema))?
             .insert_into(state, input, insert_op)
             .await
     }
+}
+
+/// A listing table over a managed table's directory, which DataFusion plans writes into.
+pub(crate) fn directory_sink_table(
+    state: &dyn Session,
+    location: &str,
+    schema: SchemaRef,
+) -> datafusion::error::Result<ListingTable> {
+    let options = ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
+        .with_file_extension(".parquet");
+    let config = ListingTableConfig::new(ListingTableUrl::parse(location)?)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config)
 }

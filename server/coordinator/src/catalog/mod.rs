@@ -10,7 +10,12 @@
 //! | schema         | its name                                         | a memory schema provider  |
 //! | external table | its `CREATE EXTERNAL TABLE` text                 | replaying the statement   |
 //! | view           | its `CREATE VIEW` text                           | replaying the statement   |
-//! | managed table  | Arrow schema, directory, manifest of its files   | [`ManagedTable`]          |
+//! | managed table  | Arrow schema, directory, constraints, defaults   | [`ManagedTable`] over the |
+//! |                |                                                  | Delta log in the directory |
+//!
+//! A managed table's files and versions are its Delta log's. Tables written before managed
+//! tables were Delta tables listed their files here (a manifest); at start each such table
+//! is converted in place: a log whose first version adds the manifest's files.
 
 mod managed;
 
@@ -29,17 +34,20 @@ use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
 use datafusion_proto::logical_plan::from_proto::parse_expr;
 use datafusion_proto::logical_plan::to_proto::serialize_expr;
 use datafusion_proto::protobuf;
+use ember_delta::deltalake_core::DeltaTable;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-pub(crate) use managed::ManagedTable;
+pub(crate) use managed::{ManagedTable, directory_sink_table};
 
 use crate::access::{AccessControl, AccessFile, Published};
 use crate::error::{Error, Result};
 
 const CATALOG_FILE: &str = "catalog.json";
+/// Where a Delta table keeps its log.
+pub(crate) const DELTA_LOG_DIR: &str = "_delta_log";
 const FORMAT_VERSION: u32 = 1;
 
 /// The catalog file's contents.
@@ -109,6 +117,9 @@ pub(crate) struct ManagedEntry {
     pub(crate) location: String,
     /// The Arrow schema, as datafusion-proto bytes in hex.
     pub(crate) arrow_schema: String,
+    /// The manifest of a table written before managed tables were Delta tables; empty once
+    /// it is converted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) files: Vec<ManagedFile>,
     /// Primary keys and unique constraints, by column index. Not enforced (as in DataFusion):
     /// they tell the planner which columns determine the others.
@@ -360,35 +371,67 @@ impl CatalogStore {
         for schema in &file.schemas {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
+        // Files of a manifest's table that the manifest does not list were never committed.
+        self.remove_abandoned_files(&file);
         let mut restored = 0;
+        let mut converted = vec![];
         for object in &file.objects {
             match restore_object(&ctx, catalog.as_ref(), object).await {
-                Ok(()) => restored += 1,
+                Ok(was_converted) => {
+                    restored += 1;
+                    if was_converted {
+                        converted.push(object.key());
+                    }
+                }
                 Err(error) => {
                     let (schema, name) = object.key();
                     warn!(%schema, %name, %error, "cannot restore catalog object");
                 }
             }
         }
+        if !converted.is_empty() {
+            // Their logs list the files now.
+            self.update(
+                |next| {
+                    for object in &mut next.objects {
+                        if let CatalogObject::Table(table) = object
+                            && converted.contains(&(table.schema.as_str(), table.name.as_str()))
+                        {
+                            table.files.clear();
+                        }
+                    }
+                    Ok(())
+                },
+                |_| Ok(()),
+            )
+            .await?;
+        }
         info!(
             schemas = file.schemas.len(),
             objects = restored,
+            converted = converted.len(),
             "catalog restored"
         );
-        self.remove_unreferenced_files(&file);
         Ok(())
     }
 
-    /// Deletes files in the warehouse that no manifest refers to: writes that never committed.
-    fn remove_unreferenced_files(&self, file: &CatalogFile) {
+    /// Deletes table directories in the warehouse no catalog entry refers to (tables whose
+    /// creation never committed), staging directories of writes a crash cut short, and files
+    /// of not yet converted tables that their manifest does not list. Files a Delta log no
+    /// longer lists stay for time travel until `VACUUM`.
+    fn remove_abandoned_files(&self, file: &CatalogFile) {
         let mut referenced = std::collections::HashSet::new();
         let mut table_dirs = std::collections::HashSet::new();
+        let mut manifest_dirs = std::collections::HashSet::new();
         for object in &file.objects {
             if let CatalogObject::Table(table) = object
                 && let Some(dir) = table.local_dir()
             {
-                for f in &table.files {
-                    referenced.insert(dir.join(&f.path));
+                if !table.files.is_empty() && !dir.join(DELTA_LOG_DIR).exists() {
+                    for f in &table.files {
+                        referenced.insert(dir.join(&f.path));
+                    }
+                    manifest_dirs.insert(dir.clone());
                 }
                 table_dirs.insert(dir);
             }
@@ -410,6 +453,14 @@ impl CatalogStore {
                     let _ = std::fs::remove_dir_all(&path);
                     continue;
                 }
+                let staging = path.join(ember_planner::write::STAGING_DIR);
+                if staging.exists() {
+                    info!(path = %staging.display(), "removing the staging directory of an interrupted write");
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                if !manifest_dirs.contains(&path) {
+                    continue;
+                }
                 for entry in walk_files(&path) {
                     if !referenced.contains(&entry) {
                         info!(path = %entry.display(), "removing uncommitted file");
@@ -421,11 +472,12 @@ impl CatalogStore {
     }
 }
 
+/// Registers `object` with DataFusion; says whether it was a table converted to Delta.
 async fn restore_object(
     ctx: &SessionContext,
     catalog: &dyn CatalogProvider,
     object: &CatalogObject,
-) -> Result<()> {
+) -> Result<bool> {
     match object {
         CatalogObject::Table(entry) => {
             let schema = catalog.schema(&entry.schema).ok_or_else(|| {
@@ -434,9 +486,15 @@ async fn restore_object(
                     entry.schema, entry.name
                 ))
             })?;
-            let table =
-                ManagedTable::try_new(entry.clone(), entry.arrow_schema()?, &ctx.task_ctx())?;
+            let (delta, converted) = open_or_convert(ctx, entry).await?;
+            let table = ManagedTable::try_new(
+                entry.clone(),
+                entry.arrow_schema()?,
+                &ctx.task_ctx(),
+                delta,
+            )?;
             schema.register_table(entry.name.clone(), Arc::new(table))?;
+            Ok(converted)
         }
         CatalogObject::External(entry) | CatalogObject::View(entry) => {
             let state = ctx.state_ref();
@@ -447,9 +505,58 @@ async fn restore_object(
                 .catalog
                 .default_schema = entry.default_schema.clone();
             ctx.sql(&entry.sql).await?.collect().await?;
+            Ok(false)
         }
     }
-    Ok(())
+}
+
+/// The Delta table of a managed table; a table that has no log yet gets one whose first
+/// version adds the files of its manifest (Delta's `CONVERT TO DELTA`, over the files the
+/// manifest committed rather than whatever the directory holds). Says whether it converted.
+async fn open_or_convert(
+    ctx: &SessionContext,
+    entry: &ManagedEntry,
+) -> Result<(Option<DeltaTable>, bool)> {
+    let schema = entry.arrow_schema()?;
+    if schema.fields().is_empty() {
+        // Delta has no tables without columns; such a table holds no rows.
+        return Ok((None, false));
+    }
+    let url = ember_delta::table_url(&entry.location)?;
+    let store = ctx
+        .runtime_env()
+        .object_store(ember_delta::object_store_url(&url)?)?;
+    let state = ctx.state();
+    if entry
+        .local_dir()
+        .is_some_and(|d| d.join(DELTA_LOG_DIR).exists())
+    {
+        return Ok((Some(ember_delta::open_table(&state, &url).await?), false));
+    }
+    let root = datafusion::object_store::path::Path::from_url_path(url.path())
+        .map_err(|e| Error::Unavailable(format!("bad location {url}: {e}")))?;
+    let mut adds = Vec::with_capacity(entry.files.len());
+    for file in &entry.files {
+        adds.push(
+            ember_delta::add_action(
+                Arc::clone(&store),
+                &root,
+                &file.path,
+                file.size,
+                &schema,
+                HashMap::new(),
+            )
+            .await?,
+        );
+    }
+    let table = ember_delta::create_table(store, &url, &entry.name, &schema, vec![], adds).await?;
+    info!(
+        schema = %entry.schema,
+        name = %entry.name,
+        files = entry.files.len(),
+        "managed table converted to a Delta table"
+    );
+    Ok((Some(table), true))
 }
 
 /// Every file below `dir`.
