@@ -21,6 +21,7 @@ use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, Trans
 use deltalake_core::kernel::{Action, Add, DataType, StructField, StructType};
 use deltalake_core::protocol::DeltaOperation;
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -86,36 +87,72 @@ pub fn has_delta_type(field: &Field) -> bool {
         || matches!(field.data_type(), ArrowType::Timestamp(_, Some(_)))
 }
 
-/// The `add` action of a parquet file the table's storage holds at `path` (relative to the
-/// table's root `root`), with the statistics its footer gives: rows, and the bounds and null
-/// counts of the top-level columns of `file_schema`.
-pub async fn add_action(
+/// Parquet footers read at once when files are added.
+const FOOTER_READS: usize = 16;
+
+/// A parquet file in a table's storage: its path relative to the table, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// Relative to the table's root, not encoded.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The `add` actions of parquet files the table at `url` holds, with the statistics their
+/// footers give: rows, and the bounds and null counts of the top-level columns of
+/// `file_schema`. Footers are read a few at a time.
+pub async fn add_actions(
     store: Arc<dyn ObjectStore>,
-    root: &StorePath,
-    path: &str,
-    size: u64,
+    url: &Url,
+    files: &[WrittenFile],
     file_schema: &Schema,
-    partition_values: HashMap<String, Option<String>>,
+) -> Result<Vec<Add>> {
+    let root = StorePath::from_url_path(url.path()).map_err(library_error)?;
+    let file_schema = Arc::new(file_schema.clone());
+    // Each read owns what it reads (the stream holds the futures while others run).
+    let reads: Vec<_> = files
+        .iter()
+        .map(|file| {
+            add_action(
+                Arc::clone(&store),
+                root.clone(),
+                file.clone(),
+                Arc::clone(&file_schema),
+            )
+        })
+        .collect();
+    futures::stream::iter(reads)
+        .buffered(FOOTER_READS)
+        .try_collect()
+        .await
+}
+
+async fn add_action(
+    store: Arc<dyn ObjectStore>,
+    root: StorePath,
+    file: WrittenFile,
+    file_schema: Arc<Schema>,
 ) -> Result<Add> {
     let location: StorePath = root
         .parts()
-        .chain(StorePath::parse(path)?.parts())
+        .chain(StorePath::parse(&file.path)?.parts())
         .collect();
     let meta = ObjectMeta {
         location,
         last_modified: chrono::Utc::now(),
-        size,
+        size: file.size,
         e_tag: None,
         version: None,
     };
     let metadata = DFParquetMetadata::new(store.as_ref(), &meta)
         .fetch_metadata()
         .await?;
-    let stats = file_statistics(&metadata, file_schema)?;
+    let stats = file_statistics(&metadata, &file_schema)?;
     Ok(Add {
-        path: encode_path(path),
-        size: size as i64,
-        partition_values,
+        path: encode_path(&file.path),
+        size: file.size as i64,
+        partition_values: HashMap::new(),
         modification_time: now_millis(),
         data_change: true,
         stats: Some(stats.to_string()),
@@ -378,11 +415,13 @@ pub fn reads_predicate(table: &DeltaTable, predicate: &str) -> bool {
 fn commit_error(error: DeltaTableError) -> CommitError {
     match error {
         DeltaTableError::Transaction {
-            source: source @ TransactionError::CommitConflict(_),
-        } => CommitError::Conflict(source.to_string()),
+            source: TransactionError::CommitConflict(conflict),
+        } => CommitError::Conflict(conflict.to_string()),
         DeltaTableError::Transaction {
-            source: source @ TransactionError::MaxCommitAttempts(_),
-        } => CommitError::Conflict(source.to_string()),
+            source: TransactionError::MaxCommitAttempts(attempts),
+        } => CommitError::Conflict(format!(
+            "other writers committed first {attempts} times in a row"
+        )),
         DeltaTableError::VersionAlreadyExists(version) => {
             CommitError::Conflict(format!("version {version} was committed by another writer"))
         }

@@ -8,7 +8,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableProvider;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown, TableType};
+use datafusion::object_store::ObjectStore;
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
 use tokio::sync::Mutex;
@@ -20,13 +22,18 @@ use crate::scan::{DeltaScanTable, object_store_url};
 /// Opens the Delta table at `url` (its newest version) through the object store `session`
 /// has registered for it.
 pub async fn open_table(session: &dyn Session, url: &Url) -> Result<DeltaTable> {
-    let store = session.runtime_env().object_store(object_store_url(url)?)?;
+    let store = table_store(session.runtime_env(), url)?;
     DeltaTableBuilder::from_url(url.clone())
         .map_err(library_error)?
         .with_storage_backend(store, url.clone())
         .load()
         .await
         .map_err(|e| DataFusionError::Plan(format!("cannot open the Delta table at {url}: {e}")))
+}
+
+/// The object store `runtime` has registered for the table at `url`.
+pub fn table_store(runtime: &RuntimeEnv, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+    runtime.object_store(object_store_url(url)?)
 }
 
 /// The URL of a table location: a URL, or a local path (made absolute), ending in `/`.

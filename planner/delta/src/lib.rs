@@ -9,10 +9,10 @@ mod external;
 mod scan;
 
 pub use commit::{
-    ARROW_TYPE_METADATA, CommitError, add_action, commit, create_table, delta_schema,
+    ARROW_TYPE_METADATA, CommitError, WrittenFile, add_actions, commit, create_table, delta_schema,
     has_delta_type, reads_predicate,
 };
-pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_url};
+pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_store, table_url};
 pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};
 
 use datafusion::error::DataFusionError;

@@ -54,8 +54,6 @@ pub struct DeltaScanTable {
 pub struct SnapshotFile {
     /// As [`LogicalFileView::path`] gives it: relative to the table, decoded.
     pub path: String,
-    /// Its size in bytes.
-    pub size: u64,
     /// Its rows, if its statistics say.
     pub rows: Option<u64>,
 }
@@ -117,11 +115,6 @@ impl DeltaScanTable {
         &self.table
     }
 
-    /// The version this table reads.
-    pub fn version(&self) -> Option<u64> {
-        self.table.version()
-    }
-
     /// The same table, reading only `files`.
     pub fn restricted_to(mut self, files: HashSet<String>) -> Self {
         self.only = Some(Arc::new(files));
@@ -152,7 +145,6 @@ impl DeltaScanTable {
             .into_iter()
             .map(|file| SnapshotFile {
                 path: file.path().into_owned(),
-                size: file.size().max(0) as u64,
                 rows: file.num_records().map(|n| n as u64),
             })
             .collect())

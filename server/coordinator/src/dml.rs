@@ -27,20 +27,19 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     DmlStatement, Expr, LogicalPlan, LogicalPlanBuilder, WriteOp, case, col, lit,
 };
-use datafusion::object_store::ObjectStoreExt;
 use datafusion::sql::unparser::expr_to_sql;
-use ember_delta::DeltaScanTable;
 use ember_delta::deltalake_core::protocol::DeltaOperation;
+use ember_delta::{DeltaScanTable, WrittenFile};
 use futures::TryStreamExt;
 
-use crate::catalog::{ManagedFile, ManagedTable, directory_sink_table};
+use crate::catalog::{ManagedTable, directory_sink_table};
 use crate::ddl::ObjectName;
 use crate::declared::check_column_constraints;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
-use crate::writes::{Target, commit_failure};
+use crate::writes::{Target, added_files, commit_failure, remove_written};
 
 /// The column that names each row's file in the query that finds the files to rewrite.
 const FILE_COLUMN: &str = "__ember_file";
@@ -124,10 +123,13 @@ impl QueryEngine {
         };
         let mut rows: u64 = touched.iter().map(|(_, n)| n).sum();
         if touched.is_empty() {
-            return Ok(self.changed(command, 0));
+            return Ok(changed(command, 0));
         }
-        if change.predicate.is_none() && candidates.iter().any(|f| f.rows.is_none()) {
-            // Files without statistics: count what goes.
+        if command == Command::Delete
+            && change.predicate.is_none()
+            && candidates.iter().any(|f| f.rows.is_none())
+        {
+            // Files without statistics: count what goes (TRUNCATE reports no count).
             rows = self
                 .count_rows(session, sql, &snapshot, &change.scan)
                 .await?;
@@ -147,28 +149,22 @@ impl QueryEngine {
             (predicate, Some(values)) => Some(updated(scan, predicate.as_ref(), values)?),
         };
         let mut files = vec![];
-        let location = managed.entry().location.clone();
+        let location = &managed.entry().location;
         if let Some(plan) = rewritten {
             let plan = check_column_constraints(Arc::new(plan), &managed.schema())?;
             let physical = state.create_physical_plan(&plan).await?;
-            let sink = directory_sink_table(&state, &location, managed.schema())?
+            let sink = directory_sink_table(&state, location, managed.schema())?
                 .insert_into(&state, physical, InsertOp::Append)
                 .await?;
             files = self.write(session, sql, sink, Target::Directory).await?.1;
         }
+        let predicate = change
+            .predicate
+            .as_ref()
+            .and_then(|p| predicate_text(&snapshot, p));
         let operation = match command {
-            Command::Update => DeltaOperation::Update {
-                predicate: change
-                    .predicate
-                    .as_ref()
-                    .and_then(|p| predicate_text(&snapshot, p)),
-            },
-            _ => DeltaOperation::Delete {
-                predicate: change
-                    .predicate
-                    .as_ref()
-                    .and_then(|p| predicate_text(&snapshot, p)),
-            },
+            Command::Update => DeltaOperation::Update { predicate },
+            _ => DeltaOperation::Delete { predicate },
         };
         if let Err(error) = self
             .commit_rewrite(
@@ -176,17 +172,10 @@ impl QueryEngine {
             )
             .await
         {
-            self.remove_written(session, &location, &files).await;
+            remove_written(session, managed, &files).await;
             return Err(error);
         }
-        Ok(self.changed(command, rows))
-    }
-
-    fn changed(&self, command: Command, rows: u64) -> Output {
-        match command {
-            Command::Truncate => Output::done(Command::Truncate),
-            command => Output::wrote(command, rows),
-        }
+        Ok(changed(command, rows))
     }
 
     /// The files among `paths` that hold rows `predicate` matches, with how many each holds.
@@ -269,45 +258,24 @@ impl QueryEngine {
         managed: &ManagedTable,
         snapshot: &DeltaScanTable,
         touched: &HashSet<String>,
-        files: &[ManagedFile],
+        files: &[WrittenFile],
         operation: DeltaOperation,
     ) -> Result<()> {
-        let url = ember_delta::table_url(&managed.entry().location)?;
-        let store = session
-            .ctx
-            .runtime_env()
-            .object_store(ember_delta::object_store_url(&url)?)?;
         let mut actions = snapshot.remove_actions(touched)?;
-        actions.extend(crate::writes::add_actions(&store, &url, files, &managed.schema()).await?);
+        actions.extend(added_files(session, managed, files).await?);
         managed
             .commit(snapshot, actions, operation)
             .await
             .map_err(|e| commit_failure(table, e))?;
         Ok(())
     }
+}
 
-    /// Deletes files a statement wrote but did not commit.
-    async fn remove_written(&self, session: &ClientSession, location: &str, files: &[ManagedFile]) {
-        let Ok(url) = ember_delta::table_url(location) else {
-            return;
-        };
-        let Ok(store) = ember_delta::object_store_url(&url)
-            .and_then(|u| session.ctx.runtime_env().object_store(u))
-        else {
-            return;
-        };
-        let Ok(root) = datafusion::object_store::path::Path::from_url_path(url.path()) else {
-            return;
-        };
-        for file in files {
-            let path: datafusion::object_store::path::Path = root
-                .parts()
-                .chain(datafusion::object_store::path::Path::from(file.path.as_str()).parts())
-                .collect();
-            if let Err(error) = store.delete(&path).await {
-                tracing::warn!(path = %file.path, %error, "cannot delete a file of a failed change");
-            }
-        }
+/// What a statement reports: a count, except for `TRUNCATE`.
+fn changed(command: Command, rows: u64) -> Output {
+    match command {
+        Command::Truncate => Output::done(Command::Truncate),
+        command => Output::wrote(command, rows),
     }
 }
 

@@ -27,17 +27,15 @@ use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, Wri
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
-use ember_delta::CommitError;
-use ember_delta::deltalake_core::kernel::{Action, Add};
+use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::deltalake_core::protocol::{DeltaOperation, SaveMode};
+use ember_delta::{CommitError, WrittenFile};
 use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
 use crate::access::Securable;
-use crate::catalog::{
-    CatalogObject, ManagedEntry, ManagedFile, ManagedTable, directory_sink_table,
-};
+use crate::catalog::{CatalogObject, ManagedEntry, ManagedTable, directory_sink_table};
 use crate::ddl::ObjectName;
 use crate::ddl::already_exists;
 use crate::declared::{DeclaredString, TYPE_METADATA, check_column_constraints};
@@ -45,9 +43,6 @@ use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
-
-/// Parquet footers read at once when committing files.
-const FOOTER_READS: usize = 16;
 
 /// Where a write's files go when it commits.
 pub(crate) enum Target {
@@ -265,18 +260,8 @@ impl QueryEngine {
                 return Ok(None);
             }
             let url = ember_delta::table_url(&entry.location)?;
-            let store = session
-                .ctx
-                .runtime_env()
-                .object_store(ember_delta::object_store_url(&url)?)?;
-            let adds = add_actions(&store, &url, &files, &schema).await?;
-            let adds = adds
-                .into_iter()
-                .filter_map(|a| match a {
-                    Action::Add(add) => Some(add),
-                    _ => None,
-                })
-                .collect();
+            let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
+            let adds = ember_delta::add_actions(Arc::clone(&store), &url, &files, &schema).await?;
             let table =
                 ember_delta::create_table(store, &url, &name.name, &schema, vec![], adds).await?;
             Ok::<_, Error>(Some(table))
@@ -349,14 +334,14 @@ impl QueryEngine {
     }
 
     /// Runs a planned sink as a distributed write and commits it; returns the rows written and
-    /// the committed files (which a new managed table records in its manifest).
+    /// the files it moved into place (which a new managed table's first version adds).
     pub(crate) async fn write(
         &self,
         session: &ClientSession,
         sql: &str,
         physical: Arc<dyn ExecutionPlan>,
         target: Target,
-    ) -> Result<(u64, Vec<ManagedFile>)> {
+    ) -> Result<(u64, Vec<WrittenFile>)> {
         let Some(sink) = physical.downcast_ref::<DataSinkExec>() else {
             return Err(Error::NotSupported(format!(
                 "cannot write with this plan: {}",
@@ -412,7 +397,7 @@ impl QueryEngine {
                     .size;
                 moved.push((
                     to,
-                    ManagedFile {
+                    WrittenFile {
                         path: relative,
                         size,
                     },
@@ -428,7 +413,7 @@ impl QueryEngine {
         }
         self.invalidate_listings(directory.prefix());
         if let Target::Managed { table, overwrite } = target {
-            let files: Vec<ManagedFile> = moved.iter().map(|(_, f)| f.clone()).collect();
+            let files: Vec<WrittenFile> = moved.iter().map(|(_, f)| f.clone()).collect();
             if let Err(error) = self.commit_write(session, &table, &files, overwrite).await {
                 let paths = moved.iter().map(|(p, _)| p.clone()).collect();
                 delete_all(&store, paths).await;
@@ -445,7 +430,7 @@ impl QueryEngine {
         &self,
         session: &ClientSession,
         table: &ObjectName,
-        files: &[ManagedFile],
+        files: &[WrittenFile],
         overwrite: bool,
     ) -> Result<()> {
         let provider = self.managed_table(table).await?;
@@ -453,12 +438,7 @@ impl QueryEngine {
             Error::UndefinedTable(format!("{table} is no longer a managed table"))
         })?;
         let snapshot = managed.snapshot()?;
-        let url = ember_delta::table_url(&managed.entry().location)?;
-        let store = session
-            .ctx
-            .runtime_env()
-            .object_store(ember_delta::object_store_url(&url)?)?;
-        let mut actions = add_actions(&store, &url, files, &managed.schema()).await?;
+        let mut actions = added_files(session, managed, files).await?;
         if overwrite {
             let all = snapshot
                 .matching_files(&session.ctx.state(), &[])?
@@ -531,41 +511,41 @@ impl Staged {
     }
 }
 
-/// The `add` actions of files written into the table at `url`, with the statistics their
-/// footers give (read a few at a time).
-pub(crate) async fn add_actions(
-    store: &Arc<dyn ObjectStore>,
-    url: &url::Url,
-    files: &[ManagedFile],
-    schema: &Schema,
+/// The `add` actions of files a statement wrote into a managed table, with the statistics
+/// their footers give.
+pub(crate) async fn added_files(
+    session: &ClientSession,
+    table: &ManagedTable,
+    files: &[WrittenFile],
 ) -> Result<Vec<Action>> {
-    let root = StorePath::from_url_path(url.path())
-        .map_err(|e| Error::DataFusion(DataFusionError::External(Box::new(e))))?;
-    let schema = Arc::new(schema.clone());
-    // Each read owns what it needs: the futures run concurrently, held by the stream.
-    let reads: Vec<_> = files
-        .iter()
-        .map(|file| {
-            let (store, root, schema) = (Arc::clone(store), root.clone(), Arc::clone(&schema));
-            let (path, size) = (file.path.clone(), file.size);
-            async move {
-                ember_delta::add_action(
-                    store,
-                    &root,
-                    &path,
-                    size,
-                    &schema,
-                    std::collections::HashMap::new(),
-                )
-                .await
-            }
-        })
-        .collect();
-    let adds: Vec<Add> = futures::stream::iter(reads)
-        .buffered(FOOTER_READS)
-        .try_collect()
-        .await?;
+    let url = ember_delta::table_url(&table.entry().location)?;
+    let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
+    let adds = ember_delta::add_actions(store, &url, files, &table.schema()).await?;
     Ok(adds.into_iter().map(Action::Add).collect())
+}
+
+/// Deletes files a statement wrote into a managed table but did not commit.
+pub(crate) async fn remove_written(
+    session: &ClientSession,
+    table: &ManagedTable,
+    files: &[WrittenFile],
+) {
+    let paths = async {
+        let url = ember_delta::table_url(&table.entry().location)?;
+        let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
+        let root = StorePath::from_url_path(url.path())
+            .map_err(|e| Error::DataFusion(DataFusionError::External(Box::new(e))))?;
+        let paths = files
+            .iter()
+            .map(|f| child(&root, &f.path))
+            .collect::<Result<Vec<_>>>()?;
+        Ok::<_, Error>((store, paths))
+    }
+    .await;
+    match paths {
+        Ok((store, paths)) => delete_all(&store, paths).await,
+        Err(error) => tracing::warn!(%error, "cannot delete the files of a failed change"),
+    }
 }
 
 /// A commit that failed: a lost race is a serialization failure the client may retry.

@@ -36,8 +36,9 @@ pub(crate) struct ManagedTable {
     schema: SchemaRef,
     constraints: Constraints,
     defaults: HashMap<String, Expr>,
-    /// None for a table without columns: Delta has no such tables, and it holds no rows.
-    delta: RwLock<Option<DeltaTable>>,
+    /// The newest version, read with the catalog's types; none for a table without columns
+    /// (Delta has no such tables, and it holds no rows).
+    current: RwLock<Option<DeltaScanTable>>,
     /// Held while this server commits to the table: its statements queue here rather than
     /// race for the log's next version (Delta's conflict rules still judge what they read).
     commits: tokio::sync::Mutex<()>,
@@ -53,15 +54,15 @@ impl ManagedTable {
         delta: Option<DeltaTable>,
     ) -> crate::error::Result<Self> {
         // The log must name the catalog's columns.
-        if let Some(delta) = &delta {
-            DeltaScanTable::with_schema(delta.clone(), Arc::clone(&schema))?;
-        }
+        let current = delta
+            .map(|delta| DeltaScanTable::with_schema(delta, Arc::clone(&schema)))
+            .transpose()?;
         Ok(Self {
             constraints: entry.table_constraints(),
             defaults: entry.column_defaults(functions)?,
             entry,
             schema,
-            delta: RwLock::new(delta),
+            current: RwLock::new(current),
             commits: tokio::sync::Mutex::new(()),
         })
     }
@@ -70,9 +71,12 @@ impl ManagedTable {
         &self.entry
     }
 
-    /// The newest snapshot; none for a table without columns.
-    fn delta(&self) -> Option<DeltaTable> {
-        self.delta.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The newest version; none for a table without columns.
+    fn current(&self) -> Option<DeltaScanTable> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Commits `actions` as `operation` to the version `read` (what the statement read), one
@@ -85,31 +89,19 @@ impl ManagedTable {
     ) -> std::result::Result<(), CommitError> {
         let _turn = self.commits.lock().await;
         let committed = ember_delta::commit(read.table(), actions, operation).await?;
-        self.advance(committed);
+        let committed = DeltaScanTable::with_schema(committed, Arc::clone(&self.schema))?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(committed);
         Ok(())
     }
 
-    /// Moves to `committed`, unless a newer version is already here (commits of concurrent
-    /// statements may finish in any order).
-    fn advance(&self, committed: DeltaTable) {
-        let mut current = self.delta.write().unwrap_or_else(|e| e.into_inner());
-        if current
-            .as_ref()
-            .is_none_or(|c| committed.version() > c.version())
-        {
-            *current = Some(committed);
-        }
-    }
-
-    /// The newest snapshot, read with the catalog's types.
+    /// The newest version, read with the catalog's types.
     pub(crate) fn snapshot(&self) -> Result<DeltaScanTable> {
-        let Some(delta) = self.delta() else {
-            return Err(DataFusionError::Plan(format!(
+        self.current().ok_or_else(|| {
+            DataFusionError::Plan(format!(
                 "table {}.{} has no columns, so it holds no rows to change",
                 self.entry.schema, self.entry.name
-            )));
-        };
-        DeltaScanTable::with_schema(delta, Arc::clone(&self.schema))
+            ))
+        })
     }
 }
 
@@ -140,9 +132,9 @@ impl TableProvider for ManagedTable {
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        match self.delta() {
+        match self.current() {
             None => Some(Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(0))),
-            Some(_) => TableProvider::statistics(&self.snapshot().ok()?),
+            Some(current) => TableProvider::statistics(&current),
         }
     }
 
@@ -153,16 +145,16 @@ impl TableProvider for ManagedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if self.delta().is_none() {
-            let schema = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => Arc::clone(&self.schema),
-            };
-            return Ok(Arc::new(EmptyExec::new(schema)));
+        match self.current() {
+            Some(current) => current.scan(state, projection, filters, limit).await,
+            None => {
+                let schema = match projection {
+                    Some(p) => Arc::new(self.schema.project(p)?),
+                    None => Arc::clone(&self.schema),
+                };
+                Ok(Arc::new(EmptyExec::new(schema)))
+            }
         }
-        self.snapshot()?
-            .scan(state, projection, filters, limit)
-            .await
     }
 
     async fn insert_into(

@@ -34,6 +34,7 @@ use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
 use datafusion_proto::logical_plan::from_proto::parse_expr;
 use datafusion_proto::logical_plan::to_proto::serialize_expr;
 use datafusion_proto::protobuf;
+use ember_delta::WrittenFile;
 use ember_delta::deltalake_core::DeltaTable;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -523,32 +524,25 @@ async fn open_or_convert(
         return Ok((None, false));
     }
     let url = ember_delta::table_url(&entry.location)?;
-    let store = ctx
-        .runtime_env()
-        .object_store(ember_delta::object_store_url(&url)?)?;
-    let state = ctx.state();
     if entry
         .local_dir()
         .is_some_and(|d| d.join(DELTA_LOG_DIR).exists())
     {
-        return Ok((Some(ember_delta::open_table(&state, &url).await?), false));
+        return Ok((
+            Some(ember_delta::open_table(&ctx.state(), &url).await?),
+            false,
+        ));
     }
-    let root = datafusion::object_store::path::Path::from_url_path(url.path())
-        .map_err(|e| Error::Unavailable(format!("bad location {url}: {e}")))?;
-    let mut adds = Vec::with_capacity(entry.files.len());
-    for file in &entry.files {
-        adds.push(
-            ember_delta::add_action(
-                Arc::clone(&store),
-                &root,
-                &file.path,
-                file.size,
-                &schema,
-                HashMap::new(),
-            )
-            .await?,
-        );
-    }
+    let store = ember_delta::table_store(&ctx.runtime_env(), &url)?;
+    let files: Vec<WrittenFile> = entry
+        .files
+        .iter()
+        .map(|f| WrittenFile {
+            path: f.path.clone(),
+            size: f.size,
+        })
+        .collect();
+    let adds = ember_delta::add_actions(Arc::clone(&store), &url, &files, &schema).await?;
     let table = ember_delta::create_table(store, &url, &entry.name, &schema, vec![], adds).await?;
     info!(
         schema = %entry.schema,
