@@ -18,6 +18,7 @@ use url::Url;
 
 use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
+use crate::time_travel::TimeTravel;
 
 /// Opens the Delta table at `url` (its newest version) through the object store `session`
 /// has registered for it.
@@ -128,6 +129,12 @@ impl ExternalDeltaTable {
             );
         }
         Ok(current)
+    }
+
+    /// The table as of an earlier version (with that version's columns).
+    pub async fn at(&self, at: TimeTravel) -> Result<DeltaScanTable> {
+        let table = self.table.lock().await.clone();
+        DeltaScanTable::try_new(at.load(&table).await?)
     }
 }
 

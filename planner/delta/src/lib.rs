@@ -7,6 +7,7 @@ pub use deltalake_core;
 mod commit;
 mod external;
 mod scan;
+mod time_travel;
 
 pub use commit::{
     ARROW_TYPE_METADATA, CommitError, WrittenFile, add_actions, commit, create_table, delta_schema,
@@ -14,6 +15,7 @@ pub use commit::{
 };
 pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_store, table_url};
 pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};
+pub use time_travel::TimeTravel;
 
 use datafusion::error::DataFusionError;
 

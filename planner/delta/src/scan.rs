@@ -45,9 +45,15 @@ pub struct DeltaScanTable {
     partition_fields: Vec<FieldRef>,
     /// Only these files (paths as [`LogicalFileView::path`] gives them) are read.
     only: Option<Arc<HashSet<String>>>,
+    /// Each of these groups of files is read by one partition of the scan, in this order
+    /// (compaction: each task writes one group's rows into one file).
+    groups: Option<Arc<Vec<Vec<String>>>>,
     /// A last column holding each row's file path.
     file_column: Option<FieldRef>,
 }
+
+/// A file's partition values, by column, sorted.
+type PartitionValues = Vec<(String, String)>;
 
 /// A file of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +112,7 @@ impl DeltaScanTable {
             file_schema: Arc::new(Schema::new(file_fields)),
             partition_fields,
             only: None,
+            groups: None,
             file_column: None,
         })
     }
@@ -113,6 +120,59 @@ impl DeltaScanTable {
     /// The snapshot this table reads.
     pub fn table(&self) -> &DeltaTable {
         &self.table
+    }
+
+    /// The same table, reading only the files of `groups`, each group in one partition.
+    pub fn grouped(mut self, groups: Vec<Vec<String>>) -> Self {
+        self.only = Some(Arc::new(groups.iter().flatten().cloned().collect()));
+        self.groups = Some(Arc::new(groups));
+        self
+    }
+
+    /// Groups of the files `filters` may match that compaction would merge: within each
+    /// partition, files smaller than `target_size` bytes, packed smallest first into groups
+    /// of at most `target_size` bytes; only groups of two or more files.
+    pub fn compaction_groups(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        target_size: u64,
+    ) -> Result<Vec<Vec<String>>> {
+        let mut partitions: std::collections::BTreeMap<PartitionValues, Vec<(u64, String)>> =
+            Default::default();
+        for file in self.selected(state, filters)? {
+            let size = file.size().max(0) as u64;
+            if size >= target_size {
+                continue;
+            }
+            let mut values: Vec<(String, String)> = file
+                .partition_values_map()
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_default()))
+                .collect();
+            values.sort();
+            partitions
+                .entry(values)
+                .or_default()
+                .push((size, file.path().into_owned()));
+        }
+        let mut groups = vec![];
+        for mut files in partitions.into_values() {
+            files.sort();
+            let mut group: Vec<String> = vec![];
+            let mut bytes = 0;
+            for (size, path) in files {
+                if !group.is_empty() && bytes + size > target_size {
+                    groups.push(std::mem::take(&mut group));
+                    bytes = 0;
+                }
+                bytes += size;
+                group.push(path);
+            }
+            groups.push(group);
+        }
+        groups.retain(|group| group.len() > 1);
+        Ok(groups)
     }
 
     /// The same table, reading only `files`.
@@ -150,14 +210,19 @@ impl DeltaScanTable {
             .collect())
     }
 
-    /// The `remove` actions of the snapshot's files among `paths`.
-    pub fn remove_actions(&self, paths: &HashSet<String>) -> Result<Vec<Action>> {
+    /// The `remove` actions of the snapshot's files among `paths`; `data_change` false for
+    /// a rearrangement of the same rows (compaction).
+    pub fn remove_actions(
+        &self,
+        paths: &HashSet<String>,
+        data_change: bool,
+    ) -> Result<Vec<Action>> {
         let snapshot = self.table.snapshot().map_err(library_error)?;
         Ok(snapshot
             .log_data()
             .iter()
             .filter(|file| paths.contains(file.path().as_ref()))
-            .map(|file| Action::Remove(file.remove_action(true)))
+            .map(|file| Action::Remove(file.remove_action(data_change)))
             .collect())
     }
 
@@ -187,6 +252,25 @@ impl DeltaScanTable {
             .iter()
             .map(|file| self.partitioned_file(file))
             .collect()
+    }
+
+    /// The scan's partitions when the table reads given groups of files.
+    fn file_groups(&self, state: &dyn Session, groups: &[Vec<String>]) -> Result<Vec<FileGroup>> {
+        let mut by_path = std::collections::HashMap::new();
+        for file in self.selected(state, &[])? {
+            by_path.insert(file.path().into_owned(), self.partitioned_file(&file)?);
+        }
+        Ok(groups
+            .iter()
+            .map(|group| {
+                group
+                    .iter()
+                    .filter_map(|path| by_path.remove(path))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|group| !group.is_empty())
+            .map(FileGroup::new)
+            .collect())
     }
 
     /// The snapshot's files to read for `filters`.
@@ -492,7 +576,10 @@ impl TableProvider for DeltaScanTable {
                 self.schema.project(&projection)?,
             ))));
         }
-        let groups = FileGroup::new(files).split_files(state.config().target_partitions());
+        let groups = match &self.groups {
+            None => FileGroup::new(files).split_files(state.config().target_partitions()),
+            Some(groups) => self.file_groups(state, groups)?,
+        };
         let format = FloatSafeFormat::parquet(state);
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
             .with_table_partition_cols(

@@ -23,7 +23,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::access::AccessControl;
-use crate::catalog::CatalogStore;
+use crate::catalog::{CatalogStore, VersionedCatalog};
 use crate::cluster::{ClusterManagerService, ExecutorLimits};
 use crate::cluster_manager::{AllocationPolicy, Allocations, Allocator, ClusterManager};
 use crate::engine::QueryEngine;
@@ -89,6 +89,11 @@ impl Coordinator {
         if let Some(history) = &history {
             scheduler = scheduler.with_event_log(EventLog::start(Arc::clone(history))?);
         }
+        let catalog = ctx
+            .catalog(DEFAULT_CATALOG)
+            .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
+        // Names of Delta tables' earlier versions resolve too (`t@v3`).
+        ctx.register_catalog(DEFAULT_CATALOG, Arc::new(VersionedCatalog::new(catalog)?));
         let catalog = ctx
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;

@@ -98,6 +98,8 @@ impl QueryEngine {
             },
             _ => Change::of(input, table_name)?,
         };
+        // Until its files are committed, VACUUM waits.
+        let _writing = managed.writing().await;
         let snapshot = managed.snapshot()?;
         let state = session.ctx.state();
         // Conjuncts with subqueries say nothing about single files.
@@ -261,7 +263,7 @@ impl QueryEngine {
         files: &[WrittenFile],
         operation: DeltaOperation,
     ) -> Result<()> {
-        let mut actions = snapshot.remove_actions(touched)?;
+        let mut actions = snapshot.remove_actions(touched, true)?;
         actions.extend(added_files(session, managed, files).await?);
         managed
             .commit(snapshot, actions, operation)

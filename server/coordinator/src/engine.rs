@@ -28,7 +28,7 @@ use crate::scheduler::SchedulerHandle;
 use crate::session::dialect::{ClientDialect, DataFusionDialect};
 use crate::session::{ClientSession, check_settable, check_size};
 use crate::statement::CursorStatement;
-use crate::statement::{Deallocate, ParsedStatement};
+use crate::statement::{Deallocate, Parsed, ParsedStatement};
 
 /// Plans and runs statements; holds the shared catalog.
 pub struct QueryEngine {
@@ -168,8 +168,20 @@ impl QueryEngine {
     pub fn parse(&self, session: &ClientSession, sql: &str) -> Result<Vec<ParsedStatement>> {
         let options = session.ctx.state().config_options().sql_parser.clone();
         let parsed = crate::statement::parse_statements(sql, &options)?;
-        let count = parsed.len();
-        let (statements, explain_flags): (Vec<DFStatement>, Vec<bool>) = parsed.into_iter().unzip();
+        // The dialect rewrites the statements DataFusion's parser made.
+        let mut statements = vec![];
+        let mut explain_flags = vec![];
+        for parsed in &parsed {
+            if let Parsed::Sql {
+                statement,
+                explain_distributed,
+            } = parsed
+            {
+                statements.push(statement.clone());
+                explain_flags.push(*explain_distributed);
+            }
+        }
+        let count = statements.len();
         let mut statements = session.dialect.rewrite(sql, statements);
         if statements.len() != count {
             return Err(Error::NotSupported(format!(
@@ -181,10 +193,18 @@ impl QueryEngine {
         for statement in &mut statements {
             crate::placeholders::number_question_marks(statement)?;
         }
-        statements
+        let mut rewritten = statements.into_iter().zip(explain_flags);
+        parsed
             .into_iter()
-            .zip(explain_flags)
-            .map(|(statement, explain)| ParsedStatement::from_ast(statement, explain))
+            .map(|parsed| match parsed {
+                Parsed::Delta(statement) => Ok(ParsedStatement::from_delta(statement)),
+                Parsed::Sql { .. } => {
+                    let (statement, explain) = rewritten
+                        .next()
+                        .ok_or_else(|| Error::NotSupported("a statement went missing".into()))?;
+                    ParsedStatement::from_ast(statement, explain)
+                }
+            })
             .collect()
     }
 
@@ -224,8 +244,11 @@ impl QueryEngine {
         if let Some(cursor) = parsed.cursor() {
             return self.cursor_command(session, parsed, cursor).await;
         }
+        if let Some(statement) = parsed.delta() {
+            return self.delta_statement(session, statement).await;
+        }
         self.fit_partitions(session);
-        let plan = self.to_plan(session, parsed.ast().clone()).await?;
+        let plan = self.to_plan(session, syntax_tree(parsed)?).await?;
         if parsed.is_explain_distributed() {
             self.authorize(session, &plan).await?;
             return self.explain_distributed(session, &plan).await;
@@ -236,7 +259,8 @@ impl QueryEngine {
     /// Plans a statement ahead of running it (for the extended query protocol and prepared
     /// statements): the plan, with its `$n` placeholders, gives parameter and result types
     /// before anything runs. `None` for statements that are not planned ahead: session
-    /// commands, cursor statements, role and privilege statements and `EXPLAIN DISTRIBUTED`.
+    /// commands, cursor statements, role and privilege statements, Delta statements and
+    /// `EXPLAIN DISTRIBUTED`.
     pub async fn plan(
         &self,
         session: &ClientSession,
@@ -245,12 +269,13 @@ impl QueryEngine {
         if parsed.is_explain_distributed()
             || parsed.cursor().is_some()
             || parsed.access().is_some()
+            || parsed.delta().is_some()
             || self.is_session_command(session, parsed)
         {
             return Ok(None);
         }
         self.fit_partitions(session);
-        Ok(Some(self.to_plan(session, parsed.ast().clone()).await?))
+        Ok(Some(self.to_plan(session, syntax_tree(parsed)?).await?))
     }
 
     /// Plans one statement in `session`, after its dialect had its say. A statement that reads
@@ -424,6 +449,14 @@ impl QueryEngine {
             };
         }
     }
+}
+
+/// The syntax tree of a statement DataFusion plans.
+fn syntax_tree(parsed: &ParsedStatement) -> Result<DFStatement> {
+    parsed
+        .ast()
+        .cloned()
+        .ok_or_else(|| Error::NotSupported(format!("{} is not planned", parsed.sql())))
 }
 
 /// The largest join side (estimated bytes) sent whole to every task rather than shuffled, when

@@ -163,6 +163,13 @@ impl From<DataFusionError> for Error {
     }
 }
 
+impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
+    /// A syntax error, as DataFusion reports sqlparser's.
+    fn from(error: datafusion::sql::sqlparser::parser::ParserError) -> Self {
+        Error::DataFusion(DataFusionError::from(error))
+    }
+}
+
 impl From<ember_planner::Error> for Error {
     fn from(error: ember_planner::Error) -> Self {
         match error {

@@ -27,6 +27,7 @@ pub mod coordinator;
 mod cursors;
 mod ddl;
 pub mod declared;
+mod delta_statements;
 mod dml;
 pub mod engine;
 pub mod error;

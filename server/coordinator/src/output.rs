@@ -97,6 +97,8 @@ pub enum Command {
     DropSchema,
     /// `DROP FUNCTION`.
     DropFunction,
+    /// `ALTER TABLE`.
+    AlterTable,
     /// `CREATE ROLE`, `CREATE USER`.
     CreateRole,
     /// `ALTER ROLE`, `ALTER USER`.

@@ -111,6 +111,11 @@ impl QueryEngine {
             }
             plan => plan,
         };
+        // Until its files are committed, VACUUM waits.
+        let _writing = match provider.downcast_ref::<ManagedTable>() {
+            Some(managed) => Some(managed.writing().await),
+            None => None,
+        };
         let physical = session.ctx.state().create_physical_plan(&plan).await?;
         let (rows, _) = self.write(session, sql, physical, target).await?;
         Ok(Output::wrote(Command::Insert, rows))
@@ -445,7 +450,7 @@ impl QueryEngine {
                 .into_iter()
                 .map(|f| f.path)
                 .collect();
-            actions.extend(snapshot.remove_actions(&all)?);
+            actions.extend(snapshot.remove_actions(&all, true)?);
         }
         let operation = DeltaOperation::Write {
             mode: if overwrite {

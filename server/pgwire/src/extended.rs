@@ -139,7 +139,9 @@ impl QueryParser for EmberQueryParser {
             parameter_data_types.push(data_type);
         }
         Ok(Some(Prepared {
-            column_names: crate::column_names::postgres_column_names(parsed.ast()),
+            column_names: parsed
+                .ast()
+                .and_then(crate::column_names::postgres_column_names),
             parsed,
             plan,
             parameter_types,
@@ -227,7 +229,11 @@ fn result_fields(
                     .cursor_schema(name)
                     .map(|schema| encode::fields(&schema, format, None))
                     .unwrap_or_default(),
-                _ => vec![],
+                // `DESCRIBE HISTORY`, `VACUUM`, ...: rows of a fixed shape.
+                _ => match statement.parsed.delta().and_then(|d| d.result_schema()) {
+                    Some(schema) => encode::fields(&schema, format, None),
+                    None => vec![],
+                },
             }
         }
     }

@@ -596,7 +596,9 @@ impl SimpleQueryHandler for PgHandler {
         };
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            let names = column_names::postgres_column_names(statement.ast());
+            let names = statement
+                .ast()
+                .and_then(column_names::postgres_column_names);
             if let Some(refused) = failed_transaction(client, &statement) {
                 responses.push(refused);
                 break;

@@ -36,6 +36,7 @@ pub(crate) fn tag(outcome: &Outcome) -> String {
         Command::DropView => "DROP VIEW".into(),
         Command::DropSchema => "DROP SCHEMA".into(),
         Command::DropFunction => "DROP FUNCTION".into(),
+        Command::AlterTable => "ALTER TABLE".into(),
         Command::CreateRole => "CREATE ROLE".into(),
         Command::AlterRole => "ALTER ROLE".into(),
         Command::DropRole => "DROP ROLE".into(),

@@ -7,12 +7,14 @@
   delta_interop.py nan DIR
       Writes a one-file table whose float column `x` holds 1.0, 2.0 and NaN (Delta's statistics
       leave NaN out of min/max).
-  delta_interop.py history DIR
+  delta_interop.py history DIR [VERSION]
       Prints, as one JSON line, the table's version, its row count, the sum of its integer
-      column `n`, and its commits' operations, newest first.
-  delta_interop.py summary DIR
+      column `n` (if it has one), its number of files, and its commits' versions and operations, newest first
+      (as of VERSION if given).
+  delta_interop.py summary DIR [VERSION]
       Prints, as one JSON line, what deltalake reads: per region the row count, the sum of
-      `amount` (rounded to 6 places) and the smallest and largest id, and the table's version.
+      `amount` (rounded to 6 places) and the smallest and largest id, and the table's version
+      (as of VERSION if given).
 """
 
 import json
@@ -54,8 +56,8 @@ def write(path, version):
     print(json.dumps({"version": DeltaTable(path).version()}))
 
 
-def summary(path):
-    dt = DeltaTable(path)
+def summary(path, version=None):
+    dt = DeltaTable(path, version=version)
     data = dt.to_pyarrow_table()
     out = []
     for region in sorted(set(data.column("region").to_pylist())):
@@ -76,16 +78,19 @@ elif sys.argv[1] == "nan":
     write_deltalake(sys.argv[2], pa.table({"x": pa.array([1.0, 2.0, float("nan")], pa.float64())}))
     print(json.dumps({"version": DeltaTable(sys.argv[2]).version()}))
 elif sys.argv[1] == "history":
-    dt = DeltaTable(sys.argv[2])
+    dt = DeltaTable(sys.argv[2], version=int(sys.argv[3]) if len(sys.argv) > 3 else None)
     data = dt.to_pyarrow_table()
+    history = dt.history()
     print(json.dumps({
         "version": dt.version(),
         "rows": data.num_rows,
-        "sum": pc.sum(data.column("n")).as_py(),
-        "operations": [h["operation"] for h in dt.history()],
+        "sum": pc.sum(data.column("n")).as_py() if "n" in data.column_names else None,
+        "files": len(dt.file_uris()),
+        "versions": [h["version"] for h in history],
+        "operations": [h["operation"] for h in history],
     }))
 elif sys.argv[1] == "summary":
-    summary(sys.argv[2])
+    summary(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
 else:
     sys.exit(f"unknown command {sys.argv[1]}")
 # deltalake's native threads can abort the interpreter's teardown ("terminate called without an

@@ -95,11 +95,12 @@ impl PlanAccess<'_> {
         let resolved = table.clone().resolve(DEFAULT_CATALOG, scope.default_schema);
         let governed = resolved.catalog.as_ref() == DEFAULT_CATALOG
             && self.user_schemas.contains(resolved.schema.as_ref());
-        (
-            resolved.schema.to_string(),
-            resolved.table.to_string(),
-            governed,
-        )
+        // An earlier version of a table (`t@v3`) is the table's to grant.
+        let table = match ember_delta::TimeTravel::split(&resolved.table) {
+            Some((table, _)) => table,
+            None => &resolved.table,
+        };
+        (resolved.schema.to_string(), table.to_string(), governed)
     }
 
     /// The catalog object a scan reads: found by its provider, else (a table created a moment

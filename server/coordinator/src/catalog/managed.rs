@@ -24,7 +24,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use ember_delta::deltalake_core::DeltaTable;
 use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::deltalake_core::protocol::DeltaOperation;
-use ember_delta::{CommitError, DeltaScanTable};
+use ember_delta::{CommitError, DeltaScanTable, TimeTravel};
 use ember_planner::float_stats::FloatSafeFormat;
 
 use super::ManagedEntry;
@@ -42,6 +42,10 @@ pub(crate) struct ManagedTable {
     /// Held while this server commits to the table: its statements queue here rather than
     /// race for the log's next version (Delta's conflict rules still judge what they read).
     commits: tokio::sync::Mutex<()>,
+    /// Shared by statements writing files into the table's directory until they commit;
+    /// `VACUUM` holds it alone, so it never takes a file about to be committed for an
+    /// unreferenced one.
+    writers: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ManagedTable {
@@ -64,6 +68,7 @@ impl ManagedTable {
             schema,
             current: RwLock::new(current),
             commits: tokio::sync::Mutex::new(()),
+            writers: Arc::default(),
         })
     }
 
@@ -92,6 +97,38 @@ impl ManagedTable {
         let committed = DeltaScanTable::with_schema(committed, Arc::clone(&self.schema))?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(committed);
         Ok(())
+    }
+
+    /// Held while a statement writes files into the table and commits them.
+    pub(crate) async fn writing(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        Arc::clone(&self.writers).read_owned().await
+    }
+
+    /// Runs `change` on the newest version, as the only commit of this server to the table
+    /// (and, with `alone`, while no statement writes files into it), and moves the table to
+    /// the version `change` returns.
+    pub(crate) async fn change<T, F, Fut>(&self, alone: bool, change: F) -> crate::error::Result<T>
+    where
+        F: FnOnce(DeltaTable) -> Fut,
+        Fut: std::future::Future<Output = crate::error::Result<(DeltaTable, T)>>,
+    {
+        let _alone = match alone {
+            true => Some(Arc::clone(&self.writers).write_owned().await),
+            false => None,
+        };
+        let _turn = self.commits.lock().await;
+        let (changed, outcome) = change(self.snapshot()?.table().clone()).await?;
+        let changed = DeltaScanTable::with_schema(changed, Arc::clone(&self.schema))?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(changed);
+        Ok(outcome)
+    }
+
+    /// The table as of an earlier version: read-only, with the catalog's types where the
+    /// version has the same columns.
+    pub(crate) async fn at(&self, at: TimeTravel) -> Result<DeltaScanTable> {
+        let table = at.load(self.snapshot()?.table()).await?;
+        DeltaScanTable::with_schema(table.clone(), Arc::clone(&self.schema))
+            .or_else(|_| DeltaScanTable::try_new(table))
     }
 
     /// The newest version, read with the catalog's types.

@@ -18,6 +18,7 @@
 //! is converted in place: a log whose first version adds the manifest's files.
 
 mod managed;
+mod versions;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 pub(crate) use managed::{ManagedTable, directory_sink_table};
+pub(crate) use versions::VersionedCatalog;
 
 use crate::access::{AccessControl, AccessFile, Published};
 use crate::error::{Error, Result};

@@ -23,13 +23,17 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::ParserError;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 mod access;
 mod cursor;
+mod delta;
+mod time_travel;
 
 use access::access_statement;
 pub use cursor::CursorStatement;
+pub use delta::DeltaStatement;
+use delta::delta_statement;
 
 use crate::access::AccessStatement;
 use crate::declared::DeclaredString;
@@ -38,7 +42,10 @@ use crate::error::{Error, Result};
 /// A parsed statement.
 #[derive(Debug, Clone)]
 pub struct ParsedStatement {
-    statement: DFStatement,
+    /// The syntax tree; none for a [`DeltaStatement`], which sqlparser has no tree for.
+    statement: Option<DFStatement>,
+    /// The Delta statement this is (`DESCRIBE HISTORY`, `VACUUM`, ...).
+    delta: Option<DeltaStatement>,
     /// The statement as SQL (its syntax tree printed): what logs, `system.queries` and the
     /// catalog (views, external tables) keep.
     text: String,
@@ -133,11 +140,25 @@ impl ParsedStatement {
         Ok(Self {
             text: statement.to_string(),
             declared: declared_strings(&statement),
-            statement,
+            statement: Some(statement),
+            delta: None,
             explain_distributed,
             cursor,
             access,
         })
+    }
+
+    /// The Delta statement `statement` is.
+    pub(crate) fn from_delta(statement: DeltaStatement) -> Self {
+        Self {
+            text: statement.to_string(),
+            declared: vec![],
+            statement: None,
+            delta: Some(statement),
+            explain_distributed: false,
+            cursor: None,
+            access: None,
+        }
     }
 
     /// The statement as SQL (for logs, system tables and the catalog).
@@ -145,9 +166,14 @@ impl ParsedStatement {
         &self.text
     }
 
-    /// The syntax tree.
-    pub fn ast(&self) -> &DFStatement {
-        &self.statement
+    /// The syntax tree (none for a Delta statement).
+    pub fn ast(&self) -> Option<&DFStatement> {
+        self.statement.as_ref()
+    }
+
+    /// The Delta statement this is, if it is one.
+    pub fn delta(&self) -> Option<&DeltaStatement> {
+        self.delta.as_ref()
     }
 
     /// Whether this is `EXPLAIN DISTRIBUTED <statement>`.
@@ -176,7 +202,7 @@ impl ParsedStatement {
         if self.explain_distributed || self.access.is_some() {
             return None;
         }
-        let statement = match &self.statement {
+        let statement = match self.statement.as_ref()? {
             DFStatement::Reset(ResetStatement::Variable(name)) => {
                 let name = object_name(name);
                 return Some(SessionCommand::Reset {
@@ -218,7 +244,7 @@ impl ParsedStatement {
 
     /// What a `DEALLOCATE` statement deallocates.
     pub fn deallocate(&self) -> Option<Deallocate> {
-        let DFStatement::Statement(statement) = &self.statement else {
+        let Some(DFStatement::Statement(statement)) = &self.statement else {
             return None;
         };
         let SqlStatement::Deallocate { name, .. } = statement.as_ref() else {
@@ -238,14 +264,16 @@ impl ParsedStatement {
 /// Splits `sql` into statements with DataFusion's parser in the dialect `options` name
 /// (`datafusion.sql_parser.dialect`): their syntax trees, each with whether it was prefixed by
 /// `EXPLAIN DISTRIBUTED`. Ember's own `EXPLAIN DISTRIBUTED` and PostgreSQL's `ABORT` are
-/// recognised by their tokens.
-pub(crate) fn parse_statements(
-    sql: &str,
-    options: &SqlParserOptions,
-) -> Result<Vec<(DFStatement, bool)>> {
+/// recognised by their tokens, and Spark SQL's time-travel clauses (`t VERSION AS OF 3`) are
+/// folded into the versioned table names the catalog resolves.
+pub(crate) fn parse_statements(sql: &str, options: &SqlParserOptions) -> Result<Vec<Parsed>> {
     let dialect = dialect_from_str(options.dialect)
         .ok_or_else(|| Error::NotSupported(format!("unknown SQL dialect {}", options.dialect)))?;
-    let mut parser = DFParserBuilder::new(sql)
+    let tokens = Tokenizer::new(dialect.as_ref(), sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::DataFusion(ParserError::from(e).into()))?;
+    let tokens = time_travel::fold_time_travel(tokens, options.enable_ident_normalization)?;
+    let mut parser = DFParserBuilder::new(tokens)
         .with_dialect(dialect.as_ref())
         .with_recursion_limit(options.recursion_limit.get())
         .build()?;
@@ -268,6 +296,16 @@ pub(crate) fn parse_statements(
             parser.parser.next_token();
             parser.parser.next_token();
         }
+        if let Some(statement) = delta_statement(&mut parser)? {
+            if explain_distributed {
+                return Err(Error::NotSupported(format!(
+                    "EXPLAIN DISTRIBUTED explains queries, not {statement}"
+                )));
+            }
+            statements.push(Parsed::Delta(statement));
+            expecting_delimiter = true;
+            continue;
+        }
         let statement = if let Some(statement) = access_statement(sql, &mut parser)? {
             statement
         } else if is_word(&parser, 0, "ABORT") {
@@ -283,10 +321,34 @@ pub(crate) fn parse_statements(
         } else {
             parser.parse_statement()?
         };
-        statements.push((statement, explain_distributed));
+        if let DFStatement::Statement(inner) = &statement
+            && let Some(delta) = delta::set_properties(inner)?
+            && !explain_distributed
+        {
+            statements.push(Parsed::Delta(delta));
+            expecting_delimiter = true;
+            continue;
+        }
+        statements.push(Parsed::Sql {
+            statement,
+            explain_distributed,
+        });
         expecting_delimiter = true;
     }
     Ok(statements)
+}
+
+/// A statement as the parser found it.
+pub(crate) enum Parsed {
+    /// A statement DataFusion's parser knows (and dialects may rewrite).
+    Sql {
+        /// Its syntax tree.
+        statement: DFStatement,
+        /// Whether `EXPLAIN DISTRIBUTED` prefixed it.
+        explain_distributed: bool,
+    },
+    /// A Delta statement.
+    Delta(DeltaStatement),
 }
 
 /// Whether the `n`th next token is the unquoted word `word`.
@@ -431,7 +493,13 @@ mod tests {
     fn parse(sql: &str, options: &SqlParserOptions) -> Result<Vec<ParsedStatement>> {
         parse_statements(sql, options)?
             .into_iter()
-            .map(|(statement, explain)| ParsedStatement::from_ast(statement, explain))
+            .map(|parsed| match parsed {
+                Parsed::Sql {
+                    statement,
+                    explain_distributed,
+                } => ParsedStatement::from_ast(statement, explain_distributed),
+                Parsed::Delta(statement) => Ok(ParsedStatement::from_delta(statement)),
+            })
             .collect()
     }
 
