@@ -361,6 +361,9 @@ impl QueryEngine {
             LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => {
                 self.insert(session, parsed.sql(), plan).await
             }
+            LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::MergeInto(_)) => {
+                self.merge(session, parsed.sql(), plan).await
+            }
             LogicalPlan::Dml(_) => self.modify(session, parsed.sql(), plan).await,
             LogicalPlan::Copy(_) => self.copy(session, parsed.sql(), plan).await,
             LogicalPlan::Statement(Statement::Deallocate(_))

@@ -35,6 +35,7 @@ mod explain_analyze;
 mod history;
 pub mod ingest;
 mod join_fallback;
+mod merge;
 pub mod monitor;
 pub mod output;
 mod placeholders;

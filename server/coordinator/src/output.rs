@@ -77,6 +77,8 @@ pub enum Command {
     Delete,
     /// `TRUNCATE`.
     Truncate,
+    /// `MERGE`.
+    Merge,
     /// `CREATE TABLE ... AS query` (and Flight SQL ingest into a new table).
     CreateTableAs,
     /// `CREATE [EXTERNAL] TABLE`.

@@ -26,6 +26,7 @@ pub(crate) fn tag(outcome: &Outcome) -> String {
         Command::Update => format!("UPDATE {rows}"),
         Command::Delete => format!("DELETE {rows}"),
         Command::Truncate => "TRUNCATE TABLE".into(),
+        Command::Merge => format!("MERGE {rows}"),
         Command::CreateTableAs => format!("SELECT {rows}"),
         Command::CreateTable => "CREATE TABLE".into(),
         Command::CreateView => "CREATE VIEW".into(),

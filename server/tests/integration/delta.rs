@@ -670,6 +670,28 @@ async fn delta_tables_travel_in_time_and_are_compacted_and_vacuumed() {
     assert_eq!(count_sum(None).await, before);
     let theirs = interop(&["history", &dir_text]);
     assert_eq!(theirs["rows"].to_string(), before.0);
+
+    // MERGE: deletes the matched rows, inserts the one that matches nothing; deltalake reads
+    // the same table and a MERGE in its history.
+    let small = one(&client, "select count(*) from h where n < 1000").await;
+    let merged = client
+        .execute(
+            "merge into h using (select n from h where n < 1000 union all select 100000000) s              on h.n = s.n when matched then delete when not matched then insert values (s.n)",
+            &[],
+        )
+        .await
+        .expect("merge");
+    assert_eq!(
+        merged.to_string(),
+        (small.parse::<u64>().unwrap() + 1).to_string()
+    );
+    let after = count_sum(None).await;
+    let theirs = interop(&["history", &dir_text]);
+    assert_eq!(theirs["operations"][0], "MERGE");
+    assert_eq!(
+        (theirs["rows"].to_string(), theirs["sum"].to_string()),
+        after
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
