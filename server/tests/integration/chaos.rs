@@ -1,8 +1,10 @@
 //! Fault tolerance under real failures: a coordinator and three executor processes over TPC-H
 //! SF0.1. Executors are killed (SIGKILL) while TPC-H Q9, Q18 and Q21 run — during their first map
 //! stage and again after it finished — or stopped (SIGSTOP) past the heartbeat timeout and
-//! resumed; every answer must equal single-node DataFusion's. Then a query is cancelled mid-way:
-//! within 5 s no task of it may run on any executor and its shuffle files must be gone.
+//! resumed; every answer must equal single-node DataFusion's. UPDATE and DELETE of a copy of
+//! `lineitem` meet the same faults and leave the table DataFusion computes. Then a query is
+//! cancelled mid-way: within 5 s no task of it may run on any executor and its shuffle files
+//! must be gone.
 
 use std::time::{Duration, Instant};
 
@@ -138,8 +140,108 @@ async fn answers_stay_exact_when_executors_die() {
     if std::env::var_os("EMBER_CHAOS_LOGS").is_some() {
         eprintln!("{}", cluster.logs());
     }
+    changes_stay_exact_when_executors_die(&mut cluster, &monitor, &reference).await;
     cancel_stops_tasks_and_removes_files(&cluster, &monitor).await;
     no_executor_fails_after_the_wait(&mut cluster, &monitor).await;
+}
+
+/// UPDATE and DELETE of a managed copy of `lineitem` with an executor killed mid-statement
+/// (while matching rows are counted, or while files are rewritten): each statement completes
+/// with the count single-node DataFusion gives, and the table ends as DataFusion computes it by
+/// hand from `lineitem`.
+async fn changes_stay_exact_when_executors_die(
+    cluster: &mut ProcessCluster,
+    monitor: &Client,
+    reference: &SessionContext,
+) {
+    monitor
+        .simple_query(
+            "create table chaos_li as select l_orderkey, l_linenumber, l_quantity, l_shipmode \
+             from tpch.lineitem",
+        )
+        .await
+        .expect("create chaos_li");
+    let statements = [
+        (
+            "delete from chaos_li where l_quantity > 45",
+            "select count(*) from lineitem where l_quantity > 45",
+            Fault::KillDuringMapStage,
+        ),
+        (
+            "update chaos_li set l_quantity = l_quantity + 100 where l_shipmode = 'AIR'",
+            "select count(*) from lineitem where l_quantity <= 45 and l_shipmode = 'AIR'",
+            Fault::KillResultTask,
+        ),
+        (
+            "update chaos_li set l_quantity = l_quantity + 200 where l_shipmode = 'MAIL'",
+            "select count(*) from lineitem where l_quantity <= 45 and l_shipmode = 'MAIL'",
+            Fault::KillDuringMapStage,
+        ),
+        (
+            "delete from chaos_li where l_shipmode = 'FOB' and l_linenumber > 3",
+            "select count(*) from lineitem where l_quantity <= 45 and l_shipmode = 'FOB' \
+             and l_linenumber > 3",
+            Fault::KillAfterMapStage,
+        ),
+    ];
+    let mut injected = 0;
+    for (sql, count, fault) in statements {
+        let client = connect(cluster.pg_port).await.expect("connect");
+        let running = tokio::spawn(async move { client.execute(sql, &[]).await });
+        let victim = loop {
+            if running.is_finished() {
+                break None;
+            }
+            if let Some(victim) = find_victim(monitor, fault).await {
+                break Some(victim);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if let Some(port) = victim {
+            let i = cluster.executor_by_port(port).expect("one of ours");
+            cluster.restart_executor(i);
+            injected += 1;
+        }
+        let changed = tokio::time::timeout(Duration::from_secs(240), running)
+            .await
+            .unwrap_or_else(|_| panic!("{sql} timed out\n{}", cluster.logs()))
+            .expect("statement task")
+            .unwrap_or_else(|e| panic!("{sql} ({fault:?}): {e:?}\n{}", cluster.logs()));
+        let expected = datafusion_rows(reference, count).await;
+        assert_eq!(
+            Some(changed.to_string()),
+            expected[0][0],
+            "{sql} ({fault:?}, injected: {})",
+            victim.is_some()
+        );
+        eprintln!(
+            "chaos: {sql} ({fault:?}): {changed} rows, fault injected: {}",
+            victim.is_some()
+        );
+        crate::common::wait_until_alive(cluster, monitor, EXECUTORS).await;
+    }
+    let ours = rows(
+        &monitor
+            .simple_query(
+                "select l_shipmode, count(*), sum(l_quantity), sum(l_orderkey * 10 + l_linenumber) \
+                 from chaos_li group by 1 order by 1",
+            )
+            .await
+            .expect("the changed table"),
+    );
+    let expected = datafusion_rows(
+        reference,
+        "select l_shipmode, count(*), sum(case l_shipmode when 'AIR' then l_quantity + 100 \
+         when 'MAIL' then l_quantity + 200 else l_quantity end), \
+         sum(l_orderkey * 10 + l_linenumber) from lineitem where l_quantity <= 45 \
+         and not (l_shipmode = 'FOB' and l_linenumber > 3) group by 1 order by 1",
+    )
+    .await;
+    assert_eq!(ours, expected, "\n{}", cluster.logs());
+    assert!(
+        injected >= 2,
+        "only {injected} of 4 statements met their fault"
+    );
 }
 
 /// A deterministic error fails the query at once, with its SQLSTATE, after one attempt per task.
