@@ -152,7 +152,7 @@ async fn add_action(
     Ok(Add {
         path: encode_path(&file.path),
         size: file.size as i64,
-        partition_values: HashMap::new(),
+        partition_values: partition_values(&file.path),
         modification_time: now_millis(),
         data_change: true,
         stats: Some(stats.to_string()),
@@ -162,6 +162,47 @@ async fn add_action(
         default_row_commit_version: None,
         clustering_provider: None,
     })
+}
+
+/// The partition values a written file's directories give (`region=eu/x.parquet`: `region` is
+/// `eu`); a Hive-style null directory is a null.
+fn partition_values(path: &str) -> HashMap<String, Option<String>> {
+    let mut values = HashMap::new();
+    let Some((dirs, _)) = path.rsplit_once('/') else {
+        return values;
+    };
+    for dir in dirs.split('/') {
+        if let Some((column, value)) = dir.split_once('=') {
+            let value = percent_decode(value);
+            let value = (value != "__HIVE_DEFAULT_PARTITION__").then_some(value);
+            values.insert(percent_decode(column), value);
+        }
+    }
+    values
+}
+
+/// `%XX` escapes decoded (as partition directories are written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A path in the log is a URI reference: characters outside its syntax are percent-encoded.
@@ -363,6 +404,7 @@ pub async fn create_table(
     partition_columns: Vec<String>,
     adds: Vec<Add>,
 ) -> Result<DeltaTable> {
+    crate::register_log_stores();
     let table = DeltaTableBuilder::from_url(url.clone())
         .map_err(library_error)?
         .with_storage_backend(store, url.clone())
@@ -426,6 +468,19 @@ fn commit_error(error: DeltaTableError) -> CommitError {
             CommitError::Conflict(format!("version {version} was committed by another writer"))
         }
         other => CommitError::Failed(library_error(other)),
+    }
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    #[test]
+    fn partition_values_come_from_directories() {
+        assert!(partition_values("x.parquet").is_empty());
+        let values = partition_values("region=eu%2Fwest/day=__HIVE_DEFAULT_PARTITION__/x.parquet");
+        assert_eq!(values.get("region"), Some(&Some("eu/west".to_string())));
+        assert_eq!(values.get("day"), Some(&None));
     }
 }
 

@@ -8,14 +8,25 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableProvider;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown, TableType};
 use datafusion::object_store::ObjectStore;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
+use deltalake_core::kernel::Action;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
+use ember_planner::float_stats::FloatSafeFormat;
 use tokio::sync::Mutex;
 use url::Url;
 
+use crate::commit::{CommitError, WrittenFile, add_actions, commit, create_table};
 use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
 use crate::time_travel::TimeTravel;
@@ -23,6 +34,7 @@ use crate::time_travel::TimeTravel;
 /// Opens the Delta table at `url` (its newest version) through the object store `session`
 /// has registered for it.
 pub async fn open_table(session: &dyn Session, url: &Url) -> Result<DeltaTable> {
+    crate::register_log_stores();
     let store = table_store(session.runtime_env(), url)?;
     DeltaTableBuilder::from_url(url.clone())
         .map_err(library_error)?
@@ -30,6 +42,16 @@ pub async fn open_table(session: &dyn Session, url: &Url) -> Result<DeltaTable> 
         .load()
         .await
         .map_err(|e| DataFusionError::Plan(format!("cannot open the Delta table at {url}: {e}")))
+}
+
+/// Whether a Delta log is at `url`.
+async fn has_log(session: &dyn Session, url: &Url) -> Result<bool> {
+    use futures::StreamExt;
+    let store = table_store(session.runtime_env(), url)?;
+    let root =
+        datafusion::object_store::path::Path::from_url_path(url.path()).map_err(library_error)?;
+    let log = root.join("_delta_log");
+    Ok(store.list(Some(&log)).next().await.transpose()?.is_some())
 }
 
 /// The object store `runtime` has registered for the table at `url`.
@@ -67,16 +89,46 @@ impl TableProviderFactory for DeltaTableFactory {
         state: &dyn Session,
         cmd: &CreateExternalTable,
     ) -> Result<Arc<dyn TableProvider>> {
-        if !cmd.table_partition_cols.is_empty() {
-            return plan_err!(
-                "a Delta table's partition columns are in its log: omit PARTITIONED BY"
-            );
-        }
         let [location] = cmd.locations.as_slice() else {
             return plan_err!("a Delta table has one location");
         };
         let url = table_url(location)?;
-        let table = open_table(state, &url).await?;
+        let table = if cmd.schema.fields().is_empty() || has_log(state, &url).await? {
+            open_table(state, &url).await?
+        } else {
+            // Columns and no table there: a new, empty table (as Spark's `CREATE TABLE ...
+            // USING DELTA LOCATION` makes one).
+            let store = table_store(state.runtime_env(), &url)?;
+            let schema = cmd.schema.as_arrow();
+            for column in &cmd.table_partition_cols {
+                if schema.index_of(column).is_err() {
+                    return plan_err!("partition column {column} is not a column of the table");
+                }
+            }
+            let name = cmd.name.table();
+            create_table(
+                store,
+                &url,
+                name,
+                schema,
+                cmd.table_partition_cols.clone(),
+                vec![],
+            )
+            .await?
+        };
+        let logged = table
+            .snapshot()
+            .map_err(library_error)?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        if !cmd.table_partition_cols.is_empty() && cmd.table_partition_cols != logged {
+            return plan_err!(
+                "the Delta table at {url} is partitioned by ({}), not ({}): its log says, omit PARTITIONED BY",
+                logged.join(", "),
+                cmd.table_partition_cols.join(", ")
+            );
+        }
         let schema = DeltaScanTable::try_new(table.clone())?.schema();
         if !cmd.schema.fields().is_empty() {
             let declared: Vec<&String> = cmd.schema.fields().iter().map(|f| f.name()).collect();
@@ -131,6 +183,44 @@ impl ExternalDeltaTable {
         Ok(current)
     }
 
+    /// Commits files a statement wrote into the table's directory: appended, or replacing the
+    /// files of the newest version (`overwrite`). Delta's conflict rules judge the commit
+    /// against what other engines committed meanwhile.
+    pub async fn commit_files(
+        &self,
+        runtime: &RuntimeEnv,
+        files: &[WrittenFile],
+        overwrite: bool,
+    ) -> std::result::Result<(), CommitError> {
+        let read = self.latest().await?;
+        let store = table_store(runtime, &self.url)?;
+        let adds = add_actions(store, &self.url, files, &read.file_schema()).await?;
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        if overwrite {
+            let all = read
+                .table()
+                .snapshot()
+                .map_err(library_error)?
+                .log_data()
+                .iter()
+                .map(|f| f.path().into_owned())
+                .collect();
+            actions.extend(read.remove_actions(&all, true)?);
+        }
+        let operation = DeltaOperation::Write {
+            mode: if overwrite {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            },
+            partition_by: None,
+            predicate: None,
+        };
+        let committed = commit(read.table(), actions, operation).await?;
+        *self.table.lock().await = committed;
+        Ok(())
+    }
+
     /// The table as of an earlier version (with that version's columns).
     pub async fn at(&self, at: TimeTravel) -> Result<DeltaScanTable> {
         let table = self.table.lock().await.clone();
@@ -153,6 +243,47 @@ impl TableProvider for ExternalDeltaTable {
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    /// A sink writing into the table's directory, partitioned as the table is (Hive-style
+    /// directories); the engine runs it on the executors and commits what it wrote with
+    /// [`Self::commit_files`].
+    async fn insert_into(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        _insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let current = self.latest().await?;
+        let partition_columns = current
+            .partition_fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let options = ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(partition_columns);
+        let config = ListingTableConfig::new(ListingTableUrl::parse(self.url.as_str())?)
+            .with_listing_options(options)
+            .with_schema(current.file_schema());
+        let sink = ListingTable::try_new(config)?;
+        // The sink takes the files' columns, then the partition columns.
+        let input_schema = input.schema();
+        let columns = sink
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| {
+                let index = input_schema.index_of(field.name())?;
+                Ok(ProjectionExpr::new(
+                    Arc::new(PhysicalColumn::new(field.name(), index)),
+                    field.name().clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input = Arc::new(ProjectionExec::try_new(columns, input)?);
+        // Overwrites replace the log's files at commit; the files are appended.
+        sink.insert_into(state, input, InsertOp::Append).await
     }
 
     async fn scan(

@@ -117,6 +117,16 @@ impl DeltaScanTable {
         })
     }
 
+    /// The columns stored in the files (the table's columns but its partition columns).
+    pub fn file_schema(&self) -> SchemaRef {
+        Arc::clone(&self.file_schema)
+    }
+
+    /// The partition columns, in the order the table declares them.
+    pub fn partition_fields(&self) -> &[FieldRef] {
+        &self.partition_fields
+    }
+
     /// The snapshot this table reads.
     pub fn table(&self) -> &DeltaTable {
         &self.table

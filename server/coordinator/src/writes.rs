@@ -6,6 +6,7 @@
 //! |--------------------------|------------------------------------------------------------|
 //! | managed table            | files moved into its directory, then one Delta transaction |
 //! |                          | adds them (readers see all or nothing)                     |
+//! | external Delta table     | the same, against the table's newest version               |
 //! | external table, COPY dir | files moved into the directory                             |
 //! | COPY to one file         | the one staged file renamed to the target                  |
 //!
@@ -29,7 +30,7 @@ use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
 use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::deltalake_core::protocol::{DeltaOperation, SaveMode};
-use ember_delta::{CommitError, WrittenFile};
+use ember_delta::{CommitError, ExternalDeltaTable, WrittenFile};
 use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
 use futures::TryStreamExt;
@@ -48,6 +49,8 @@ use crate::session::ClientSession;
 pub(crate) enum Target {
     /// Into a managed table's Delta log.
     Managed { table: ObjectName, overwrite: bool },
+    /// Into an external Delta table's log (a table other engines may write too).
+    Delta { table: ObjectName, overwrite: bool },
     /// Into the sink's directory (an external table, a new managed table, `COPY` to a
     /// directory), or renamed to the sink's one file (`COPY` to a file).
     Directory,
@@ -87,6 +90,11 @@ impl QueryEngine {
                 table,
                 overwrite: insert_op == InsertOp::Overwrite,
             }
+        } else if provider.downcast_ref::<ExternalDeltaTable>().is_some() {
+            Target::Delta {
+                table,
+                overwrite: insert_op == InsertOp::Overwrite,
+            }
         } else if provider.downcast_ref::<ListingTable>().is_some() {
             if insert_op != InsertOp::Append {
                 return Err(Error::NotSupported(format!(
@@ -103,7 +111,7 @@ impl QueryEngine {
             LogicalPlan::Dml(mut dml) => {
                 // Overwrites of managed tables replace the manifest at commit; the files are
                 // appended.
-                if matches!(target, Target::Managed { .. }) {
+                if matches!(target, Target::Managed { .. } | Target::Delta { .. }) {
                     dml.op = WriteOp::Insert(InsertOp::Append);
                 }
                 dml.input = check_column_constraints(dml.input, &provider.schema())?;
@@ -417,13 +425,21 @@ impl QueryEngine {
             return Err(error);
         }
         self.invalidate_listings(directory.prefix());
-        if let Target::Managed { table, overwrite } = target {
-            let files: Vec<WrittenFile> = moved.iter().map(|(_, f)| f.clone()).collect();
-            if let Err(error) = self.commit_write(session, &table, &files, overwrite).await {
-                let paths = moved.iter().map(|(p, _)| p.clone()).collect();
-                delete_all(&store, paths).await;
-                return Err(error);
+        let files: Vec<WrittenFile> = moved.iter().map(|(_, f)| f.clone()).collect();
+        let committed = match target {
+            Target::Managed { table, overwrite } => {
+                self.commit_write(session, &table, &files, overwrite).await
             }
+            Target::Delta { table, overwrite } => {
+                self.commit_external(session, &table, &files, overwrite)
+                    .await
+            }
+            Target::Directory => Ok(()),
+        };
+        if let Err(error) = committed {
+            let paths = moved.iter().map(|(p, _)| p.clone()).collect();
+            delete_all(&store, paths).await;
+            return Err(error);
         }
         drop(guard);
         Ok((staged.rows, moved.into_iter().map(|(_, f)| f).collect()))
@@ -466,6 +482,26 @@ impl QueryEngine {
             .await
             .map_err(|e| commit_failure(table, e))?;
         Ok(())
+    }
+
+    /// Commits `files` (in the table's directory) to an external Delta table.
+    async fn commit_external(
+        &self,
+        session: &ClientSession,
+        table: &ObjectName,
+        files: &[WrittenFile],
+        overwrite: bool,
+    ) -> Result<()> {
+        let provider = self.managed_table(table).await?;
+        let external = provider
+            .downcast_ref::<ExternalDeltaTable>()
+            .ok_or_else(|| {
+                Error::UndefinedTable(format!("{table} is no longer an external Delta table"))
+            })?;
+        external
+            .commit_files(&session.ctx.runtime_env(), files, overwrite)
+            .await
+            .map_err(|e| commit_failure(table, e))
     }
 
     /// The provider registered for a managed table (the one commits move forward).

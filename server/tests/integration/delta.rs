@@ -219,11 +219,44 @@ async fn tables_deltalake_writes_are_read_over_the_cluster_at_their_newest_versi
     assert_eq!(history.len(), 3, "{history:?}");
     assert_eq!(history[0][0].as_deref(), Some("2"));
 
+    // Ember writes the table in place, into its partitions: deltalake reads what Ember reads.
+    client
+        .simple_query(
+            "insert into sales select id + 100000, name, amount, day, region from sales \
+             where region <> 'b'",
+        )
+        .await
+        .expect("insert into the Delta table");
+    let expected = interop(&["summary", location]);
+    assert_eq!(expected["version"], 3);
+    assert_eq!(summary(&client, "sales").await, expected["regions"]);
+    let in_c = std::fs::read_dir(std::path::Path::new(location).join("region=c"))
+        .expect("the partition's directory")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .count();
+    assert!(
+        in_c >= 2,
+        "Ember's files are not in the partition's directory"
+    );
+
     // The table survives a restart of the coordinator.
     drop(client);
     cluster.restart_coordinator();
     let client = cluster.connect(2).await;
     assert_eq!(summary(&client, "sales").await, expected["regions"]);
+
+    // INSERT OVERWRITE replaces every file of the version it read.
+    client
+        .simple_query("insert overwrite sales select * from sales where region = 'a' and id < 100")
+        .await
+        .expect("overwrite the Delta table");
+    let overwritten = interop(&["summary", location]);
+    assert_eq!(
+        overwritten["regions"],
+        serde_json::json!([["a", 100, 937.5, 0, 99]])
+    );
+    assert_eq!(summary(&client, "sales").await, overwritten["regions"]);
 
     // What is not a Delta table, or is given other columns, is refused with a reason.
     let plain = tables.path().join("plain");
