@@ -19,7 +19,7 @@ use deltalake_core::delta_datafusion::DataFusionMixins;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake_core::kernel::{Action, Add, DataType, StructField, StructType};
-use deltalake_core::protocol::DeltaOperation;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
@@ -439,6 +439,19 @@ pub async fn commit(
     let mut committed = DeltaTable::new(table.log_store());
     committed.state = Some(finalized.snapshot());
     Ok(committed)
+}
+
+/// What an `INSERT` commits as: an append, or an overwrite of the version it read.
+pub fn write_operation(overwrite: bool) -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: if overwrite {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::Append
+        },
+        partition_by: None,
+        predicate: None,
+    }
 }
 
 /// Whether the library reads `predicate` (SQL over the table's columns) back: it parses the

@@ -20,13 +20,12 @@ use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
 use deltalake_core::kernel::Action;
-use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
 use ember_planner::float_stats::FloatSafeFormat;
 use tokio::sync::Mutex;
 use url::Url;
 
-use crate::commit::{CommitError, WrittenFile, add_actions, commit, create_table};
+use crate::commit::{CommitError, WrittenFile, add_actions, commit, create_table, write_operation};
 use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
 use crate::time_travel::TimeTravel;
@@ -197,26 +196,9 @@ impl ExternalDeltaTable {
         let adds = add_actions(store, &self.url, files, &read.file_schema()).await?;
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         if overwrite {
-            let all = read
-                .table()
-                .snapshot()
-                .map_err(library_error)?
-                .log_data()
-                .iter()
-                .map(|f| f.path().into_owned())
-                .collect();
-            actions.extend(read.remove_actions(&all, true)?);
+            actions.extend(read.remove_all()?);
         }
-        let operation = DeltaOperation::Write {
-            mode: if overwrite {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            },
-            partition_by: None,
-            predicate: None,
-        };
-        let committed = commit(read.table(), actions, operation).await?;
+        let committed = commit(read.table(), actions, write_operation(overwrite)).await?;
         *self.table.lock().await = committed;
         Ok(())
     }

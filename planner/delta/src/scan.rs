@@ -220,6 +220,16 @@ impl DeltaScanTable {
             .collect())
     }
 
+    /// The `remove` actions of every file of the snapshot (an overwrite).
+    pub fn remove_all(&self) -> Result<Vec<Action>> {
+        let snapshot = self.table.snapshot().map_err(library_error)?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|file| Action::Remove(file.remove_action(true)))
+            .collect())
+    }
+
     /// The `remove` actions of the snapshot's files among `paths`; `data_change` false for
     /// a rearrangement of the same rows (compaction).
     pub fn remove_actions(

@@ -237,7 +237,8 @@ impl QueryEngine {
             .sum())
     }
 
-    async fn collect(
+    /// The rows of a distributed query a statement runs for itself.
+    pub(crate) async fn collect(
         &self,
         session: &ClientSession,
         sql: &str,

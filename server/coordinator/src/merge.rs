@@ -111,7 +111,7 @@ impl QueryEngine {
                     ],
                 )?
                 .build()?;
-            for batch in self.collect_rows(session, sql, &plan).await? {
+            for batch in self.collect(session, sql, &plan).await? {
                 let files = batch.column(0).as_string::<i32>();
                 let pairs = batch.column(1).as_primitive::<Int64Type>();
                 let rows = batch.column(2).as_primitive::<Int64Type>();
@@ -181,21 +181,6 @@ impl QueryEngine {
             return Err(error);
         }
         Ok(Output::wrote(Command::Merge, changed + inserted))
-    }
-
-    async fn collect_rows(
-        &self,
-        session: &ClientSession,
-        sql: &str,
-        plan: &LogicalPlan,
-    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
-        use futures::TryStreamExt;
-        let physical = session.ctx.state().create_physical_plan(plan).await?;
-        Ok(self
-            .run_physical(session, sql, physical)
-            .await?
-            .try_collect()
-            .await?)
     }
 }
 

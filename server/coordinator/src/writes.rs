@@ -29,7 +29,6 @@ use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
 use ember_delta::deltalake_core::kernel::Action;
-use ember_delta::deltalake_core::protocol::{DeltaOperation, SaveMode};
 use ember_delta::{CommitError, ExternalDeltaTable, WrittenFile};
 use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
@@ -461,24 +460,10 @@ impl QueryEngine {
         let snapshot = managed.snapshot()?;
         let mut actions = added_files(session, managed, files).await?;
         if overwrite {
-            let all = snapshot
-                .matching_files(&session.ctx.state(), &[])?
-                .into_iter()
-                .map(|f| f.path)
-                .collect();
-            actions.extend(snapshot.remove_actions(&all, true)?);
+            actions.extend(snapshot.remove_all()?);
         }
-        let operation = DeltaOperation::Write {
-            mode: if overwrite {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            },
-            partition_by: None,
-            predicate: None,
-        };
         managed
-            .commit(&snapshot, actions, operation)
+            .commit(&snapshot, actions, ember_delta::write_operation(overwrite))
             .await
             .map_err(|e| commit_failure(table, e))?;
         Ok(())

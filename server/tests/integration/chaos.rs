@@ -188,15 +188,7 @@ async fn changes_stay_exact_when_executors_die(
     for (sql, count, fault) in statements {
         let client = connect(cluster.pg_port).await.expect("connect");
         let running = tokio::spawn(async move { client.execute(sql, &[]).await });
-        let victim = loop {
-            if running.is_finished() {
-                break None;
-            }
-            if let Some(victim) = find_victim(monitor, fault).await {
-                break Some(victim);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let victim = await_victim(monitor, fault, &running).await;
         if let Some(port) = victim {
             let i = cluster.executor_by_port(port).expect("one of ours");
             cluster.restart_executor(i);
@@ -304,16 +296,7 @@ async fn trial(
 ) -> Outcome {
     let running = spawn_query(cluster, sql).await;
 
-    // Watch the query's stages and tasks until the moment for the fault comes.
-    let victim = loop {
-        if running.is_finished() {
-            break None;
-        }
-        if let Some(victim) = find_victim(monitor, fault).await {
-            break Some(victim);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let victim = await_victim(monitor, fault, &running).await;
     if let Some(port) = victim {
         let i = cluster
             .executor_by_port(port)
@@ -381,6 +364,24 @@ async fn check(
         Err(diff) => Outcome::Wrong(diff),
         Ok(()) if !fault_injected => Outcome::Missed,
         Ok(()) => Outcome::Exact,
+    }
+}
+
+/// Watches the running statement's stages and tasks until the moment for `fault` comes: the
+/// Flight port of the executor to hit then; none if the statement ended first.
+async fn await_victim<T>(
+    monitor: &Client,
+    fault: Fault,
+    running: &tokio::task::JoinHandle<T>,
+) -> Option<u16> {
+    loop {
+        if running.is_finished() {
+            return None;
+        }
+        if let Some(victim) = find_victim(monitor, fault).await {
+            return Some(victim);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
