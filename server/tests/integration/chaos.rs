@@ -140,7 +140,7 @@ async fn answers_stay_exact_when_executors_die() {
     if std::env::var_os("EMBER_CHAOS_LOGS").is_some() {
         eprintln!("{}", cluster.logs());
     }
-    changes_stay_exact_when_executors_die(&mut cluster, &monitor, &reference).await;
+    changes_stay_exact_when_executors_die(&data, &env, &reference).await;
     cancel_stops_tasks_and_removes_files(&cluster, &monitor).await;
     no_executor_fails_after_the_wait(&mut cluster, &monitor).await;
 }
@@ -150,10 +150,21 @@ async fn answers_stay_exact_when_executors_die() {
 /// with the count single-node DataFusion gives, and the table ends as DataFusion computes it by
 /// hand from `lineitem`.
 async fn changes_stay_exact_when_executors_die(
-    cluster: &mut ProcessCluster,
-    monitor: &Client,
+    tpch: &std::path::Path,
+    env: &[(String, String)],
     reference: &SessionContext,
 ) {
+    // A data dir of its own (the shared one's catalog is other tests' too), with a copy of the
+    // TPC-H files.
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
+    copy_dir(
+        &ember_planner::tpch::scale_dir(&tpch.join("tpch"), SCALE),
+        &ember_planner::tpch::scale_dir(&data_dir.join("tpch"), SCALE),
+    );
+    let mut cluster = ProcessCluster::start_with_env(EXECUTORS, SCALE, &data_dir, env);
+    let cluster = &mut cluster;
+    let monitor = &cluster.connect(EXECUTORS).await;
     monitor
         .simple_query(
             "create table chaos_li as select l_orderkey, l_linenumber, l_quantity, l_shipmode \
@@ -364,6 +375,18 @@ async fn check(
         Err(diff) => Outcome::Wrong(diff),
         Ok(()) if !fault_injected => Outcome::Missed,
         Ok(()) => Outcome::Exact,
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("a directory");
+    for entry in std::fs::read_dir(from).expect("a directory").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("a copy");
+        }
     }
 }
 
