@@ -316,6 +316,8 @@ fn detail(table: &DeltaTable, name: &ObjectName) -> Result<Vec<ArrayRef>> {
 /// `DESCRIBE HISTORY`: each version's commit, newest first.
 async fn history(table: &DeltaTable, limit: Option<usize>) -> Result<Vec<ArrayRef>> {
     let newest = table.version().unwrap_or(0) as i64;
+    // No more than there are versions.
+    let limit = limit.map(|l| l.min(newest as usize + 1));
     let commits: Vec<_> = table.history(limit).try_collect().await.map_err(library)?;
     let mut versions = vec![];
     let mut timestamps = vec![];

@@ -189,6 +189,9 @@ impl std::fmt::Display for DeltaStatement {
     }
 }
 
+/// The longest retention `VACUUM` takes (a century and more).
+const MAX_RETAIN_HOURS: f64 = 1_000_000.0;
+
 /// The Delta statement at the parser's position, if one is there; the parser is left after it.
 pub(super) fn delta_statement(parser: &mut DFParser<'_>) -> Result<Option<DeltaStatement>> {
     // `DESCRIBE history` describes a table named history.
@@ -254,12 +257,17 @@ pub(super) fn delta_statement(parser: &mut DFParser<'_>) -> Result<Option<DeltaS
             let table = p.parse_object_name(false)?;
             let retain_hours = if p.parse_keyword(Keyword::RETAIN) {
                 let hours = match p.next_token().token {
-                    Token::Number(n, _) => {
-                        n.parse::<f64>().ok().filter(|h| h.is_finite() && *h >= 0.0)
-                    }
+                    Token::Number(n, _) => n
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|h| (0.0..=MAX_RETAIN_HOURS).contains(h)),
                     _ => None,
                 }
-                .ok_or_else(|| Error::Syntax("RETAIN needs a number of hours".into()))?;
+                .ok_or_else(|| {
+                    Error::Syntax(format!(
+                        "RETAIN needs a number of hours from 0 to {MAX_RETAIN_HOURS}"
+                    ))
+                })?;
                 p.expect_keyword_is(Keyword::HOURS)?;
                 Some(hours)
             } else {
