@@ -435,9 +435,17 @@ async fn vacuum(
             let millis = (hours * 3_600_000.0).min(i64::MAX as f64) as i64;
             builder = builder.with_retention_period(chrono::Duration::milliseconds(millis));
         }
-        let (vacuumed, metrics) = builder
-            .await
-            .map_err(|e| Error::InvalidParameter(format!("VACUUM: {e}")))?;
+        let (vacuumed, metrics) = builder.await.map_err(|e| {
+            let hint = match e.to_string().contains("retention") {
+                true => {
+                    "; readers of older versions would lose their files. To vacuum with less, \
+                     lower the table's retention first: ALTER TABLE ... SET TBLPROPERTIES \
+                     ('delta.deletedFileRetentionDuration' = 'interval 1 hours')"
+                }
+                false => "",
+            };
+            Error::InvalidParameter(format!("VACUUM: {e}{hint}"))
+        })?;
         let deleted: Vec<String> = metrics
             .files_deleted
             .into_iter()
