@@ -422,18 +422,57 @@ pub async fn create_table(
         })
 }
 
+/// What a commit records of its statement: the operation, and its metrics (`numOutputRows`,
+/// `numDeletedRows`, ... as Delta on Spark names them) for the log's `operationMetrics`.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    kind: DeltaOperation,
+    metrics: serde_json::Map<String, Value>,
+}
+
+impl Operation {
+    /// `kind` with `metrics`.
+    pub fn with_metrics<'a>(
+        kind: DeltaOperation,
+        metrics: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Self {
+        Self {
+            kind,
+            metrics: metrics
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), Value::from(value)))
+                .collect(),
+        }
+    }
+}
+
+impl From<DeltaOperation> for Operation {
+    fn from(kind: DeltaOperation) -> Self {
+        Self {
+            kind,
+            metrics: Default::default(),
+        }
+    }
+}
+
 /// Commits `actions` to `table` (loaded at the version the statement read) as `operation`:
 /// Delta's conflict rules decide whether a concurrent commit forces a failure, and the
 /// library's checkpoint rules apply. Returns the table at the new version.
 pub async fn commit(
     table: &DeltaTable,
     actions: Vec<Action>,
-    operation: DeltaOperation,
+    operation: impl Into<Operation>,
 ) -> std::result::Result<DeltaTable, CommitError> {
+    let Operation { kind, metrics } = operation.into();
     let snapshot = table.snapshot().map_err(library_error)?;
-    let finalized = CommitBuilder::from(CommitProperties::default())
+    let mut properties = CommitProperties::default();
+    if !metrics.is_empty() {
+        properties =
+            properties.with_metadata([("operationMetrics".to_string(), Value::Object(metrics))]);
+    }
+    let finalized = CommitBuilder::from(properties)
         .with_actions(actions)
-        .build(Some(snapshot), table.log_store(), operation)
+        .build(Some(snapshot), table.log_store(), kind)
         .await
         .map_err(commit_error)?;
     let mut committed = DeltaTable::new(table.log_store());
@@ -441,9 +480,10 @@ pub async fn commit(
     Ok(committed)
 }
 
-/// What an `INSERT` commits as: an append, or an overwrite of the version it read.
-pub fn write_operation(overwrite: bool) -> DeltaOperation {
-    DeltaOperation::Write {
+/// What an `INSERT` of `rows` rows in `files` commits as: an append, or an overwrite of the
+/// version it read.
+pub fn write_operation(overwrite: bool, rows: u64, files: &[WrittenFile]) -> Operation {
+    let kind = DeltaOperation::Write {
         mode: if overwrite {
             SaveMode::Overwrite
         } else {
@@ -451,7 +491,16 @@ pub fn write_operation(overwrite: bool) -> DeltaOperation {
         },
         partition_by: None,
         predicate: None,
-    }
+    };
+    let bytes = files.iter().map(|f| f.size).sum();
+    Operation::with_metrics(
+        kind,
+        [
+            ("numFiles", files.len() as u64),
+            ("numOutputRows", rows),
+            ("numOutputBytes", bytes),
+        ],
+    )
 }
 
 /// Whether the library reads `predicate` (SQL over the table's columns) back: it parses the

@@ -182,13 +182,14 @@ impl ExternalDeltaTable {
         Ok(current)
     }
 
-    /// Commits files a statement wrote into the table's directory: appended, or replacing the
+    /// Commits files (`rows` rows) a statement wrote into the table's directory: appended, or replacing the
     /// files of the newest version (`overwrite`). Delta's conflict rules judge the commit
     /// against what other engines committed meanwhile.
     pub async fn commit_files(
         &self,
         runtime: &RuntimeEnv,
         files: &[WrittenFile],
+        rows: u64,
         overwrite: bool,
     ) -> std::result::Result<(), CommitError> {
         let read = self.latest().await?;
@@ -198,7 +199,12 @@ impl ExternalDeltaTable {
         if overwrite {
             actions.extend(read.remove_all()?);
         }
-        let committed = commit(read.table(), actions, write_operation(overwrite)).await?;
+        let committed = commit(
+            read.table(),
+            actions,
+            write_operation(overwrite, rows, files),
+        )
+        .await?;
         *self.table.lock().await = committed;
         Ok(())
     }

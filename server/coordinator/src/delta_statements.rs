@@ -23,7 +23,7 @@ use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::deltalake_core::operations::vacuum::VacuumMode;
 use ember_delta::deltalake_core::protocol::DeltaOperation;
 use ember_delta::deltalake_core::table::config::TablePropertiesExt;
-use ember_delta::{ExternalDeltaTable, TimeTravel};
+use ember_delta::{ExternalDeltaTable, Operation, TimeTravel};
 use futures::TryStreamExt;
 
 use crate::catalog::{ManagedTable, directory_sink_table};
@@ -225,6 +225,13 @@ impl QueryEngine {
                 predicate: predicate.map(|p| p.to_string()),
                 target_size: i64::try_from(target_size).unwrap_or(i64::MAX),
             };
+            let operation = Operation::with_metrics(
+                operation,
+                [
+                    ("numFilesAdded", files.len() as u64),
+                    ("numFilesRemoved", removed.len() as u64),
+                ],
+            );
             managed
                 .commit(&snapshot, actions, operation)
                 .await

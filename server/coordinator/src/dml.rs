@@ -29,7 +29,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::unparser::expr_to_sql;
 use ember_delta::deltalake_core::protocol::DeltaOperation;
-use ember_delta::{DeltaScanTable, WrittenFile};
+use ember_delta::{DeltaScanTable, Operation, WrittenFile};
 use futures::TryStreamExt;
 
 use crate::catalog::{ManagedTable, directory_sink_table};
@@ -164,10 +164,18 @@ impl QueryEngine {
             .predicate
             .as_ref()
             .and_then(|p| predicate_text(&snapshot, p));
-        let operation = match command {
-            Command::Update => DeltaOperation::Update { predicate },
-            _ => DeltaOperation::Delete { predicate },
+        let (kind, changed_rows) = match command {
+            Command::Update => (DeltaOperation::Update { predicate }, "numUpdatedRows"),
+            _ => (DeltaOperation::Delete { predicate }, "numDeletedRows"),
         };
+        let operation = Operation::with_metrics(
+            kind,
+            [
+                ("numRemovedFiles", touched.len() as u64),
+                ("numAddedFiles", files.len() as u64),
+                (changed_rows, rows),
+            ],
+        );
         if let Err(error) = self
             .commit_rewrite(
                 session, &table, managed, &snapshot, &touched, &files, operation,
@@ -262,7 +270,7 @@ impl QueryEngine {
         snapshot: &DeltaScanTable,
         touched: &HashSet<String>,
         files: &[WrittenFile],
-        operation: DeltaOperation,
+        operation: Operation,
     ) -> Result<()> {
         let mut actions = snapshot.remove_actions(touched, true)?;
         actions.extend(added_files(session, managed, files).await?);

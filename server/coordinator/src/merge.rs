@@ -28,8 +28,8 @@ use datafusion::logical_expr::{
     DmlStatement, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, WriteOp, cast,
     col, lit, when,
 };
-use ember_delta::DeltaScanTable;
 use ember_delta::deltalake_core::protocol::{DeltaOperation, MergePredicate};
+use ember_delta::{DeltaScanTable, Operation};
 
 use crate::catalog::{ManagedTable, directory_sink_table};
 use crate::declared::check_column_constraints;
@@ -171,7 +171,20 @@ impl QueryEngine {
             let mut actions = snapshot.remove_actions(&touched, true)?;
             actions.extend(added_files(session, managed, &files).await?);
             managed
-                .commit(&snapshot, actions, clauses.operation(&merge.on))
+                .commit(
+                    &snapshot,
+                    actions,
+                    Operation::with_metrics(
+                        clauses.operation(&merge.on),
+                        [
+                            ("numTargetRowsInserted", inserted),
+                            ("numTargetRowsUpdated", changed - deleted),
+                            ("numTargetRowsDeleted", deleted),
+                            ("numTargetFilesAdded", files.len() as u64),
+                            ("numTargetFilesRemoved", touched.len() as u64),
+                        ],
+                    ),
+                )
                 .await
                 .map_err(|e| commit_failure(&table, e))
         }

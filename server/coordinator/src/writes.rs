@@ -427,10 +427,11 @@ impl QueryEngine {
         let files: Vec<WrittenFile> = moved.iter().map(|(_, f)| f.clone()).collect();
         let committed = match target {
             Target::Managed { table, overwrite } => {
-                self.commit_write(session, &table, &files, overwrite).await
+                self.commit_write(session, &table, &files, staged.rows, overwrite)
+                    .await
             }
             Target::Delta { table, overwrite } => {
-                self.commit_external(session, &table, &files, overwrite)
+                self.commit_external(session, &table, &files, staged.rows, overwrite)
                     .await
             }
             Target::Directory => Ok(()),
@@ -444,13 +445,14 @@ impl QueryEngine {
         Ok((staged.rows, moved.into_iter().map(|(_, f)| f).collect()))
     }
 
-    /// Commits `files` (in the table's directory) to a managed table: appended, or replacing
+    /// Commits `files` (in the table's directory, `rows` rows) to a managed table: appended, or replacing
     /// the files of the version the statement read.
     async fn commit_write(
         &self,
         session: &ClientSession,
         table: &ObjectName,
         files: &[WrittenFile],
+        rows: u64,
         overwrite: bool,
     ) -> Result<()> {
         let provider = self.managed_table(table).await?;
@@ -463,7 +465,11 @@ impl QueryEngine {
             actions.extend(snapshot.remove_all()?);
         }
         managed
-            .commit(&snapshot, actions, ember_delta::write_operation(overwrite))
+            .commit(
+                &snapshot,
+                actions,
+                ember_delta::write_operation(overwrite, rows, files),
+            )
             .await
             .map_err(|e| commit_failure(table, e))?;
         Ok(())
@@ -475,6 +481,7 @@ impl QueryEngine {
         session: &ClientSession,
         table: &ObjectName,
         files: &[WrittenFile],
+        rows: u64,
         overwrite: bool,
     ) -> Result<()> {
         let provider = self.managed_table(table).await?;
@@ -484,7 +491,7 @@ impl QueryEngine {
                 Error::UndefinedTable(format!("{table} is no longer an external Delta table"))
             })?;
         external
-            .commit_files(&session.ctx.runtime_env(), files, overwrite)
+            .commit_files(&session.ctx.runtime_env(), files, rows, overwrite)
             .await
             .map_err(|e| commit_failure(table, e))
     }

@@ -595,6 +595,23 @@ async fn delta_tables_travel_in_time_and_are_compacted_and_vacuumed() {
     assert_eq!(serde_json::json!(versions), theirs["versions"]);
     assert_eq!(serde_json::json!(operations), theirs["operations"]);
     assert_eq!(versions, [3, 2, 1, 0]);
+    // Each commit records its metrics: the DELETE, the rows it deleted; the INSERT, its rows.
+    let metrics = |row: &Vec<Option<String>>| -> serde_json::Value {
+        serde_json::from_str(row[8].as_deref().expect("operation metrics")).expect("JSON")
+    };
+    let rows_of = |(count, _): (String, String)| count.parse::<u64>().expect("a count");
+    let deleted = rows_of(count_sum(Some(2)).await) - rows_of(count_sum(Some(3)).await);
+    assert_eq!(
+        metrics(&history[0])["numDeletedRows"],
+        deleted,
+        "{history:?}"
+    );
+    let inserted = rows_of(count_sum(Some(2)).await) - rows_of(count_sum(Some(1)).await);
+    assert_eq!(
+        metrics(&history[1])["numOutputRows"],
+        inserted,
+        "{history:?}"
+    );
     let limited = rows(
         &client
             .simple_query("describe history h limit 1")
@@ -719,6 +736,20 @@ async fn delta_tables_travel_in_time_and_are_compacted_and_vacuumed() {
         (small.parse::<u64>().unwrap() + 1).to_string()
     );
     let after = count_sum(None).await;
+    let last = rows(
+        &client
+            .simple_query("describe history h limit 1")
+            .await
+            .expect("history"),
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_str(last[0][8].as_deref().expect("metrics")).expect("JSON");
+    assert_eq!(recorded["numTargetRowsInserted"], 1, "{recorded}");
+    assert_eq!(
+        recorded["numTargetRowsDeleted"],
+        small.parse::<u64>().unwrap(),
+        "{recorded}"
+    );
     let theirs = interop(&["history", &dir_text]);
     assert_eq!(theirs["operations"][0], "MERGE");
     assert_eq!(

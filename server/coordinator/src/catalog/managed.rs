@@ -23,8 +23,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use ember_delta::deltalake_core::DeltaTable;
 use ember_delta::deltalake_core::kernel::Action;
-use ember_delta::deltalake_core::protocol::DeltaOperation;
-use ember_delta::{CommitError, DeltaScanTable, TimeTravel};
+use ember_delta::{CommitError, DeltaScanTable, Operation, TimeTravel};
 use ember_planner::float_stats::FloatSafeFormat;
 
 use super::ManagedEntry;
@@ -90,7 +89,7 @@ impl ManagedTable {
         &self,
         read: &DeltaScanTable,
         actions: Vec<Action>,
-        operation: DeltaOperation,
+        operation: impl Into<Operation>,
     ) -> std::result::Result<(), CommitError> {
         let _turn = self.commits.lock().await;
         let committed = ember_delta::commit(read.table(), actions, operation).await?;
