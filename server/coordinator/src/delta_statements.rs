@@ -8,15 +8,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray,
-    StringBuilder, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Int32Array, Int64Array, ListBuilder, StringArray, StringBuilder,
+    TimestampMillisecondArray,
 };
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::TableReference;
 use datafusion::datasource::{TableProvider, provider_as_source};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::planner::object_name_to_table_reference;
 use ember_delta::deltalake_core::DeltaTable;
 use ember_delta::deltalake_core::kernel::Action;
@@ -122,7 +120,7 @@ impl QueryEngine {
             }
         };
         let schema = schema.ok_or_else(|| Error::NotSupported("no rows to return".into()))?;
-        rows(schema, columns)
+        Output::batch(schema, columns)
     }
 
     /// What a Delta statement needs: reading the table (`DESCRIBE`), or what `INSERT
@@ -496,15 +494,6 @@ async fn set_properties(subject: &Subject<'_>, properties: &[(String, String)]) 
         Subject::Managed(managed) => managed.change(false, run).await,
         Subject::External(_) => run(subject.table().await?).await.map(|_| ()),
     }
-}
-
-fn rows(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Output> {
-    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
-        .map_err(|e| Error::DataFusion(e.into()))?;
-    Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
-        schema,
-        futures::stream::iter(vec![Ok(batch)]),
-    ))))
 }
 
 fn library(error: impl std::error::Error + Send + Sync + 'static) -> Error {

@@ -287,21 +287,29 @@ impl<'a> Clauses<'a> {
 /// `CASE WHEN p1 THEN 1 WHEN p2 THEN 2 ... ELSE 0 END` over `clauses` (a clause without a
 /// predicate always applies; a NULL predicate does not).
 fn first_applying(clauses: &[&MergeIntoClause]) -> Result<Expr> {
-    let mut builder: Option<CaseBuilder> = None;
-    for (i, clause) in clauses.iter().enumerate() {
+    let cases = clauses.iter().enumerate().map(|(i, clause)| {
         let applies = match &clause.predicate {
             Some(predicate) => predicate.clone().is_true(),
             None => lit(true),
         };
-        let number = lit(i as i64 + 1);
+        (applies, lit(i as i64 + 1))
+    });
+    case_of(cases, lit(0i64))
+}
+
+/// `CASE WHEN c1 THEN v1 WHEN c2 THEN v2 ... ELSE otherwise END`; `otherwise` alone without
+/// cases.
+fn case_of(cases: impl IntoIterator<Item = (Expr, Expr)>, otherwise: Expr) -> Result<Expr> {
+    let mut builder: Option<CaseBuilder> = None;
+    for (condition, value) in cases {
         builder = Some(match builder {
-            None => when(applies, number),
-            Some(mut b) => b.when(applies, number),
+            None => when(condition, value),
+            Some(mut b) => b.when(condition, value),
         });
     }
     match builder {
-        Some(mut b) => Ok(b.otherwise(lit(0i64))?),
-        None => Ok(lit(0i64)),
+        Some(mut b) => Ok(b.otherwise(otherwise)?),
+        None => Ok(otherwise),
     }
 }
 
@@ -383,25 +391,21 @@ impl MergeTarget<'_> {
                 let field = schema
                     .field_with_name(&name)
                     .map_err(|e| Error::DataFusion(e.into()))?;
-                let mut case: Option<CaseBuilder> = None;
-                for (i, clause) in clauses.matched.iter().enumerate() {
-                    let MergeIntoAction::Update(assignments) = &clause.action else {
-                        continue;
-                    };
-                    let Some((_, value)) = assignments.iter().find(|(c, _)| c == &name) else {
-                        continue;
-                    };
-                    let applies = col(CLAUSE).eq(lit(i as i64 + 1));
-                    let value = cast(value.clone(), field.data_type().clone());
-                    case = Some(match case {
-                        None => when(applies, value),
-                        Some(mut b) => b.when(applies, value),
+                let updates = clauses
+                    .matched
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, clause)| {
+                        let MergeIntoAction::Update(assignments) = &clause.action else {
+                            return None;
+                        };
+                        let (_, value) = assignments.iter().find(|(c, _)| c == &name)?;
+                        Some((
+                            col(CLAUSE).eq(lit(i as i64 + 1)),
+                            cast(value.clone(), field.data_type().clone()),
+                        ))
                     });
-                }
-                let value = match case {
-                    Some(mut b) => b.otherwise(old)?,
-                    None => old,
-                };
+                let value = case_of(updates, old)?;
                 Ok(value.alias(name))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -463,22 +467,14 @@ impl MergeTarget<'_> {
                     .get_column_default(name)
                     .cloned()
                     .unwrap_or(Expr::Literal(datafusion::common::ScalarValue::Null, None));
-                let mut case: Option<CaseBuilder> = None;
-                for (i, values) in per_clause.iter().enumerate() {
+                let inserts = per_clause.iter().enumerate().map(|(i, values)| {
                     let value = values
                         .get(name)
                         .cloned()
                         .unwrap_or_else(|| fallback.clone());
-                    let applies = col(CLAUSE).eq(lit(i as i64 + 1));
-                    case = Some(match case {
-                        None => when(applies, value),
-                        Some(mut b) => b.when(applies, value),
-                    });
-                }
-                let value = match case {
-                    Some(mut b) => b.otherwise(fallback)?,
-                    None => fallback,
-                };
+                    (col(CLAUSE).eq(lit(i as i64 + 1)), value)
+                });
+                let value = case_of(inserts, fallback.clone())?;
                 Ok(cast(value, field.data_type().clone()).alias(name))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
@@ -43,11 +43,13 @@ impl Output {
     /// One row with one text column `name` holding `value` (`SHOW name`).
     pub fn single_value(name: &str, value: String) -> Result<Self> {
         let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(StringArray::from(vec![value]))],
-        )
-        .map_err(|e| crate::Error::DataFusion(e.into()))?;
+        Self::batch(schema, vec![Arc::new(StringArray::from(vec![value]))])
+    }
+
+    /// The rows of one batch of `columns`.
+    pub fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Self> {
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
+            .map_err(|e| crate::Error::DataFusion(e.into()))?;
         Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
             schema,
             futures::stream::iter(vec![Ok(batch)]),

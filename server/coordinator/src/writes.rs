@@ -46,9 +46,7 @@ use crate::session::ClientSession;
 
 /// Where a write's files go when it commits.
 pub(crate) enum Target {
-    /// Into a managed table's Delta log.
-    Managed { table: ObjectName, overwrite: bool },
-    /// Into an external Delta table's log (a table other engines may write too).
+    /// Into a Delta table's log: a managed table, or an external one other engines may write.
     Delta { table: ObjectName, overwrite: bool },
     /// Into the sink's directory (an external table, a new managed table, `COPY` to a
     /// directory), or renamed to the sink's one file (`COPY` to a file).
@@ -84,12 +82,9 @@ impl QueryEngine {
         let table = self.resolve_name(session, table_name)?;
         self.check_writable_schema(&table.schema).await?;
         let provider = session.ctx.table_provider(table_name.clone()).await?;
-        let target = if provider.downcast_ref::<ManagedTable>().is_some() {
-            Target::Managed {
-                table,
-                overwrite: insert_op == InsertOp::Overwrite,
-            }
-        } else if provider.downcast_ref::<ExternalDeltaTable>().is_some() {
+        let is_delta = provider.downcast_ref::<ManagedTable>().is_some()
+            || provider.downcast_ref::<ExternalDeltaTable>().is_some();
+        let target = if is_delta {
             Target::Delta {
                 table,
                 overwrite: insert_op == InsertOp::Overwrite,
@@ -108,9 +103,9 @@ impl QueryEngine {
         };
         let plan = match plan {
             LogicalPlan::Dml(mut dml) => {
-                // Overwrites of managed tables replace the manifest at commit; the files are
-                // appended.
-                if matches!(target, Target::Managed { .. } | Target::Delta { .. }) {
+                // Overwrites of Delta tables remove the files of the version read at commit;
+                // the files are appended.
+                if matches!(target, Target::Delta { .. }) {
                     dml.op = WriteOp::Insert(InsertOp::Append);
                 }
                 dml.input = check_column_constraints(dml.input, &provider.schema())?;
@@ -426,12 +421,8 @@ impl QueryEngine {
         self.invalidate_listings(directory.prefix());
         let files: Vec<WrittenFile> = moved.iter().map(|(_, f)| f.clone()).collect();
         let committed = match target {
-            Target::Managed { table, overwrite } => {
-                self.commit_write(session, &table, &files, staged.rows, overwrite)
-                    .await
-            }
             Target::Delta { table, overwrite } => {
-                self.commit_external(session, &table, &files, staged.rows, overwrite)
+                self.commit_write(session, &table, &files, staged.rows, overwrite)
                     .await
             }
             Target::Directory => Ok(()),
@@ -445,8 +436,9 @@ impl QueryEngine {
         Ok((staged.rows, moved.into_iter().map(|(_, f)| f).collect()))
     }
 
-    /// Commits `files` (in the table's directory, `rows` rows) to a managed table: appended, or replacing
-    /// the files of the version the statement read.
+    /// Commits `files` (in the table's directory, `rows` rows) to a managed or external Delta
+    /// table: appended, or replacing the files of the version the statement read (a managed
+    /// table) or of its newest version (an external one, which others may write too).
     async fn commit_write(
         &self,
         session: &ClientSession,
@@ -456,44 +448,24 @@ impl QueryEngine {
         overwrite: bool,
     ) -> Result<()> {
         let provider = self.managed_table(table).await?;
-        let managed = provider.downcast_ref::<ManagedTable>().ok_or_else(|| {
-            Error::UndefinedTable(format!("{table} is no longer a managed table"))
-        })?;
-        let snapshot = managed.snapshot()?;
-        let mut actions = added_files(session, managed, files).await?;
-        if overwrite {
-            actions.extend(snapshot.remove_all()?);
-        }
-        managed
-            .commit(
-                &snapshot,
-                actions,
-                ember_delta::write_operation(overwrite, rows, files),
-            )
-            .await
-            .map_err(|e| commit_failure(table, e))?;
-        Ok(())
-    }
-
-    /// Commits `files` (in the table's directory) to an external Delta table.
-    async fn commit_external(
-        &self,
-        session: &ClientSession,
-        table: &ObjectName,
-        files: &[WrittenFile],
-        rows: u64,
-        overwrite: bool,
-    ) -> Result<()> {
-        let provider = self.managed_table(table).await?;
-        let external = provider
-            .downcast_ref::<ExternalDeltaTable>()
-            .ok_or_else(|| {
-                Error::UndefinedTable(format!("{table} is no longer an external Delta table"))
-            })?;
-        external
-            .commit_files(&session.ctx.runtime_env(), files, rows, overwrite)
-            .await
-            .map_err(|e| commit_failure(table, e))
+        let committed = if let Some(managed) = provider.downcast_ref::<ManagedTable>() {
+            let snapshot = managed.snapshot()?;
+            let mut actions = added_files(session, managed, files).await?;
+            if overwrite {
+                actions.extend(snapshot.remove_all()?);
+            }
+            let operation = ember_delta::write_operation(overwrite, rows, files);
+            managed.commit(&snapshot, actions, operation).await
+        } else if let Some(external) = provider.downcast_ref::<ExternalDeltaTable>() {
+            external
+                .commit_files(&session.ctx.runtime_env(), files, rows, overwrite)
+                .await
+        } else {
+            return Err(Error::UndefinedTable(format!(
+                "{table} is no longer a Delta table"
+            )));
+        };
+        committed.map_err(|e| commit_failure(table, e))
     }
 
     /// The provider registered for a managed table (the one commits move forward).
