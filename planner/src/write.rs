@@ -97,9 +97,12 @@ impl DistributedSinkExec {
                 })?;
             Some(name)
         } else {
-            // Ordered writes keep their merge and so run as one task; plain ones are split.
+            // Ordered writes keep their merge and so run as one task; plain ones are split. A
+            // merge that limits the rows (`INSERT ... SELECT ... LIMIT n`) stays: each split
+            // would write up to n rows.
             if plan.sort_order().is_none()
                 && input.name() == "CoalescePartitionsExec"
+                && input.fetch().is_none()
                 && let [child] = input.children().as_slice()
             {
                 input = Arc::clone(child);
