@@ -45,6 +45,9 @@ export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
   || "$venv/bin/pip" install -q selenium prometheus-client jsonschema
 # The Python deltalake package (delta-rs), which reads and writes the Delta tables Ember shares.
 "$venv/bin/python" -c 'import deltalake' 2>/dev/null || "$venv/bin/pip" install -q deltalake
+# dbt with its Postgres adapter, which runs a project against Ember (server/tests/integration/dbt.rs).
+# 1.11: dbt-core 1.12 fetches a parser from GitHub while it installs.
+[ -x "$venv/bin/dbt" ] || "$venv/bin/pip" install -q 'dbt-core~=1.11.0' 'dbt-postgres~=1.11.0'
 export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
 export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 

@@ -77,6 +77,8 @@ impl SqlState {
     pub const DUPLICATE_SCHEMA: SqlState = SqlState(*b"42P06");
     /// `42P07`: duplicate_table.
     pub const DUPLICATE_TABLE: SqlState = SqlState(*b"42P07");
+    /// `42809`: wrong_object_type (`ALTER VIEW` of a table).
+    pub const WRONG_OBJECT_TYPE: SqlState = SqlState(*b"42809");
     /// `42P05`: duplicate_prepared_statement.
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState(*b"42P05");
     /// `26000`: invalid_sql_statement_name (a prepared statement that does not exist).

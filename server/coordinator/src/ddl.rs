@@ -4,18 +4,24 @@
 
 use std::sync::Arc;
 
-use datafusion::catalog::MemorySchemaProvider;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{SchemaReference, TableReference};
+use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use ember_planner::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 
+use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::ObjectName as SqlObjectName;
+
 use crate::access::Securable;
-use crate::catalog::{CatalogObject, StatementEntry};
+use crate::catalog::{CatalogObject, ManagedTable, StatementEntry};
 use crate::engine::{QueryEngine, ddl_command};
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
-use crate::statement::ParsedStatement;
+use crate::statement::{CatalogStatement, ParsedStatement, RelationKind};
+use crate::temp::{TEMP_SCHEMA_PREFIX, TempSchema};
 
 /// A table or view name resolved against the session's default schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +60,20 @@ impl QueryEngine {
         })
     }
 
-    /// Only the default schema and schemas users created hold user objects.
+    /// The schema of the session's temporary tables, made if it has none yet.
+    pub(crate) fn temp_schema(&self, session: &ClientSession) -> Result<Arc<TempSchema>> {
+        let catalog = self
+            .base_catalog()
+            .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
+        session
+            .temp
+            .schema(&session.id, catalog, self.catalog.warehouse())
+    }
+
+    /// Only the default schema, schemas users created and the session's temporary schema (the
+    /// only one its names can reach) hold user objects.
     pub(crate) async fn check_writable_schema(&self, schema: &str) -> Result<()> {
-        if schema == DEFAULT_SCHEMA {
+        if schema == DEFAULT_SCHEMA || schema.starts_with(TEMP_SCHEMA_PREFIX) {
             return Ok(());
         }
         let file = self.catalog.snapshot().await;
@@ -119,6 +136,7 @@ impl QueryEngine {
                             name: target.name,
                             sql: text.to_string(),
                             default_schema,
+                            created_as: None,
                         }),
                     )
                     .await?;
@@ -136,6 +154,12 @@ impl QueryEngine {
                 if !cmd.or_replace && self.object_exists(session, &cmd.name).await {
                     return Err(already_exists(&cmd.name));
                 }
+                if let Some(table) = temporary_table_read(&cmd.input) {
+                    return Err(Error::NotSupported(format!(
+                        "view {} cannot read temporary table {table}: Ember has no temporary views",
+                        cmd.name
+                    )));
+                }
                 self.run_datafusion(session, plan.clone()).await?;
                 self.record(
                     session,
@@ -145,6 +169,7 @@ impl QueryEngine {
                         name: target.name,
                         sql: text.to_string(),
                         default_schema,
+                        created_as: None,
                     }),
                 )
                 .await?;
@@ -284,6 +309,151 @@ impl QueryEngine {
         }
     }
 
+    /// Runs a catalog statement DataFusion has no plan for.
+    pub(crate) async fn catalog_statement(
+        &self,
+        session: &ClientSession,
+        statement: &CatalogStatement,
+    ) -> Result<Output> {
+        match statement {
+            CatalogStatement::Rename {
+                kind,
+                if_exists,
+                name,
+                new_name,
+            } => {
+                self.rename(session, *kind, *if_exists, name, new_name)
+                    .await
+            }
+        }
+    }
+
+    /// `ALTER {TABLE | VIEW} name RENAME TO new_name`, as in PostgreSQL: only the owner may;
+    /// the object keeps its schema, data, owner and grants. Its files stay where they are.
+    async fn rename(
+        &self,
+        session: &ClientSession,
+        kind: RelationKind,
+        if_exists: bool,
+        name: &SqlObjectName,
+        new_name: &SqlObjectName,
+    ) -> Result<Output> {
+        let command = match kind {
+            RelationKind::Table => Command::AlterTable,
+            RelationKind::View => Command::AlterView,
+        };
+        let normalize = session
+            .ctx
+            .state()
+            .config_options()
+            .sql_parser
+            .enable_ident_normalization;
+        let reference = object_name_to_table_reference(name.clone(), normalize)?;
+        let target = self.resolve_name(session, &reference)?;
+        let new_reference = object_name_to_table_reference(new_name.clone(), normalize)?;
+        let new = match &new_reference {
+            TableReference::Bare { table } => table.to_string(),
+            _ => {
+                let resolved = self.resolve_name(session, &new_reference)?;
+                if resolved.schema != target.schema {
+                    return Err(Error::NotSupported(format!(
+                        "RENAME TO cannot move {target} to schema {}: the new name is in the same schema",
+                        resolved.schema
+                    )));
+                }
+                resolved.name
+            }
+        };
+        let file = self.catalog.snapshot().await;
+        let key = (target.schema.as_str(), target.name.as_str());
+        let Some(object) = file.objects.iter().find(|o| o.key() == key) else {
+            if !self.object_exists(session, &reference).await {
+                return if if_exists {
+                    Ok(Output::done(command))
+                } else {
+                    Err(Error::UndefinedTable(format!(
+                        "relation \"{target}\" does not exist"
+                    )))
+                };
+            }
+            self.check_writable_schema(&target.schema).await?;
+            return Err(Error::NotSupported(format!("{target} cannot be renamed")));
+        };
+        if kind == RelationKind::View && !matches!(object, CatalogObject::View(_)) {
+            return Err(Error::WrongObjectType(format!(
+                "\"{}\" is not a view: use ALTER TABLE to rename it",
+                target.name
+            )));
+        }
+        self.catalog.access().require_owner(
+            &session.current_role(),
+            &Securable::table(&target.schema, &target.name),
+        )?;
+        let taken = TableReference::partial(target.schema.as_str(), new.as_str());
+        if self.object_exists(session, &taken).await {
+            return Err(Error::DuplicateTable(format!(
+                "relation \"{new}\" already exists"
+            )));
+        }
+        let schema_provider = self
+            .base_catalog()
+            .and_then(|c| c.schema(&target.schema))
+            .ok_or_else(|| {
+                Error::UndefinedObject(format!("schema {} does not exist", target.schema))
+            })?;
+        self.catalog
+            .update(
+                |file| {
+                    if file
+                        .objects
+                        .iter()
+                        .any(|o| o.key() == (target.schema.as_str(), new.as_str()))
+                    {
+                        return Err(Error::DuplicateTable(format!(
+                            "relation \"{new}\" already exists"
+                        )));
+                    }
+                    let object = file
+                        .objects
+                        .iter_mut()
+                        .find(|o| o.key() == (target.schema.as_str(), target.name.as_str()))
+                        .ok_or_else(|| {
+                            Error::UndefinedTable(format!("relation \"{target}\" does not exist"))
+                        })?;
+                    match object {
+                        CatalogObject::Table(table) => table.name = new.clone(),
+                        CatalogObject::External(entry) | CatalogObject::View(entry) => {
+                            // Its statement creates the first name; restoring renames it.
+                            let first = entry.created_as.take().unwrap_or(entry.name.clone());
+                            entry.created_as = (first != new).then_some(first);
+                            entry.name = new.clone();
+                        }
+                    }
+                    file.access
+                        .renamed_table(&target.schema, &target.name, &new);
+                    Ok(())
+                },
+                |_| {
+                    let provider =
+                        schema_provider
+                            .deregister_table(&target.name)?
+                            .ok_or_else(|| {
+                                Error::UndefinedTable(format!(
+                                    "relation \"{target}\" does not exist"
+                                ))
+                            })?;
+                    let provider = match provider.downcast_ref::<ManagedTable>() {
+                        Some(managed) => Arc::new(managed.renamed(&new)),
+                        None => provider,
+                    };
+                    schema_provider.register_table(new.clone(), provider)?;
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(Output::done(command))
+    }
+
     async fn drop_object(
         &self,
         session: &ClientSession,
@@ -309,7 +479,47 @@ impl QueryEngine {
             };
         }
         self.check_writable_schema(&target.schema).await?;
-        // DataFusion checks the object's kind (DROP VIEW of a table fails) and deregisters it.
+        if target.schema.starts_with(TEMP_SCHEMA_PREFIX) {
+            // A temporary table (the session has no temporary views): not in the catalog file.
+            if command == Command::DropView {
+                return Err(Error::WrongObjectType(format!(
+                    "\"{}\" is not a view: use DROP TABLE to remove a table",
+                    target.name
+                )));
+            }
+            let temp = self.temp_schema(session)?;
+            if let Some(table) = temp.tables.deregister_table(&target.name)?
+                && let Some(dir) = table
+                    .downcast_ref::<ManagedTable>()
+                    .and_then(|t| t.entry().local_dir())
+                && dir.starts_with(&temp.dir)
+            {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Ok(Output::done(command));
+        }
+        // As in PostgreSQL, even with IF EXISTS: `DROP TABLE` of a view is an error (dbt
+        // chooses between the two by what the catalog says the object is).
+        let is_view = self.catalog.snapshot().await.objects.iter().any(|o| {
+            matches!(o, CatalogObject::View(_))
+                && o.key() == (target.schema.as_str(), target.name.as_str())
+        });
+        match (command == Command::DropView, is_view) {
+            (false, true) => {
+                return Err(Error::WrongObjectType(format!(
+                    "\"{}\" is not a table: use DROP VIEW to remove a view",
+                    target.name
+                )));
+            }
+            (true, false) => {
+                return Err(Error::WrongObjectType(format!(
+                    "\"{}\" is not a view: use DROP TABLE to remove a table",
+                    target.name
+                )));
+            }
+            _ => {}
+        }
+        // DataFusion deregisters it.
         self.run_datafusion(session, plan).await?;
         let removed =
             self.catalog
@@ -391,6 +601,27 @@ impl QueryEngine {
         ctx.execute_logical_plan(plan).await?.collect().await?;
         Ok(())
     }
+}
+
+/// A session's temporary table `plan` reads, if it reads one (a view over it would outlive it).
+fn temporary_table_read(plan: &LogicalPlan) -> Option<TableReference> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<ManagedTable>()
+                        .map(ManagedTable::is_temporary)
+                })
+                .unwrap_or(false)
+        {
+            found = Some(scan.table_name.clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 fn schema_name(reference: &SchemaReference) -> Result<String> {

@@ -155,6 +155,7 @@ impl QueryEngine {
             cancels: tokio::sync::watch::channel(0).0,
             frontend: crate::monitor::EMBEDDED.to_string(),
             open_sessions: Arc::clone(&self.open_sessions),
+            temp: Default::default(),
         };
         self.open_sessions
             .opened(&session.id, crate::monitor::EMBEDDED);
@@ -198,6 +199,7 @@ impl QueryEngine {
             .into_iter()
             .map(|parsed| match parsed {
                 Parsed::Delta(statement) => Ok(ParsedStatement::from_delta(statement)),
+                Parsed::Catalog(statement) => Ok(ParsedStatement::from_catalog(statement)),
                 Parsed::Sql { .. } => {
                     let (statement, explain) = rewritten
                         .next()
@@ -247,6 +249,9 @@ impl QueryEngine {
         if let Some(statement) = parsed.delta() {
             return self.delta_statement(session, statement).await;
         }
+        if let Some(statement) = parsed.catalog() {
+            return self.catalog_statement(session, statement).await;
+        }
         self.fit_partitions(session);
         let plan = self.to_plan(session, syntax_tree(parsed)?).await?;
         if parsed.is_explain_distributed() {
@@ -259,7 +264,7 @@ impl QueryEngine {
     /// Plans a statement ahead of running it (for the extended query protocol and prepared
     /// statements): the plan, with its `$n` placeholders, gives parameter and result types
     /// before anything runs. `None` for statements that are not planned ahead: session
-    /// commands, cursor statements, role and privilege statements, Delta statements and
+    /// commands, cursor statements, role and privilege statements, Delta and catalog statements and
     /// `EXPLAIN DISTRIBUTED`.
     pub async fn plan(
         &self,
@@ -270,6 +275,7 @@ impl QueryEngine {
             || parsed.cursor().is_some()
             || parsed.access().is_some()
             || parsed.delta().is_some()
+            || parsed.catalog().is_some()
             || self.is_session_command(session, parsed)
         {
             return Ok(None);
@@ -290,6 +296,9 @@ impl QueryEngine {
             .dialect
             .before_planning(session, &mut statement)
             .await?;
+        session.temp.qualify(&mut statement, || {
+            Ok(self.temp_schema(session)?.name.clone())
+        })?;
         let state = session.ctx.state();
         let read = tables_read(&state, &statement);
         let called = crate::statement::functions_called(&statement);
@@ -355,6 +364,13 @@ impl QueryEngine {
             ));
         }
         match &plan {
+            LogicalPlan::Explain(explain)
+                if matches!(explain.plan.as_ref(), LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::MergeInto(_))) =>
+            {
+                Err(Error::NotSupported(
+                    "EXPLAIN of MERGE (and of UPDATE ... FROM, which runs as one) is not supported: Ember runs it as distributed steps of its own, not as one plan".into(),
+                ))
+            }
             LogicalPlan::Explain(_) => self.explain(session, plan).await,
             LogicalPlan::Analyze(_) => self.explain_analyze(session, parsed, plan).await,
             LogicalPlan::Ddl(_) => self.execute_ddl(session, parsed, plan).await,
@@ -362,7 +378,13 @@ impl QueryEngine {
                 self.insert(session, parsed.sql(), plan).await
             }
             LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::MergeInto(_)) => {
-                self.merge(session, parsed.sql(), plan).await
+                let output = self.merge(session, parsed.sql(), plan).await?;
+                // `UPDATE ... FROM` runs as a MERGE; its client hears `UPDATE n`.
+                Ok(if parsed.is_update_from() {
+                    output.retagged(Command::Update)
+                } else {
+                    output
+                })
             }
             LogicalPlan::Dml(_) => self.modify(session, parsed.sql(), plan).await,
             LogicalPlan::Copy(_) => self.copy(session, parsed.sql(), plan).await,

@@ -89,6 +89,9 @@ pub enum Error {
     /// A schema that still holds tables or views.
     #[error("{0}")]
     DependentObjects(String),
+    /// An object of another kind than the statement names (`ALTER VIEW` of a table).
+    #[error("{0}")]
+    WrongObjectType(String),
     /// A statement that does not parse as Ember reads it.
     #[error("{0}")]
     Syntax(String),
@@ -212,6 +215,7 @@ impl Error {
             Error::DuplicateSchema(_) => SqlState::DUPLICATE_SCHEMA,
             Error::UndefinedObject(_) => SqlState::UNDEFINED_OBJECT,
             Error::DependentObjects(_) => SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+            Error::WrongObjectType(_) => SqlState::WRONG_OBJECT_TYPE,
             Error::Syntax(_) => SqlState::SYNTAX_ERROR,
             Error::InvalidParameter(_) => SqlState::INVALID_TEXT_REPRESENTATION,
             Error::InvalidSettingValue(_) => SqlState::INVALID_PARAMETER_VALUE,

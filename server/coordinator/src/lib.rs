@@ -47,6 +47,7 @@ mod standalone;
 pub mod statement;
 pub mod status;
 mod system_tables;
+mod temp;
 pub mod users;
 mod writes;
 

@@ -40,6 +40,14 @@ impl Output {
         })
     }
 
+    /// The same outcome, reported as `command`.
+    pub(crate) fn retagged(self, command: Command) -> Self {
+        match self {
+            Output::Done(outcome) => Output::Done(Outcome { command, ..outcome }),
+            other => other,
+        }
+    }
+
     /// One row with one text column `name` holding `value` (`SHOW name`).
     pub fn single_value(name: &str, value: String) -> Result<Self> {
         let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
@@ -103,6 +111,8 @@ pub enum Command {
     DropFunction,
     /// `ALTER TABLE`.
     AlterTable,
+    /// `ALTER VIEW`.
+    AlterView,
     /// `CREATE ROLE`, `CREATE USER`.
     CreateRole,
     /// `ALTER ROLE`, `ALTER USER`.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Schema, UInt64Type};
+use datafusion::catalog::SchemaProvider;
 use datafusion::common::{Constraint, SchemaError};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
@@ -43,6 +44,7 @@ use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
+use crate::temp::TEMP_SCHEMA_PREFIX;
 
 /// Where a write's files go when it commits.
 pub(crate) enum Target {
@@ -154,11 +156,18 @@ impl QueryEngine {
     ) -> Result<Output> {
         let name = self.resolve_name(session, &cmd.name)?;
         self.check_writable_schema(&name.schema).await?;
-        if cmd.temporary {
-            return Err(Error::NotSupported(
-                "temporary tables are not supported".into(),
-            ));
-        }
+        // Planning put a temporary table's name in the session's temporary schema.
+        let temp = if name.schema.starts_with(TEMP_SCHEMA_PREFIX) {
+            let temp = self.temp_schema(session)?;
+            if name.schema != temp.name {
+                return Err(Error::NotSupported(format!(
+                    "cannot create temporary relation {name} in a non-temporary schema"
+                )));
+            }
+            Some(temp)
+        } else {
+            None
+        };
         if cmd.or_replace && cmd.if_not_exists {
             // DataFusion's words, typed.
             return Err(Error::Syntax(
@@ -187,11 +196,11 @@ impl QueryEngine {
                 return Err(already_exists(&cmd.name));
             }
         }
-        let dir = self.catalog.warehouse().join(&name.schema).join(format!(
-            "{}-{:016x}",
-            name.name,
-            rand::random::<u64>()
-        ));
+        let parent = match &temp {
+            Some(temp) => temp.dir.clone(),
+            None => self.catalog.warehouse().join(&name.schema),
+        };
+        let dir = parent.join(format!("{}-{:016x}", name.name, rand::random::<u64>()));
         std::fs::create_dir_all(&dir)?;
         let location = ListingTableUrl::parse(format!("{}/", dir.display()))?
             .as_str()
@@ -281,6 +290,28 @@ impl QueryEngine {
                 return Err(error);
             }
         };
+        if let Some(temp) = temp {
+            let table = ManagedTable::try_new(
+                entry,
+                Arc::clone(&schema),
+                &TaskContext::from(&state),
+                delta,
+            )?
+            .temporary();
+            if let Some(old) = temp.tables.deregister_table(&name.name)?
+                && let Some(old) = old.downcast_ref::<ManagedTable>()
+                && let Some(dir) = old.entry().local_dir()
+            {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            temp.tables
+                .register_table(name.name.clone(), Arc::new(table))?;
+            return Ok(if has_rows {
+                Output::wrote(Command::CreateTableAs, rows)
+            } else {
+                Output::done(Command::CreateTable)
+            });
+        }
         let catalog = self.base_catalog();
         let owner = session.current_role();
         let committed =

@@ -30,6 +30,7 @@ pub(crate) fn status(error: &Error) -> Status {
         // gRPC's code for a transaction that lost a race and may be retried.
         Error::SerializationFailure(_) => Code::Aborted,
         Error::Syntax(_)
+        | Error::WrongObjectType(_)
         | Error::InvalidParameter(_)
         | Error::InvalidSettingValue(_)
         | Error::CardinalityViolation(_)

@@ -38,6 +38,7 @@ pub(crate) fn tag(outcome: &Outcome) -> String {
         Command::DropSchema => "DROP SCHEMA".into(),
         Command::DropFunction => "DROP FUNCTION".into(),
         Command::AlterTable => "ALTER TABLE".into(),
+        Command::AlterView => "ALTER VIEW".into(),
         Command::CreateRole => "CREATE ROLE".into(),
         Command::AlterRole => "ALTER ROLE".into(),
         Command::DropRole => "DROP ROLE".into(),

@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    ProcessCluster, compare, connect, datafusion_rows, datafusion_tpch, rows, tpch_data_dir,
+    ProcessCluster, compare, connect, datafusion_rows, datafusion_tpch, private_data_dir, rows,
+    tpch_data_dir,
 };
 use datafusion::prelude::SessionContext;
 use tokio_postgres::Client;
@@ -154,14 +155,8 @@ async fn changes_stay_exact_when_executors_die(
     env: &[(String, String)],
     reference: &SessionContext,
 ) {
-    // A data dir of its own (the shared one's catalog is other tests' too), with a copy of the
-    // TPC-H files.
-    let data = tempfile::tempdir().expect("temp dir");
-    let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
-    copy_dir(
-        &ember_planner::tpch::scale_dir(&tpch.join("tpch"), SCALE),
-        &ember_planner::tpch::scale_dir(&data_dir.join("tpch"), SCALE),
-    );
+    // A data dir of its own (the shared one's catalog is other tests' too).
+    let (_data, data_dir) = private_data_dir(tpch, SCALE);
     let mut cluster = ProcessCluster::start_with_env(EXECUTORS, SCALE, &data_dir, env);
     let cluster = &mut cluster;
     let monitor = &cluster.connect(EXECUTORS).await;
@@ -375,18 +370,6 @@ async fn check(
         Err(diff) => Outcome::Wrong(diff),
         Ok(()) if !fault_injected => Outcome::Missed,
         Ok(()) => Outcome::Exact,
-    }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("a directory");
-    for entry in std::fs::read_dir(from).expect("a directory").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).expect("a copy");
-        }
     }
 }
 

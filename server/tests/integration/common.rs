@@ -307,6 +307,31 @@ pub fn tpch_data_dir(scale: f64) -> PathBuf {
     base
 }
 
+/// A data dir of a test's own, with a copy of the TPC-H files of `scale` from the shared one
+/// (`tpch`): for tests that create tables, since the shared data dir's catalog is every
+/// test's. The directory goes with the returned guard.
+pub fn private_data_dir(tpch: &Path, scale: f64) -> (tempfile::TempDir, PathBuf) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
+    copy_dir(
+        &ember_planner::tpch::scale_dir(&tpch.join("tpch"), scale),
+        &ember_planner::tpch::scale_dir(&data_dir.join("tpch"), scale),
+    );
+    (data, data_dir)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("a directory");
+    for entry in std::fs::read_dir(from).expect("a directory").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("a copy");
+        }
+    }
+}
+
 /// The directory of the TPC-H files of `scale` under a data dir.
 pub fn tpch_scale_dir(base: &Path, scale: f64) -> PathBuf {
     std::fs::canonicalize(ember_planner::tpch::scale_dir(&base.join("tpch"), scale))

@@ -10,6 +10,7 @@ mod cli;
 mod cluster_managers;
 mod cluster_security;
 mod common;
+mod dbt;
 mod delta;
 mod fake_kube;
 mod flight_sql;

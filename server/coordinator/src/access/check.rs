@@ -198,6 +198,8 @@ impl PlanAccess<'_> {
                 };
                 let target = self.scanned_object(&dml.target, &dml.table_name, scope);
                 match target {
+                    // The session's own temporary table.
+                    None if dml.target.table_type() == TableType::Temporary => {}
                     Some((schema, name)) => {
                         self.require_in_schema(scope.role, &schema, &name, wanted)?
                     }

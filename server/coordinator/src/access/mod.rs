@@ -311,6 +311,17 @@ impl AccessFile {
         self.objects.retain(|o| o.object != object);
     }
 
+    /// Moves a renamed table's or view's owner and grants to its new name.
+    pub(crate) fn renamed_table(&mut self, schema: &str, from: &str, to: &str) {
+        let (old, new) = (Securable::table(schema, from), Securable::table(schema, to));
+        self.objects.retain(|o| o.object != new);
+        for object in &mut self.objects {
+            if object.object == old {
+                object.object = new.clone();
+            }
+        }
+    }
+
     /// Forgets a dropped schema and everything in it.
     pub(crate) fn dropped_schema(&mut self, schema: &str) {
         self.objects.retain(|o| match &o.object {

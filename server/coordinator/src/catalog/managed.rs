@@ -40,11 +40,13 @@ pub(crate) struct ManagedTable {
     current: RwLock<Option<DeltaScanTable>>,
     /// Held while this server commits to the table: its statements queue here rather than
     /// race for the log's next version (Delta's conflict rules still judge what they read).
-    commits: tokio::sync::Mutex<()>,
+    commits: Arc<tokio::sync::Mutex<()>>,
     /// Shared by statements writing files into the table's directory until they commit;
     /// `VACUUM` holds it alone, so it never takes a file about to be committed for an
     /// unreferenced one.
     writers: Arc<tokio::sync::RwLock<()>>,
+    /// A session's temporary table.
+    temporary: bool,
 }
 
 impl ManagedTable {
@@ -66,9 +68,37 @@ impl ManagedTable {
             entry,
             schema,
             current: RwLock::new(current),
-            commits: tokio::sync::Mutex::new(()),
+            commits: Arc::default(),
             writers: Arc::default(),
+            temporary: false,
         })
+    }
+
+    /// The same table under another name: same files, versions and writers.
+    pub(crate) fn renamed(&self, name: &str) -> Self {
+        let mut entry = self.entry.clone();
+        entry.name = name.to_string();
+        Self {
+            entry,
+            schema: Arc::clone(&self.schema),
+            constraints: self.constraints.clone(),
+            defaults: self.defaults.clone(),
+            current: RwLock::new(self.current()),
+            commits: Arc::clone(&self.commits),
+            writers: Arc::clone(&self.writers),
+            temporary: self.temporary,
+        }
+    }
+
+    /// This table as a session's temporary table.
+    pub(crate) fn temporary(mut self) -> Self {
+        self.temporary = true;
+        self
+    }
+
+    /// Whether this is a session's temporary table.
+    pub(crate) fn is_temporary(&self) -> bool {
+        self.temporary
     }
 
     pub(crate) fn entry(&self) -> &ManagedEntry {
@@ -148,7 +178,11 @@ impl TableProvider for ManagedTable {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Base
+        if self.temporary {
+            TableType::Temporary
+        } else {
+            TableType::Base
+        }
     }
 
     fn constraints(&self) -> Option<&Constraints> {

@@ -110,6 +110,9 @@ pub(crate) struct StatementEntry {
     pub(crate) sql: String,
     /// The creating session's default schema, which unqualified names in `sql` refer to.
     pub(crate) default_schema: String,
+    /// The name `sql` creates, when the object was renamed since (`ALTER ... RENAME TO`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) created_as: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +379,8 @@ impl CatalogStore {
         }
         // Files of a manifest's table that the manifest does not list were never committed.
         self.remove_abandoned_files(&file);
+        // Sessions' temporary tables end with the server.
+        crate::temp::remove_leftovers(&self.warehouse);
         let mut restored = 0;
         let mut converted = vec![];
         for object in &file.objects {
@@ -508,6 +513,16 @@ async fn restore_object(
                 .catalog
                 .default_schema = entry.default_schema.clone();
             ctx.sql(&entry.sql).await?.collect().await?;
+            if let Some(created_as) = &entry.created_as {
+                // Renamed since: the statement registered it under its first name.
+                let schema = catalog.schema(&entry.schema).ok_or_else(|| {
+                    Error::Unavailable(format!("schema {} is missing", entry.schema))
+                })?;
+                let provider = schema
+                    .deregister_table(created_as)?
+                    .ok_or_else(|| Error::Unavailable(format!("{created_as} was not created")))?;
+                schema.register_table(entry.name.clone(), provider)?;
+            }
             Ok(false)
         }
     }

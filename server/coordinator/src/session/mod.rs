@@ -58,6 +58,8 @@ pub struct ClientSession {
     pub(crate) frontend: String,
     /// The open sessions the monitor counts; this one leaves it when dropped.
     pub(crate) open_sessions: Arc<crate::monitor::Sessions>,
+    /// Its temporary tables, removed when it ends.
+    pub(crate) temp: crate::temp::TempTables,
 }
 
 impl Drop for ClientSession {

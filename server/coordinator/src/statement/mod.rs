@@ -26,11 +26,14 @@ use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 mod access;
+mod catalog;
 mod cursor;
 mod delta;
+mod joined_dml;
 mod time_travel;
 
 use access::access_statement;
+pub use catalog::{CatalogStatement, RelationKind};
 pub use cursor::CursorStatement;
 pub use delta::DeltaStatement;
 use delta::delta_statement;
@@ -56,6 +59,10 @@ pub struct ParsedStatement {
     declared: Vec<Option<DeclaredString>>,
     /// The role or privilege statement this is (recognised once; DataFusion plans none).
     access: Option<AccessStatement>,
+    /// The catalog statement DataFusion does not plan that this is (`ALTER ... RENAME TO`).
+    catalog: Option<CatalogStatement>,
+    /// An `UPDATE ... FROM`, whose tree is a `MERGE`.
+    update_from: bool,
 }
 
 /// A command that changes or reads the session rather than data.
@@ -124,7 +131,13 @@ pub enum Deallocate {
 
 impl ParsedStatement {
     /// The statement `statement` is (with Ember's `EXPLAIN DISTRIBUTED` prefix or not).
-    pub(crate) fn from_ast(statement: DFStatement, explain_distributed: bool) -> Result<Self> {
+    pub(crate) fn from_ast(mut statement: DFStatement, explain_distributed: bool) -> Result<Self> {
+        // Logs and system tables show the statement as the client wrote it.
+        let text = statement.to_string();
+        let rewritten = joined_dml::rewrite(match &mut statement {
+            DFStatement::Explain(explain) => &mut explain.statement,
+            other => other,
+        })?;
         let cursor = match &statement {
             DFStatement::Statement(inner) => CursorStatement::recognise(inner)?,
             _ => None,
@@ -137,15 +150,36 @@ impl ParsedStatement {
             }
             _ => None,
         };
+        let catalog = match &statement {
+            DFStatement::Statement(inner) if !explain_distributed => catalog::recognise(inner)?,
+            _ => None,
+        };
         Ok(Self {
-            text: statement.to_string(),
+            text,
             declared: declared_strings(&statement),
             statement: Some(statement),
             delta: None,
             explain_distributed,
             cursor,
             access,
+            catalog,
+            update_from: rewritten == Some(joined_dml::Rewritten::UpdateFrom),
         })
+    }
+
+    /// The catalog statement `statement` is (one sqlparser has no tree for).
+    pub(crate) fn from_catalog(statement: CatalogStatement) -> Self {
+        Self {
+            text: statement.to_string(),
+            declared: vec![],
+            statement: None,
+            delta: None,
+            explain_distributed: false,
+            cursor: None,
+            access: None,
+            catalog: Some(statement),
+            update_from: false,
+        }
     }
 
     /// The Delta statement `statement` is.
@@ -158,6 +192,8 @@ impl ParsedStatement {
             explain_distributed: false,
             cursor: None,
             access: None,
+            catalog: None,
+            update_from: false,
         }
     }
 
@@ -169,6 +205,16 @@ impl ParsedStatement {
     /// The syntax tree (none for a Delta statement).
     pub fn ast(&self) -> Option<&DFStatement> {
         self.statement.as_ref()
+    }
+
+    /// Whether this is an `UPDATE ... FROM` (run as a `MERGE`, answered as an `UPDATE`).
+    pub fn is_update_from(&self) -> bool {
+        self.update_from
+    }
+
+    /// The catalog statement DataFusion does not plan that this is, if it is one.
+    pub fn catalog(&self) -> Option<&CatalogStatement> {
+        self.catalog.as_ref()
     }
 
     /// The Delta statement this is, if it is one.
@@ -306,6 +352,11 @@ pub(crate) fn parse_statements(sql: &str, options: &SqlParserOptions) -> Result<
             expecting_delimiter = true;
             continue;
         }
+        if !explain_distributed && let Some(statement) = catalog::alter_view_rename(&mut parser)? {
+            statements.push(Parsed::Catalog(statement));
+            expecting_delimiter = true;
+            continue;
+        }
         let statement = if let Some(statement) = access_statement(sql, &mut parser)? {
             statement
         } else if is_word(&parser, 0, "ABORT") {
@@ -349,6 +400,8 @@ pub(crate) enum Parsed {
     },
     /// A Delta statement.
     Delta(DeltaStatement),
+    /// A catalog statement sqlparser has no tree for.
+    Catalog(CatalogStatement),
 }
 
 /// Whether the `n`th next token is the unquoted word `word`.
@@ -499,6 +552,7 @@ mod tests {
                     explain_distributed,
                 } => ParsedStatement::from_ast(statement, explain_distributed),
                 Parsed::Delta(statement) => Ok(ParsedStatement::from_delta(statement)),
+                Parsed::Catalog(statement) => Ok(ParsedStatement::from_catalog(statement)),
             })
             .collect()
     }

@@ -37,7 +37,8 @@ use functions::{
 };
 use information_schema::InformationSchemaViews;
 use rewrites::{
-    CatalogLookups, KeepPlannableLookups, LikeEscape, RegprocNames, SetReturningArrays,
+    CatalogLookups, KeepPlannableLookups, LikeEscape, OtherTempSchemas, RegprocNames,
+    SetReturningArrays,
 };
 
 /// The PostgreSQL version Ember speaks for (catalog layout, protocol, functions).
@@ -180,6 +181,7 @@ impl Compatibility {
             let _ = statement.visit(&mut SetReturningArrays);
             let _ = statement.visit(&mut CatalogLookups);
             let _ = statement.visit(&mut InformationSchemaViews);
+            let _ = statement.visit(&mut OtherTempSchemas);
         }
         Some(statements)
     }
@@ -204,6 +206,7 @@ impl Compatibility {
         let _ = statement.visit(&mut SetReturningArrays);
         let _ = statement.visit(&mut CatalogLookups);
         let _ = statement.visit(&mut InformationSchemaViews);
+        let _ = statement.visit(&mut OtherTempSchemas);
         statement
     }
 }

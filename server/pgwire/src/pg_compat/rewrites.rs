@@ -9,6 +9,8 @@ use datafusion::sql::sqlparser::ast::{
     ObjectName, Query, Select, SelectItem, SetExpr, TableFactor, Value as SqlValue, Visit, Visitor,
     VisitorMut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 
 /// A correlated scalar subquery that looks up one value in `pg_catalog` (a column's default
 /// in `pg_attrdef`, its collation in `pg_collation`), as client catalog queries do, is planned
@@ -509,6 +511,48 @@ impl VisitorMut for LikeEscape {
                 vec![backslashes_escaped, text(escape), text("\\")],
             );
             *escape_char = None;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `pg_is_other_temp_schema(oid)`: whether the schema is another session's temporary schema
+/// (each session's temporary tables live in `pg_temp_<its id>`). The call becomes a lookup in
+/// `pg_namespace` against the session's own id; it reads no rows from a client.
+pub(super) struct OtherTempSchemas;
+
+impl VisitorMut for OtherTempSchemas {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        let SqlExpr::Function(function) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let named = function
+            .name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .is_some_and(|ident| ident.value.eq_ignore_ascii_case("pg_is_other_temp_schema"));
+        let FunctionArguments::List(list) = &function.args else {
+            return ControlFlow::Continue(());
+        };
+        let [FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))] = list.args.as_slice() else {
+            return ControlFlow::Continue(());
+        };
+        if !named {
+            return ControlFlow::Continue(());
+        }
+        let lookup = format!(
+            "({oid}) IN (SELECT oid FROM pg_catalog.pg_namespace \
+             WHERE starts_with(nspname, 'pg_temp_') \
+             AND nspname <> concat('pg_temp_', ember_session_id()))"
+        );
+        if let Ok(replacement) = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&lookup)
+            .and_then(|mut parser| parser.parse_expr())
+        {
+            *expr = SqlExpr::Nested(Box::new(replacement));
         }
         ControlFlow::Continue(())
     }

@@ -3,10 +3,12 @@
 //! (pgJDBC's `getPrimaryKeys`, SQLAlchemy's inspector, BI tools) see them. Each key also gets
 //! the index relation PostgreSQL would create for it in `pg_class`; `pg_attribute.atthasdef`
 //! says which columns have a default, and each column's type is the one it is sent as (with
-//! `numeric(p,s)` and declared `varchar(n)` modifiers). Every other table comes from
-//! datafusion-pg-catalog as is.
+//! `numeric(p,s)` and declared `varchar(n)` modifiers). `pg_tables` lists tables only and
+//! `pg_views` lists the views, with their definitions (dbt tells tables from views by them).
+//! Every other table comes from datafusion-pg-catalog as is.
 
 mod definitions;
+mod relations;
 mod rows;
 
 use std::collections::HashMap;
@@ -63,6 +65,8 @@ enum LiveTable {
     Index,
     Constraint,
     Attrdef,
+    Tables,
+    Views,
 }
 
 impl LiveTable {
@@ -73,6 +77,8 @@ impl LiveTable {
             "pg_index" => Self::Index,
             "pg_constraint" => Self::Constraint,
             "pg_attrdef" => Self::Attrdef,
+            "pg_tables" => Self::Tables,
+            "pg_views" => Self::Views,
             _ => return None,
         })
     }
@@ -84,6 +90,8 @@ impl LiveTable {
             Self::Index => "pg_index",
             Self::Constraint => "pg_constraint",
             Self::Attrdef => "pg_attrdef",
+            Self::Tables => "pg_tables",
+            Self::Views => "pg_views",
         }
     }
 }
@@ -133,7 +141,9 @@ impl SchemaProvider for KeyedPgCatalog {
                     columns.metadata().clone(),
                 ))
             }
-            LiveTable::Attribute => crate_table(&self.inner, live.crate_name())?.schema(),
+            LiveTable::Attribute | LiveTable::Tables | LiveTable::Views => {
+                crate_table(&self.inner, live.crate_name())?.schema()
+            }
             LiveTable::Index => pg_index_schema(),
             LiveTable::Constraint => pg_constraint_schema(),
             LiveTable::Attrdef => pg_attrdef_schema(),
@@ -199,6 +209,14 @@ impl PartitionStream for LiveStream {
         Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             futures::stream::once(async move {
+                match live {
+                    LiveTable::Tables => {
+                        let rows = crate_rows(&inner, live.crate_name(), ctx).await?;
+                        return relations::without_views(&schema, rows, &catalogs).await;
+                    }
+                    LiveTable::Views => return relations::views(&schema, &catalogs).await,
+                    _ => {}
+                }
                 let LiveTables {
                     keyed: tables,
                     schemas,
@@ -216,6 +234,7 @@ impl PartitionStream for LiveStream {
                     LiveTable::Index => pg_index_rows(&schema, &tables),
                     LiveTable::Constraint => pg_constraint_rows(&schema, &tables),
                     LiveTable::Attrdef => pg_attrdef_rows(&schema, &tables),
+                    LiveTable::Tables | LiveTable::Views => unreachable!("answered above"),
                 }
             }),
         ))
