@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{SchemaReference, TableReference};
+use datafusion::common::{Column, SchemaError, SchemaReference, TableReference};
 use datafusion::datasource::source_as_provider;
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use ember_planner::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 
@@ -16,11 +17,12 @@ use datafusion::sql::sqlparser::ast::ObjectName as SqlObjectName;
 
 use crate::access::Securable;
 use crate::catalog::{CatalogObject, ManagedTable, StatementEntry};
+use crate::comments;
 use crate::engine::{QueryEngine, ddl_command};
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
-use crate::statement::{CatalogStatement, ParsedStatement, RelationKind};
+use crate::statement::{CatalogStatement, CommentOn, ParsedStatement, RelationKind};
 use crate::temp::{TEMP_SCHEMA_PREFIX, TempSchema};
 
 /// A table or view name resolved against the session's default schema.
@@ -287,6 +289,7 @@ impl QueryEngine {
                             file.schemas.retain(|s| *s != name);
                             file.objects.retain(|o| o.key().0 != name);
                             file.access.dropped_schema(&name);
+                            comments::dropped(&mut file.comments, &name, None);
                             Ok(())
                         },
                         |_| {
@@ -325,7 +328,116 @@ impl QueryEngine {
                 self.rename(session, *kind, *if_exists, name, new_name)
                     .await
             }
+            CatalogStatement::Comment { on, name, text } => {
+                self.comment(session, *on, name, text.as_deref()).await
+            }
         }
+    }
+
+    /// `COMMENT ON {TABLE | VIEW | COLUMN} ... IS ...`, as in PostgreSQL: only the owner may;
+    /// the comment lasts as long as the object (renames included).
+    async fn comment(
+        &self,
+        session: &ClientSession,
+        on: CommentOn,
+        name: &SqlObjectName,
+        text: Option<&str>,
+    ) -> Result<Output> {
+        let normalize = session
+            .ctx
+            .state()
+            .config_options()
+            .sql_parser
+            .enable_ident_normalization;
+        let (table, column) = match on {
+            CommentOn::Column => {
+                let mut parts = name.0.clone();
+                let column = parts
+                    .pop()
+                    .and_then(|p| p.as_ident().cloned())
+                    .filter(|_| !parts.is_empty())
+                    .ok_or_else(|| {
+                        Error::Syntax(format!(
+                            "COMMENT ON COLUMN names a table's column (table.column), not {name}"
+                        ))
+                    })?;
+                let column = match column.quote_style {
+                    None if normalize => column.value.to_lowercase(),
+                    _ => column.value,
+                };
+                (SqlObjectName(parts), Some(column))
+            }
+            CommentOn::Table | CommentOn::View => (name.clone(), None),
+        };
+        let reference = object_name_to_table_reference(table, normalize)?;
+        let target = self.resolve_name(session, &reference)?;
+        let file = self.catalog.snapshot().await;
+        let key = (target.schema.as_str(), target.name.as_str());
+        let Some(object) = file.objects.iter().find(|o| o.key() == key) else {
+            if !self.object_exists(session, &reference).await {
+                return Err(Error::UndefinedTable(format!(
+                    "relation \"{target}\" does not exist"
+                )));
+            }
+            self.check_writable_schema(&target.schema).await?;
+            return Err(Error::NotSupported(format!(
+                "comments on {target} are not kept: only on tables and views of the catalog"
+            )));
+        };
+        let is_view = matches!(object, CatalogObject::View(_));
+        match (on, is_view) {
+            (CommentOn::View, false) => {
+                return Err(Error::WrongObjectType(format!(
+                    "\"{}\" is not a view",
+                    target.name
+                )));
+            }
+            (CommentOn::Table, true) => {
+                return Err(Error::WrongObjectType(format!(
+                    "\"{}\" is not a table: use COMMENT ON VIEW",
+                    target.name
+                )));
+            }
+            _ => {}
+        }
+        if let Some(column) = &column {
+            let provider = session.ctx.table_provider(reference.clone()).await?;
+            if provider.schema().field_with_name(column).is_err() {
+                return Err(Error::DataFusion(DataFusionError::SchemaError(
+                    Box::new(SchemaError::FieldNotFound {
+                        field: Box::new(Column::new(Some(reference.clone()), column)),
+                        valid_fields: vec![],
+                    }),
+                    Box::new(None),
+                )));
+            }
+        }
+        self.catalog.access().require_owner(
+            &session.current_role(),
+            &Securable::table(&target.schema, &target.name),
+        )?;
+        self.catalog
+            .update(
+                |file| {
+                    let key = (target.schema.as_str(), target.name.as_str());
+                    if !file.objects.iter().any(|o| o.key() == key) {
+                        return Err(Error::UndefinedTable(format!(
+                            "relation \"{target}\" does not exist"
+                        )));
+                    }
+                    comments::set(
+                        &mut file.comments,
+                        &target.schema,
+                        &target.name,
+                        column.as_deref(),
+                        text,
+                    );
+                    Ok(())
+                },
+                |_| Ok(()),
+            )
+            .await?;
+        Ok(Output::done(Command::Comment))
     }
 
     /// `ALTER {TABLE | VIEW} name RENAME TO new_name`, as in PostgreSQL: only the owner may;
@@ -431,6 +543,7 @@ impl QueryEngine {
                     }
                     file.access
                         .renamed_table(&target.schema, &target.name, &new);
+                    comments::renamed(&mut file.comments, &target.schema, &target.name, &new);
                     Ok(())
                 },
                 |_| {
@@ -529,6 +642,7 @@ impl QueryEngine {
                             o.key() == (target.schema.as_str(), target.name.as_str())
                         });
                         file.access.dropped_table(&target.schema, &target.name);
+                        comments::dropped(&mut file.comments, &target.schema, Some(&target.name));
                         Ok(position.map(|i| file.objects.remove(i)))
                     },
                     |_| Ok(()),

@@ -82,6 +82,11 @@ impl QueryEngine {
         self.catalog.access()
     }
 
+    /// Comments on tables, views and columns (`COMMENT ON`), for frontends' catalogs.
+    pub fn comments(&self) -> Arc<crate::comments::Comments> {
+        Arc::clone(self.catalog.comments())
+    }
+
     /// Ember's one catalog, shared by all sessions.
     pub(crate) fn base_catalog(&self) -> Option<Arc<dyn CatalogProvider>> {
         self.base_state.catalog_list().catalog(DEFAULT_CATALOG)

@@ -23,6 +23,7 @@ mod authorize;
 mod catalog;
 mod cluster;
 pub mod cluster_manager;
+pub mod comments;
 pub mod coordinator;
 mod cursors;
 mod ddl;

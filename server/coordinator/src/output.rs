@@ -113,6 +113,8 @@ pub enum Command {
     AlterTable,
     /// `ALTER VIEW`.
     AlterView,
+    /// `COMMENT ON`.
+    Comment,
     /// `CREATE ROLE`, `CREATE USER`.
     CreateRole,
     /// `ALTER ROLE`, `ALTER USER`.

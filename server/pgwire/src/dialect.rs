@@ -35,7 +35,7 @@ pub struct PostgresDialect {
 impl PostgresDialect {
     /// `pg_catalog`, the Postgres functions and the PostgreSQL parser over the engine's state.
     pub async fn new(engine: &QueryEngine) -> Result<Self> {
-        let mut state = pg_compat::postgres_state(&engine.base_state()).await?;
+        let mut state = pg_compat::postgres_state(&engine.base_state(), engine.comments()).await?;
         state.config_mut().options_mut().sql_parser.dialect =
             datafusion::config::Dialect::PostgreSQL;
         Ok(Self { state })

@@ -39,6 +39,7 @@ pub(crate) fn tag(outcome: &Outcome) -> String {
         Command::DropFunction => "DROP FUNCTION".into(),
         Command::AlterTable => "ALTER TABLE".into(),
         Command::AlterView => "ALTER VIEW".into(),
+        Command::Comment => "COMMENT".into(),
         Command::CreateRole => "CREATE ROLE".into(),
         Command::AlterRole => "ALTER ROLE".into(),
         Command::DropRole => "DROP ROLE".into(),

@@ -1,7 +1,7 @@
 //! dbt, with its unmodified Postgres adapter (dbt-postgres), runs a project of its own over
 //! TPC-H against Ember end to end (`dbt_project/`): `seed`, `run` (views, tables, incremental
-//! models by delete+insert and by merge, run twice), `snapshot` (twice, around a change),
-//! `test`, `docs generate`. Every table dbt builds is compared with single-node DataFusion's
+//! models by delete+insert and by merge, run twice; descriptions kept as comments),
+//! `snapshot` (twice, around a change), `test`, `docs generate`. Every table dbt builds is compared with single-node DataFusion's
 //! answer over the same files.
 
 use std::path::{Path, PathBuf};
@@ -296,6 +296,22 @@ async fn dbt_builds_tests_snapshots_and_documents_a_project_over_tpch() {
     assert_eq!(
         catalog["nodes"]["model.ember_tpch.stg_orders"]["metadata"]["type"],
         "VIEW"
+    );
+    // persist_docs: the models' descriptions went in as comments and come back in the catalog.
+    let revenue = &catalog["nodes"]["model.ember_tpch.customer_revenue"];
+    assert_eq!(
+        revenue["metadata"]["comment"],
+        "Orders and revenue per customer."
+    );
+    assert_eq!(
+        revenue["columns"]["customer_key"]["comment"],
+        "The customer's key, from TPC-H's customer table."
+    );
+    let orders = &catalog["nodes"]["model.ember_tpch.stg_orders"];
+    assert_eq!(orders["metadata"]["comment"], "TPC-H orders, renamed.");
+    assert_eq!(
+        orders["columns"]["order_key"]["comment"],
+        "The order's key."
     );
 
     // dbt's sessions have ended: their temporary tables are gone, schemas and files.

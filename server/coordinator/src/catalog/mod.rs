@@ -46,6 +46,7 @@ pub(crate) use managed::{ManagedTable, directory_sink_table};
 pub(crate) use versions::VersionedCatalog;
 
 use crate::access::{AccessControl, AccessFile, Published};
+use crate::comments::{Comment, Comments};
 use crate::error::{Error, Result};
 
 const CATALOG_FILE: &str = "catalog.json";
@@ -66,6 +67,9 @@ pub(crate) struct CatalogFile {
     /// Roles, owners and grants.
     #[serde(default)]
     pub(crate) access: AccessFile,
+    /// Comments on tables, views and columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) comments: Vec<Comment>,
 }
 
 impl CatalogFile {
@@ -282,6 +286,8 @@ pub(crate) struct CatalogStore {
     state: Mutex<CatalogFile>,
     /// Roles and privileges, as of the last commit.
     access: Arc<AccessControl>,
+    /// Comments, as of the last commit.
+    comments: Arc<Comments>,
 }
 
 impl CatalogStore {
@@ -316,17 +322,25 @@ impl CatalogStore {
             Err(e) => return Err(e.into()),
         };
         access.publish(file.published());
+        let comments = Arc::new(Comments::default());
+        comments.publish(file.comments.clone());
         Ok(Self {
             dir,
             warehouse,
             state: Mutex::new(file),
             access,
+            comments,
         })
     }
 
     /// Roles and privileges.
     pub(crate) fn access(&self) -> &Arc<AccessControl> {
         &self.access
+    }
+
+    /// Comments on tables, views and columns.
+    pub(crate) fn comments(&self) -> &Arc<Comments> {
+        &self.comments
     }
 
     pub(crate) fn warehouse(&self) -> &Path {
@@ -346,6 +360,7 @@ impl CatalogStore {
         let result = change(&mut next)?;
         self.persist(&next).await?;
         self.access.publish(next.published());
+        self.comments.publish(next.comments.clone());
         *current = next;
         apply(&result)?;
         Ok(result)

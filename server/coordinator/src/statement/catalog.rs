@@ -1,11 +1,13 @@
-//! Catalog statements DataFusion does not plan: `ALTER TABLE ... RENAME TO` (from sqlparser's
-//! tree) and `ALTER VIEW ... RENAME TO` (which sqlparser does not parse, read by its tokens).
+//! Catalog statements DataFusion does not plan: `ALTER TABLE ... RENAME TO` and `COMMENT ON`
+//! (from sqlparser's tree), and `ALTER VIEW ... RENAME TO` (which sqlparser does not parse,
+//! read by its tokens).
 
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::ast::{
-    AlterTableOperation, ObjectName, RenameTableNameKind, Statement as SqlStatement,
+    AlterTableOperation, CommentObject, ObjectName, RenameTableNameKind, Statement as SqlStatement,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use super::is_word;
 use crate::error::{Error, Result};
@@ -34,6 +36,26 @@ pub enum CatalogStatement {
         /// Its new name, in the same schema.
         new_name: ObjectName,
     },
+    /// `COMMENT ON {TABLE | VIEW | COLUMN} name IS {'text' | NULL}`.
+    Comment {
+        /// What the comment is on.
+        on: CommentOn,
+        /// The table or view, or the column as `table.column`.
+        name: ObjectName,
+        /// The comment; none removes it.
+        text: Option<String>,
+    },
+}
+
+/// What a comment describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommentOn {
+    /// A table (or, as in PostgreSQL, a view named by `TABLE`).
+    Table,
+    /// A view.
+    View,
+    /// A column of a table or view.
+    Column,
 }
 
 impl std::fmt::Display for CatalogStatement {
@@ -52,12 +74,50 @@ impl std::fmt::Display for CatalogStatement {
                 let if_exists = if *if_exists { "IF EXISTS " } else { "" };
                 write!(f, "ALTER {keyword} {if_exists}{name} RENAME TO {new_name}")
             }
+            CatalogStatement::Comment { on, name, text } => {
+                let on = match on {
+                    CommentOn::Table => "TABLE",
+                    CommentOn::View => "VIEW",
+                    CommentOn::Column => "COLUMN",
+                };
+                match text {
+                    Some(text) => write!(
+                        f,
+                        "COMMENT ON {on} {name} IS '{}'",
+                        text.replace('\'', "''")
+                    ),
+                    None => write!(f, "COMMENT ON {on} {name} IS NULL"),
+                }
+            }
         }
     }
 }
 
 /// The catalog statement `statement` is, if it is one.
 pub(super) fn recognise(statement: &SqlStatement) -> Result<Option<CatalogStatement>> {
+    if let SqlStatement::Comment {
+        object_type,
+        object_name,
+        comment,
+        ..
+    } = statement
+    {
+        let on = match object_type {
+            CommentObject::Table => CommentOn::Table,
+            CommentObject::View => CommentOn::View,
+            CommentObject::Column => CommentOn::Column,
+            other => {
+                return Err(Error::NotSupported(format!(
+                    "COMMENT ON {other} is not supported: only on tables, views and columns"
+                )));
+            }
+        };
+        return Ok(Some(CatalogStatement::Comment {
+            on,
+            name: object_name.clone(),
+            text: comment.clone(),
+        }));
+    }
     let SqlStatement::AlterTable(alter) = statement else {
         return Ok(None);
     };
@@ -115,4 +175,31 @@ pub(super) fn alter_view_rename(parser: &mut DFParser<'_>) -> Result<Option<Cata
         name,
         new_name,
     }))
+}
+
+/// `COMMENT ON ... IS $tag$text$tag$`: sqlparser reads only a quoted string there, so dollar
+/// quotes (dbt's `persist_docs` writes them) become single quotes, the text unchanged.
+pub(super) fn dollar_quoted_comments(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut statement_start = true;
+    let mut in_comment = false;
+    for token in &mut tokens {
+        match &token.token {
+            Token::SemiColon => {
+                statement_start = true;
+                in_comment = false;
+                continue;
+            }
+            Token::Whitespace(_) => continue,
+            Token::Word(word) if statement_start => {
+                in_comment =
+                    word.quote_style.is_none() && word.value.eq_ignore_ascii_case("COMMENT");
+            }
+            Token::DollarQuotedString(text) if in_comment => {
+                token.token = Token::SingleQuotedString(text.value.clone());
+            }
+            _ => {}
+        }
+        statement_start = false;
+    }
+    tokens
 }

@@ -33,7 +33,7 @@ mod joined_dml;
 mod time_travel;
 
 use access::access_statement;
-pub use catalog::{CatalogStatement, RelationKind};
+pub use catalog::{CatalogStatement, CommentOn, RelationKind};
 pub use cursor::CursorStatement;
 pub use delta::DeltaStatement;
 use delta::delta_statement;
@@ -319,6 +319,7 @@ pub(crate) fn parse_statements(sql: &str, options: &SqlParserOptions) -> Result<
         .tokenize_with_location()
         .map_err(|e| Error::DataFusion(ParserError::from(e).into()))?;
     let tokens = time_travel::fold_time_travel(tokens, options.enable_ident_normalization)?;
+    let tokens = catalog::dollar_quoted_comments(tokens);
     let mut parser = DFParserBuilder::new(tokens)
         .with_dialect(dialect.as_ref())
         .with_recursion_limit(options.recursion_limit.get())
@@ -568,6 +569,43 @@ mod tests {
         let mut statements = parse(sql, &options(Dialect::PostgreSQL)).expect("parses");
         assert_eq!(statements.len(), 1, "{sql}");
         statements.remove(0)
+    }
+
+    #[test]
+    fn catalog_statements_are_typed() {
+        let CatalogStatement::Comment { on, name, text } =
+            one("COMMENT ON COLUMN s.t.c IS $doc$it's $1$doc$")
+                .catalog()
+                .cloned()
+                .expect("a comment")
+        else {
+            panic!("a comment")
+        };
+        assert_eq!(
+            (on, name.to_string(), text.as_deref()),
+            (CommentOn::Column, "s.t.c".into(), Some("it's $1"))
+        );
+        // Dollar quotes elsewhere stay what they are.
+        assert!(one("SELECT $a$x$a$").catalog().is_none());
+        let CatalogStatement::Rename {
+            kind, if_exists, ..
+        } = one("ALTER VIEW IF EXISTS s.v RENAME TO w")
+            .catalog()
+            .cloned()
+            .expect("a rename")
+        else {
+            panic!("a rename")
+        };
+        assert_eq!((kind, if_exists), (RelationKind::View, true));
+        // Other ALTER VIEWs are sqlparser's.
+        assert!(one("ALTER VIEW v AS SELECT 1").catalog().is_none());
+        assert!(matches!(
+            one("ALTER TABLE t RENAME TO u").catalog(),
+            Some(CatalogStatement::Rename {
+                kind: RelationKind::Table,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_pg_catalog::sql::rules::{SqlStatementRewriteRule, StripCallableQualifier};
+use ember_coordinator::comments::Comments;
 use ember_planner::session::DEFAULT_CATALOG;
 
 use ember_coordinator::{Error, Result};
@@ -48,7 +49,10 @@ pub(crate) const PG_SERVER_VERSION_NUM: &str = "160006";
 
 /// `state` with `pg_catalog` and the Postgres functions: what every Postgres-wire session
 /// starts from.
-pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState> {
+pub(crate) async fn postgres_state(
+    state: &SessionState,
+    comments: Arc<Comments>,
+) -> Result<SessionState> {
     let ctx = SessionContext::new_with_state(state.clone());
     setup_pg_catalog(&ctx, DEFAULT_CATALOG, EmptyContextProvider)
         .map_err(|e| Error::DataFusion(*e))?;
@@ -61,6 +65,7 @@ pub(crate) async fn postgres_state(state: &SessionState) -> Result<SessionState>
             pg_catalog,
             Arc::clone(ctx.state().catalog_list()),
             Arc::clone(&definitions),
+            comments,
         );
         catalog.register_schema("pg_catalog", Arc::new(keyed))?;
         ctx.register_udf(ScalarUDF::from(KeyDefinition::index(&definitions)));

@@ -4,7 +4,8 @@
 //! the index relation PostgreSQL would create for it in `pg_class`; `pg_attribute.atthasdef`
 //! says which columns have a default, and each column's type is the one it is sent as (with
 //! `numeric(p,s)` and declared `varchar(n)` modifiers). `pg_tables` lists tables only and
-//! `pg_views` lists the views, with their definitions (dbt tells tables from views by them).
+//! `pg_views` lists the views, with their definitions (dbt tells tables from views by them);
+//! `pg_description` adds the comments of `COMMENT ON`.
 //! Every other table comes from datafusion-pg-catalog as is.
 
 mod definitions;
@@ -28,6 +29,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::{PgCatalogSchemaProvider, PgCatalogTable};
+use ember_coordinator::comments::Comments;
 use ember_planner::session::DEFAULT_CATALOG;
 use futures::TryStreamExt;
 
@@ -67,6 +69,7 @@ enum LiveTable {
     Attrdef,
     Tables,
     Views,
+    Description,
 }
 
 impl LiveTable {
@@ -79,6 +82,7 @@ impl LiveTable {
             "pg_attrdef" => Self::Attrdef,
             "pg_tables" => Self::Tables,
             "pg_views" => Self::Views,
+            "pg_description" => Self::Description,
             _ => return None,
         })
     }
@@ -92,6 +96,7 @@ impl LiveTable {
             Self::Attrdef => "pg_attrdef",
             Self::Tables => "pg_tables",
             Self::Views => "pg_views",
+            Self::Description => "pg_description",
         }
     }
 }
@@ -103,6 +108,7 @@ pub(super) struct KeyedPgCatalog {
     inner: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
     definitions: Arc<KeyDefinitions>,
+    comments: Arc<Comments>,
 }
 
 impl KeyedPgCatalog {
@@ -110,11 +116,13 @@ impl KeyedPgCatalog {
         inner: Arc<dyn SchemaProvider>,
         catalogs: Arc<dyn CatalogProviderList>,
         definitions: Arc<KeyDefinitions>,
+        comments: Arc<Comments>,
     ) -> Self {
         Self {
             inner,
             catalogs,
             definitions,
+            comments,
         }
     }
 }
@@ -141,9 +149,10 @@ impl SchemaProvider for KeyedPgCatalog {
                     columns.metadata().clone(),
                 ))
             }
-            LiveTable::Attribute | LiveTable::Tables | LiveTable::Views => {
-                crate_table(&self.inner, live.crate_name())?.schema()
-            }
+            LiveTable::Attribute
+            | LiveTable::Tables
+            | LiveTable::Views
+            | LiveTable::Description => crate_table(&self.inner, live.crate_name())?.schema(),
             LiveTable::Index => pg_index_schema(),
             LiveTable::Constraint => pg_constraint_schema(),
             LiveTable::Attrdef => pg_attrdef_schema(),
@@ -154,6 +163,7 @@ impl SchemaProvider for KeyedPgCatalog {
             inner: Arc::clone(&self.inner),
             catalogs: Arc::clone(&self.catalogs),
             definitions: Arc::clone(&self.definitions),
+            comments: Arc::clone(&self.comments),
         });
         Ok(Some(Arc::new(StreamingTable::try_new(
             schema,
@@ -195,6 +205,7 @@ struct LiveStream {
     inner: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
     definitions: Arc<KeyDefinitions>,
+    comments: Arc<Comments>,
 }
 
 impl PartitionStream for LiveStream {
@@ -206,6 +217,7 @@ impl PartitionStream for LiveStream {
         let (live, schema) = (self.live, Arc::clone(&self.schema));
         let (inner, catalogs) = (Arc::clone(&self.inner), Arc::clone(&self.catalogs));
         let definitions = Arc::clone(&self.definitions);
+        let comments = Arc::clone(&self.comments);
         Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             futures::stream::once(async move {
@@ -217,23 +229,31 @@ impl PartitionStream for LiveStream {
                     LiveTable::Views => return relations::views(&schema, &catalogs).await,
                     _ => {}
                 }
-                let LiveTables {
-                    keyed: tables,
-                    schemas,
-                } = live_tables(&inner, &catalogs, Arc::clone(&ctx)).await?;
-                definitions.record(&tables);
+                let all = live_tables(&inner, &catalogs, Arc::clone(&ctx)).await?;
+                let (tables, schemas) = (&all.keyed, &all.schemas);
+                definitions.record(tables);
                 match live {
                     LiveTable::Class => {
                         let rows = crate_rows(&inner, live.crate_name(), ctx).await?;
-                        with_index_relations(&schema, rows, &tables)
+                        with_index_relations(&schema, rows, tables)
                     }
                     LiveTable::Attribute => {
                         let rows = crate_rows(&inner, live.crate_name(), ctx).await?;
-                        with_ember_attributes(&schema, rows, &tables, &schemas)
+                        with_ember_attributes(&schema, rows, tables, schemas)
                     }
-                    LiveTable::Index => pg_index_rows(&schema, &tables),
-                    LiveTable::Constraint => pg_constraint_rows(&schema, &tables),
-                    LiveTable::Attrdef => pg_attrdef_rows(&schema, &tables),
+                    LiveTable::Index => pg_index_rows(&schema, tables),
+                    LiveTable::Constraint => pg_constraint_rows(&schema, tables),
+                    LiveTable::Attrdef => pg_attrdef_rows(&schema, tables),
+                    LiveTable::Description => {
+                        let rows = crate_rows(&inner, live.crate_name(), ctx).await?;
+                        relations::with_comments(
+                            &schema,
+                            rows,
+                            &comments.all(),
+                            &all.schemas,
+                            &all.oids,
+                        )
+                    }
                     LiveTable::Tables | LiveTable::Views => unreachable!("answered above"),
                 }
             }),
@@ -296,6 +316,8 @@ struct LiveTables {
     keyed: Vec<KeyedTable>,
     /// Every table's columns, by its oid.
     schemas: HashMap<i32, SchemaRef>,
+    /// Every table's oid, by schema and name.
+    oids: HashMap<(String, String), i32>,
 }
 
 /// The tables of Ember's catalog, with the oids pg_class gives them.
@@ -334,6 +356,9 @@ async fn live_tables(
                 continue;
             };
             tables.schemas.insert(*oid, table.schema());
+            tables
+                .oids
+                .insert((schema_name.clone(), name.clone()), *oid);
             let names = (schema_name.as_str(), name.as_str());
             if let Some(keyed) = keyed_table(table.as_ref(), *oid, namespace_oid, names) {
                 tables.keyed.push(keyed);

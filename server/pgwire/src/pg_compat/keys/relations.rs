@@ -1,16 +1,24 @@
 //! `pg_tables` and `pg_views` as PostgreSQL has them: tables in one, views (with their
 //! definitions) in the other. datafusion-pg-catalog lists views among the tables and has no
-//! views; clients that tell the two apart by these (dbt) need them right.
+//! views; clients that tell the two apart by these (dbt) need them right. And the comments of
+//! tables, views and columns in `pg_description`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int32Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::CatalogProviderList;
 use datafusion::datasource::view::ViewTable;
 use datafusion::error::{DataFusionError, Result};
+use ember_coordinator::comments::Comment;
 use ember_planner::session::DEFAULT_CATALOG;
+
+/// `pg_class`'s own oid: the catalog a table's comment is in.
+const PG_CLASS_OID: i32 = 1259;
 
 /// The owner datafusion-pg-catalog's `pg_tables` names.
 const OWNER: &str = "postgres";
@@ -79,4 +87,48 @@ pub(super) async fn views(
             Arc::new(StringArray::from(definitions)),
         ],
     )?)
+}
+
+/// `pg_description`'s rows with a row for each comment of `COMMENT ON`: on the table's
+/// `pg_class` row (`objsubid` 0), or on its column (`objsubid` its number).
+pub(super) fn with_comments(
+    schema: &SchemaRef,
+    rows: Vec<RecordBatch>,
+    comments: &[Comment],
+    columns: &HashMap<i32, SchemaRef>,
+    oids: &HashMap<(String, String), i32>,
+) -> Result<RecordBatch> {
+    let (mut objoids, mut subids, mut texts) = (vec![], vec![], vec![]);
+    for comment in comments {
+        let Some(oid) = oids.get(&(comment.schema.clone(), comment.table.clone())) else {
+            continue;
+        };
+        let subid = match &comment.column {
+            None => 0,
+            Some(column) => match columns.get(oid).and_then(|s| s.index_of(column).ok()) {
+                Some(index) => i32::try_from(index + 1).unwrap_or(i32::MAX),
+                None => continue,
+            },
+        };
+        objoids.push(*oid);
+        subids.push(subid);
+        texts.push(comment.text.clone());
+    }
+    let classoids = vec![PG_CLASS_OID; objoids.len()];
+    let ours: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(objoids)),
+        Arc::new(Int32Array::from(classoids)),
+        Arc::new(Int32Array::from(subids)),
+        Arc::new(StringArray::from(texts)),
+    ];
+    // In the crate's column types.
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(ours)
+        .map(|(field, array)| cast(&array, field.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut batches = rows;
+    batches.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+    Ok(concat_batches(schema, &batches)?)
 }
