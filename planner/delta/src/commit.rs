@@ -80,6 +80,23 @@ fn delta_field(field: &Field) -> StructField {
     }
 }
 
+/// Commits new nullable columns `fields` (after the table's own) to the table's schema, as
+/// the library's ADD COLUMN does: existing files hold none of them, which reads as NULL.
+pub async fn add_columns(table: DeltaTable, fields: &[Field]) -> Result<DeltaTable> {
+    if let Some(field) = fields.iter().find(|f| !f.is_nullable()) {
+        return Err(DataFusionError::Plan(format!(
+            "column {} must allow NULL: rows already in the table have no value for it",
+            field.name()
+        )));
+    }
+    let added: Vec<StructField> = fields.iter().map(delta_field).collect();
+    table
+        .add_columns()
+        .with_fields(added)
+        .await
+        .map_err(library_error)
+}
+
 /// Whether the log's statistics of `field` describe its values: not for columns logged as
 /// another type.
 pub fn has_delta_type(field: &Field) -> bool {

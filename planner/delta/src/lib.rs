@@ -10,8 +10,8 @@ mod scan;
 mod time_travel;
 
 pub use commit::{
-    ARROW_TYPE_METADATA, CommitError, Operation, WrittenFile, add_actions, commit, create_table,
-    delta_schema, has_delta_type, reads_predicate, write_operation,
+    ARROW_TYPE_METADATA, CommitError, Operation, WrittenFile, add_actions, add_columns, commit,
+    create_table, delta_schema, has_delta_type, reads_predicate, write_operation,
 };
 pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_store, table_url};
 pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};

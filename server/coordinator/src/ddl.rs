@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, SchemaError, SchemaReference, TableReference};
+use datafusion::datasource::TableProvider;
 use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::sql::sqlparser::ast::ColumnDef;
 use ember_planner::session::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 
 use datafusion::sql::planner::object_name_to_table_reference;
@@ -18,6 +21,7 @@ use datafusion::sql::sqlparser::ast::ObjectName as SqlObjectName;
 use crate::access::Securable;
 use crate::catalog::{CatalogObject, ManagedTable, StatementEntry};
 use crate::comments;
+use crate::declared::TYPE_METADATA;
 use crate::engine::{QueryEngine, ddl_command};
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
@@ -331,7 +335,174 @@ impl QueryEngine {
             CatalogStatement::Comment { on, name, text } => {
                 self.comment(session, *on, name, text.as_deref()).await
             }
+            CatalogStatement::AddColumns {
+                table,
+                columns,
+                if_not_exists,
+            } => {
+                self.add_columns(session, table, columns, if_not_exists)
+                    .await
+            }
         }
+    }
+
+    /// `ALTER TABLE t ADD COLUMN c type, ...` of a managed table, by its owner: nullable
+    /// columns after the table's own (as Delta adds them), NULL in the rows there are.
+    async fn add_columns(
+        &self,
+        session: &ClientSession,
+        name: &SqlObjectName,
+        columns: &[ColumnDef],
+        if_not_exists: &[bool],
+    ) -> Result<Output> {
+        let normalize = session
+            .ctx
+            .state()
+            .config_options()
+            .sql_parser
+            .enable_ident_normalization;
+        let reference = object_name_to_table_reference(name.clone(), normalize)?;
+        let target = self.resolve_name(session, &reference)?;
+        let file = self.catalog.snapshot().await;
+        let key = (target.schema.as_str(), target.name.as_str());
+        match file.objects.iter().find(|o| o.key() == key) {
+            Some(CatalogObject::Table(_)) => {}
+            Some(CatalogObject::View(_)) => {
+                return Err(Error::WrongObjectType(format!(
+                    "\"{}\" is not a table",
+                    target.name
+                )));
+            }
+            Some(CatalogObject::External(_)) => {
+                return Err(Error::NotSupported(format!(
+                    "ADD COLUMN of external table {target} is not supported: only of tables made by CREATE TABLE"
+                )));
+            }
+            None if !self.object_exists(session, &reference).await => {
+                return Err(Error::UndefinedTable(format!(
+                    "relation \"{target}\" does not exist"
+                )));
+            }
+            None => {
+                self.check_writable_schema(&target.schema).await?;
+                return Err(Error::NotSupported(format!("{target} cannot be changed")));
+            }
+        }
+        self.catalog.access().require_owner(
+            &session.current_role(),
+            &Securable::table(&target.schema, &target.name),
+        )?;
+        let schema_provider = self
+            .base_catalog()
+            .and_then(|c| c.schema(&target.schema))
+            .ok_or_else(|| {
+                Error::UndefinedObject(format!("schema {} does not exist", target.schema))
+            })?;
+        let provider = schema_provider.table(&target.name).await?.ok_or_else(|| {
+            Error::UndefinedTable(format!("relation \"{target}\" does not exist"))
+        })?;
+        let managed = provider
+            .downcast_ref::<ManagedTable>()
+            .ok_or_else(|| Error::NotSupported(format!("{target} cannot be changed")))?;
+        // The columns' types as CREATE TABLE gives them (declared varchar(n) kept).
+        let existing = managed.schema();
+        let mut wanted = vec![];
+        for (column, if_not_exists) in columns.iter().zip(if_not_exists) {
+            let name = match column.name.quote_style {
+                None if normalize => column.name.value.to_lowercase(),
+                _ => column.name.value.clone(),
+            };
+            let taken = existing.field_with_name(&name).is_ok()
+                || wanted.iter().any(|c: &&ColumnDef| c.name.value == name);
+            match (taken, if_not_exists) {
+                (true, true) => continue,
+                (true, false) => {
+                    return Err(Error::DataFusion(DataFusionError::SchemaError(
+                        Box::new(SchemaError::DuplicateUnqualifiedField { name }),
+                        Box::new(None),
+                    )));
+                }
+                _ => wanted.push(column),
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Output::done(Command::AlterTable));
+        }
+        let definition = format!(
+            "CREATE TABLE ember_added_columns ({})",
+            wanted
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let parsed = self
+            .parse(session, &definition)?
+            .pop()
+            .ok_or_else(|| Error::Syntax(format!("cannot read the columns of {definition}")))?;
+        let ast = parsed
+            .ast()
+            .cloned()
+            .ok_or_else(|| Error::Syntax(format!("cannot read the columns of {definition}")))?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) =
+            session.ctx.state().statement_to_plan(ast).await?
+        else {
+            return Err(Error::Syntax(format!(
+                "cannot read the columns of {definition}"
+            )));
+        };
+        if !create.column_defaults.is_empty() || !create.constraints.is_empty() {
+            return Err(Error::NotSupported(
+                "ADD COLUMN ... DEFAULT, PRIMARY KEY or UNIQUE is not supported: the rows already in the table would need values or checks written".into(),
+            ));
+        }
+        let declared = parsed.declared_columns();
+        let fields: Vec<Field> = create
+            .input
+            .schema()
+            .as_arrow()
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let mut field = field.as_ref().clone();
+                if let Some(Some(declared)) = declared.get(i)
+                    && matches!(field.data_type(), DataType::Utf8 | DataType::Utf8View)
+                {
+                    let mut metadata = field.metadata().clone();
+                    metadata.insert(TYPE_METADATA.to_string(), declared.metadata());
+                    field = field.with_metadata(metadata);
+                }
+                field
+            })
+            .collect();
+        let added = managed
+            .add_columns(fields, |entry| async move {
+                self.catalog
+                    .update(
+                        |file| {
+                            let key = (entry.schema.as_str(), entry.name.as_str());
+                            let object = file
+                                .objects
+                                .iter_mut()
+                                .find(|o| o.key() == key)
+                                .ok_or_else(|| {
+                                    Error::UndefinedTable(format!(
+                                        "relation \"{}\" does not exist",
+                                        entry.name
+                                    ))
+                                })?;
+                            *object = CatalogObject::Table(entry.clone());
+                            Ok(())
+                        },
+                        |_| Ok(()),
+                    )
+                    .await
+            })
+            .await?;
+        schema_provider.deregister_table(&target.name)?;
+        schema_provider.register_table(target.name.clone(), Arc::new(added))?;
+        Ok(Output::done(Command::AlterTable))
     }
 
     /// `COMMENT ON {TABLE | VIEW | COLUMN} ... IS ...`, as in PostgreSQL: only the owner may;

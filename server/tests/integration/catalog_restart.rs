@@ -1,5 +1,6 @@
 //! The catalog survives a coordinator crash: schemas, managed tables (with the rows committed
-//! before the crash), external tables and views come back after SIGKILL and restart.
+//! before the crash, and columns added since), external tables and views (renamed or not, with
+//! their comments) come back after SIGKILL and restart.
 
 use crate::common::{ProcessCluster, rows};
 
@@ -19,6 +20,14 @@ async fn catalog_survives_a_coordinator_crash() {
         format!("create external table sales.nation stored as parquet location '{}'", out.display()),
         "create table public.empty (a int, b varchar)".to_string(),
         "create table public.keyed (id int primary key, n int default 7)".to_string(),
+        // Columns added, objects renamed and commented on keep their changes.
+        "alter table sales.orders add column note varchar(8)".to_string(),
+        "update sales.orders set note = 'minus' where o_orderkey = -1".to_string(),
+        "create table public.renamed_from as select 1 as x".to_string(),
+        "alter table public.renamed_from rename to renamed_to".to_string(),
+        "create view public.v_old as select 2 as y".to_string(),
+        "alter view public.v_old rename to v_new".to_string(),
+        "comment on table sales.orders is 'kept'".to_string(),
     ];
     for sql in &statements {
         client
@@ -30,10 +39,19 @@ async fn catalog_survives_a_coordinator_crash() {
                  (select count(*) from sales.big) as big, \
                  (select count(*) from sales.nation) as nations, \
                  (select count(*) from empty) as empty, \
-                 (select sum(o_totalprice) from sales.orders) as total";
+                 (select sum(o_totalprice) from sales.orders) as total, \
+                 (select max(note) from sales.orders) as note, \
+                 (select sum(x) from renamed_to) as renamed, \
+                 (select sum(y) from v_new) as view_renamed, \
+                 (select max(d.description) from pg_description d \
+                  join pg_class c on c.oid = d.objoid where c.relname = 'orders') as comment";
     let before = rows(&client.simple_query(check).await.expect("check"));
     assert_eq!(before[0][2].as_deref(), Some("25"));
     assert_eq!(before[0][3].as_deref(), Some("0"));
+    assert_eq!(
+        before[0][5..],
+        ["minus", "1", "2", "kept"].map(|v| Some(v.to_string()))
+    );
 
     // A query running when the coordinator dies ends with an error, not a hang; its shuffle
     // files do not outlive the crash.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Constraints, DataFusionError, Statistics};
@@ -150,6 +150,65 @@ impl ManagedTable {
         let changed = DeltaScanTable::with_schema(changed, Arc::clone(&self.schema))?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(changed);
         Ok(outcome)
+    }
+
+    /// `ALTER TABLE ... ADD COLUMN`: once no statement writes into the table and none commits,
+    /// `record` makes the wider schema durable in the catalog, then the log commits the new
+    /// nullable columns (if it cannot, `record` puts the catalog's entry back). The table with
+    /// them, to take this one's place.
+    pub(crate) async fn add_columns<F, Fut>(
+        &self,
+        fields: Vec<Field>,
+        record: F,
+    ) -> crate::error::Result<ManagedTable>
+    where
+        F: Fn(ManagedEntry) -> Fut,
+        Fut: std::future::Future<Output = crate::error::Result<()>>,
+    {
+        if let Some(field) = fields.iter().find(|f| !f.is_nullable()) {
+            return Err(crate::error::Error::NotSupported(format!(
+                "ADD COLUMN {} NOT NULL is not supported: the rows already in the table have no value for it",
+                field.name()
+            )));
+        }
+        let _alone = Arc::clone(&self.writers).write_owned().await;
+        let _turn = self.commits.lock().await;
+        let table = self.snapshot()?.table().clone();
+        let mut columns: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        columns.extend(fields.iter().cloned());
+        let schema = Arc::new(Schema::new_with_metadata(
+            columns,
+            self.schema.metadata().clone(),
+        ));
+        let entry = self.entry.with_arrow_schema(&schema)?;
+        // The catalog first: a crash before the log commits leaves a log that restoring
+        // completes ([`super::complete_columns`]).
+        record(entry.clone()).await?;
+        let added = match ember_delta::add_columns(table, &fields).await {
+            Ok(added) => added,
+            Err(error) => {
+                record(self.entry.clone()).await?;
+                return Err(error.into());
+            }
+        };
+        Ok(Self {
+            entry,
+            current: RwLock::new(Some(DeltaScanTable::with_schema(
+                added,
+                Arc::clone(&schema),
+            )?)),
+            schema,
+            constraints: self.constraints.clone(),
+            defaults: self.defaults.clone(),
+            commits: Arc::clone(&self.commits),
+            writers: Arc::clone(&self.writers),
+            temporary: self.temporary,
+        })
     }
 
     /// The table as of an earlier version: read-only, with the catalog's types where the

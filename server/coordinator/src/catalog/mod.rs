@@ -246,6 +246,15 @@ impl ManagedEntry {
             .collect()
     }
 
+    /// This entry with the columns of `arrow`.
+    pub(crate) fn with_arrow_schema(&self, arrow: &Schema) -> Result<Self> {
+        let encoded = Self::new(&self.schema, &self.name, self.location.clone(), arrow)?;
+        Ok(Self {
+            arrow_schema: encoded.arrow_schema,
+            ..self.clone()
+        })
+    }
+
     pub(crate) fn arrow_schema(&self) -> Result<SchemaRef> {
         let bytes = from_hex(&self.arrow_schema).ok_or_else(|| {
             Error::Unavailable(format!(
@@ -510,6 +519,10 @@ async fn restore_object(
                 ))
             })?;
             let (delta, converted) = open_or_convert(ctx, entry).await?;
+            let delta = match delta {
+                Some(table) => Some(complete_columns(table, entry.arrow_schema()?.as_ref()).await?),
+                None => None,
+            };
             let table = ManagedTable::try_new(
                 entry.clone(),
                 entry.arrow_schema()?,
@@ -541,6 +554,30 @@ async fn restore_object(
             Ok(false)
         }
     }
+}
+
+/// The log of a table whose `ALTER TABLE ... ADD COLUMN` the catalog recorded but a crash kept
+/// from the log: it gets the columns the catalog has after its own.
+async fn complete_columns(table: DeltaTable, schema: &Schema) -> Result<DeltaTable> {
+    let logged = table
+        .snapshot()
+        .map_err(|e| Error::Unavailable(format!("cannot read a Delta log: {e}")))?
+        .snapshot()
+        .arrow_schema()
+        .fields()
+        .len();
+    if logged >= schema.fields().len() {
+        return Ok(table);
+    }
+    let missing: Vec<_> = schema.fields()[logged..]
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    warn!(
+        columns = missing.len(),
+        "completing an ADD COLUMN a crash cut short"
+    );
+    Ok(ember_delta::add_columns(table, &missing).await?)
 }
 
 /// The Delta table of a managed table; a table that has no log yet gets one whose first

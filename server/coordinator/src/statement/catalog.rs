@@ -4,7 +4,8 @@
 
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::ast::{
-    AlterTableOperation, CommentObject, ObjectName, RenameTableNameKind, Statement as SqlStatement,
+    AlterTableOperation, ColumnDef, CommentObject, ObjectName, RenameTableNameKind,
+    Statement as SqlStatement,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
@@ -35,6 +36,16 @@ pub enum CatalogStatement {
         name: ObjectName,
         /// Its new name, in the same schema.
         new_name: ObjectName,
+    },
+    /// `ALTER TABLE name ADD [COLUMN] [IF NOT EXISTS] column type, ...`: new nullable
+    /// columns after the table's own.
+    AddColumns {
+        /// The table.
+        table: ObjectName,
+        /// The columns, as written.
+        columns: Vec<ColumnDef>,
+        /// The columns added `IF NOT EXISTS` (by position).
+        if_not_exists: Vec<bool>,
     },
     /// `COMMENT ON {TABLE | VIEW | COLUMN} name IS {'text' | NULL}`.
     Comment {
@@ -73,6 +84,21 @@ impl std::fmt::Display for CatalogStatement {
                 };
                 let if_exists = if *if_exists { "IF EXISTS " } else { "" };
                 write!(f, "ALTER {keyword} {if_exists}{name} RENAME TO {new_name}")
+            }
+            CatalogStatement::AddColumns {
+                table,
+                columns,
+                if_not_exists,
+            } => {
+                let columns: Vec<String> = columns
+                    .iter()
+                    .zip(if_not_exists)
+                    .map(|(column, if_not_exists)| match if_not_exists {
+                        true => format!("ADD COLUMN IF NOT EXISTS {column}"),
+                        false => format!("ADD COLUMN {column}"),
+                    })
+                    .collect();
+                write!(f, "ALTER TABLE {table} {}", columns.join(", "))
             }
             CatalogStatement::Comment { on, name, text } => {
                 let on = match on {
@@ -121,6 +147,48 @@ pub(super) fn recognise(statement: &SqlStatement) -> Result<Option<CatalogStatem
     let SqlStatement::AlterTable(alter) = statement else {
         return Ok(None);
     };
+    let adds: Vec<(ColumnDef, bool)> = alter
+        .operations
+        .iter()
+        .filter_map(|op| match op {
+            AlterTableOperation::AddColumn {
+                column_def,
+                if_not_exists,
+                column_position: None,
+                ..
+            } => Some((column_def.clone(), *if_not_exists)),
+            _ => None,
+        })
+        .collect();
+    if !adds.is_empty() {
+        if adds.len() != alter.operations.len() {
+            return Err(Error::NotSupported(
+                "ALTER TABLE ... ADD COLUMN cannot be combined with other changes".into(),
+            ));
+        }
+        let (columns, if_not_exists) = adds.into_iter().unzip();
+        return Ok(Some(CatalogStatement::AddColumns {
+            table: alter.name.clone(),
+            columns,
+            if_not_exists,
+        }));
+    }
+    for op in &alter.operations {
+        match op {
+            AlterTableOperation::RenameColumn { .. } | AlterTableOperation::DropColumn { .. } => {
+                return Err(Error::NotSupported(format!(
+                    "ALTER TABLE ... {op} is not supported: Delta tables rename and drop columns \
+                     through column mapping, which the Delta library Ember uses cannot write"
+                )));
+            }
+            AlterTableOperation::AddColumn { .. } => {
+                return Err(Error::NotSupported(
+                    "ALTER TABLE ... ADD COLUMN ... FIRST/AFTER is not supported: columns are added last".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
     let renames: Vec<&RenameTableNameKind> = alter
         .operations
         .iter()
