@@ -76,6 +76,17 @@ impl QueryEngine {
             .schema(&session.id, catalog, self.catalog.warehouse())
     }
 
+    /// `name` as the session's parser reads it (a table reference), and what it resolves to.
+    pub(crate) fn table_named(
+        &self,
+        session: &ClientSession,
+        name: &SqlObjectName,
+    ) -> Result<(TableReference, ObjectName)> {
+        let reference = object_name_to_table_reference(name.clone(), folds_names(session))?;
+        let resolved = self.resolve_name(session, &reference)?;
+        Ok((reference, resolved))
+    }
+
     /// Only the default schema, schemas users created and the session's temporary schema (the
     /// only one its names can reach) hold user objects.
     pub(crate) async fn check_writable_schema(&self, schema: &str) -> Result<()> {
@@ -355,14 +366,8 @@ impl QueryEngine {
         columns: &[ColumnDef],
         if_not_exists: &[bool],
     ) -> Result<Output> {
-        let normalize = session
-            .ctx
-            .state()
-            .config_options()
-            .sql_parser
-            .enable_ident_normalization;
-        let reference = object_name_to_table_reference(name.clone(), normalize)?;
-        let target = self.resolve_name(session, &reference)?;
+        let normalize = folds_names(session);
+        let (reference, target) = self.table_named(session, name)?;
         let file = self.catalog.snapshot().await;
         let key = (target.schema.as_str(), target.name.as_str());
         match file.objects.iter().find(|o| o.key() == key) {
@@ -514,12 +519,7 @@ impl QueryEngine {
         name: &SqlObjectName,
         text: Option<&str>,
     ) -> Result<Output> {
-        let normalize = session
-            .ctx
-            .state()
-            .config_options()
-            .sql_parser
-            .enable_ident_normalization;
+        let normalize = folds_names(session);
         let (table, column) = match on {
             CommentOn::Column => {
                 let mut parts = name.0.clone();
@@ -540,8 +540,7 @@ impl QueryEngine {
             }
             CommentOn::Table | CommentOn::View => (name.clone(), None),
         };
-        let reference = object_name_to_table_reference(table, normalize)?;
-        let target = self.resolve_name(session, &reference)?;
+        let (reference, target) = self.table_named(session, &table)?;
         let file = self.catalog.snapshot().await;
         let key = (target.schema.as_str(), target.name.as_str());
         let Some(object) = file.objects.iter().find(|o| o.key() == key) else {
@@ -625,15 +624,8 @@ impl QueryEngine {
             RelationKind::Table => Command::AlterTable,
             RelationKind::View => Command::AlterView,
         };
-        let normalize = session
-            .ctx
-            .state()
-            .config_options()
-            .sql_parser
-            .enable_ident_normalization;
-        let reference = object_name_to_table_reference(name.clone(), normalize)?;
-        let target = self.resolve_name(session, &reference)?;
-        let new_reference = object_name_to_table_reference(new_name.clone(), normalize)?;
+        let (reference, target) = self.table_named(session, name)?;
+        let new_reference = object_name_to_table_reference(new_name.clone(), folds_names(session))?;
         let new = match &new_reference {
             TableReference::Bare { table } => table.to_string(),
             _ => {
@@ -886,6 +878,16 @@ impl QueryEngine {
         ctx.execute_logical_plan(plan).await?.collect().await?;
         Ok(())
     }
+}
+
+/// Whether the session's parser folds unquoted names to lower case.
+pub(crate) fn folds_names(session: &ClientSession) -> bool {
+    session
+        .ctx
+        .state()
+        .config_options()
+        .sql_parser
+        .enable_ident_normalization
 }
 
 /// A session's temporary table `plan` reads, if it reads one (a view over it would outlive it).

@@ -15,7 +15,6 @@ use datafusion::common::TableReference;
 use datafusion::datasource::{TableProvider, provider_as_source};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
-use datafusion::sql::planner::object_name_to_table_reference;
 use ember_delta::deltalake_core::DeltaTable;
 use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::deltalake_core::operations::vacuum::VacuumMode;
@@ -58,14 +57,7 @@ impl QueryEngine {
         session: &ClientSession,
         statement: &DeltaStatement,
     ) -> Result<Output> {
-        let normalize = session
-            .ctx
-            .state()
-            .config_options()
-            .sql_parser
-            .enable_ident_normalization;
-        let reference = object_name_to_table_reference(statement.table().clone(), normalize)?;
-        let name = self.resolve_name(session, &reference)?;
+        let (reference, name) = self.table_named(session, statement.table())?;
         let provider = session
             .ctx
             .table_provider(reference.clone())
