@@ -76,6 +76,13 @@ impl QueryEngine {
             .schema(&session.id, catalog, self.catalog.warehouse())
     }
 
+    /// The provider of a schema of Ember's catalog.
+    pub(crate) fn schema_provider(&self, schema: &str) -> Result<Arc<dyn SchemaProvider>> {
+        self.base_catalog()
+            .and_then(|c| c.schema(schema))
+            .ok_or_else(|| Error::UndefinedObject(format!("schema {schema} does not exist")))
+    }
+
     /// `name` as the session's parser reads it (a table reference), and what it resolves to.
     pub(crate) fn table_named(
         &self,
@@ -397,12 +404,7 @@ impl QueryEngine {
             &session.current_role(),
             &Securable::table(&target.schema, &target.name),
         )?;
-        let schema_provider = self
-            .base_catalog()
-            .and_then(|c| c.schema(&target.schema))
-            .ok_or_else(|| {
-                Error::UndefinedObject(format!("schema {} does not exist", target.schema))
-            })?;
+        let schema_provider = self.schema_provider(&target.schema)?;
         let provider = schema_provider.table(&target.name).await?.ok_or_else(|| {
             Error::UndefinedTable(format!("relation \"{target}\" does not exist"))
         })?;
@@ -670,12 +672,7 @@ impl QueryEngine {
                 "relation \"{new}\" already exists"
             )));
         }
-        let schema_provider = self
-            .base_catalog()
-            .and_then(|c| c.schema(&target.schema))
-            .ok_or_else(|| {
-                Error::UndefinedObject(format!("schema {} does not exist", target.schema))
-            })?;
+        let schema_provider = self.schema_provider(&target.schema)?;
         self.catalog
             .update(
                 |file| {
