@@ -439,12 +439,14 @@ pub async fn create_table(
         })
 }
 
-/// What a commit records of its statement: the operation, and its metrics (`numOutputRows`,
-/// `numDeletedRows`, ... as Delta on Spark names them) for the log's `operationMetrics`.
+/// What a commit records of its statement: the operation, its metrics (`numOutputRows`,
+/// `numDeletedRows`, ... as Delta on Spark names them) for the log's `operationMetrics`, and
+/// the user who ran it (`userName`).
 #[derive(Debug, Clone)]
 pub struct Operation {
     kind: DeltaOperation,
     metrics: serde_json::Map<String, Value>,
+    user: Option<String>,
 }
 
 impl Operation {
@@ -459,7 +461,14 @@ impl Operation {
                 .into_iter()
                 .map(|(name, value)| (name.to_string(), Value::from(value)))
                 .collect(),
+            user: None,
         }
+    }
+
+    /// The same operation, run by `user`.
+    pub fn by(mut self, user: &str) -> Self {
+        self.user = Some(user.to_string());
+        self
     }
 }
 
@@ -468,6 +477,7 @@ impl From<DeltaOperation> for Operation {
         Self {
             kind,
             metrics: Default::default(),
+            user: None,
         }
     }
 }
@@ -480,13 +490,20 @@ pub async fn commit(
     actions: Vec<Action>,
     operation: impl Into<Operation>,
 ) -> std::result::Result<DeltaTable, CommitError> {
-    let Operation { kind, metrics } = operation.into();
+    let Operation {
+        kind,
+        metrics,
+        user,
+    } = operation.into();
     let snapshot = table.snapshot().map_err(library_error)?;
-    let mut properties = CommitProperties::default();
+    let mut info = vec![];
     if !metrics.is_empty() {
-        properties =
-            properties.with_metadata([("operationMetrics".to_string(), Value::Object(metrics))]);
+        info.push(("operationMetrics".to_string(), Value::Object(metrics)));
     }
+    if let Some(user) = user {
+        info.push(("userName".to_string(), Value::String(user)));
+    }
+    let properties = CommitProperties::default().with_metadata(info);
     let finalized = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), kind)

@@ -191,6 +191,7 @@ impl ExternalDeltaTable {
         files: &[WrittenFile],
         rows: u64,
         overwrite: bool,
+        user: &str,
     ) -> std::result::Result<(), CommitError> {
         let read = self.latest().await?;
         let store = table_store(runtime, &self.url)?;
@@ -202,7 +203,7 @@ impl ExternalDeltaTable {
         let committed = commit(
             read.table(),
             actions,
-            write_operation(overwrite, rows, files),
+            write_operation(overwrite, rows, files).by(user),
         )
         .await?;
         *self.table.lock().await = committed;

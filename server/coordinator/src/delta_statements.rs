@@ -223,7 +223,7 @@ impl QueryEngine {
                 ],
             );
             managed
-                .commit(&snapshot, actions, operation)
+                .commit(&snapshot, actions, operation.by(session.user()))
                 .await
                 .map_err(|e| commit_failure(name, e))
         }

@@ -275,7 +275,7 @@ impl QueryEngine {
         let mut actions = snapshot.remove_actions(touched, true)?;
         actions.extend(added_files(session, managed, files).await?);
         managed
-            .commit(snapshot, actions, operation)
+            .commit(snapshot, actions, operation.by(session.user()))
             .await
             .map_err(|e| commit_failure(table, e))?;
         Ok(())

@@ -183,7 +183,8 @@ impl QueryEngine {
                             ("numTargetFilesAdded", files.len() as u64),
                             ("numTargetFilesRemoved", touched.len() as u64),
                         ],
-                    ),
+                    )
+                    .by(session.user()),
                 )
                 .await
                 .map_err(|e| commit_failure(&table, e))

@@ -485,11 +485,17 @@ impl QueryEngine {
             if overwrite {
                 actions.extend(snapshot.remove_all()?);
             }
-            let operation = ember_delta::write_operation(overwrite, rows, files);
+            let operation = ember_delta::write_operation(overwrite, rows, files).by(session.user());
             managed.commit(&snapshot, actions, operation).await
         } else if let Some(external) = provider.downcast_ref::<ExternalDeltaTable>() {
             external
-                .commit_files(&session.ctx.runtime_env(), files, rows, overwrite)
+                .commit_files(
+                    &session.ctx.runtime_env(),
+                    files,
+                    rows,
+                    overwrite,
+                    session.user(),
+                )
                 .await
         } else {
             return Err(Error::UndefinedTable(format!(

@@ -612,6 +612,9 @@ async fn delta_tables_travel_in_time_and_are_compacted_and_vacuumed() {
         inserted,
         "{history:?}"
     );
+    // Statements' commits name who ran them (the cluster's superuser here), as on Spark.
+    assert_eq!(history[0][2].as_deref(), Some("ember"), "{history:?}");
+    assert_eq!(history[1][2].as_deref(), Some("ember"), "{history:?}");
     let limited = rows(
         &client
             .simple_query("describe history h limit 1")
