@@ -38,7 +38,7 @@ use functions::{
 };
 use information_schema::InformationSchemaViews;
 use rewrites::{
-    CatalogLookups, KeepPlannableLookups, LikeEscape, OtherTempSchemas, RegprocNames,
+    CatalogLookups, Descriptions, KeepPlannableLookups, LikeEscape, OtherTempSchemas, RegprocNames,
     SetReturningArrays,
 };
 
@@ -108,8 +108,8 @@ pub(crate) async fn postgres_state(
     ));
     ctx.register_udf(ScalarUDF::from(JsonBuildObject::new()));
     ctx.register_udf(ScalarUDF::from(Format::new()));
-    // Ember keeps no comments on columns (there is no COMMENT ON): NULL, as PostgreSQL
-    // answers for a column without one.
+    // Calls are rewritten into lookups in pg_description (`Descriptions`); one the rewrite
+    // cannot read (named arguments) answers NULL, as for a column without a comment.
     ctx.register_udf(ScalarUDF::from(AnyConstant::new(
         "col_description",
         2,
@@ -187,6 +187,7 @@ impl Compatibility {
             let _ = statement.visit(&mut CatalogLookups);
             let _ = statement.visit(&mut InformationSchemaViews);
             let _ = statement.visit(&mut OtherTempSchemas);
+            let _ = statement.visit(&mut Descriptions);
         }
         Some(statements)
     }
@@ -199,6 +200,7 @@ impl Compatibility {
             statement = rule.rewrite(statement);
         }
         let _ = statement.visit(&mut LikeEscape);
+        let _ = statement.visit(&mut Descriptions);
         statement
     }
 
@@ -212,6 +214,7 @@ impl Compatibility {
         let _ = statement.visit(&mut CatalogLookups);
         let _ = statement.visit(&mut InformationSchemaViews);
         let _ = statement.visit(&mut OtherTempSchemas);
+        let _ = statement.visit(&mut Descriptions);
         statement
     }
 }

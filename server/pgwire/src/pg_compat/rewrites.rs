@@ -557,3 +557,109 @@ impl VisitorMut for OtherTempSchemas {
         ControlFlow::Continue(())
     }
 }
+
+/// `col_description(table, column)` and `obj_description(table, 'pg_class')` read the comments
+/// `COMMENT ON` keeps, from `pg_description` (a lookup by key, which the planner decorrelates):
+/// PostgreSQL's definitions of them. `obj_description` of other catalogs' objects is NULL
+/// (Ember keeps no comments on them).
+pub(super) struct Descriptions;
+
+/// The function a `col_description`/`obj_description` call is, if `expr` is one.
+fn description_call(expr: &SqlExpr) -> Option<String> {
+    let SqlExpr::Function(function) = expr else {
+        return None;
+    };
+    let name = function
+        .name
+        .0
+        .last()?
+        .as_ident()?
+        .value
+        .to_ascii_lowercase();
+    matches!(name.as_str(), "col_description" | "obj_description").then_some(name)
+}
+
+impl VisitorMut for Descriptions {
+    type Break = ();
+
+    /// An unaliased call in a select list keeps its column name (PostgreSQL names the column
+    /// after the function), which the lookup replacing it would not; a second call of the same
+    /// function in the list is numbered (a plan's columns need distinct names).
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            let mut used = std::collections::HashMap::<String, usize>::new();
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(expr) = item
+                    && let Some(name) = description_call(expr)
+                {
+                    let count = used.entry(name.clone()).or_default();
+                    *count += 1;
+                    let alias = match *count {
+                        1 => name,
+                        n => format!("{name}_{n}"),
+                    };
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: Ident::new(alias),
+                    };
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        let SqlExpr::Function(function) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let Some(name) = function
+            .name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(|ident| ident.value.to_ascii_lowercase())
+        else {
+            return ControlFlow::Continue(());
+        };
+        let FunctionArguments::List(list) = &function.args else {
+            return ControlFlow::Continue(());
+        };
+        let args: Vec<&SqlExpr> = list
+            .args
+            .iter()
+            .filter_map(|arg| match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        if args.len() != list.args.len() {
+            return ControlFlow::Continue(());
+        }
+        let lookup = match (name.as_str(), args.as_slice()) {
+            ("col_description", [table, column]) => Some(format!(
+                "(SELECT max(description) FROM pg_catalog.pg_description \
+                 WHERE objoid = ({table}) AND classoid = 1259 AND objsubid = ({column}))"
+            )),
+            ("obj_description", [object]) => Some(format!(
+                "(SELECT max(description) FROM pg_catalog.pg_description \
+                 WHERE objoid = ({object}) AND classoid = 1259 AND objsubid = 0)"
+            )),
+            ("obj_description", [object, SqlExpr::Value(catalog)]) => match &catalog.value {
+                SqlValue::SingleQuotedString(c) if c == "pg_class" => Some(format!(
+                    "(SELECT max(description) FROM pg_catalog.pg_description \
+                     WHERE objoid = ({object}) AND classoid = 1259 AND objsubid = 0)"
+                )),
+                _ => Some("CAST(NULL AS TEXT)".to_string()),
+            },
+            _ => None,
+        };
+        if let Some(lookup) = lookup
+            && let Ok(replacement) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&lookup)
+                .and_then(|mut parser| parser.parse_expr())
+        {
+            *expr = replacement;
+        }
+        ControlFlow::Continue(())
+    }
+}
