@@ -54,6 +54,8 @@ pub struct Ingest {
     pub if_exists: IfTableExists,
     /// When it does not.
     pub if_missing: IfTableMissing,
+    /// A temporary table of the session (its name unqualified).
+    pub temporary: bool,
 }
 
 impl QueryEngine {
@@ -65,7 +67,19 @@ impl QueryEngine {
             batches,
             if_exists,
             if_missing,
+            temporary,
         } = ingest;
+        let table = if temporary {
+            if table.schema().is_some() {
+                return Err(Error::NotSupported(format!(
+                    "a temporary table is in the session's own schema: {table} names another"
+                )));
+            }
+            let temp = self.temp_schema(session)?;
+            TableReference::partial(temp.name.as_str(), table.table())
+        } else {
+            table
+        };
         let ctx = session.context();
         let source = MemTable::try_new(Arc::clone(&schema), vec![batches])?;
         // Named outside Ember's catalog: access control checks the target, not the rows.

@@ -27,9 +27,6 @@ impl EmberFlightSql {
         command: CommandStatementIngest,
         data: PeekableFlightDataStream,
     ) -> Result<i64, Status> {
-        if command.temporary {
-            return Err(Status::unimplemented("temporary tables are not supported"));
-        }
         if command.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
@@ -80,6 +77,7 @@ impl EmberFlightSql {
             batches,
             if_exists,
             if_missing,
+            temporary: command.temporary,
         };
         let output = self
             .engine

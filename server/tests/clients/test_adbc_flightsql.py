@@ -186,6 +186,16 @@ def ingest_and_update(conn):
         cur.execute(f"select count(*) from {schema_name}.items")
         check(cur.fetchone()[0] == 7, "insert not visible")
         cur.execute(f"drop schema {schema_name} cascade")
+    # A temporary table (a cursor of its own: ADBC refuses a schema with it): the session's
+    # own, by its unqualified name.
+    with conn.cursor() as cur:
+        staged = cur.adbc_ingest("py_staged", data, mode="create", temporary=True)
+        check(staged == 3, f"temporary ingest reported {staged}")
+        cur.execute("select count(*) from py_staged")
+        check(cur.fetchone()[0] == 3, "temporary table not readable")
+        cur.execute("select count(*) from pg_temp.py_staged")
+        check(cur.fetchone()[0] == 3, "temporary table not in pg_temp")
+        cur.execute("drop table py_staged")
 
 
 def errors(conn):
