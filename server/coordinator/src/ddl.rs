@@ -89,7 +89,9 @@ impl QueryEngine {
         session: &ClientSession,
         name: &SqlObjectName,
     ) -> Result<(TableReference, ObjectName)> {
-        let reference = object_name_to_table_reference(name.clone(), folds_names(session))?;
+        let mut name = name.clone();
+        session.temp.qualify_name(&mut name)?;
+        let reference = object_name_to_table_reference(name, folds_names(session))?;
         let resolved = self.resolve_name(session, &reference)?;
         Ok((reference, resolved))
     }

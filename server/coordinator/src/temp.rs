@@ -183,6 +183,28 @@ impl TempTables {
     }
 }
 
+impl TempTables {
+    /// Points a table name of a statement DataFusion does not plan (`ALTER TABLE`, `COMMENT
+    /// ON`, `DESCRIBE HISTORY`, ...) at the session's temporary table, as [`Self::qualify`]
+    /// does the names of a planned statement.
+    pub(crate) fn qualify_name(&self, name: &mut ObjectName) -> Result<()> {
+        let own = self.name();
+        let tables = self.table_names();
+        let ctes = HashSet::new();
+        let mut qualifier = Qualifier {
+            own: own.as_deref(),
+            tables: &tables,
+            ctes: &ctes,
+            error: None,
+        };
+        qualifier.qualify(name, false);
+        match qualifier.error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Deletes the temporary tables' directories a crash left in `warehouse`.
 pub(crate) fn remove_leftovers(warehouse: &Path) {
     let Ok(entries) = std::fs::read_dir(warehouse) else {
