@@ -21,6 +21,7 @@
 pub mod access;
 mod authorize;
 mod catalog;
+mod catalog_statements;
 mod cluster;
 pub mod cluster_manager;
 pub mod comments;
