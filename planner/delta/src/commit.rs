@@ -110,7 +110,8 @@ const FOOTER_READS: usize = 16;
 /// A parquet file in a table's storage: its path relative to the table, and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenFile {
-    /// Relative to the table's root, not encoded.
+    /// Relative to the table's root, as the object store names it (a partition directory's
+    /// value percent-encoded, as the store writes it).
     pub path: String,
     /// Its size in bytes.
     pub size: u64,
@@ -167,7 +168,8 @@ async fn add_action(
         .await?;
     let stats = file_statistics(&metadata, &file_schema)?;
     Ok(Add {
-        path: encode_path(&file.path),
+        // The object's name (the library encodes it as a URI reference in the log).
+        path: file.path.clone(),
         size: file.size as i64,
         partition_values: partition_values(&file.path),
         modification_time: now_millis(),
@@ -182,7 +184,7 @@ async fn add_action(
 }
 
 /// The partition values a written file's directories give (`region=eu/x.parquet`: `region` is
-/// `eu`); a Hive-style null directory is a null.
+/// `eu`); a Hive-style null directory (or an empty value, which Delta reads as null) is a null.
 fn partition_values(path: &str) -> HashMap<String, Option<String>> {
     let mut values = HashMap::new();
     let Some((dirs, _)) = path.rsplit_once('/') else {
@@ -191,7 +193,7 @@ fn partition_values(path: &str) -> HashMap<String, Option<String>> {
     for dir in dirs.split('/') {
         if let Some((column, value)) = dir.split_once('=') {
             let value = percent_decode(value);
-            let value = (value != "__HIVE_DEFAULT_PARTITION__").then_some(value);
+            let value = (value != crate::NULL_PARTITION && !value.is_empty()).then_some(value);
             values.insert(percent_decode(column), value);
         }
     }
@@ -220,20 +222,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A path in the log is a URI reference: characters outside its syntax are percent-encoded.
-fn encode_path(path: &str) -> String {
-    let mut encoded = String::with_capacity(path.len());
-    for byte in path.bytes() {
-        let c = byte as char;
-        if c.is_ascii_alphanumeric() || "/-_.~=+,;:@!$&'()*".contains(c) {
-            encoded.push(c);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
 }
 
 fn now_millis() -> i64 {
@@ -627,11 +615,6 @@ mod tests {
             Some(Value::from("1970-01-01T00:00:01.002Z"))
         );
         assert_eq!(decimal_text(-5, 3), "-0.005");
-    }
-
-    #[test]
-    fn log_paths_are_uri_references() {
-        assert_eq!(encode_path("k=a b/x%.parquet"), "k=a%20b/x%25.parquet");
     }
 
     #[test]

@@ -8,20 +8,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableProvider;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown, TableType};
 use datafusion::object_store::ObjectStore;
-use datafusion::physical_expr::expressions::Column as PhysicalColumn;
-use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::projection::ProjectionExec;
 use deltalake_core::kernel::Action;
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
-use ember_planner::float_stats::FloatSafeFormat;
 use tokio::sync::Mutex;
 use url::Url;
 
@@ -29,6 +22,7 @@ use crate::commit::{CommitError, WrittenFile, add_actions, commit, create_table,
 use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
 use crate::time_travel::TimeTravel;
+use crate::write::{check_partition_columns, write_files};
 
 /// Opens the Delta table at `url` (its newest version) through the object store `session`
 /// has registered for it.
@@ -99,11 +93,7 @@ impl TableProviderFactory for DeltaTableFactory {
             // USING DELTA LOCATION` makes one).
             let store = table_store(state.runtime_env(), &url)?;
             let schema = cmd.schema.as_arrow();
-            for column in &cmd.table_partition_cols {
-                if schema.index_of(column).is_err() {
-                    return plan_err!("partition column {column} is not a column of the table");
-                }
-            }
+            check_partition_columns(schema, &cmd.table_partition_cols)?;
             let name = cmd.name.table();
             create_table(
                 store,
@@ -244,35 +234,20 @@ impl TableProvider for ExternalDeltaTable {
         _insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let current = self.latest().await?;
-        let partition_columns = current
+        let partition_columns: Vec<String> = current
             .partition_fields()
             .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .map(|f| f.name().clone())
             .collect();
-        let options = ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(partition_columns);
-        let config = ListingTableConfig::new(ListingTableUrl::parse(self.url.as_str())?)
-            .with_listing_options(options)
-            .with_schema(current.file_schema());
-        let sink = ListingTable::try_new(config)?;
-        // The sink takes the files' columns, then the partition columns.
-        let input_schema = input.schema();
-        let columns = sink
-            .schema()
-            .fields()
-            .iter()
-            .map(|field| {
-                let index = input_schema.index_of(field.name())?;
-                Ok(ProjectionExpr::new(
-                    Arc::new(PhysicalColumn::new(field.name(), index)),
-                    field.name().clone(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let input = Arc::new(ProjectionExec::try_new(columns, input)?);
         // Overwrites replace the log's files at commit; the files are appended.
-        sink.insert_into(state, input, InsertOp::Append).await
+        write_files(
+            state,
+            self.url.as_str(),
+            &current.schema(),
+            &partition_columns,
+            input,
+        )
+        .await
     }
 
     async fn scan(

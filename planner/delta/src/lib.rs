@@ -8,6 +8,7 @@ mod commit;
 mod external;
 mod scan;
 mod time_travel;
+mod write;
 
 pub use commit::{
     ARROW_TYPE_METADATA, CommitError, Operation, WrittenFile, add_actions, add_columns, commit,
@@ -16,6 +17,7 @@ pub use commit::{
 pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_store, table_url};
 pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};
 pub use time_travel::TimeTravel;
+pub use write::{NULL_PARTITION, check_partition_columns, is_partition_type, write_files};
 
 use datafusion::error::DataFusionError;
 

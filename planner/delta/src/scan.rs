@@ -384,10 +384,15 @@ impl DeltaScanTable {
                     .collect()
             }
         };
-        Ok(
-            PartitionedFile::new(location.to_string(), file.size().max(0) as u64)
-                .with_partition_values(partition_values),
-        )
+        // The location as it is: parsed again from text, its `%` would be encoded once more.
+        let meta = datafusion::object_store::ObjectMeta {
+            location,
+            last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            size: file.size().max(0) as u64,
+            e_tag: None,
+            version: None,
+        };
+        Ok(PartitionedFile::new_from_meta(meta).with_partition_values(partition_values))
     }
 
     /// The table's statistics by its log: rows (exact when every file counts its rows), bytes
@@ -532,10 +537,11 @@ impl PruningStatistics for FloatSafeStatistics<'_> {
     }
 }
 
-/// A partition value as the log writes it (a string, or null), as the column's type.
+/// A partition value as the log writes it (a string, or null), as the column's type: an empty
+/// string is a null, as Delta's partition value serialization has it.
 fn partition_value(data_type: &DataType, value: Option<&Option<String>>) -> Result<ScalarValue> {
     match value.and_then(|v| v.as_deref()) {
-        None => ScalarValue::try_from(data_type),
+        None | Some("") => ScalarValue::try_from(data_type),
         Some(text) => ScalarValue::Utf8(Some(text.to_string())).cast_to(data_type),
     }
 }
@@ -605,9 +611,7 @@ impl TableProvider for DeltaScanTable {
             .with_table_partition_cols(
                 self.partition_fields
                     .iter()
-                    .map(|f| {
-                        Arc::new(Field::new(f.name(), f.data_type().clone(), true)) as FieldRef
-                    })
+                    .cloned()
                     .chain(self.file_column.iter().cloned())
                     .collect::<Vec<_>>(),
             )

@@ -197,8 +197,14 @@ impl QueryEngine {
                 Ok(Output::done(Command::CreateView))
             }
             DdlStatement::CreateMemoryTable(cmd) => {
-                self.create_table(session, cmd, parsed.declared_columns(), text)
-                    .await
+                self.create_table(
+                    session,
+                    cmd,
+                    parsed.declared_columns(),
+                    parsed.partitioned_by(),
+                    text,
+                )
+                .await
             }
             DdlStatement::CreateCatalogSchema(cmd) => {
                 let reference = match cmd.schema_name.split_once('.') {

@@ -23,7 +23,7 @@ use ember_delta::deltalake_core::table::config::TablePropertiesExt;
 use ember_delta::{ExternalDeltaTable, Operation, TimeTravel};
 use futures::TryStreamExt;
 
-use crate::catalog::{ManagedTable, directory_sink_table};
+use crate::catalog::ManagedTable;
 use crate::ddl::ObjectName;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
@@ -198,9 +198,7 @@ impl QueryEngine {
         )?
         .build()?;
         let physical = state.create_physical_plan(&plan).await?;
-        let sink = directory_sink_table(&state, &location, managed.schema())?
-            .insert_into(&state, physical, InsertOp::Append)
-            .await?;
+        let sink = managed.write_files(&state, physical).await?;
         let sql = statement.to_string();
         let files = self.write(session, &sql, sink, Target::Directory).await?.1;
         let committed = async {

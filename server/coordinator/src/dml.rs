@@ -21,7 +21,6 @@ use datafusion::common::TableReference;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::{TableProvider, provider_as_source};
 use datafusion::functions_aggregate::count::count_all;
-use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::expr::Alias;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
@@ -32,7 +31,7 @@ use ember_delta::deltalake_core::protocol::DeltaOperation;
 use ember_delta::{DeltaScanTable, Operation, WrittenFile};
 use futures::TryStreamExt;
 
-use crate::catalog::{ManagedTable, directory_sink_table};
+use crate::catalog::ManagedTable;
 use crate::ddl::ObjectName;
 use crate::declared::check_column_constraints;
 use crate::engine::QueryEngine;
@@ -151,13 +150,10 @@ impl QueryEngine {
             (predicate, Some(values)) => Some(updated(scan, predicate.as_ref(), values)?),
         };
         let mut files = vec![];
-        let location = &managed.entry().location;
         if let Some(plan) = rewritten {
             let plan = check_column_constraints(Arc::new(plan), &managed.schema())?;
             let physical = state.create_physical_plan(&plan).await?;
-            let sink = directory_sink_table(&state, location, managed.schema())?
-                .insert_into(&state, physical, InsertOp::Append)
-                .await?;
+            let sink = managed.write_files(&state, physical).await?;
             files = self.write(session, sql, sink, Target::Directory).await?.1;
         }
         let predicate = change

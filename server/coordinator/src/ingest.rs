@@ -124,7 +124,8 @@ impl QueryEngine {
             &LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create.clone())),
         )
         .await?;
-        self.create_table(session, &create, &[], &description).await
+        self.create_table(session, &create, &[], &[], &description)
+            .await
     }
 }
 

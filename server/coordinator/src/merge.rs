@@ -22,7 +22,7 @@ use datafusion::functions_aggregate::expr_fn::{count_distinct, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::conditional_expressions::CaseBuilder;
 use datafusion::logical_expr::dml::{
-    InsertOp, MergeIntoAction, MergeIntoClause, MergeIntoClauseKind, MergeIntoOp,
+    MergeIntoAction, MergeIntoClause, MergeIntoClauseKind, MergeIntoOp,
 };
 use datafusion::logical_expr::{
     DmlStatement, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, WriteOp, cast,
@@ -31,7 +31,7 @@ use datafusion::logical_expr::{
 use ember_delta::deltalake_core::protocol::{DeltaOperation, MergePredicate};
 use ember_delta::{DeltaScanTable, Operation};
 
-use crate::catalog::{ManagedTable, directory_sink_table};
+use crate::catalog::ManagedTable;
 use crate::declared::check_column_constraints;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
@@ -152,9 +152,7 @@ impl QueryEngine {
         };
         let written = check_column_constraints(Arc::new(written), &managed.schema())?;
         let physical = state.create_physical_plan(&written).await?;
-        let sink = directory_sink_table(&state, &managed.entry().location, managed.schema())?
-            .insert_into(&state, physical, InsertOp::Append)
-            .await?;
+        let sink = managed.write_files(&state, physical).await?;
         let (rows_written, files) = self.write(session, sql, sink, Target::Directory).await?;
         // The rows written are the touched files' rows less those deleted, and the inserts.
         let kept: u64 = snapshot

@@ -29,6 +29,7 @@ use datafusion::logical_expr::{CreateMemoryTable, DmlStatement, LogicalPlan, Wri
 use datafusion::object_store::path::Path as StorePath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::sqlparser::ast::Ident;
 use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::{CommitError, ExternalDeltaTable, WrittenFile};
 use ember_planner::ids::QueryId;
@@ -36,9 +37,9 @@ use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
 use futures::TryStreamExt;
 
 use crate::access::Securable;
-use crate::catalog::{CatalogObject, ManagedEntry, ManagedTable, directory_sink_table};
+use crate::catalog::{CatalogObject, ManagedEntry, ManagedTable};
 use crate::ddl::ObjectName;
-use crate::ddl::already_exists;
+use crate::ddl::{already_exists, folds_names};
 use crate::declared::{DeclaredString, TYPE_METADATA, check_column_constraints};
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
@@ -152,6 +153,7 @@ impl QueryEngine {
         session: &ClientSession,
         cmd: &CreateMemoryTable,
         declared: &[Option<DeclaredString>],
+        partitioned_by: &[Ident],
         sql: &str,
     ) -> Result<Output> {
         let name = self.resolve_name(session, &cmd.name)?;
@@ -239,6 +241,18 @@ impl QueryEngine {
                 .collect::<Vec<_>>(),
             input_schema.metadata().clone(),
         ));
+        let folds = folds_names(session);
+        let partition_columns: Vec<String> = partitioned_by
+            .iter()
+            .map(|column| match column.quote_style {
+                None if folds => column.value.to_lowercase(),
+                _ => column.value.clone(),
+            })
+            .collect();
+        if let Err(error) = ember_delta::check_partition_columns(&schema, &partition_columns) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(error.into());
+        }
         let entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?
             .with_constraints_and_defaults(&cmd.constraints, &cmd.column_defaults)?;
         let state = session.ctx.state();
@@ -251,12 +265,12 @@ impl QueryEngine {
         if has_rows {
             let input = check_column_constraints(Arc::clone(&cmd.input), &schema)?;
             let input = state.create_physical_plan(&input).await?;
-            let table = directory_sink_table(&state, &entry.location, Arc::clone(&schema))?;
-            let sink = datafusion::datasource::TableProvider::insert_into(
-                &table,
+            let sink = ember_delta::write_files(
                 &state,
+                &entry.location,
+                &schema,
+                &partition_columns,
                 input,
-                InsertOp::Append,
             )
             .await?;
             match self.write(session, sql, sink, Target::Directory).await {
@@ -277,9 +291,25 @@ impl QueryEngine {
             }
             let url = ember_delta::table_url(&entry.location)?;
             let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
-            let adds = ember_delta::add_actions(Arc::clone(&store), &url, &files, &schema).await?;
-            let table =
-                ember_delta::create_table(store, &url, &name.name, &schema, vec![], adds).await?;
+            let file_schema = Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !partition_columns.contains(f.name()))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            let adds =
+                ember_delta::add_actions(Arc::clone(&store), &url, &files, &file_schema).await?;
+            let table = ember_delta::create_table(
+                store,
+                &url,
+                &name.name,
+                &schema,
+                partition_columns.clone(),
+                adds,
+            )
+            .await?;
             Ok::<_, Error>(Some(table))
         }
         .await;
@@ -562,7 +592,7 @@ pub(crate) async fn added_files(
 ) -> Result<Vec<Action>> {
     let url = ember_delta::table_url(&table.entry().location)?;
     let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
-    let adds = ember_delta::add_actions(store, &url, files, &table.schema()).await?;
+    let adds = ember_delta::add_actions(store, &url, files, &table.file_schema()).await?;
     Ok(adds.into_iter().map(Action::Add).collect())
 }
 

@@ -43,7 +43,7 @@ async fn summary(client: &tokio_postgres::Client, table: &str) -> serde_json::Va
             .map(|r| {
                 let text = |i: usize| r[i].clone().expect("no null");
                 serde_json::json!([
-                    text(0),
+                    r[0],
                     text(1).parse::<u64>().expect("a count"),
                     text(2).parse::<f64>().expect("a sum"),
                     text(3).parse::<i64>().expect("an id"),
@@ -519,6 +519,121 @@ async fn managed_tables_are_delta_tables_that_update_and_delete_change() {
         .await
         .expect("delete from the converted table");
     assert!(deleted > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_tables_partitioned_by_columns_prune_and_deltalake_reads_their_partitions() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = std::fs::canonicalize(data.path()).expect("data dir");
+    let cluster = ProcessCluster::start(2, 0.01, &data_dir);
+    let client = cluster.connect(2).await;
+    let run = |sql: String| {
+        let client = &client;
+        async move {
+            client
+                .simple_query(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        }
+    };
+    // Spark's words; regions with characters paths escape, an empty one and nulls (Delta
+    // reads an empty partition value as null). Amounts are quarters: sums are exact in any
+    // order.
+    run(
+        "create table parted (id bigint, name text, amount double, day date, region text) \
+         using delta partitioned by (region)"
+            .into(),
+    )
+    .await;
+    let region = "case o_orderkey % 5 when 0 then 'a' when 1 then 'eu/west=1' \
+                  when 2 then 'x y%' when 3 then '' end";
+    run(format!(
+        "insert into parted select o_orderkey, o_clerk, cast(o_orderkey % 997 as double) * 0.25, \
+         o_orderdate, {region} from tpch.orders"
+    ))
+    .await;
+    let dir = table_dir(&data_dir, "parted");
+    let dir_text = dir.to_str().expect("UTF-8").to_string();
+    let theirs = interop(&["summary", &dir_text]);
+    let ours = summary(&client, "parted").await;
+    assert_eq!(ours, theirs["regions"]);
+    assert_eq!(
+        ours.as_array().map(|regions| regions.len()),
+        Some(4),
+        "{ours}"
+    );
+    assert_eq!(ours[3][0], serde_json::Value::Null, "{ours}");
+    assert!(dir.join("region=a").is_dir(), "no directory of region a");
+    let detail = rows(&run("describe detail parted".into()).await);
+    assert_eq!(detail[0][7].as_deref(), Some("{region}"), "{detail:?}");
+
+    // A point lookup on the partition column reads that partition's files only.
+    let all = scanned_files(&client, "select * from parted").await;
+    let in_a = scanned_files(&client, "select * from parted where region = 'a'").await;
+    assert!(
+        !in_a.is_empty() && in_a.len() < all.len(),
+        "{in_a:?} of {all:?}"
+    );
+    assert!(in_a.iter().all(|f| f.contains("/region=a/")), "{in_a:?}");
+
+    // UPDATE moves rows between partitions, DELETE empties one; deltalake reads the same.
+    let moved = client
+        .execute(
+            "update parted set region = 'a', amount = amount + 1 where region = 'x y%'",
+            &[],
+        )
+        .await
+        .expect("update the partition column");
+    let deleted = client
+        .execute("delete from parted where region is null", &[])
+        .await
+        .expect("delete a partition");
+    assert!(moved > 0 && deleted > 0, "{moved} {deleted}");
+    let theirs = interop(&["summary", &dir_text]);
+    let ours = summary(&client, "parted").await;
+    assert_eq!(ours, theirs["regions"]);
+    let regions: Vec<&serde_json::Value> = ours
+        .as_array()
+        .expect("regions")
+        .iter()
+        .map(|r| &r[0])
+        .collect();
+    assert_eq!(
+        regions,
+        [&serde_json::json!("a"), &serde_json::json!("eu/west=1")]
+    );
+
+    // OPTIMIZE compacts within each partition; the rows stay where they were.
+    run("insert into parted select id + 1000000, name, amount, day, region from parted".into())
+        .await;
+    run("optimize parted".into()).await;
+    assert_eq!(
+        summary(&client, "parted").await,
+        interop(&["summary", &dir_text])["regions"]
+    );
+
+    // What cannot be a partition column is refused with the reason.
+    for (sql, reason) in [
+        (
+            "create table bad (a int, t timestamp) partitioned by (t)",
+            "cannot partition by t",
+        ),
+        (
+            "create table bad (a int) partitioned by (a)",
+            "all its columns",
+        ),
+        (
+            "create table bad (a int, b int) partitioned by (c)",
+            "not a column",
+        ),
+        (
+            "create table bad (a int) using parquet",
+            "STORED AS PARQUET",
+        ),
+    ] {
+        let error = client.simple_query(sql).await.expect_err(sql);
+        assert!(message(&error).contains(reason), "{sql}: {error:?}");
+    }
 }
 
 /// The parquet files in a table's directory (not its log's or staging's).

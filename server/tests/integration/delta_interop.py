@@ -12,9 +12,9 @@
       column `n` (if it has one), its number of files, and its commits' versions and operations, newest first
       (as of VERSION if given).
   delta_interop.py summary DIR [VERSION]
-      Prints, as one JSON line, what deltalake reads: per region the row count, the sum of
-      `amount` (rounded to 6 places) and the smallest and largest id, and the table's version
-      (as of VERSION if given).
+      Prints, as one JSON line, what deltalake reads: per region (null last) the row count,
+      the sum of `amount` (rounded to 6 places) and the smallest and largest id, and the
+      table's version (as of VERSION if given).
 """
 
 import json
@@ -60,8 +60,11 @@ def summary(path, version=None):
     dt = DeltaTable(path, version=version)
     data = dt.to_pyarrow_table()
     out = []
-    for region in sorted(set(data.column("region").to_pylist())):
-        part = data.filter(pc.equal(data.column("region"), region))
+    # As SQL orders them: nulls last.
+    regions = sorted(set(data.column("region").to_pylist()), key=lambda r: (r is None, r or ""))
+    for region in regions:
+        column = data.column("region")
+        part = data.filter(pc.is_null(column) if region is None else pc.equal(column, region))
         out.append([
             region,
             part.num_rows,

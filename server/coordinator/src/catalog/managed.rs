@@ -12,9 +12,6 @@ use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Constraints, DataFusionError, Statistics};
 use datafusion::datasource::TableProvider;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
@@ -24,7 +21,6 @@ use datafusion::physical_plan::empty::EmptyExec;
 use ember_delta::deltalake_core::DeltaTable;
 use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::{CommitError, DeltaScanTable, Operation, TimeTravel};
-use ember_planner::float_stats::FloatSafeFormat;
 
 use super::ManagedEntry;
 
@@ -219,6 +215,44 @@ impl ManagedTable {
             .or_else(|_| DeltaScanTable::try_new(table))
     }
 
+    /// The partition columns, in the order the table declares them.
+    pub(crate) fn partition_columns(&self) -> Vec<String> {
+        self.current()
+            .map(|current| {
+                current
+                    .partition_fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The columns its files hold: all but the partition columns.
+    pub(crate) fn file_schema(&self) -> SchemaRef {
+        match self.current() {
+            Some(current) => current.file_schema(),
+            None => Arc::clone(&self.schema),
+        }
+    }
+
+    /// A plan writing `input`'s rows (the table's columns) as new files into the table's
+    /// directory, partitioned as the table is; the files are the statement's to commit.
+    pub(crate) async fn write_files(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        ember_delta::write_files(
+            state,
+            &self.entry.location,
+            &self.schema,
+            &self.partition_columns(),
+            input,
+        )
+        .await
+    }
+
     /// The newest version, read with the catalog's types.
     pub(crate) fn snapshot(&self) -> Result<DeltaScanTable> {
         self.current().ok_or_else(|| {
@@ -290,26 +324,10 @@ impl TableProvider for ManagedTable {
         &self,
         state: &dyn Session,
         input: Arc<dyn ExecutionPlan>,
-        insert_op: InsertOp,
+        _insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         // The engine turns the planned sink into a distributed write and commits the files it
-        // produced to this table's log.
-        directory_sink_table(state, &self.entry.location, Arc::clone(&self.schema))?
-            .insert_into(state, input, insert_op)
-            .await
+        // produced to this table's log (an overwrite removes the files it read then).
+        self.write_files(state, input).await
     }
-}
-
-/// A listing table over a managed table's directory, which DataFusion plans writes into.
-pub(crate) fn directory_sink_table(
-    state: &dyn Session,
-    location: &str,
-    schema: SchemaRef,
-) -> datafusion::error::Result<ListingTable> {
-    let options = ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
-        .with_file_extension(".parquet");
-    let config = ListingTableConfig::new(ListingTableUrl::parse(location)?)
-        .with_listing_options(options)
-        .with_schema(schema);
-    ListingTable::try_new(config)
 }

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-pub(crate) use managed::{ManagedTable, directory_sink_table};
+pub(crate) use managed::ManagedTable;
 pub(crate) use versions::VersionedCatalog;
 
 use crate::access::{AccessControl, AccessFile, Published};

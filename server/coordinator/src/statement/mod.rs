@@ -27,6 +27,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 mod access;
 mod catalog;
+mod create_table;
 mod cursor;
 mod delta;
 mod joined_dml;
@@ -57,6 +58,8 @@ pub struct ParsedStatement {
     cursor: Option<CursorStatement>,
     /// A `CREATE TABLE`'s columns declared `varchar`/`char`, by position.
     declared: Vec<Option<DeclaredString>>,
+    /// The columns a `CREATE TABLE` is `PARTITIONED BY`.
+    partitioned_by: Vec<Ident>,
     /// The role or privilege statement this is (recognised once; DataFusion plans none).
     access: Option<AccessStatement>,
     /// The catalog statement DataFusion does not plan that this is (`ALTER ... RENAME TO`).
@@ -138,6 +141,7 @@ impl ParsedStatement {
             DFStatement::Explain(explain) => &mut explain.statement,
             other => other,
         })?;
+        let partitioned_by = create_table::take_partitioned_by(&mut statement)?;
         let cursor = match &statement {
             DFStatement::Statement(inner) => CursorStatement::recognise(inner)?,
             _ => None,
@@ -157,6 +161,7 @@ impl ParsedStatement {
         Ok(Self {
             text,
             declared: declared_strings(&statement),
+            partitioned_by,
             statement: Some(statement),
             delta: None,
             explain_distributed,
@@ -172,6 +177,7 @@ impl ParsedStatement {
         Self {
             text: statement.to_string(),
             declared: vec![],
+            partitioned_by: vec![],
             statement: None,
             delta: None,
             explain_distributed: false,
@@ -187,6 +193,7 @@ impl ParsedStatement {
         Self {
             text: statement.to_string(),
             declared: vec![],
+            partitioned_by: vec![],
             statement: None,
             delta: Some(statement),
             explain_distributed: false,
@@ -236,6 +243,12 @@ impl ParsedStatement {
     /// other statements).
     pub fn declared_columns(&self) -> &[Option<DeclaredString>] {
         &self.declared
+    }
+
+    /// The columns a `CREATE TABLE` is `PARTITIONED BY` (as written: unquoted names fold as
+    /// the session folds identifiers).
+    pub fn partitioned_by(&self) -> &[Ident] {
+        &self.partitioned_by
     }
 
     /// The role or privilege statement this is, if it is one.
@@ -320,6 +333,7 @@ pub(crate) fn parse_statements(sql: &str, options: &SqlParserOptions) -> Result<
         .map_err(|e| Error::DataFusion(ParserError::from(e).into()))?;
     let tokens = time_travel::fold_time_travel(tokens, options.enable_ident_normalization)?;
     let tokens = catalog::dollar_quoted_comments(tokens);
+    let tokens = create_table::using_delta(tokens)?;
     let mut parser = DFParserBuilder::new(tokens)
         .with_dialect(dialect.as_ref())
         .with_recursion_limit(options.recursion_limit.get())
@@ -838,5 +852,47 @@ mod tests {
             ]
         );
         assert!(one("select 1").declared_columns().is_empty());
+    }
+
+    #[test]
+    fn create_table_in_spark_words_names_its_partition_columns() {
+        let names = |sql: &str| {
+            one(sql)
+                .partitioned_by()
+                .iter()
+                .map(|i| i.value.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("create table t (a int, B text) using delta partitioned by (\"B\", a)"),
+            ["B", "a"]
+        );
+        assert_eq!(
+            names("CREATE TABLE t USING DELTA PARTITIONED BY (k) AS SELECT 1 AS k, 2 AS v"),
+            ["k"]
+        );
+        // The statement left is one DataFusion plans.
+        let parsed = one("create table t (a int, b int) using delta partitioned by (b)");
+        assert_eq!(
+            parsed.ast().map(|s| s.to_string()).as_deref(),
+            Some("CREATE TABLE t (a INT, b INT)")
+        );
+        // A query's USING is a join's.
+        let parsed = one("create table t as select * from a join b using (x)");
+        assert!(parsed.partitioned_by().is_empty());
+        assert!(
+            parsed
+                .ast()
+                .is_some_and(|s| s.to_string().contains("USING(x)"))
+        );
+        let options = options(Dialect::PostgreSQL);
+        let error = parse("create table t (a int) using csv", &options).expect_err("a format");
+        assert!(error.to_string().contains("STORED AS CSV"), "{error}");
+        let error = parse("create table t (a int) partitioned by (a int)", &options)
+            .expect_err("Hive's partition columns");
+        assert!(
+            error.to_string().contains("PARTITIONED BY names columns"),
+            "{error}"
+        );
     }
 }
