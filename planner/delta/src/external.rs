@@ -18,11 +18,13 @@ use deltalake_core::{DeltaTable, DeltaTableBuilder};
 use tokio::sync::Mutex;
 use url::Url;
 
-use crate::commit::{CommitError, WrittenFile, add_actions, commit, create_table, write_operation};
+use crate::commit::{
+    CommitError, Operation, WrittenFile, add_actions, commit, create_table, write_operation,
+};
 use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
 use crate::time_travel::TimeTravel;
-use crate::write::{check_partition_columns, write_files};
+use crate::write::check_partition_columns;
 
 /// Opens the Delta table at `url` (its newest version) through the object store `session`
 /// has registered for it.
@@ -172,9 +174,9 @@ impl ExternalDeltaTable {
         Ok(current)
     }
 
-    /// Commits files (`rows` rows) a statement wrote into the table's directory: appended, or replacing the
-    /// files of the newest version (`overwrite`). Delta's conflict rules judge the commit
-    /// against what other engines committed meanwhile.
+    /// Commits files (`rows` rows) a statement wrote into the table's directory: appended, or
+    /// replacing the files of the newest version (`overwrite`). Delta's conflict rules judge
+    /// the commit against what other engines committed meanwhile.
     pub async fn commit_files(
         &self,
         runtime: &RuntimeEnv,
@@ -190,12 +192,23 @@ impl ExternalDeltaTable {
         if overwrite {
             actions.extend(read.remove_all()?);
         }
-        let committed = commit(
-            read.table(),
+        self.commit(
+            &read,
             actions,
             write_operation(overwrite, rows, files).by(user),
         )
-        .await?;
+        .await
+    }
+
+    /// Commits `actions` as `operation` to the version `read` (what the statement read):
+    /// Delta's conflict rules judge them against what others committed since.
+    pub async fn commit(
+        &self,
+        read: &DeltaScanTable,
+        actions: Vec<Action>,
+        operation: impl Into<Operation>,
+    ) -> std::result::Result<(), CommitError> {
+        let committed = commit(read.table(), actions, operation).await?;
         *self.table.lock().await = committed;
         Ok(())
     }
@@ -233,21 +246,8 @@ impl TableProvider for ExternalDeltaTable {
         input: Arc<dyn ExecutionPlan>,
         _insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let current = self.latest().await?;
-        let partition_columns: Vec<String> = current
-            .partition_fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
         // Overwrites replace the log's files at commit; the files are appended.
-        write_files(
-            state,
-            self.url.as_str(),
-            &current.schema(),
-            &partition_columns,
-            input,
-        )
-        .await
+        self.latest().await?.write_files(state, input).await
     }
 
     async fn scan(

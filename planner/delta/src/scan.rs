@@ -204,6 +204,28 @@ impl DeltaScanTable {
         self
     }
 
+    /// A plan writing `input`'s rows (the table's columns, by name) as new files into the
+    /// table's directory, partitioned as the table is; the files are the caller's to commit.
+    pub async fn write_files(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partition_columns: Vec<String> = self
+            .partition_fields
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        crate::write::write_files(
+            state,
+            self.table.table_url().as_str(),
+            &self.table_schema(),
+            &partition_columns,
+            input,
+        )
+        .await
+    }
+
     /// The snapshot's files that `filters` may match, by partition values and statistics.
     pub fn matching_files(
         &self,

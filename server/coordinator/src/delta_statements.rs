@@ -20,35 +20,17 @@ use ember_delta::deltalake_core::kernel::Action;
 use ember_delta::deltalake_core::operations::vacuum::VacuumMode;
 use ember_delta::deltalake_core::protocol::DeltaOperation;
 use ember_delta::deltalake_core::table::config::TablePropertiesExt;
-use ember_delta::{ExternalDeltaTable, Operation, TimeTravel};
+use ember_delta::{Operation, TimeTravel};
 use futures::TryStreamExt;
 
-use crate::catalog::ManagedTable;
 use crate::ddl::ObjectName;
+use crate::delta_target::DeltaTarget;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
 use crate::session::ClientSession;
 use crate::statement::DeltaStatement;
 use crate::writes::{Target, added_files, commit_failure, remove_written};
-
-/// The Delta table a statement is about.
-enum Subject<'a> {
-    /// A table created here: changes go through it.
-    Managed(&'a ManagedTable),
-    /// A table at a location others may write too: read afresh.
-    External(&'a ExternalDeltaTable),
-}
-
-impl Subject<'_> {
-    /// The table at its newest version.
-    async fn table(&self) -> Result<DeltaTable> {
-        Ok(match self {
-            Subject::Managed(managed) => managed.snapshot()?.table().clone(),
-            Subject::External(external) => external.latest().await?.table().clone(),
-        })
-    }
-}
 
 impl QueryEngine {
     /// Runs a Delta statement.
@@ -69,11 +51,7 @@ impl QueryEngine {
         );
         self.authorize_delta(session, &reference, &provider, changes)
             .await?;
-        let subject = if let Some(managed) = provider.downcast_ref::<ManagedTable>() {
-            Subject::Managed(managed)
-        } else if let Some(external) = provider.downcast_ref::<ExternalDeltaTable>() {
-            Subject::External(external)
-        } else {
+        let Some(subject) = DeltaTarget::of(&provider) else {
             return Err(Error::NotSupported(format!(
                 "{statement} needs a Delta table: {name} is not one"
             )));
@@ -95,17 +73,12 @@ impl QueryEngine {
                 return Ok(Output::done(Command::AlterTable));
             }
             DeltaStatement::Optimize { predicate, .. } => {
-                let Subject::Managed(managed) = subject else {
-                    return Err(Error::NotSupported(format!(
-                        "OPTIMIZE of external table {name} is not supported: only of tables created with CREATE TABLE"
-                    )));
-                };
                 self.optimize(
                     session,
                     statement,
                     &name,
                     &reference,
-                    managed,
+                    subject,
                     predicate.as_deref(),
                 )
                 .await?
@@ -148,11 +121,11 @@ impl QueryEngine {
         statement: &DeltaStatement,
         name: &ObjectName,
         reference: &TableReference,
-        managed: &ManagedTable,
+        target: DeltaTarget<'_>,
         predicate: Option<&datafusion::sql::sqlparser::ast::Expr>,
     ) -> Result<Vec<ArrayRef>> {
-        let _writing = managed.writing().await;
-        let snapshot = managed.snapshot()?;
+        let _writing = target.writing().await;
+        let snapshot = target.latest().await?;
         let delta = snapshot.table().snapshot().map_err(library)?;
         let target_size = delta.table_config().target_file_size().get();
         let partition_columns = delta.metadata().partition_columns().to_vec();
@@ -160,7 +133,7 @@ impl QueryEngine {
         let filters = match predicate {
             None => vec![],
             Some(predicate) => {
-                let schema = datafusion::common::DFSchema::try_from(managed.schema())?;
+                let schema = datafusion::common::DFSchema::try_from(target.schema())?;
                 let expr = session
                     .ctx
                     .parse_sql_expr(&predicate.to_string(), &schema)?;
@@ -178,7 +151,7 @@ impl QueryEngine {
             }
         };
         let groups = snapshot.compaction_groups(&state, &filters, target_size)?;
-        let location = managed.entry().location.clone();
+        let location = snapshot.table().table_url().to_string();
         if groups.is_empty() {
             return Ok(optimize_columns(&location, 0, 0, 0));
         }
@@ -198,12 +171,12 @@ impl QueryEngine {
         )?
         .build()?;
         let physical = state.create_physical_plan(&plan).await?;
-        let sink = managed.write_files(&state, physical).await?;
+        let sink = snapshot.write_files(&state, physical).await?;
         let sql = statement.to_string();
         let files = self.write(session, &sql, sink, Target::Directory).await?.1;
         let committed = async {
             let mut actions = snapshot.remove_actions(&removed, false)?;
-            for mut action in added_files(session, managed, &files).await? {
+            for mut action in added_files(session, &snapshot, &files).await? {
                 if let Action::Add(add) = &mut action {
                     add.data_change = false;
                 }
@@ -220,14 +193,14 @@ impl QueryEngine {
                     ("numFilesRemoved", removed.len() as u64),
                 ],
             );
-            managed
+            target
                 .commit(&snapshot, actions, operation.by(session.user()))
                 .await
                 .map_err(|e| commit_failure(name, e))
         }
         .await;
         if let Err(error) = committed {
-            remove_written(session, managed, &files).await;
+            remove_written(session, &snapshot, &files).await;
             return Err(error);
         }
         Ok(optimize_columns(
@@ -362,7 +335,7 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 
 /// `RESTORE`: a new version whose files are those of `to`.
 async fn restore(
-    subject: &Subject<'_>,
+    subject: &DeltaTarget<'_>,
     name: &ObjectName,
     to: TimeTravel,
 ) -> Result<Vec<ArrayRef>> {
@@ -378,7 +351,7 @@ async fn restore(
         Ok::<_, Error>((restored, metrics))
     };
     let (files, bytes, metrics) = match subject {
-        Subject::Managed(managed) => {
+        DeltaTarget::Managed(managed) => {
             managed
                 .change(false, |table| async move {
                     let (restored, metrics) = run(table).await?;
@@ -387,7 +360,7 @@ async fn restore(
                 })
                 .await?
         }
-        Subject::External(_) => {
+        DeltaTarget::External(_) => {
             let (restored, metrics) = run(subject.table().await?).await?;
             let (files, bytes) = totals(&restored)?;
             (files, bytes, metrics)
@@ -415,7 +388,7 @@ fn totals(table: &DeltaTable) -> Result<(i64, i64)> {
 /// into the table. A retention shorter than the table's `delta.deletedFileRetentionDuration`
 /// is refused, as on Spark: readers of older versions would lose their files.
 async fn vacuum(
-    subject: &Subject<'_>,
+    subject: &DeltaTarget<'_>,
     retain_hours: Option<f64>,
     dry_run: bool,
 ) -> Result<Vec<ArrayRef>> {
@@ -449,12 +422,12 @@ async fn vacuum(
         Ok::<_, Error>((vacuumed, deleted))
     };
     let deleted = match subject {
-        Subject::Managed(managed) => {
+        DeltaTarget::Managed(managed) => {
             managed
                 .change(true, |table| async move { run(table).await })
                 .await?
         }
-        Subject::External(_) => run(subject.table().await?).await?.1,
+        DeltaTarget::External(_) => run(subject.table().await?).await?.1,
     };
     // The library may name a file twice (as a removed file and as an unreferenced one).
     let mut seen = HashSet::new();
@@ -466,7 +439,7 @@ async fn vacuum(
 }
 
 /// `ALTER TABLE ... SET TBLPROPERTIES`: the table's Delta properties, checked by the library.
-async fn set_properties(subject: &Subject<'_>, properties: &[(String, String)]) -> Result<()> {
+async fn set_properties(subject: &DeltaTarget<'_>, properties: &[(String, String)]) -> Result<()> {
     let properties: std::collections::HashMap<String, String> =
         properties.iter().cloned().collect();
     let run = |table: DeltaTable| {
@@ -481,8 +454,8 @@ async fn set_properties(subject: &Subject<'_>, properties: &[(String, String)]) 
         }
     };
     match subject {
-        Subject::Managed(managed) => managed.change(false, run).await,
-        Subject::External(_) => run(subject.table().await?).await.map(|_| ()),
+        DeltaTarget::Managed(managed) => managed.change(false, run).await,
+        DeltaTarget::External(_) => run(subject.table().await?).await.map(|_| ()),
     }
 }
 

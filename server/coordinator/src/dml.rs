@@ -1,5 +1,5 @@
-//! `DELETE`, `UPDATE` and `TRUNCATE` of managed tables, copy-on-write as Delta on Spark does
-//! them:
+//! `DELETE`, `UPDATE` and `TRUNCATE` of Delta tables (managed or external), copy-on-write as
+//! Delta on Spark does them:
 //!
 //! 1. the files the predicate may match, by partition values and the log's statistics;
 //! 2. a distributed query over those files finds the ones that hold matching rows, and how many
@@ -19,7 +19,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::datasource::{TableProvider, provider_as_source};
+use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::count::count_all;
 use datafusion::logical_expr::expr::Alias;
 use datafusion::logical_expr::utils::split_conjunction;
@@ -31,9 +31,9 @@ use ember_delta::deltalake_core::protocol::DeltaOperation;
 use ember_delta::{DeltaScanTable, Operation, WrittenFile};
 use futures::TryStreamExt;
 
-use crate::catalog::ManagedTable;
 use crate::ddl::ObjectName;
 use crate::declared::check_column_constraints;
+use crate::delta_target::DeltaTarget;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
@@ -79,9 +79,9 @@ impl QueryEngine {
         let table = self.resolve_name(session, table_name)?;
         self.check_writable_schema(&table.schema).await?;
         let provider = session.ctx.table_provider(table_name.clone()).await?;
-        let Some(managed) = provider.downcast_ref::<ManagedTable>() else {
+        let Some(target) = DeltaTarget::of(&provider) else {
             return Err(Error::NotSupported(format!(
-                "{} of table {table} is not supported: only tables created with CREATE TABLE change rows",
+                "{} of table {table} is not supported: only Delta tables (CREATE TABLE, or external STORED AS DELTA) change rows",
                 match command {
                     Command::Update => "UPDATE",
                     Command::Delete => "DELETE",
@@ -98,8 +98,8 @@ impl QueryEngine {
             _ => Change::of(input, table_name)?,
         };
         // Until its files are committed, VACUUM waits.
-        let _writing = managed.writing().await;
-        let snapshot = managed.snapshot()?;
+        let _writing = target.writing().await;
+        let snapshot = target.latest().await?;
         let state = session.ctx.state();
         // Conjuncts with subqueries say nothing about single files.
         let pruning: Vec<Expr> = change
@@ -151,9 +151,9 @@ impl QueryEngine {
         };
         let mut files = vec![];
         if let Some(plan) = rewritten {
-            let plan = check_column_constraints(Arc::new(plan), &managed.schema())?;
+            let plan = check_column_constraints(Arc::new(plan), &target.schema())?;
             let physical = state.create_physical_plan(&plan).await?;
-            let sink = managed.write_files(&state, physical).await?;
+            let sink = snapshot.write_files(&state, physical).await?;
             files = self.write(session, sql, sink, Target::Directory).await?.1;
         }
         let predicate = change
@@ -174,11 +174,11 @@ impl QueryEngine {
         );
         if let Err(error) = self
             .commit_rewrite(
-                session, &table, managed, &snapshot, &touched, &files, operation,
+                session, &table, target, &snapshot, &touched, &files, operation,
             )
             .await
         {
-            remove_written(session, managed, &files).await;
+            remove_written(session, &snapshot, &files).await;
             return Err(error);
         }
         Ok(changed(command, rows))
@@ -262,15 +262,15 @@ impl QueryEngine {
         &self,
         session: &ClientSession,
         table: &ObjectName,
-        managed: &ManagedTable,
+        target: DeltaTarget<'_>,
         snapshot: &DeltaScanTable,
         touched: &HashSet<String>,
         files: &[WrittenFile],
         operation: Operation,
     ) -> Result<()> {
         let mut actions = snapshot.remove_actions(touched, true)?;
-        actions.extend(added_files(session, managed, files).await?);
-        managed
+        actions.extend(added_files(session, snapshot, files).await?);
+        target
             .commit(snapshot, actions, operation.by(session.user()))
             .await
             .map_err(|e| commit_failure(table, e))?;

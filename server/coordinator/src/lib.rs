@@ -30,6 +30,7 @@ mod cursors;
 mod ddl;
 pub mod declared;
 mod delta_statements;
+mod delta_target;
 mod dml;
 pub mod engine;
 pub mod error;

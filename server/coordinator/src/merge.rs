@@ -1,4 +1,5 @@
-//! `MERGE INTO target USING source ON ... WHEN [NOT] MATCHED ...` into a managed table,
+//! `MERGE INTO target USING source ON ... WHEN [NOT] MATCHED ...` into a Delta table (managed or
+//! external),
 //! copy-on-write as Delta on Spark does it, every step a distributed query:
 //!
 //! 1. the target's rows joined with the source: which files hold rows a `WHEN MATCHED` clause
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::common::{Column, TableReference};
-use datafusion::datasource::{TableProvider, provider_as_source};
+use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::conditional_expressions::CaseBuilder;
@@ -31,8 +32,8 @@ use datafusion::logical_expr::{
 use ember_delta::deltalake_core::protocol::{DeltaOperation, MergePredicate};
 use ember_delta::{DeltaScanTable, Operation};
 
-use crate::catalog::ManagedTable;
 use crate::declared::check_column_constraints;
+use crate::delta_target::DeltaTarget;
 use crate::engine::QueryEngine;
 use crate::error::{Error, Result};
 use crate::output::{Command, Output};
@@ -49,7 +50,7 @@ const MATCHED: &str = "__ember_matched";
 const CLAUSE: &str = "__ember_clause";
 
 impl QueryEngine {
-    /// `MERGE INTO` a managed table; `sql` describes it.
+    /// `MERGE INTO` a Delta table; `sql` describes it.
     pub(crate) async fn merge(
         &self,
         session: &ClientSession,
@@ -73,20 +74,20 @@ impl QueryEngine {
         let table = self.resolve_name(session, table_name)?;
         self.check_writable_schema(&table.schema).await?;
         let provider = session.ctx.table_provider(table_name.clone()).await?;
-        let Some(managed) = provider.downcast_ref::<ManagedTable>() else {
+        let Some(delta) = DeltaTarget::of(&provider) else {
             return Err(Error::NotSupported(format!(
-                "MERGE into table {table} is not supported: only into tables created with CREATE TABLE"
+                "MERGE into table {table} is not supported: only into Delta tables (CREATE TABLE, or external STORED AS DELTA)"
             )));
         };
         let clauses = Clauses::of(merge)?;
         // Until its files are committed, VACUUM waits.
-        let _writing = managed.writing().await;
-        let snapshot = managed.snapshot()?;
+        let _writing = delta.writing().await;
+        let snapshot = delta.latest().await?;
         let source = marked(source)?;
         let target = MergeTarget {
             name: table_name.clone(),
             snapshot: &snapshot,
-            managed,
+            delta,
         };
 
         // 1. Which files the WHEN MATCHED clauses change.
@@ -150,9 +151,9 @@ impl QueryEngine {
             (Some(plan), None) | (None, Some(plan)) => plan,
             (Some(a), Some(b)) => LogicalPlanBuilder::from(a).union(b)?.build()?,
         };
-        let written = check_column_constraints(Arc::new(written), &managed.schema())?;
+        let written = check_column_constraints(Arc::new(written), &delta.schema())?;
         let physical = state.create_physical_plan(&written).await?;
-        let sink = managed.write_files(&state, physical).await?;
+        let sink = snapshot.write_files(&state, physical).await?;
         let (rows_written, files) = self.write(session, sql, sink, Target::Directory).await?;
         // The rows written are the touched files' rows less those deleted, and the inserts.
         let kept: u64 = snapshot
@@ -167,8 +168,8 @@ impl QueryEngine {
         // 3. One commit.
         let committed = async {
             let mut actions = snapshot.remove_actions(&touched, true)?;
-            actions.extend(added_files(session, managed, &files).await?);
-            managed
+            actions.extend(added_files(session, &snapshot, &files).await?);
+            delta
                 .commit(
                     &snapshot,
                     actions,
@@ -189,7 +190,7 @@ impl QueryEngine {
         }
         .await;
         if let Err(error) = committed {
-            remove_written(session, managed, &files).await;
+            remove_written(session, &snapshot, &files).await;
             return Err(error);
         }
         Ok(Output::wrote(Command::Merge, changed + inserted))
@@ -316,7 +317,7 @@ fn case_of(cases: impl IntoIterator<Item = (Expr, Expr)>, otherwise: Expr) -> Re
 struct MergeTarget<'a> {
     name: TableReference,
     snapshot: &'a DeltaScanTable,
-    managed: &'a ManagedTable,
+    delta: DeltaTarget<'a>,
 }
 
 impl MergeTarget<'_> {
@@ -346,7 +347,7 @@ impl MergeTarget<'_> {
 
     /// The target's columns: each name and the expression for it in `values`, or the column.
     fn columns(&self) -> Vec<(String, Expr)> {
-        self.managed
+        self.delta
             .schema()
             .fields()
             .iter()
@@ -382,7 +383,7 @@ impl MergeTarget<'_> {
         if deletes != lit(0i64) {
             rows = rows.filter(deletes.eq(lit(0i64)))?;
         }
-        let schema = self.managed.schema();
+        let schema = self.delta.schema();
         let values = self
             .columns()
             .into_iter()
@@ -432,7 +433,7 @@ impl MergeTarget<'_> {
         let rows = unmatched
             .project(columns)?
             .filter(col(CLAUSE).gt(lit(0i64)))?;
-        let schema = self.managed.schema();
+        let schema = self.delta.schema();
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         // Each clause's value for each column: as listed, by position without a list, or
         // the column's default (NULL without one).
@@ -462,8 +463,8 @@ impl MergeTarget<'_> {
             .map(|field| {
                 let name = field.name();
                 let fallback = self
-                    .managed
-                    .get_column_default(name)
+                    .delta
+                    .column_default(name)
                     .cloned()
                     .unwrap_or(Expr::Literal(datafusion::common::ScalarValue::Null, None));
                 let inserts = per_clause.iter().enumerate().map(|(i, values)| {

@@ -31,7 +31,7 @@ use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::sqlparser::ast::Ident;
 use ember_delta::deltalake_core::kernel::Action;
-use ember_delta::{CommitError, ExternalDeltaTable, WrittenFile};
+use ember_delta::{CommitError, DeltaScanTable, ExternalDeltaTable, WrittenFile};
 use ember_planner::ids::QueryId;
 use ember_planner::write::{DistributedSinkExec, STAGING_DIR};
 use futures::TryStreamExt;
@@ -511,7 +511,7 @@ impl QueryEngine {
         let provider = self.managed_table(table).await?;
         let committed = if let Some(managed) = provider.downcast_ref::<ManagedTable>() {
             let snapshot = managed.snapshot()?;
-            let mut actions = added_files(session, managed, files).await?;
+            let mut actions = added_files(session, &snapshot, files).await?;
             if overwrite {
                 actions.extend(snapshot.remove_all()?);
             }
@@ -583,28 +583,28 @@ impl Staged {
     }
 }
 
-/// The `add` actions of files a statement wrote into a managed table, with the statistics
-/// their footers give.
+/// The `add` actions of files a statement wrote into the Delta table it read at `read`, with
+/// the statistics their footers give.
 pub(crate) async fn added_files(
     session: &ClientSession,
-    table: &ManagedTable,
+    read: &DeltaScanTable,
     files: &[WrittenFile],
 ) -> Result<Vec<Action>> {
-    let url = ember_delta::table_url(&table.entry().location)?;
-    let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
-    let adds = ember_delta::add_actions(store, &url, files, &table.file_schema()).await?;
+    let url = read.table().table_url();
+    let store = ember_delta::table_store(&session.ctx.runtime_env(), url)?;
+    let adds = ember_delta::add_actions(store, url, files, &read.file_schema()).await?;
     Ok(adds.into_iter().map(Action::Add).collect())
 }
 
-/// Deletes files a statement wrote into a managed table but did not commit.
+/// Deletes files a statement wrote into the Delta table it read at `read` but did not commit.
 pub(crate) async fn remove_written(
     session: &ClientSession,
-    table: &ManagedTable,
+    read: &DeltaScanTable,
     files: &[WrittenFile],
 ) {
     let paths = async {
-        let url = ember_delta::table_url(&table.entry().location)?;
-        let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
+        let url = read.table().table_url();
+        let store = ember_delta::table_store(&session.ctx.runtime_env(), url)?;
         let root = StorePath::from_url_path(url.path())
             .map_err(|e| Error::DataFusion(DataFusionError::External(Box::new(e))))?;
         let paths = files

@@ -246,6 +246,51 @@ async fn tables_deltalake_writes_are_read_over_the_cluster_at_their_newest_versi
     let client = cluster.connect(2).await;
     assert_eq!(summary(&client, "sales").await, expected["regions"]);
 
+    // UPDATE, DELETE, MERGE and OPTIMIZE change it in place, a Delta version each (UPDATE
+    // moving rows between partitions); deltalake reads what Ember reads.
+    let changes = [
+        (
+            "update sales set amount = amount + 1000, region = 'd' where region = 'c' and id % 2 = 0",
+            500,
+        ),
+        ("delete from sales where region = 'b' and id >= 600", 400),
+        (
+            "merge into sales using (values (2000, 5.0), (-1, 7.5)) as s(id, amount) \
+             on sales.id = s.id when matched then update set amount = s.amount \
+             when not matched then insert (id, name, amount, day, region) \
+             values (s.id, 'new', s.amount, date '2024-02-01', 'e')",
+            2,
+        ),
+    ];
+    for (sql, count) in changes {
+        let changed = client
+            .execute(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+        assert_eq!(changed, count, "{sql}");
+    }
+    client
+        .simple_query("optimize sales")
+        .await
+        .expect("optimize the Delta table");
+    let changed = interop(&["summary", location]);
+    assert_eq!(changed["version"], 7);
+    assert_eq!(summary(&client, "sales").await, changed["regions"]);
+    assert!(
+        std::path::Path::new(location).join("region=d").is_dir(),
+        "no directory of the partition rows moved to"
+    );
+    let operations = interop(&["history", location])["operations"].clone();
+    assert_eq!(
+        operations.as_array().map(|o| o[..4].to_vec()),
+        Some(
+            ["OPTIMIZE", "MERGE", "DELETE", "UPDATE"]
+                .map(serde_json::Value::from)
+                .to_vec()
+        ),
+        "{operations}"
+    );
+
     // INSERT OVERWRITE replaces every file of the version it read.
     client
         .simple_query("insert overwrite sales select * from sales where region = 'a' and id < 100")

@@ -228,14 +228,6 @@ impl ManagedTable {
             .unwrap_or_default()
     }
 
-    /// The columns its files hold: all but the partition columns.
-    pub(crate) fn file_schema(&self) -> SchemaRef {
-        match self.current() {
-            Some(current) => current.file_schema(),
-            None => Arc::clone(&self.schema),
-        }
-    }
-
     /// A plan writing `input`'s rows (the table's columns) as new files into the table's
     /// directory, partitioned as the table is; the files are the statement's to commit.
     pub(crate) async fn write_files(
