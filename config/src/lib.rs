@@ -192,6 +192,9 @@ pub struct CacheConfig {
     pub listing_ttl_ms: u64,
     /// Bytes of per-file statistics (row counts, min/max) the coordinator keeps for planning.
     pub statistics_bytes: u64,
+    /// Bytes (estimated: their files' entries) of Delta table versions that time travel read,
+    /// kept by the coordinator; 0 turns the cache off.
+    pub delta_snapshot_bytes: u64,
 }
 
 /// The `[storage]` section: where local data may live and how to reach S3-compatible storage.

@@ -23,6 +23,7 @@ use crate::commit::{
 };
 use crate::library_error;
 use crate::scan::{DeltaScanTable, object_store_url};
+use crate::snapshots::SnapshotCache;
 use crate::time_travel::TimeTravel;
 use crate::write::check_partition_columns;
 
@@ -214,9 +215,9 @@ impl ExternalDeltaTable {
     }
 
     /// The table as of an earlier version (with that version's columns).
-    pub async fn at(&self, at: TimeTravel) -> Result<DeltaScanTable> {
+    pub async fn at(&self, at: TimeTravel, cache: &SnapshotCache) -> Result<DeltaScanTable> {
         let table = self.table.lock().await.clone();
-        DeltaScanTable::try_new(at.load(&table).await?)
+        DeltaScanTable::try_new(at.load(&table, cache).await?)
     }
 }
 

@@ -7,6 +7,7 @@ pub use deltalake_core;
 mod commit;
 mod external;
 mod scan;
+mod snapshots;
 mod time_travel;
 mod write;
 
@@ -16,6 +17,7 @@ pub use commit::{
 };
 pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_store, table_url};
 pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};
+pub use snapshots::SnapshotCache;
 pub use time_travel::TimeTravel;
 pub use write::{NULL_PARTITION, check_partition_columns, is_partition_type, write_files};
 

@@ -7,6 +7,8 @@ use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::error::{DataFusionError, Result};
 use deltalake_core::DeltaTable;
 
+use crate::snapshots::SnapshotCache;
+
 /// The version of a table a query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeTravel {
@@ -58,8 +60,20 @@ impl TimeTravel {
         }
     }
 
-    /// `table` loaded as of this version.
-    pub async fn load(&self, table: &DeltaTable) -> Result<DeltaTable> {
+    /// `table` loaded as of this version: from `cache` if it keeps that version, else from the
+    /// log (and then kept).
+    pub async fn load(&self, table: &DeltaTable, cache: &SnapshotCache) -> Result<DeltaTable> {
+        if let TimeTravel::Version(version) = self
+            && let Some(kept) = cache.get(table, *version)
+        {
+            return Ok(kept);
+        }
+        let loaded = self.load_from_log(table).await?;
+        cache.insert(&loaded);
+        Ok(loaded)
+    }
+
+    async fn load_from_log(&self, table: &DeltaTable) -> Result<DeltaTable> {
         let mut loaded = table.clone();
         let outcome = match self {
             TimeTravel::Version(version) => loaded.load_version(*version).await,

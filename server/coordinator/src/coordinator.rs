@@ -93,7 +93,11 @@ impl Coordinator {
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;
         // Names of Delta tables' earlier versions resolve too (`t@v3`).
-        ctx.register_catalog(DEFAULT_CATALOG, Arc::new(VersionedCatalog::new(catalog)?));
+        let snapshots = ember_delta::SnapshotCache::new(config.cache.delta_snapshot_bytes);
+        ctx.register_catalog(
+            DEFAULT_CATALOG,
+            Arc::new(VersionedCatalog::new(catalog, snapshots)?),
+        );
         let catalog = ctx
             .catalog(DEFAULT_CATALOG)
             .ok_or_else(|| Error::Unavailable("the default catalog is missing".into()))?;

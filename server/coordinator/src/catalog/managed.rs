@@ -20,7 +20,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use ember_delta::deltalake_core::DeltaTable;
 use ember_delta::deltalake_core::kernel::Action;
-use ember_delta::{CommitError, DeltaScanTable, Operation, TimeTravel};
+use ember_delta::{CommitError, DeltaScanTable, Operation, SnapshotCache, TimeTravel};
 
 use super::ManagedEntry;
 
@@ -209,8 +209,8 @@ impl ManagedTable {
 
     /// The table as of an earlier version: read-only, with the catalog's types where the
     /// version has the same columns.
-    pub(crate) async fn at(&self, at: TimeTravel) -> Result<DeltaScanTable> {
-        let table = at.load(self.snapshot()?.table()).await?;
+    pub(crate) async fn at(&self, at: TimeTravel, cache: &SnapshotCache) -> Result<DeltaScanTable> {
+        let table = at.load(self.snapshot()?.table(), cache).await?;
         DeltaScanTable::with_schema(table.clone(), Arc::clone(&self.schema))
             .or_else(|_| DeltaScanTable::try_new(table))
     }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider};
 use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
-use ember_delta::{ExternalDeltaTable, TimeTravel};
+use ember_delta::{ExternalDeltaTable, SnapshotCache, TimeTravel};
 
 use super::ManagedTable;
 
@@ -17,21 +17,30 @@ use super::ManagedTable;
 #[derive(Debug)]
 pub(crate) struct VersionedCatalog {
     inner: Arc<dyn CatalogProvider>,
+    /// Earlier versions read recently.
+    snapshots: SnapshotCache,
 }
 
 impl VersionedCatalog {
     /// `inner`, its schemas of tables (DataFusion's in-memory schemas, which hold the
     /// catalog's tables) resolving versioned names; other schemas (system tables, client
     /// catalogs) stay as they are.
-    pub(crate) fn new(inner: Arc<dyn CatalogProvider>) -> Result<Self> {
+    /// Versions read are kept in `snapshots`.
+    pub(crate) fn new(inner: Arc<dyn CatalogProvider>, snapshots: SnapshotCache) -> Result<Self> {
         for name in inner.schema_names() {
             if let Some(schema) = inner.schema(&name)
                 && schema.downcast_ref::<MemorySchemaProvider>().is_some()
             {
-                inner.register_schema(&name, Arc::new(VersionedSchema { inner: schema }))?;
+                inner.register_schema(
+                    &name,
+                    Arc::new(VersionedSchema {
+                        inner: schema,
+                        snapshots: snapshots.clone(),
+                    }),
+                )?;
             }
         }
-        Ok(Self { inner })
+        Ok(Self { inner, snapshots })
     }
 }
 
@@ -50,7 +59,10 @@ impl CatalogProvider for VersionedCatalog {
         schema: Arc<dyn SchemaProvider>,
     ) -> Result<Option<Arc<dyn SchemaProvider>>> {
         let schema: Arc<dyn SchemaProvider> = match schema.downcast_ref::<MemorySchemaProvider>() {
-            Some(_) => Arc::new(VersionedSchema { inner: schema }),
+            Some(_) => Arc::new(VersionedSchema {
+                inner: schema,
+                snapshots: self.snapshots.clone(),
+            }),
             None => schema,
         };
         self.inner.register_schema(name, schema)
@@ -69,6 +81,7 @@ impl CatalogProvider for VersionedCatalog {
 #[derive(Debug)]
 struct VersionedSchema {
     inner: Arc<dyn SchemaProvider>,
+    snapshots: SnapshotCache,
 }
 
 #[async_trait]
@@ -92,9 +105,9 @@ impl SchemaProvider for VersionedSchema {
             return Ok(None);
         };
         let versioned = if let Some(managed) = table.downcast_ref::<ManagedTable>() {
-            managed.at(at).await?
+            managed.at(at, &self.snapshots).await?
         } else if let Some(external) = table.downcast_ref::<ExternalDeltaTable>() {
-            external.at(at).await?
+            external.at(at, &self.snapshots).await?
         } else {
             return Err(DataFusionError::Plan(format!(
                 "table {base} is not a Delta table: it has no {at}"
