@@ -1,10 +1,11 @@
-//! `MERGE INTO target USING source ON ... WHEN [NOT] MATCHED ...` into a Delta table (managed or
-//! external),
-//! copy-on-write as Delta on Spark does it, every step a distributed query:
+//! `MERGE INTO target USING source ON ... WHEN [NOT] MATCHED [BY SOURCE] ...` into a Delta table
+//! (managed or external), copy-on-write as Delta on Spark does it, every step a distributed
+//! query:
 //!
-//! 1. the target's rows joined with the source: which files hold rows a `WHEN MATCHED` clause
-//!    changes (and how many), and whether a source row matched a target row more than once
-//!    where it would change it (an error, as in the SQL standard);
+//! 1. the target's rows joined with the source (left-joined when `WHEN NOT MATCHED BY SOURCE`
+//!    clauses act on the rows no source row matches): which files hold rows a clause changes
+//!    (and how many), and whether a source row matched a target row more than once where it
+//!    would change it (an error, as in the SQL standard);
 //! 2. one write: the rows of those files, updated or deleted by the first clause that applies
 //!    to each, and the source rows no target row matches, inserted by the first
 //!    `WHEN NOT MATCHED` clause that applies;
@@ -93,14 +94,19 @@ impl QueryEngine {
         // 1. Which files the WHEN MATCHED clauses change.
         let mut touched: HashSet<String> = HashSet::new();
         let (mut changed, mut deleted) = (0u64, 0u64);
-        if !clauses.matched.is_empty() {
+        if clauses.changes_rows() {
+            // Rows no source row matches matter only to WHEN NOT MATCHED BY SOURCE clauses.
+            let join = match clauses.by_source.is_empty() {
+                true => JoinType::Inner,
+                false => JoinType::Left,
+            };
             let plan = target
                 .numbered_scan()?
-                .join_on(source.clone().build()?, JoinType::Inner, [merge.on.clone()])?
+                .join_on(source.clone().build()?, join, [merge.on.clone()])?
                 .project([
                     col(Column::new(Some(table_name.clone()), FILE)),
                     col(Column::new(Some(table_name.clone()), ROW)),
-                    clauses.matched_clause()?.alias(CLAUSE),
+                    clauses.changing_clause()?.alias(CLAUSE),
                 ])?
                 .aggregate(
                     [col(FILE)],
@@ -209,9 +215,12 @@ fn marked(source: &LogicalPlan) -> Result<LogicalPlanBuilder> {
     Ok(LogicalPlanBuilder::from(source.clone()).project(columns)?)
 }
 
-/// The WHEN clauses by kind, each with its 1-based number among its kind.
+/// The WHEN clauses by kind. The clauses that change target rows are numbered from 1: the
+/// `WHEN MATCHED` ones, then the `WHEN NOT MATCHED BY SOURCE` ones; the inserting ones from 1
+/// among themselves.
 struct Clauses<'a> {
     matched: Vec<&'a MergeIntoClause>,
+    by_source: Vec<&'a MergeIntoClause>,
     inserts: Vec<&'a MergeIntoClause>,
 }
 
@@ -219,15 +228,19 @@ impl<'a> Clauses<'a> {
     fn of(merge: &'a MergeIntoOp) -> Result<Self> {
         let mut clauses = Clauses {
             matched: vec![],
+            by_source: vec![],
             inserts: vec![],
         };
         for clause in &merge.clauses {
             match clause.kind.canonical() {
                 MergeIntoClauseKind::Matched => clauses.matched.push(clause),
                 MergeIntoClauseKind::NotMatchedBySource => {
-                    return Err(Error::NotSupported(
-                        "MERGE ... WHEN NOT MATCHED BY SOURCE is not supported".into(),
-                    ));
+                    if matches!(clause.action, MergeIntoAction::Insert { .. }) {
+                        return Err(Error::Syntax(
+                            "WHEN NOT MATCHED BY SOURCE takes UPDATE or DELETE: there is no source row to insert".into(),
+                        ));
+                    }
+                    clauses.by_source.push(clause)
                 }
                 _ => clauses.inserts.push(clause),
             }
@@ -235,19 +248,38 @@ impl<'a> Clauses<'a> {
         Ok(clauses)
     }
 
-    /// The number of the first `WHEN MATCHED` clause that applies to a joined row, else 0.
-    fn matched_clause(&self) -> Result<Expr> {
-        first_applying(&self.matched)
+    /// The clauses that change target rows, numbered from 1.
+    fn changing(&self) -> impl Iterator<Item = (i64, &&'a MergeIntoClause)> {
+        self.matched
+            .iter()
+            .chain(&self.by_source)
+            .enumerate()
+            .map(|(i, c)| (i as i64 + 1, c))
     }
 
-    /// 1 where `clause` numbers a `WHEN MATCHED ... THEN DELETE` clause, else 0.
+    /// Whether any clause changes target rows.
+    fn changes_rows(&self) -> bool {
+        !self.matched.is_empty() || !self.by_source.is_empty()
+    }
+
+    /// The number of the clause that applies to a row of the target left-joined with the
+    /// source (the first applying `WHEN MATCHED` clause where a source row matched, the first
+    /// applying `WHEN NOT MATCHED BY SOURCE` one where none did), else 0.
+    fn changing_clause(&self) -> Result<Expr> {
+        let matched = first_applying(&self.matched, 0)?;
+        if self.by_source.is_empty() {
+            return Ok(when(col(MATCHED).is_true(), matched).otherwise(lit(0i64))?);
+        }
+        let by_source = first_applying(&self.by_source, self.matched.len())?;
+        Ok(when(col(MATCHED).is_true(), matched).otherwise(by_source)?)
+    }
+
+    /// 1 where `clause` numbers a clause that deletes, else 0.
     fn deletes(&self, clause: Expr) -> Expr {
         let deletes: Vec<Expr> = self
-            .matched
-            .iter()
-            .enumerate()
+            .changing()
             .filter(|(_, c)| matches!(c.action, MergeIntoAction::Delete))
-            .map(|(i, _)| lit(i as i64 + 1))
+            .map(|(i, _)| lit(i))
             .collect();
         match deletes.is_empty() {
             true => lit(0i64),
@@ -279,20 +311,20 @@ impl<'a> Clauses<'a> {
             merge_predicate: Some(on.to_string()),
             matched_predicates: record(&self.matched),
             not_matched_predicates: record(&self.inserts),
-            not_matched_by_source_predicates: vec![],
+            not_matched_by_source_predicates: record(&self.by_source),
         }
     }
 }
 
-/// `CASE WHEN p1 THEN 1 WHEN p2 THEN 2 ... ELSE 0 END` over `clauses` (a clause without a
-/// predicate always applies; a NULL predicate does not).
-fn first_applying(clauses: &[&MergeIntoClause]) -> Result<Expr> {
+/// `CASE WHEN p1 THEN first + 1 WHEN p2 THEN first + 2 ... ELSE 0 END` over `clauses` (a
+/// clause without a predicate always applies; a NULL predicate does not).
+fn first_applying(clauses: &[&MergeIntoClause], first: usize) -> Result<Expr> {
     let cases = clauses.iter().enumerate().map(|(i, clause)| {
         let applies = match &clause.predicate {
             Some(predicate) => predicate.clone().is_true(),
             None => lit(true),
         };
-        (applies, lit(i as i64 + 1))
+        (applies, lit((first + i) as i64 + 1))
     });
     case_of(cases, lit(0i64))
 }
@@ -369,8 +401,7 @@ impl MergeTarget<'_> {
         let joined = self
             .scan(self.snapshot.clone().restricted_to(touched.clone()))?
             .join_on(source.clone().build()?, JoinType::Left, [on.clone()])?;
-        let matched = col(MATCHED).is_true();
-        let clause = when(matched, clauses.matched_clause()?).otherwise(lit(0i64))?;
+        let clause = clauses.changing_clause()?;
         let mut columns: Vec<Expr> = joined
             .schema()
             .columns()
@@ -391,20 +422,16 @@ impl MergeTarget<'_> {
                 let field = schema
                     .field_with_name(&name)
                     .map_err(|e| Error::DataFusion(e.into()))?;
-                let updates = clauses
-                    .matched
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, clause)| {
-                        let MergeIntoAction::Update(assignments) = &clause.action else {
-                            return None;
-                        };
-                        let (_, value) = assignments.iter().find(|(c, _)| c == &name)?;
-                        Some((
-                            col(CLAUSE).eq(lit(i as i64 + 1)),
-                            cast(value.clone(), field.data_type().clone()),
-                        ))
-                    });
+                let updates = clauses.changing().filter_map(|(i, clause)| {
+                    let MergeIntoAction::Update(assignments) = &clause.action else {
+                        return None;
+                    };
+                    let (_, value) = assignments.iter().find(|(c, _)| c == &name)?;
+                    Some((
+                        col(CLAUSE).eq(lit(i)),
+                        cast(value.clone(), field.data_type().clone()),
+                    ))
+                });
                 let value = case_of(updates, old)?;
                 Ok(value.alias(name))
             })
@@ -429,7 +456,7 @@ impl MergeTarget<'_> {
             .into_iter()
             .map(Expr::Column)
             .collect();
-        columns.push(first_applying(&clauses.inserts)?.alias(CLAUSE));
+        columns.push(first_applying(&clauses.inserts, 0)?.alias(CLAUSE));
         let rows = unmatched
             .project(columns)?
             .filter(col(CLAUSE).gt(lit(0i64)))?;
