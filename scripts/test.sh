@@ -48,6 +48,11 @@ export EMBER_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 # dbt with its Postgres adapter, which runs a project against Ember (server/tests/integration/dbt.rs).
 # 1.11: dbt-core 1.12 fetches a parser from GitHub while it installs.
 [ -x "$venv/bin/dbt" ] || "$venv/bin/pip" install -q 'dbt-core~=1.11.0' 'dbt-postgres~=1.11.0'
+# TPC-DS: tpcgen-cli makes the data; ibis-framework carries the 99 queries (only its files are
+# read, so none of its dependencies).
+[ -x "$venv/bin/tpcgen-cli" ] || "$venv/bin/pip" install -q 'tpcgen-cli==4.0.0'
+"$venv/bin/pip" show -q ibis-framework 2>/dev/null \
+  || "$venv/bin/pip" install -q --no-deps 'ibis-framework==12.0.0'
 export EMBER_TEST_PYTHON="$PWD/$venv/bin/python"
 export EMBER_TEST_JDBC_JAR=/usr/share/java/postgresql.jar
 

@@ -270,6 +270,9 @@ pub struct CoordinatorConfig {
     /// Bytes of Arrow data one Flight SQL ingest (DoPut) may send; the coordinator holds them
     /// until the write.
     pub max_ingest_bytes: u64,
+    /// Whether trees of inner joins are reordered to join relations with filters of their own
+    /// first (the planner's `FilteredJoinsFirst`).
+    pub filtered_joins_first: bool,
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.

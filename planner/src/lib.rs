@@ -19,6 +19,7 @@ pub mod error;
 pub mod float_stats;
 pub mod functions;
 pub mod ids;
+pub mod join_order;
 pub mod joins;
 pub mod paths;
 pub mod session;

@@ -73,6 +73,9 @@ impl Coordinator {
             )))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(distributed_config(cores), runtime);
+        if config.coordinator.filtered_joins_first {
+            ctx.add_optimizer_rule(Arc::new(ember_planner::join_order::FilteredJoinsFirst));
+        }
         // `STORED AS PARQUET` and COPY resolve formats by name: theirs keeps NaN too.
         ctx.state_ref()
             .write()

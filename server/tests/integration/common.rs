@@ -401,8 +401,11 @@ impl PartialEq for Cell {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Cell::Null, Cell::Null) => true,
+            // NaN is a value both engines may answer (0/0 in a ratio), equal to itself here.
             (Cell::Number(a), Cell::Number(b)) => {
-                a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+                a == b
+                    || (a.is_nan() && b.is_nan())
+                    || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
             }
             (Cell::Text(a), Cell::Text(b)) => a == b,
             _ => false,

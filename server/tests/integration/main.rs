@@ -22,5 +22,6 @@ mod pg_clients;
 mod pg_robustness;
 mod s3;
 mod slt_server;
+mod tpcds;
 mod tpch_cluster;
 mod web_ui;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_planner::tpch;
 use futures::TryStreamExt;
@@ -13,6 +14,8 @@ use tokio::sync::watch;
 use crate::local::LocalCluster;
 use ember_coordinator::Output;
 use ember_coordinator::stopped;
+
+mod tpcds;
 
 /// The benchmarks of `ember bench`.
 #[derive(Debug, Subcommand)]
@@ -32,6 +35,9 @@ pub enum BenchCommand {
         #[arg(long)]
         queries: Option<String>,
     },
+    /// TPC-DS: the 99 queries (from a directory) on both engines, over data `tpcgen-cli`
+    /// makes; times, ratios and whether the answers agree.
+    Tpcds(tpcds::TpcdsArgs),
     /// Metadata caches: the same short queries on a cluster with the configured caches and on
     /// one with every cache turned off, in one run on the same files.
     Cache {
@@ -56,6 +62,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
         BenchCommand::Cache { scale, iterations } => {
             return cache(scale, iterations, config_file).await;
         }
+        BenchCommand::Tpcds(args) => return tpcds::run(args, config_file).await,
     };
     let queries: Vec<usize> = match queries {
         Some(list) => list
@@ -100,7 +107,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     ))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let datafusion = SessionContext::new_with_config(
-        SessionConfig::new()
+        SessionConfig::from_env()?
             .with_target_partitions(cores)
             .with_default_catalog_and_schema("ember", "tpch"),
     );
@@ -252,4 +259,137 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A query's answer as the benchmarks compare them: its rows as text (floats to six significant
+/// digits: engines may add in other orders), sorted; or the error it ended with.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Rows(Vec<String>),
+    Error(String),
+}
+
+impl Answer {
+    fn of(batches: &[RecordBatch]) -> anyhow::Result<Self> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
+        let mut rows = vec![];
+        for batch in batches {
+            for row in 0..batch.num_rows() {
+                let mut text = vec![];
+                for column in batch.columns() {
+                    let value = if column.is_null(row) {
+                        "NULL".to_string()
+                    } else {
+                        match column.data_type() {
+                            DataType::Float64 => {
+                                float(column.as_primitive::<Float64Type>().value(row))
+                            }
+                            DataType::Float32 => {
+                                float(f64::from(column.as_primitive::<Float32Type>().value(row)))
+                            }
+                            _ => datafusion::arrow::util::display::array_value_to_string(
+                                column, row,
+                            )?,
+                        }
+                    };
+                    text.push(value);
+                }
+                rows.push(text.join("|"));
+            }
+        }
+        rows.sort();
+        Ok(Answer::Rows(rows))
+    }
+
+    /// The number of rows, or `error`.
+    fn rows(&self) -> String {
+        match self {
+            Answer::Rows(rows) => rows.len().to_string(),
+            Answer::Error(_) => "error".into(),
+        }
+    }
+
+    /// `same`, `DIFF`, or `error` when either engine failed.
+    fn verdict(&self, other: &Answer) -> &'static str {
+        match (self, other) {
+            (Answer::Error(_), _) | (_, Answer::Error(_)) => "error",
+            (a, b) if a == b => "same",
+            _ => "DIFF",
+        }
+    }
+
+    /// How this answer (Ember's) differs from `theirs` (DataFusion's).
+    fn describe(&self, theirs: &Answer) -> String {
+        match (self, theirs) {
+            (Answer::Error(e), _) => format!("Ember failed: {e}"),
+            (_, Answer::Error(e)) => format!("DataFusion failed: {e}"),
+            (Answer::Rows(ours), Answer::Rows(theirs)) => {
+                let first = ours
+                    .iter()
+                    .zip(theirs)
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| format!("Ember {a} / DataFusion {b}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} rows against {}; first difference: {first}",
+                    ours.len(),
+                    theirs.len()
+                )
+            }
+        }
+    }
+}
+
+fn float(value: f64) -> String {
+    if value == 0.0 {
+        return "0".into();
+    }
+    format!("{value:.5e}")
+}
+
+/// Runs `sql` (one or more statements) on single-node DataFusion: the time it took and the
+/// answer of its last statement.
+async fn run_datafusion(ctx: &SessionContext, sql: &str) -> (Duration, Answer) {
+    let start = Instant::now();
+    let answer = async {
+        let statements = datafusion::sql::parser::DFParser::parse_sql(sql)?;
+        let mut batches = vec![];
+        for statement in statements {
+            batches = ctx.sql(&statement.to_string()).await?.collect().await?;
+        }
+        Answer::of(&batches)
+    }
+    .await
+    .unwrap_or_else(|e| Answer::Error(e.to_string()));
+    (start.elapsed(), answer)
+}
+
+/// Runs `sql` on Ember: the time it took and the answer of its last statement.
+async fn time_ember(
+    engine: &ember_coordinator::engine::QueryEngine,
+    session: &ember_coordinator::session::ClientSession,
+    sql: &str,
+) -> (Duration, Answer) {
+    let start = Instant::now();
+    let answer = run_ember(engine, session, sql)
+        .await
+        .and_then(|batches| Answer::of(&batches))
+        .unwrap_or_else(|e| Answer::Error(e.to_string()));
+    (start.elapsed(), answer)
+}
+
+/// Runs `sql` on Ember: the rows of its last statement that returns rows.
+async fn run_ember(
+    engine: &ember_coordinator::engine::QueryEngine,
+    session: &ember_coordinator::session::ClientSession,
+    sql: &str,
+) -> anyhow::Result<Vec<RecordBatch>> {
+    let mut batches = vec![];
+    for output in engine.execute_sql(session, sql).await? {
+        if let Output::Rows(stream) = output {
+            batches = stream.try_collect().await?;
+        }
+    }
+    Ok(batches)
 }
