@@ -17,6 +17,8 @@ use ember_coordinator::stopped;
 
 mod tpcds;
 
+pub use tpcds::TABLES as TPCDS_TABLES;
+
 /// The benchmarks of `ember bench`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

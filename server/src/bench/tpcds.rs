@@ -19,7 +19,7 @@ use crate::local::LocalCluster;
 use ember_coordinator::stopped;
 
 /// TPC-DS's tables (`tpcgen-cli` also writes `dbgen_version`, which no query reads).
-pub(super) const TABLES: [&str; 24] = [
+pub const TABLES: [&str; 24] = [
     "call_center",
     "catalog_page",
     "catalog_returns",

@@ -15,34 +15,6 @@ use crate::common::{
 
 const SCALE: f64 = 0.01;
 
-/// TPC-DS's tables.
-const TABLES: [&str; 24] = [
-    "call_center",
-    "catalog_page",
-    "catalog_returns",
-    "catalog_sales",
-    "customer",
-    "customer_address",
-    "customer_demographics",
-    "date_dim",
-    "household_demographics",
-    "income_band",
-    "inventory",
-    "item",
-    "promotion",
-    "reason",
-    "ship_mode",
-    "store",
-    "store_returns",
-    "store_sales",
-    "time_dim",
-    "warehouse",
-    "web_page",
-    "web_returns",
-    "web_sales",
-    "web_site",
-];
-
 /// The test venv's program `name`.
 fn venv_program(name: &str) -> PathBuf {
     PathBuf::from(python())
@@ -113,7 +85,7 @@ async fn tpcds_answers_match_datafusion() {
         .simple_query("create schema tpcds; set search_path = tpcds")
         .await
         .expect("a schema");
-    for table in TABLES {
+    for table in ember_server::bench::TPCDS_TABLES {
         let path = data_dir.join(format!("{table}.parquet"));
         let path = path.to_str().expect("UTF-8");
         reference
