@@ -119,47 +119,38 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
 
     println!("TPC-H SF{scale}, best of {iterations}, {executors} executors, {cores} cores");
     println!(
-        "{:>5} {:>14} {:>12} {:>7} {:>8}",
-        "query", "datafusion_ms", "ember_ms", "ratio", "rows"
+        "{:>5} {:>14} {:>12} {:>7} {:>8} {:>7}",
+        "query", "datafusion_ms", "ember_ms", "ratio", "rows", "answer"
     );
     let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
+    let mut differing = vec![];
     for query in queries {
         let sql = tpch::QUERIES[query - 1];
-        let mut best_df = Duration::MAX;
-        let mut best_ember = Duration::MAX;
-        let mut rows = (0, 0);
+        let (mut best_df, mut best_ember) = (Duration::MAX, Duration::MAX);
+        let mut answers = (Answer::Rows(vec![]), Answer::Rows(vec![]));
         for _ in 0..iterations.max(1) {
-            let start = Instant::now();
-            let batches = datafusion.sql(sql).await?.collect().await?;
-            best_df = best_df.min(start.elapsed());
-            rows.0 = batches.iter().map(|b| b.num_rows()).sum::<usize>();
-
-            let start = Instant::now();
-            let mut ember_rows = 0;
-            for output in engine.execute_sql(&session, sql).await? {
-                if let Output::Rows(stream) = output {
-                    let batches: Vec<_> = stream.try_collect().await?;
-                    ember_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
-                }
-            }
-            best_ember = best_ember.min(start.elapsed());
-            rows.1 = ember_rows;
+            let (time, answer) = run_datafusion(&datafusion, sql).await;
+            best_df = best_df.min(time);
+            answers.0 = answer;
+            let (time, answer) = time_ember(&engine, &session, sql).await;
+            best_ember = best_ember.min(time);
+            answers.1 = answer;
         }
-        anyhow::ensure!(
-            rows.0 == rows.1,
-            "q{query}: DataFusion returned {} rows, Ember {}",
-            rows.0,
-            rows.1
-        );
+        let (theirs, ours) = answers;
+        let verdict = theirs.verdict(&ours);
+        if verdict != "same" {
+            differing.push(format!("q{query}: {}", ours.describe(&theirs)));
+        }
         total_df += best_df;
         total_ember += best_ember;
         println!(
-            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8}",
+            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8} {:>7}",
             format!("q{query}"),
             ms(best_df),
             ms(best_ember),
             ms(best_ember) / ms(best_df),
-            rows.1
+            ours.rows(),
+            verdict
         );
     }
     println!(
@@ -169,6 +160,9 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
         ms(total_ember),
         ms(total_ember) / ms(total_df)
     );
+    for line in &differing {
+        println!("{line}");
+    }
     let _ = stop_tx.send(true);
     running.await??;
     Ok(())
