@@ -369,12 +369,12 @@ impl QueryEngine {
             ));
         }
         match &plan {
-            LogicalPlan::Explain(explain)
-                if matches!(explain.plan.as_ref(), LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::MergeInto(_))) =>
+            LogicalPlan::Explain(explain) if matches!(explain.plan.as_ref(), LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::MergeInto(_))) =>
             {
-                Err(Error::NotSupported(
-                    "EXPLAIN of MERGE (and of UPDATE ... FROM, which runs as one) is not supported: Ember runs it as distributed steps of its own, not as one plan".into(),
-                ))
+                // Ember runs MERGE (and UPDATE ... FROM, which runs as one) as distributed
+                // steps of its own: it explains those.
+                self.explain_merge(session, parsed.sql(), explain.plan.as_ref().clone())
+                    .await
             }
             LogicalPlan::Explain(_) => self.explain(session, plan).await,
             LogicalPlan::Analyze(_) => self.explain_analyze(session, parsed, plan).await,

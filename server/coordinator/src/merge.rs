@@ -58,6 +58,34 @@ impl QueryEngine {
         sql: &str,
         plan: LogicalPlan,
     ) -> Result<Output> {
+        self.run_merge(session, sql, plan, None).await
+    }
+
+    /// `EXPLAIN MERGE ...`: DataFusion's plan of the statement, then the plans of Ember's steps
+    /// (the query finding the files to change, the write, as if it changed every file) and the
+    /// commit; nothing runs.
+    pub(crate) async fn explain_merge(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: LogicalPlan,
+    ) -> Result<Output> {
+        let mut steps = vec![(
+            "logical_plan".to_string(),
+            plan.display_indent().to_string(),
+        )];
+        self.run_merge(session, sql, plan, Some(&mut steps)).await?;
+        Ok(Output::Rows(crate::query::explain_rows(steps)))
+    }
+
+    /// Runs a MERGE, or with `explain`, records its steps' plans there instead.
+    async fn run_merge(
+        &self,
+        session: &ClientSession,
+        sql: &str,
+        plan: LogicalPlan,
+        mut explain: Option<&mut Vec<(String, String)>>,
+    ) -> Result<Output> {
         // DataFusion's analysis: conditions must be boolean, comparisons get their casts.
         let state = session.ctx.state();
         let plan = state
@@ -82,8 +110,14 @@ impl QueryEngine {
         };
         let clauses = Clauses::of(merge)?;
         // Until its files are committed, VACUUM waits.
-        let _writing = delta.writing().await;
+        let _writing = match explain {
+            None => delta.writing().await,
+            Some(_) => None,
+        };
         let snapshot = delta.latest().await?;
+        let optimized = |plan: &LogicalPlan| -> Result<String> {
+            Ok(state.optimize(plan)?.display_indent().to_string())
+        };
         let source = marked(source)?;
         let target = MergeTarget {
             name: table_name.clone(),
@@ -118,7 +152,20 @@ impl QueryEngine {
                     ],
                 )?
                 .build()?;
-            for batch in self.collect(session, sql, &plan).await? {
+            if let Some(steps) = explain.as_deref_mut() {
+                steps.push(("merge_changed_files".into(), optimized(&plan)?));
+                // Explained as if every file had rows to change.
+                touched = snapshot
+                    .matching_files(&state, &[])?
+                    .into_iter()
+                    .map(|f| f.path)
+                    .collect();
+            }
+            let batches = match explain {
+                None => self.collect(session, sql, &plan).await?,
+                Some(_) => vec![],
+            };
+            for batch in batches {
                 let files = batch.column(0).as_string::<i32>();
                 let pairs = batch.column(1).as_primitive::<Int64Type>();
                 let rows = batch.column(2).as_primitive::<Int64Type>();
@@ -158,6 +205,15 @@ impl QueryEngine {
             (Some(a), Some(b)) => LogicalPlanBuilder::from(a).union(b)?.build()?,
         };
         let written = check_column_constraints(Arc::new(written), &delta.schema())?;
+        if let Some(steps) = explain {
+            steps.push(("merge_write".into(), optimized(&written)?));
+            steps.push((
+                "merge_commit".into(),
+                "one Delta transaction: remove the files with changed rows, add the files written"
+                    .into(),
+            ));
+            return Ok(Output::done(Command::Merge));
+        }
         let physical = state.create_physical_plan(&written).await?;
         let sink = snapshot.write_files(&state, physical).await?;
         let (rows_written, files) = self.write(session, sql, sink, Target::Directory).await?;

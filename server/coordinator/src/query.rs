@@ -260,7 +260,7 @@ fn collect_explain(batches: Vec<RecordBatch>) -> Vec<(String, String)> {
 }
 
 /// Rows of an EXPLAIN answer: `(plan_type, plan)`.
-fn explain_rows(rows: Vec<(String, String)>) -> SendableRecordBatchStream {
+pub(crate) fn explain_rows(rows: Vec<(String, String)>) -> SendableRecordBatchStream {
     let schema = Arc::new(Schema::new(vec![
         Field::new("plan_type", DataType::Utf8, false),
         Field::new("plan", DataType::Utf8, false),
