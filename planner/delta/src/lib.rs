@@ -19,7 +19,9 @@ pub use external::{DeltaTableFactory, ExternalDeltaTable, open_table, table_stor
 pub use scan::{DeltaScanTable, SnapshotFile, object_store_url};
 pub use snapshots::SnapshotCache;
 pub use time_travel::TimeTravel;
-pub use write::{NULL_PARTITION, check_partition_columns, is_partition_type, write_files};
+pub use write::{
+    NULL_PARTITION, check_partition_columns, file_schema, is_partition_type, write_files,
+};
 
 use datafusion::error::DataFusionError;
 

@@ -71,6 +71,19 @@ pub fn check_partition_columns(schema: &Schema, partition_columns: &[String]) ->
     Ok(())
 }
 
+/// The columns a table's files hold: `schema`'s but its partition columns.
+pub fn file_schema(schema: &Schema, partition_columns: &[String]) -> Schema {
+    Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| !partition_columns.contains(f.name()))
+            .cloned()
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    )
+}
+
 /// A plan writing `input`'s rows, which hold the columns of `schema` (by name), as new parquet
 /// files into the Delta table at `location` partitioned by `partition_columns`: each file
 /// holds the other columns and sits in the directory of its partition values
@@ -85,16 +98,7 @@ pub async fn write_files(
     input: Arc<dyn ExecutionPlan>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     check_partition_columns(schema, partition_columns)?;
-    let file_fields: Vec<_> = schema
-        .fields()
-        .iter()
-        .filter(|f| !partition_columns.contains(f.name()))
-        .cloned()
-        .collect();
-    let file_schema = Arc::new(Schema::new_with_metadata(
-        file_fields.clone(),
-        schema.metadata().clone(),
-    ));
+    let file_schema = Arc::new(file_schema(schema, partition_columns));
     let options = ListingOptions::new(Arc::new(FloatSafeFormat::parquet(state)))
         .with_file_extension(".parquet")
         .with_table_partition_cols(
@@ -105,14 +109,15 @@ pub async fn write_files(
         );
     let config = ListingTableConfig::new(ListingTableUrl::parse(location)?)
         .with_listing_options(options)
-        .with_schema(file_schema);
+        .with_schema(Arc::clone(&file_schema));
     let sink = ListingTable::try_new(config)?;
     // The sink takes the files' columns, then each partition column as its directory text.
     let input_schema = input.schema();
     let column = |name: &str| -> Result<Arc<dyn PhysicalExpr>> {
         Ok(Arc::new(Column::new(name, input_schema.index_of(name)?)))
     };
-    let mut columns = file_fields
+    let mut columns = file_schema
+        .fields()
         .iter()
         .map(|field| {
             Ok(ProjectionExpr::new(

@@ -202,11 +202,6 @@ impl QueryEngine {
             Some(temp) => temp.dir.clone(),
             None => self.catalog.warehouse().join(&name.schema),
         };
-        let dir = parent.join(format!("{}-{:016x}", name.name, rand::random::<u64>()));
-        std::fs::create_dir_all(&dir)?;
-        let location = ListingTableUrl::parse(format!("{}/", dir.display()))?
-            .as_str()
-            .to_string();
         // A primary key's columns are NOT NULL, as in PostgreSQL (and checked on every write).
         let key_columns: Vec<usize> = cmd
             .constraints
@@ -249,10 +244,12 @@ impl QueryEngine {
                 _ => column.value.clone(),
             })
             .collect();
-        if let Err(error) = ember_delta::check_partition_columns(&schema, &partition_columns) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(error.into());
-        }
+        ember_delta::check_partition_columns(&schema, &partition_columns)?;
+        let dir = parent.join(format!("{}-{:016x}", name.name, rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)?;
+        let location = ListingTableUrl::parse(format!("{}/", dir.display()))?
+            .as_str()
+            .to_string();
         let entry = ManagedEntry::new(&name.schema, &name.name, location, &schema)?
             .with_constraints_and_defaults(&cmd.constraints, &cmd.column_defaults)?;
         let state = session.ctx.state();
@@ -291,14 +288,7 @@ impl QueryEngine {
             }
             let url = ember_delta::table_url(&entry.location)?;
             let store = ember_delta::table_store(&session.ctx.runtime_env(), &url)?;
-            let file_schema = Schema::new(
-                schema
-                    .fields()
-                    .iter()
-                    .filter(|f| !partition_columns.contains(f.name()))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
+            let file_schema = ember_delta::file_schema(&schema, &partition_columns);
             let adds =
                 ember_delta::add_actions(Arc::clone(&store), &url, &files, &file_schema).await?;
             let table = ember_delta::create_table(

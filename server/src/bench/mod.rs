@@ -118,51 +118,11 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     session.set_current_schema("tpch");
 
     println!("TPC-H SF{scale}, best of {iterations}, {executors} executors, {cores} cores");
-    println!(
-        "{:>5} {:>14} {:>12} {:>7} {:>8} {:>7}",
-        "query", "datafusion_ms", "ember_ms", "ratio", "rows", "answer"
-    );
-    let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
-    let mut differing = vec![];
-    for query in queries {
-        let sql = tpch::QUERIES[query - 1];
-        let (mut best_df, mut best_ember) = (Duration::MAX, Duration::MAX);
-        let mut answers = (Answer::Rows(vec![]), Answer::Rows(vec![]));
-        for _ in 0..iterations.max(1) {
-            let (time, answer) = run_datafusion(&datafusion, sql).await;
-            best_df = best_df.min(time);
-            answers.0 = answer;
-            let (time, answer) = time_ember(&engine, &session, sql).await;
-            best_ember = best_ember.min(time);
-            answers.1 = answer;
-        }
-        let (theirs, ours) = answers;
-        let verdict = theirs.verdict(&ours);
-        if verdict != "same" {
-            differing.push(format!("q{query}: {}", ours.describe(&theirs)));
-        }
-        total_df += best_df;
-        total_ember += best_ember;
-        println!(
-            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8} {:>7}",
-            format!("q{query}"),
-            ms(best_df),
-            ms(best_ember),
-            ms(best_ember) / ms(best_df),
-            ours.rows(),
-            verdict
-        );
-    }
-    println!(
-        "{:>5} {:>14.1} {:>12.1} {:>7.2}",
-        "total",
-        ms(total_df),
-        ms(total_ember),
-        ms(total_ember) / ms(total_df)
-    );
-    for line in &differing {
-        println!("{line}");
-    }
+    let queries: Vec<(String, &str)> = queries
+        .into_iter()
+        .map(|q| (format!("q{q}"), tpch::QUERIES[q - 1]))
+        .collect();
+    compare_engines(&datafusion, &engine, &session, &queries, iterations).await;
     let _ = stop_tx.send(true);
     running.await??;
     Ok(())
@@ -255,6 +215,67 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Runs each of `queries` (name, SQL) on single-node DataFusion and on Ember, best of
+/// `iterations` each, printing a line per query (times, ratio, rows, whether the answers
+/// agree), the totals over the queries whose answers agree, and how the others differ.
+async fn compare_engines(
+    datafusion: &SessionContext,
+    engine: &ember_coordinator::engine::QueryEngine,
+    session: &ember_coordinator::session::ClientSession,
+    queries: &[(String, &str)],
+    iterations: usize,
+) {
+    println!(
+        "{:>5} {:>14} {:>12} {:>7} {:>8} {:>7}",
+        "query", "datafusion_ms", "ember_ms", "ratio", "rows", "answer"
+    );
+    let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
+    let mut differing = vec![];
+    for (name, sql) in queries {
+        let (mut best_df, mut best_ember) = (Duration::MAX, Duration::MAX);
+        let mut answers = (Answer::Rows(vec![]), Answer::Rows(vec![]));
+        for _ in 0..iterations.max(1) {
+            let (time, answer) = run_datafusion(datafusion, sql).await;
+            best_df = best_df.min(time);
+            answers.0 = answer;
+            let (time, answer) = time_ember(engine, session, sql).await;
+            best_ember = best_ember.min(time);
+            answers.1 = answer;
+        }
+        let (theirs, ours) = answers;
+        let verdict = theirs.verdict(&ours);
+        if verdict == "same" {
+            total_df += best_df;
+            total_ember += best_ember;
+        } else {
+            differing.push(format!("{name}: {}", ours.describe(&theirs)));
+        }
+        println!(
+            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8} {:>7}",
+            name,
+            ms(best_df),
+            ms(best_ember),
+            ms(best_ember) / ms(best_df),
+            ours.rows(),
+            verdict
+        );
+    }
+    let note = match differing.is_empty() {
+        true => "",
+        false => "   (queries with the same answer)",
+    };
+    println!(
+        "{:>5} {:>14.1} {:>12.1} {:>7.2}{note}",
+        "total",
+        ms(total_df),
+        ms(total_ember),
+        ms(total_ember) / ms(total_df)
+    );
+    for line in &differing {
+        println!("{line}");
+    }
 }
 
 /// A query's answer as the benchmarks compare them: its rows as text (floats to six significant

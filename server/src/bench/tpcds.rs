@@ -14,7 +14,7 @@ use anyhow::Context;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tokio::sync::watch;
 
-use super::{Answer, ms, run_datafusion, run_ember};
+use super::{compare_engines, run_ember};
 use crate::local::LocalCluster;
 use ember_coordinator::stopped;
 
@@ -147,53 +147,11 @@ pub(super) async fn run(args: TpcdsArgs, config_file: Option<&PathBuf>) -> anyho
         "TPC-DS SF{}, best of {}, {} executors, {cores} cores",
         args.scale, args.iterations, args.executors
     );
-    println!(
-        "{:>5} {:>14} {:>12} {:>7} {:>8} {:>7}",
-        "query", "datafusion_ms", "ember_ms", "ratio", "rows", "answer"
-    );
-    let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
-    let mut differing = vec![];
-    for (number, sql) in &queries {
-        let mut best = (Duration::MAX, Duration::MAX);
-        let mut answers: (Option<Answer>, Option<Answer>) = (None, None);
-        for _ in 0..args.iterations.max(1) {
-            let (time, answer) = run_datafusion(&datafusion, sql).await;
-            best.0 = best.0.min(time);
-            answers.0 = Some(answer);
-            let (time, answer) = super::time_ember(&engine, &session, sql).await;
-            best.1 = best.1.min(time);
-            answers.1 = Some(answer);
-        }
-        let (Some(theirs), Some(ours)) = answers else {
-            continue;
-        };
-        let verdict = theirs.verdict(&ours);
-        if verdict != "same" {
-            differing.push(format!("q{number}: {}", ours.describe(&theirs)));
-        } else {
-            total_df += best.0;
-            total_ember += best.1;
-        }
-        println!(
-            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8} {:>7}",
-            format!("q{number}"),
-            ms(best.0),
-            ms(best.1),
-            ms(best.1) / ms(best.0),
-            ours.rows(),
-            verdict
-        );
-    }
-    println!(
-        "{:>5} {:>14.1} {:>12.1} {:>7.2}   (queries with the same answer)",
-        "total",
-        ms(total_df),
-        ms(total_ember),
-        ms(total_ember) / ms(total_df)
-    );
-    for line in &differing {
-        println!("{line}");
-    }
+    let queries: Vec<(String, &str)> = queries
+        .iter()
+        .map(|(number, sql)| (format!("q{number}"), sql.as_str()))
+        .collect();
+    compare_engines(&datafusion, &engine, &session, &queries, args.iterations).await;
     let _ = stop_tx.send(true);
     running.await??;
     Ok(())
