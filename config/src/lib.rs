@@ -74,6 +74,8 @@ pub struct EmberConfig {
     pub coordinator: CoordinatorConfig,
     /// `[scheduler]`: task retries, speculative execution and query admission.
     pub scheduler: SchedulerConfig,
+    /// `[adaptive]`: stages re-planned from the exact sizes of the shuffles they read.
+    pub adaptive: AdaptiveConfig,
     /// `[auth]`: how Postgres and Flight SQL clients authenticate.
     pub auth: AuthConfig,
     /// `[tls]`: TLS for the Postgres port.
@@ -128,6 +130,32 @@ pub struct SchedulerConfig {
     /// Queries that may wait for a running slot; a query arriving at a full queue is refused
     /// (SQLSTATE 53000).
     pub max_queued_queries: usize,
+}
+
+/// The `[adaptive]` section: adaptive execution (Spark's AQE). When every map output a stage
+/// reads has committed, the stage is re-planned from their exact sizes before its tasks start.
+/// Sessions may change each key with `SET ember.adaptive_<key>` (`ember.adaptive` for
+/// `enabled`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// Whether stages are re-planned at all.
+    pub enabled: bool,
+    /// Neighbouring shuffle partitions too small for a task each are read by one task.
+    pub coalesce_partitions: bool,
+    /// A partition of a shuffled join much larger than the others is split among several tasks.
+    pub skew_join: bool,
+    /// Bytes of shuffle data a task should read: coalescing stops there, and a skewed partition
+    /// is cut into slices of about this size.
+    pub advisory_partition_bytes: u64,
+    /// Coalescing keeps one task per slot of the cluster as long as each still reads this many
+    /// bytes.
+    pub min_partition_bytes: u64,
+    /// A partition is skewed when it is this many times its side's median partition (at least
+    /// 1)...
+    pub skew_factor: f64,
+    /// ...and larger than this many bytes.
+    pub skew_threshold_bytes: u64,
 }
 
 /// The `[auth]` section: how Postgres and Flight SQL clients authenticate.
@@ -299,6 +327,9 @@ pub struct ExecutorConfig {
     /// Bytes of disk the work dir (shuffle files and spills) may use; a task that would write more
     /// fails with SQLSTATE 53100. 0 means no limit.
     pub max_disk_bytes: u64,
+    /// How map outputs are compressed on disk: `none`, `lz4` or `zstd` (Arrow IPC buffer
+    /// compression; readers accept any).
+    pub shuffle_compression: String,
     /// Milliseconds a decommissioning executor (SIGTERM) lets its tasks finish before it hands
     /// them back and exits.
     pub decommission_grace_ms: u64,
@@ -660,6 +691,21 @@ impl EmberConfig {
                 "must be at least 1",
             ));
         }
+        if !["none", "lz4", "zstd"].contains(
+            &self
+                .executor
+                .shuffle_compression
+                .to_ascii_lowercase()
+                .as_str(),
+        ) {
+            return Err(invalid(
+                "executor.shuffle_compression",
+                "must be one of none, lz4, zstd",
+            ));
+        }
+        if self.adaptive.skew_factor.is_nan() || self.adaptive.skew_factor < 1.0 {
+            return Err(invalid("adaptive.skew_factor", "must be at least 1"));
+        }
         if !(0.0..=1.0).contains(&self.scheduler.speculation_quantile) {
             return Err(invalid(
                 "scheduler.speculation_quantile",
@@ -847,6 +893,20 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("pg_port"), "{err}");
+        for (toml, key) in [
+            (
+                "[executor]\nshuffle_compression = \"gzip\"",
+                "shuffle_compression",
+            ),
+            ("[adaptive]\nskew_factor = 0.5", "skew_factor"),
+        ] {
+            let err = ConfigBuilder::new()
+                .toml(toml, "f.toml")
+                .unwrap()
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     mod fuzz {

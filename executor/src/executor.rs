@@ -15,7 +15,9 @@ use datafusion::prelude::SessionContext;
 use ember_planner::cache::CacheLimits;
 use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
-use ember_planner::shuffle::{DiskBudget, LiveBlocks, local_host_key, query_dir};
+use ember_planner::shuffle::{
+    DiskBudget, LiveBlocks, ShuffleCompression, local_host_key, query_dir,
+};
 use ember_planner::storage::{EmberObjectStores, S3Options};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -53,6 +55,8 @@ pub struct ExecutorOptions {
     /// Bytes of shuffle files and, separately, of spill files the work dir may hold; 0 means
     /// no limit.
     pub max_disk_bytes: u64,
+    /// How map outputs are compressed on disk.
+    pub shuffle_compression: ShuffleCompression,
     /// How often the executor tells the coordinator it is alive.
     pub heartbeat_interval: Duration,
     /// The largest gRPC message sent or received (task fragments, shuffle batches).
@@ -102,6 +106,9 @@ impl ExecutorOptions {
                 memory => memory,
             },
             max_disk_bytes: config.executor.max_disk_bytes,
+            // Checked when the configuration was read.
+            shuffle_compression: ShuffleCompression::parse(&config.executor.shuffle_compression)
+                .unwrap_or_default(),
             heartbeat_interval: Duration::from_millis(config.executor.heartbeat_interval_ms),
             max_message_size: config.coordinator.max_message_size,
             allowed_paths: AllowedPaths::from_config(config, &[])?,
@@ -241,6 +248,7 @@ impl Executor {
             )),
             live: Arc::clone(&live),
             disk: Arc::new(DiskBudget::new(options.max_disk_bytes)),
+            compression: options.shuffle_compression,
             peers: Arc::default(),
             sort_spill_reservation: (options.memory > 0).then(|| {
                 let per_slot = options.memory as usize / options.slots.max(1);

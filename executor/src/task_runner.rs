@@ -15,7 +15,9 @@ use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
-use ember_planner::shuffle::{DiskBudget, LiveBlocks, PeerWorkDirs, ShuffleEnv, ShuffleFetcher};
+use ember_planner::shuffle::{
+    DiskBudget, LiveBlocks, PeerWorkDirs, ShuffleCompression, ShuffleEnv, ShuffleFetcher,
+};
 use futures::TryStreamExt;
 
 use ember_protocol::proto::{
@@ -34,6 +36,8 @@ pub(crate) struct TaskRunner {
     pub(crate) fetcher: Arc<dyn ShuffleFetcher>,
     pub(crate) live: Arc<LiveBlocks>,
     pub(crate) disk: Arc<DiskBudget>,
+    /// How map outputs are compressed.
+    pub(crate) compression: ShuffleCompression,
     /// Peers on this machine whose work dirs named them.
     pub(crate) peers: Arc<PeerWorkDirs>,
     /// Memory a sort sets aside for merging its spills, when the query does not say: scaled to
@@ -96,6 +100,7 @@ impl TaskRunner {
             live: Arc::clone(&self.live),
             disk: Arc::clone(&self.disk),
             peers: Arc::clone(&self.peers),
+            compression: self.compression,
         }));
         let ctx = Arc::new(
             TaskContext::from(&self.base)

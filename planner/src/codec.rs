@@ -34,7 +34,7 @@ use datafusion_proto::protobuf;
 use prost::Message;
 
 use crate::ids::{ExecutorId, QueryId, StageId};
-use crate::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+use crate::shuffle::{MapOutputLocation, ReadMode, ReadSpec, ShuffleReaderExec, ShuffleWriterExec};
 use crate::write::DistributedSinkExec;
 use datafusion::arrow::csv::WriterBuilder;
 use datafusion::datasource::file_format::csv::CsvSink;
@@ -99,6 +99,21 @@ struct ReaderNode {
     partitioning: Option<protobuf::Partitioning>,
     #[prost(message, optional, tag = "8")]
     equivalence: Option<EquivalenceNode>,
+    /// Adaptive execution's plan of the reader's partitions; empty when it kept them.
+    #[prost(message, repeated, tag = "9")]
+    specs: Vec<ReadSpecNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReadSpecNode {
+    #[prost(uint32, tag = "1")]
+    partition_start: u32,
+    #[prost(uint32, tag = "2")]
+    partition_end: u32,
+    #[prost(uint32, tag = "3")]
+    map_start: u32,
+    #[prost(uint32, tag = "4")]
+    map_end: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -221,15 +236,26 @@ impl PhysicalExtensionCodec for EmberCodec {
                 Some(node) => decode_equivalence(node, &schema, &decode_ctx, proto_converter)?,
                 None => EquivalenceProperties::new(Arc::clone(&schema)),
             };
+            let specs = (!reader.specs.is_empty()).then(|| {
+                reader
+                    .specs
+                    .iter()
+                    .map(|s| ReadSpec {
+                        partitions: s.partition_start..s.partition_end,
+                        maps: s.map_start..s.map_end,
+                    })
+                    .collect()
+            });
             return Ok(Arc::new(ShuffleReaderExec::decoded(
                 query_id(&reader.query_id)?,
                 StageId(reader.stage_id),
                 mode,
                 reader.num_maps as usize,
+                specs,
                 locations,
                 equivalence,
                 partitioning,
-            )));
+            )?));
         }
         if let Some(sink) = node.sink {
             let [input] = inputs else {
@@ -307,6 +333,17 @@ impl PhysicalExtensionCodec for EmberCodec {
                         self,
                         proto_converter,
                     )?),
+                    specs: reader
+                        .specs()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|s| ReadSpecNode {
+                            partition_start: s.partitions.start,
+                            partition_end: s.partitions.end,
+                            map_start: s.maps.start,
+                            map_end: s.maps.end,
+                        })
+                        .collect(),
                 }),
             }
         } else if let Some(sink) = node.downcast_ref::<DistributedSinkExec>() {

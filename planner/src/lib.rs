@@ -13,6 +13,7 @@
 //! What it does not own: where tasks run (the coordinator's scheduler), how shuffle blocks travel
 //! between machines (the executor's Flight service, behind [`shuffle::ShuffleFetcher`]).
 
+pub mod adaptive;
 pub mod cache;
 pub mod codec;
 pub mod error;

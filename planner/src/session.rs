@@ -1,6 +1,11 @@
 //! The DataFusion configuration every Ember planner and executor session starts from.
 
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::extensions_options;
 use datafusion::prelude::SessionConfig;
+use ember_config::AdaptiveConfig;
+
+use crate::adaptive::AdaptiveOptions;
 
 /// The catalog that clients see as their database.
 pub const DEFAULT_CATALOG: &str = "ember";
@@ -31,4 +36,70 @@ pub fn distributed_config(target_partitions: usize) -> SessionConfig {
     // large could broadcast a table that does not fit.
     options.optimizer.hash_join_single_partition_threshold = 32 << 20;
     config
+}
+
+extensions_options! {
+    /// Ember's own session settings, `SET ember.<name>`: they steer the coordinator and are not
+    /// shipped to executors. Sessions start from the server's `[adaptive]` section.
+    pub struct EmberOptions {
+        /// Adaptive execution: stages re-planned from the exact sizes of their inputs.
+        pub adaptive: bool, default = true
+        /// Coalesce shuffle partitions too small for a task each.
+        pub adaptive_coalesce_partitions: bool, default = true
+        /// Split skewed partitions of shuffled joins.
+        pub adaptive_skew_join: bool, default = true
+        /// Bytes of shuffle data one task should read.
+        pub adaptive_advisory_partition_bytes: u64, default = 64 << 20
+        /// Coalescing keeps a task per slot while each still reads this many bytes.
+        pub adaptive_min_partition_bytes: u64, default = 1 << 20
+        /// A partition is skewed at this many times its side's median...
+        pub adaptive_skew_factor: f64, default = 5.0
+        /// ...and beyond this many bytes.
+        pub adaptive_skew_threshold_bytes: u64, default = 256 << 20
+    }
+}
+
+impl ConfigExtension for EmberOptions {
+    const PREFIX: &'static str = "ember";
+}
+
+impl EmberOptions {
+    /// The settings of the server's `[adaptive]` section.
+    pub fn from_config(adaptive: &AdaptiveConfig) -> Self {
+        Self {
+            adaptive: adaptive.enabled,
+            adaptive_coalesce_partitions: adaptive.coalesce_partitions,
+            adaptive_skew_join: adaptive.skew_join,
+            adaptive_advisory_partition_bytes: adaptive.advisory_partition_bytes,
+            adaptive_min_partition_bytes: adaptive.min_partition_bytes,
+            adaptive_skew_factor: adaptive.skew_factor,
+            adaptive_skew_threshold_bytes: adaptive.skew_threshold_bytes,
+        }
+    }
+
+    /// How adaptive execution re-plans this session's queries on `parallelism` task slots.
+    pub fn adaptive_options(&self, parallelism: usize) -> AdaptiveOptions {
+        AdaptiveOptions {
+            enabled: self.adaptive,
+            coalesce_partitions: self.adaptive_coalesce_partitions,
+            skew_join: self.adaptive_skew_join,
+            advisory_partition_bytes: self.adaptive_advisory_partition_bytes,
+            min_partition_bytes: self.adaptive_min_partition_bytes,
+            parallelism,
+            skew_factor: self.adaptive_skew_factor,
+            skew_threshold_bytes: self.adaptive_skew_threshold_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_defaults_are_the_servers_defaults() {
+        let config = ember_config::EmberConfig::defaults();
+        let from_config = EmberOptions::from_config(&config.adaptive).adaptive_options(4);
+        assert_eq!(from_config, EmberOptions::default().adaptive_options(4));
+    }
 }

@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, Partitioning};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -133,6 +133,32 @@ impl StageGraph {
     /// The stages that read the output of `id`.
     pub fn consumers(&self, id: StageId) -> impl Iterator<Item = &Stage> {
         self.stages.iter().filter(move |s| s.inputs.contains(&id))
+    }
+
+    /// Replaces stage `id`'s plan by one adaptive execution re-planned, which may run another
+    /// number of tasks: the stages reading its output are told how many map tasks it has now.
+    pub fn replace_plan(&mut self, id: StageId, plan: Arc<dyn ExecutionPlan>) -> Result<()> {
+        let num_maps = plan.output_partitioning().partition_count();
+        let mut consumers = vec![];
+        for stage in self.stages.iter().filter(|s| s.inputs.contains(&id)) {
+            let plan = Arc::clone(&stage.plan)
+                .transform_up(|node| match node.downcast_ref::<ShuffleReaderExec>() {
+                    Some(reader) if reader.stage_id() == id => {
+                        let reader: Arc<dyn ExecutionPlan> =
+                            Arc::new(reader.with_num_maps(num_maps)?);
+                        Ok(Transformed::yes(reader))
+                    }
+                    _ => Ok(Transformed::no(node)),
+                })?
+                .data;
+            consumers.push((stage.id, plan));
+        }
+        // Nothing changes unless every consumer could be re-planned.
+        self.stages[id.0 as usize].plan = plan;
+        for (consumer, plan) in consumers {
+            self.stages[consumer.0 as usize].plan = plan;
+        }
+        Ok(())
     }
 
     /// Human-readable rendering used by `EXPLAIN DISTRIBUTED` and the snapshot tests.

@@ -10,9 +10,12 @@ use ember_planner::codec::{decode_plan, encode_plan};
 use ember_planner::ids::{ExecutorId, QueryId, StageId};
 use ember_planner::session::distributed_config;
 use ember_planner::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec};
-use ember_planner::stage::{StageGraph, StageKind};
+use ember_planner::stage::{Stage, StageGraph, StageKind};
 use ember_planner::task::task_fragment;
 use ember_planner::tpch;
+
+#[path = "stage_graph/adaptive.rs"]
+mod adaptive;
 
 const SCALE: f64 = 0.01;
 
@@ -115,6 +118,27 @@ fn check_wiring(graph: &StageGraph) {
     }
     assert_eq!(graph.result_stage().kind, StageKind::Result);
     assert_eq!(graph.result_stage().num_output_partitions(), 1);
+}
+
+/// Made-up committed outputs of every map task of the stages `stage` reads.
+fn locations(graph: &StageGraph, stage: &Stage) -> HashMap<StageId, Vec<MapOutputLocation>> {
+    stage
+        .inputs
+        .iter()
+        .map(|input| {
+            let outputs = (0..graph.stage(*input).num_tasks() as u32)
+                .map(|m| MapOutputLocation {
+                    map_partition: m,
+                    attempt: 0,
+                    executor_id: ExecutorId(format!("e{}", m % 2)),
+                    flight_address: "127.0.0.1:1".into(),
+                    host_key: String::new(),
+                    work_dir: PathBuf::new(),
+                })
+                .collect();
+            (*input, outputs)
+        })
+        .collect()
 }
 
 fn snapshot_text(graph: &StageGraph, dir: &std::path::Path) -> String {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::CompressionType;
 use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -25,7 +27,7 @@ pub use live::{
     LiveBlocks, LiveItem, LiveReader, LiveReceiver, LiveSender, LiveWriter, OVERFLOW_AFTER,
     Overflow, live_batches,
 };
-pub use reader::{ReadMode, SHUFFLE_READ_BYTES, ShuffleReaderExec};
+pub use reader::{ReadMode, ReadSpec, SHUFFLE_READ_BYTES, ShuffleReaderExec};
 pub use writer::{ShuffleWriterExec, map_output_schema};
 
 use crate::ids::{ExecutorId, QueryId, StageId};
@@ -205,6 +207,43 @@ pub struct ShuffleEnv {
     pub disk: Arc<DiskBudget>,
     /// Peers on this machine whose committed files may be read from their work dirs.
     pub peers: Arc<PeerWorkDirs>,
+    /// How map outputs are compressed on disk (`executor.shuffle_compression`).
+    pub compression: ShuffleCompression,
+}
+
+/// The compression of shuffle files: Arrow IPC's own buffer compression, which every reader
+/// undoes whatever the writer chose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShuffleCompression {
+    /// Buffers as they are in memory.
+    #[default]
+    None,
+    /// LZ4 frames: cheap to write and read.
+    Lz4,
+    /// Zstandard: smaller files for more CPU.
+    Zstd,
+}
+
+impl ShuffleCompression {
+    /// `none`, `lz4` or `zstd`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "none" => Some(Self::None),
+            "lz4" => Some(Self::Lz4),
+            "zstd" => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The IPC writer options that compress this way.
+    pub fn write_options(&self) -> Result<IpcWriteOptions> {
+        let compression = match self {
+            Self::None => None,
+            Self::Lz4 => Some(CompressionType::LZ4_FRAME),
+            Self::Zstd => Some(CompressionType::ZSTD),
+        };
+        Ok(IpcWriteOptions::default().try_with_compression(compression)?)
+    }
 }
 
 /// Bounds the bytes of shuffle files an executor keeps on disk (`executor.max_disk_bytes`).
@@ -337,5 +376,52 @@ mod tests {
         std::fs::write(work_dir.join(WORK_DIR_MARKER), "exec-1").unwrap();
         assert!(peers.is_work_dir_of(&work_dir, &id));
         assert!(!peers.is_work_dir_of(Path::new("/etc"), &id));
+    }
+
+    #[tokio::test]
+    async fn compressed_blocks_read_back_as_written() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::arrow::ipc::writer::FileWriter;
+        use futures::TryStreamExt;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch = datafusion::arrow::array::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..10_000)),
+                Arc::new(StringArray::from_iter(
+                    (0..10_000).map(|i| (i % 7 != 0).then(|| format!("value {}", i % 100))),
+                )),
+            ],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut sizes = vec![];
+        for name in ["none", "lz4", "zstd"] {
+            let compression = ShuffleCompression::parse(name).unwrap();
+            let path = dir.path().join(format!("{name}.arrow"));
+            let file = std::fs::File::create(&path).unwrap();
+            let options = compression.write_options().unwrap();
+            let mut writer = FileWriter::try_new_with_options(file, &schema, options).unwrap();
+            writer.write(&batch).unwrap();
+            writer.finish().unwrap();
+            let read: Vec<_> = read_local_block(&path)
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(read, vec![batch.clone()], "{name}");
+            sizes.push(std::fs::metadata(&path).unwrap().len());
+        }
+        assert!(sizes[1] < sizes[0] && sizes[2] < sizes[1], "{sizes:?}");
+        assert_eq!(
+            ShuffleCompression::parse("LZ4"),
+            Some(ShuffleCompression::Lz4)
+        );
+        assert_eq!(ShuffleCompression::parse("gzip"), None);
     }
 }

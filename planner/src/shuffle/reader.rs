@@ -1,5 +1,6 @@
 //! `ShuffleReaderExec`: the leaf that stands in for an upstream stage inside a downstream stage.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -34,6 +35,28 @@ pub enum ReadMode {
     PerMap,
 }
 
+/// What one reader partition reads once adaptive execution has re-planned its stage: output
+/// partitions `partitions` of map tasks `maps` (Spark's `ShufflePartitionSpec`). Several
+/// partitions with all maps are coalesced partitions; one partition with some of the maps is a
+/// slice of a skewed partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadSpec {
+    /// The upstream stage's output partitions read, in order.
+    pub partitions: Range<u32>,
+    /// The map tasks whose blocks of those partitions are read.
+    pub maps: Range<u32>,
+}
+
+impl ReadSpec {
+    /// Output partitions `partitions` of every one of `num_maps` map tasks.
+    pub fn whole(partitions: Range<u32>, num_maps: usize) -> Self {
+        Self {
+            partitions,
+            maps: 0..num_maps as u32,
+        }
+    }
+}
+
 /// Reads the committed map outputs of an upstream stage.
 #[derive(Debug)]
 pub struct ShuffleReaderExec {
@@ -42,6 +65,9 @@ pub struct ShuffleReaderExec {
     schema: SchemaRef,
     mode: ReadMode,
     num_maps: usize,
+    /// Set by adaptive execution (shuffle mode only): reader partition `i` reads `specs[i]`
+    /// instead of output partition `i` of every map.
+    specs: Option<Arc<[ReadSpec]>>,
     /// One entry per map partition of the upstream stage, filled in when a task is launched.
     locations: Vec<MapOutputLocation>,
     metrics: ExecutionPlanMetricsSet,
@@ -72,6 +98,7 @@ impl ShuffleReaderExec {
             schema,
             mode,
             num_maps,
+            specs: None,
             locations: vec![],
             metrics: ExecutionPlanMetricsSet::new(),
             cache,
@@ -79,18 +106,31 @@ impl ShuffleReaderExec {
     }
 
     /// A reader as decoded on an executor, with the properties the coordinator planned.
+    /// `specs` (adaptive execution's plan of its partitions, shuffle mode only) are checked
+    /// against the upstream stage's partitions and maps.
+    #[allow(clippy::too_many_arguments)]
     pub fn decoded(
         query_id: QueryId,
         stage_id: StageId,
         mode: ReadMode,
         num_maps: usize,
+        specs: Option<Vec<ReadSpec>>,
         locations: Vec<MapOutputLocation>,
         equivalence: EquivalenceProperties,
         partitioning: Option<Partitioning>,
-    ) -> Self {
-        let num_partitions = match mode {
-            ReadMode::Shuffle { num_partitions } => num_partitions,
-            ReadMode::PerMap => num_maps,
+    ) -> Result<Self> {
+        let num_partitions = match (&specs, mode) {
+            (Some(specs), ReadMode::Shuffle { num_partitions }) => {
+                check_specs(specs, num_partitions, num_maps)?;
+                specs.len()
+            }
+            (Some(_), ReadMode::PerMap) => {
+                return Err(DataFusionError::Internal(
+                    "a reader of one map output per partition has no read specs".into(),
+                ));
+            }
+            (None, ReadMode::Shuffle { num_partitions }) => num_partitions,
+            (None, ReadMode::PerMap) => num_maps,
         };
         let partitioning = partitioning
             .filter(|p| p.partition_count() == num_partitions)
@@ -103,8 +143,66 @@ impl ShuffleReaderExec {
             equivalence,
             partitioning,
         );
+        reader.specs = specs.map(Arc::from);
         reader.locations = locations;
-        reader
+        Ok(reader)
+    }
+
+    /// The same reader, its partitions read as `specs` say (adaptive execution), claiming
+    /// `partitioning` (whose partition count must be `specs.len()`).
+    pub fn with_specs(&self, specs: Vec<ReadSpec>, partitioning: Partitioning) -> Result<Self> {
+        let ReadMode::Shuffle { num_partitions } = self.mode else {
+            return Err(DataFusionError::Internal(
+                "only a shuffle reader's partitions can be re-planned".into(),
+            ));
+        };
+        check_specs(&specs, num_partitions, self.num_maps)?;
+        if partitioning.partition_count() != specs.len() {
+            return Err(DataFusionError::Internal(format!(
+                "{} read specs claimed as {} partitions",
+                specs.len(),
+                partitioning.partition_count()
+            )));
+        }
+        let equivalence = self.cache.equivalence_properties().clone();
+        let mut reader = Self::new(
+            self.query_id.clone(),
+            self.stage_id,
+            self.mode,
+            self.num_maps,
+            equivalence,
+            partitioning,
+        );
+        reader.specs = Some(Arc::from(specs));
+        Ok(reader)
+    }
+
+    /// The same reader of an upstream stage that now runs `num_maps` tasks (adaptive execution
+    /// re-planned it). A reader of one map output per partition has as many partitions.
+    pub fn with_num_maps(&self, num_maps: usize) -> Result<Self> {
+        if self.specs.is_some() {
+            return Err(DataFusionError::Internal(
+                "a re-planned reader's upstream stage cannot change its tasks".into(),
+            ));
+        }
+        let equivalence = self.cache.equivalence_properties().clone();
+        let partitioning = match self.mode {
+            ReadMode::Shuffle { .. } => self.cache.partitioning.clone(),
+            ReadMode::PerMap => Partitioning::UnknownPartitioning(num_maps),
+        };
+        Ok(Self::new(
+            self.query_id.clone(),
+            self.stage_id,
+            self.mode,
+            num_maps,
+            equivalence,
+            partitioning,
+        ))
+    }
+
+    /// How adaptive execution re-planned the reader's partitions, if it did.
+    pub fn specs(&self) -> Option<&[ReadSpec]> {
+        self.specs.as_deref()
     }
 
     /// The same reader, pointing at the given map outputs.
@@ -115,6 +213,7 @@ impl ShuffleReaderExec {
             schema: Arc::clone(&self.schema),
             mode: self.mode,
             num_maps: self.num_maps,
+            specs: self.specs.clone(),
             locations,
             metrics: ExecutionPlanMetricsSet::new(),
             cache: Arc::clone(&self.cache),
@@ -165,6 +264,22 @@ impl ShuffleReaderExec {
             attempt: loc.attempt,
             output_partition: output_partition as u32,
         };
+        if let Some(specs) = &self.specs {
+            let spec = specs.get(partition).ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "shuffle reader of stage {} has no partition {partition}",
+                    self.stage_id
+                ))
+            })?;
+            let mut blocks = vec![];
+            for output_partition in spec.partitions.clone() {
+                for map in spec.maps.clone() {
+                    let loc = &self.locations[map as usize];
+                    blocks.push((loc.clone(), block(loc, output_partition as usize)));
+                }
+            }
+            return Ok(blocks);
+        }
         Ok(match self.mode {
             ReadMode::Shuffle { .. } => self
                 .locations
@@ -182,11 +297,19 @@ impl ShuffleReaderExec {
 impl DisplayAs for ShuffleReaderExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self.mode {
-            ReadMode::Shuffle { num_partitions } => write!(
-                f,
-                "ShuffleReaderExec: stage={}, maps={}, partitions={num_partitions}",
-                self.stage_id, self.num_maps
-            ),
+            ReadMode::Shuffle { num_partitions } => {
+                write!(
+                    f,
+                    "ShuffleReaderExec: stage={}, maps={}, partitions={num_partitions}",
+                    self.stage_id, self.num_maps
+                )?;
+                match &self.specs {
+                    Some(specs) => {
+                        write!(f, ", adaptive=[{}]", display_specs(specs, self.num_maps))
+                    }
+                    None => Ok(()),
+                }
+            }
             ReadMode::PerMap => write!(
                 f,
                 "ShuffleReaderExec: stage={}, maps={}, partition per map",
@@ -266,6 +389,54 @@ impl ExecutionPlan for ShuffleReaderExec {
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
+}
+
+/// Checks that `specs` read only partitions and maps the upstream stage has.
+fn check_specs(specs: &[ReadSpec], num_partitions: usize, num_maps: usize) -> Result<()> {
+    let bad = specs.iter().find(|s| {
+        s.partitions.is_empty()
+            || s.maps.is_empty()
+            || s.partitions.end as usize > num_partitions
+            || s.maps.end as usize > num_maps
+    });
+    match bad {
+        Some(spec) => Err(DataFusionError::Internal(format!(
+            "read spec {spec:?} outside {num_partitions} partitions of {num_maps} maps"
+        ))),
+        None if specs.is_empty() => Err(DataFusionError::Internal(
+            "a re-planned reader needs at least one read spec".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `0-3 | 4 maps 0-1 | 4 map 2 | 5-7`: each reader partition's output partitions, and the
+/// map tasks read when not all of them.
+fn display_specs(specs: &[ReadSpec], num_maps: usize) -> String {
+    const SHOWN: usize = 16;
+    let num_maps = num_maps as u32;
+    let mut parts: Vec<String> = specs
+        .iter()
+        .take(SHOWN)
+        .map(|s| {
+            let partitions = if s.partitions.len() == 1 {
+                s.partitions.start.to_string()
+            } else {
+                format!("{}-{}", s.partitions.start, s.partitions.end - 1)
+            };
+            if s.maps.start == 0 && s.maps.end == num_maps {
+                partitions
+            } else if s.maps.len() == 1 {
+                format!("{partitions} map {}", s.maps.start)
+            } else {
+                format!("{partitions} maps {}-{}", s.maps.start, s.maps.end - 1)
+            }
+        })
+        .collect();
+    if specs.len() > SHOWN {
+        parts.push(format!("... {} more", specs.len() - SHOWN));
+    }
+    parts.join(" | ")
 }
 
 /// Opens one block: from the local disk when this executor wrote it, else through the fetcher.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 
 use super::{
     BudgetedFile, DiskBudget, LiveItem, LiveWriter, OVERFLOW_AFTER, Overflow, ShuffleBlock,
-    ShuffleEnv, map_attempt_dir,
+    ShuffleCompression, ShuffleEnv, map_attempt_dir,
 };
 use crate::ids::{QueryId, StageId};
 
@@ -238,6 +238,7 @@ impl ExecutionPlan for ShuffleWriterExec {
             dir,
             num_outputs: self.num_output_partitions(),
             disk: Arc::clone(&env.disk),
+            compression: env.compression,
         };
         let input = self.input.execute(partition, context)?;
         if self.live {
@@ -386,6 +387,7 @@ struct MapOutput {
     dir: PathBuf,
     num_outputs: usize,
     disk: Arc<DiskBudget>,
+    compression: ShuffleCompression,
 }
 
 impl MapOutput {
@@ -438,7 +440,11 @@ impl MapOutput {
                 budget: Arc::clone(&self.disk),
                 query: self.block.query_id.clone(),
             };
-            let writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
+            let writer = FileWriter::try_new_with_options(
+                BufWriter::new(file),
+                &schema,
+                self.compression.write_options()?,
+            )?;
             files.push((writer, tmp_path, final_path, 0u64));
         }
         while let Some(batch) = input.try_next().await? {

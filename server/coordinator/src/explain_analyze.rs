@@ -170,6 +170,9 @@ fn stage_metrics(stage: &Stage) -> String {
         let inputs: Vec<String> = stage.input_stages.iter().map(u32::to_string).collect();
         parts.push(format!("reads stages {}", inputs.join(",")));
     }
+    if !stage.adaptive.is_empty() {
+        parts.push(format!("adaptive: {}", stage.adaptive.join("; ")));
+    }
     parts.join(", ")
 }
 

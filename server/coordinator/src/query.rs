@@ -17,6 +17,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use ember_planner::ids::QueryId;
+use ember_planner::session::EmberOptions;
 use ember_planner::stage::StageGraph;
 use ember_planner::subquery::take_scalar_subqueries;
 use futures::TryStreamExt;
@@ -121,6 +122,12 @@ impl QueryEngine {
             sql: sql.to_string(),
             graph,
             settings: changed_settings(state.config_options()),
+            adaptive: state
+                .config_options()
+                .extensions
+                .get::<EmberOptions>()
+                .cloned()
+                .unwrap_or_default(),
             results_tx,
         }));
         Ok(StartedQuery::Distributed(ResultHandle::new(
@@ -211,8 +218,11 @@ fn changed_settings(options: &ConfigOptions) -> HashMap<String, String> {
         .filter_map(|e| {
             let value = e.value?;
             let changed = defaults.get(&e.key) != Some(&Some(value.clone()));
-            // Catalog settings only matter to the planner.
-            (changed && !e.key.starts_with("datafusion.catalog.")).then_some((e.key, value))
+            // Catalog settings only matter to the planner, Ember's own (an extension, listed
+            // without its prefix) to the coordinator.
+            let shipped =
+                e.key.starts_with("datafusion.") && !e.key.starts_with("datafusion.catalog.");
+            (changed && shipped).then_some((e.key, value))
         })
         .collect()
 }

@@ -406,7 +406,7 @@ class QueryView {
       const p = pos.get(s.stage_id);
       const pct = s.num_tasks ? s.tasks_succeeded / s.num_tasks : (s.state === "succeeded" ? 1 : 0);
       return `<g class="stage-node state-${esc(s.state)}${critical.has(s.stage_id) ? " critical" : ""}" data-stage-id="${s.stage_id}" transform="translate(${p.x},${p.y})">
-        <title>Stage ${s.stage_id} (${esc(s.kind)}) — ${esc(s.state)}; ${s.tasks_succeeded}/${s.num_tasks} tasks; ${fmtNum(s.rows)} rows; output ${esc(s.output_partitioning)}</title>
+        <title>Stage ${s.stage_id} (${esc(s.kind)}) — ${esc(s.state)}; ${s.tasks_succeeded}/${s.num_tasks} tasks; ${fmtNum(s.rows)} rows; output ${esc(s.output_partitioning)}${(s.adaptive || []).length ? `; adaptive: ${esc(s.adaptive.join("; "))}` : ""}</title>
         <rect class="box" width="${W}" height="${H}" rx="8"/>
         <text x="12" y="22" class="title">Stage ${s.stage_id}</text>
         <text x="${W - 12}" y="22" class="kind" text-anchor="end">${esc(s.kind)}</text>
@@ -541,7 +541,8 @@ class QueryView {
     const stages = this.selectedStages();
     const metricCell = (m, name, fmt) => (m[name] == null ? "" : fmt(m[name]));
     const rows = stages.map((s) => {
-      const head = `<tr class="group"><td colspan="5">Stage ${s.stage_id} · ${esc(s.kind)} · ${s.tasks_succeeded}/${s.num_tasks} tasks reported</td></tr>`;
+      const adaptive = (s.adaptive || []).length ? `<tr class="adaptive"><td colspan="5">Adaptive: ${s.adaptive.map(esc).join("; ")}</td></tr>` : "";
+      const head = `<tr class="group"><td colspan="5">Stage ${s.stage_id} · ${esc(s.kind)} · ${s.tasks_succeeded}/${s.num_tasks} tasks reported</td></tr>${adaptive}`;
       if (!s.operators.length) return head + `<tr><td colspan="5" class="empty">No metrics yet (they arrive as tasks succeed).</td></tr>`;
       return head + s.operators.map((o) => {
         const m = o.metrics;

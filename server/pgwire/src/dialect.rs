@@ -174,7 +174,9 @@ fn show_variable(name: &str) -> Option<&str> {
     if name == "transaction isolation level" {
         return Some("transaction_isolation");
     }
-    (!name.starts_with("datafusion.") && name != "all" && !name.contains(' ')).then_some(name)
+    // DataFusion's and Ember's settings are the engine's to show.
+    let engine = name.starts_with("datafusion.") || name.starts_with("ember.");
+    (!engine && name != "all" && !name.contains(' ')).then_some(name)
 }
 
 fn set(

@@ -63,6 +63,12 @@ pub(crate) enum QueryEvent {
         stage_id: u32,
         task: Task,
     },
+    /// Adaptive execution re-planned a stage (or a stage it reads) before its first task: its
+    /// plan and tasks as they now are, and what changed.
+    StageAdapted {
+        time: DateTime<Utc>,
+        stage: StagePlan,
+    },
 }
 
 impl QueryEvent {
@@ -85,6 +91,9 @@ pub(crate) struct StagePlan {
     pub(crate) input_stages: Vec<u32>,
     pub(crate) output_partitioning: String,
     pub(crate) num_tasks: u32,
+    /// What adaptive execution changed (empty in logs written before it existed).
+    #[serde(default)]
+    pub(crate) adaptive: Vec<String>,
     pub(crate) plan: String,
     /// Its operators in pre-order, without metrics.
     pub(crate) operators: Vec<Operator>,
@@ -154,6 +163,15 @@ impl Replay {
                 if !stage.operators.is_empty() {
                     planned.operators = stage.operators;
                 }
+            }
+            QueryEvent::StageAdapted { stage, .. } => {
+                if stage.num_tasks > MAX_TASKS {
+                    return false;
+                }
+                let Some(planned) = detail.stages.get_mut(stage.stage_id as usize) else {
+                    return false;
+                };
+                *planned = planned_stage(stage);
             }
             QueryEvent::TaskStarted { stage_id, task, .. }
             | QueryEvent::TaskEnded { stage_id, task, .. }
@@ -243,6 +261,7 @@ fn planned_stage(plan: StagePlan) -> Stage {
         input_stages: plan.input_stages,
         output_partitioning: plan.output_partitioning,
         num_tasks: plan.num_tasks,
+        adaptive: plan.adaptive,
         tasks_succeeded: 0,
         tasks_running: 0,
         rows: 0,
@@ -351,6 +370,7 @@ mod tests {
             input_stages: inputs,
             output_partitioning: "single".into(),
             num_tasks,
+            adaptive: vec![],
             plan: "ScanExec".into(),
             operators: vec![],
         }
@@ -449,6 +469,40 @@ mod tests {
         // Stage 1's end was not logged: it ends with its query.
         assert_eq!(detail.stages[1].state, State::Succeeded);
         assert_eq!(detail.critical_path, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_stage_adaptive_execution_re_planned_replays_with_its_new_tasks() {
+        let mut adapted = plan(1, 3, vec![0]);
+        adapted.adaptive = vec!["partition 2 of stage 0 (probe side) is skewed".into()];
+        let events = [
+            QueryEvent::QuerySubmitted {
+                time: at(0),
+                query: summary(State::Queued),
+                stages: vec![plan(0, 2, vec![]), plan(1, 1, vec![0])],
+            },
+            QueryEvent::StageAdapted {
+                time: at(2),
+                stage: adapted,
+            },
+            QueryEvent::TaskEnded {
+                time: at(4),
+                stage_id: 1,
+                task: task(2, State::Succeeded, 3, Some(4)),
+            },
+        ];
+        let mut replay = Replay::default();
+        for line in lines(&events) {
+            replay.line(&line);
+        }
+        assert_eq!(replay.skipped, 0);
+        let detail = replay
+            .finish(|| ("stopped".into(), "57P01".into()))
+            .unwrap();
+        assert_eq!(detail.stages[1].num_tasks, 3);
+        assert_eq!(detail.stages[1].tasks[2].state, State::Succeeded);
+        assert_eq!(detail.stages[1].adaptive.len(), 1);
+        assert_eq!(detail.summary.num_tasks, 5);
     }
 
     #[test]

@@ -443,6 +443,7 @@ mod tests {
                 input_stages: vec![],
                 output_partitioning: "single".into(),
                 num_tasks: 1,
+                adaptive: vec![],
                 plan: "EmptyExec".into(),
                 operators: vec![],
             }],

@@ -36,6 +36,19 @@ impl TaskKey {
     }
 }
 
+/// Tasks as planned: none launched.
+fn pending(tasks: usize) -> Vec<TaskKey> {
+    (0..tasks)
+        .map(|_| TaskKey {
+            status: Status::Pending,
+            attempt: 0,
+            executor: None,
+            finished_at: None,
+            attempt_failures: 0,
+        })
+        .collect()
+}
+
 /// What was last logged of a stage.
 type StageKey = (Status, Option<SystemTime>, Option<SystemTime>);
 
@@ -44,6 +57,8 @@ type StageKey = (Status, Option<SystemTime>, Option<SystemTime>);
 struct Logged {
     status: Status,
     stages: Vec<StageKey>,
+    /// The version of each stage's plan last logged (adaptive execution changes plans).
+    plan_versions: Vec<u32>,
     tasks: Vec<Vec<TaskKey>>,
 }
 
@@ -97,24 +112,23 @@ impl EventRecorder {
                         (planned, None, None)
                     })
                     .collect(),
-                tasks: q
-                    .stages
-                    .iter()
-                    .map(|s| {
-                        (0..s.tasks.len())
-                            .map(|_| TaskKey {
-                                status: Status::Pending,
-                                attempt: 0,
-                                executor: None,
-                                finished_at: None,
-                                attempt_failures: 0,
-                            })
-                            .collect()
-                    })
-                    .collect(),
+                plan_versions: q.stages.iter().map(|s| s.plan_version).collect(),
+                tasks: q.stages.iter().map(|s| pending(s.tasks.len())).collect(),
             }
         });
         for (si, stage) in q.stages.iter().enumerate() {
+            // Re-planned before any of its tasks ran: its new plan, tasks and notes.
+            if logged.plan_versions[si] != stage.plan_version {
+                log.append(
+                    &q.id,
+                    &QueryEvent::StageAdapted {
+                        time,
+                        stage: stage_plan(q, stage),
+                    },
+                );
+                logged.plan_versions[si] = stage.plan_version;
+                logged.tasks[si] = pending(stage.tasks.len());
+            }
             for (ti, t) in stage.tasks.iter().enumerate() {
                 let key = TaskKey::of(t);
                 let before = &logged.tasks[si][ti];

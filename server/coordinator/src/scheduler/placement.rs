@@ -1,8 +1,11 @@
 //! Placing tasks: which runnable tasks start, on which executor, as which attempt.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use datafusion::physical_plan::ExecutionPlanProperties;
+use ember_planner::adaptive::adapt_stage;
 use ember_planner::codec::encode_plan;
 use ember_planner::ids::{ExecutorId, StageId, TaskAttempt};
 use ember_planner::shuffle::MapOutputLocation;
@@ -10,10 +13,10 @@ use ember_planner::task::task_fragment;
 use ember_protocol::proto::{
     CancelTask, CoordinatorMessage, LaunchTask, TaskId, coordinator_message,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Scheduler;
-use super::state::{ExecutorStatus, SpeculativeAttempt, Status};
+use super::state::{ExecutorStatus, SpeculativeAttempt, Status, TaskState};
 use crate::error::Error;
 use crate::output::ResultEvent;
 
@@ -45,6 +48,10 @@ impl Scheduler {
                 if query.stages[si].status.is_final() || !query.is_runnable(stage_id) {
                     continue;
                 }
+                if !query.stages[si].adapted {
+                    self.adapt(qi, stage_id);
+                }
+                let query = &self.running[qi];
                 let pending: Vec<usize> = query.stages[si]
                     .tasks
                     .iter()
@@ -69,6 +76,68 @@ impl Scheduler {
             }
         }
         self.launch_speculative();
+    }
+
+    /// Adaptive execution: re-plans a stage from the exact sizes of the map outputs it reads,
+    /// once, before its first task. A stage it cannot improve runs as planned.
+    fn adapt(&mut self, qi: usize, stage_id: StageId) {
+        let parallelism = self
+            .executors
+            .values()
+            .filter(|e| e.status == ExecutorStatus::Alive)
+            .map(|e| e.info.slots)
+            .sum::<usize>();
+        let query = &mut self.running[qi];
+        let si = stage_id.0 as usize;
+        query.stages[si].adapted = true;
+        if query.stages[si].tasks.iter().any(|t| t.launches > 0) {
+            return;
+        }
+        let stage = query.graph.stage(stage_id);
+        let sizes = stage
+            .inputs
+            .iter()
+            .map(|input| (*input, query.map_output_sizes(*input)))
+            .collect();
+        let options = query.adaptive.adaptive_options(parallelism);
+        let adapted = match adapt_stage(stage, &sizes, &options) {
+            Ok(Some(adapted)) => adapted,
+            Ok(None) => return,
+            Err(error) => {
+                warn!(query_id = %query.id, stage = %stage_id, %error, "stage runs as planned: adaptive execution failed");
+                return;
+            }
+        };
+        let planned = stage.num_tasks();
+        let num_tasks = adapted.plan.output_partitioning().partition_count();
+        let replanned = !Arc::ptr_eq(&adapted.plan, &stage.plan);
+        if replanned && let Err(error) = query.graph.replace_plan(stage_id, adapted.plan) {
+            warn!(query_id = %query.id, stage = %stage_id, %error, "stage runs as planned: adaptive execution failed");
+            return;
+        }
+        info!(
+            query_id = %query.id,
+            stage = %stage_id,
+            planned,
+            num_tasks,
+            changes = %adapted.notes.join("; "),
+            "stage re-planned"
+        );
+        if replanned {
+            // The stages reading it now read another number of map outputs.
+            let consumers: Vec<usize> = query
+                .graph
+                .consumers(stage_id)
+                .map(|c| c.id.0 as usize)
+                .collect();
+            for consumer in consumers {
+                query.stages[consumer].plan_version += 1;
+            }
+            query.stages[si].tasks = (0..num_tasks as u32).map(TaskState::new).collect();
+        }
+        let stage_state = &mut query.stages[si];
+        stage_state.adaptive = adapted.notes;
+        stage_state.plan_version += 1;
     }
 
     pub(super) fn any_free_slot(&self) -> bool {

@@ -210,6 +210,7 @@ pub(super) fn stage_plan(q: &QueryState, s: &StageState) -> StagePlan {
             None => "single".to_string(),
         },
         num_tasks: s.tasks.len() as u32,
+        adaptive: s.adaptive.clone(),
         plan: displayable(planned.plan.as_ref()).indent(true).to_string(),
         operators: descriptions
             .into_iter()
@@ -279,6 +280,7 @@ fn stage(q: &QueryState, s: &StageState, request: &SnapshotRequest) -> Stage {
             None => "single".to_string(),
         },
         num_tasks: s.tasks.len() as u32,
+        adaptive: s.adaptive.clone(),
         tasks_succeeded: count(&s.tasks, Status::Succeeded),
         tasks_running: count(&s.tasks, Status::Running),
         rows: s.tasks.iter().map(|t| t.rows).sum(),

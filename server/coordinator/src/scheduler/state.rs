@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
+use ember_planner::adaptive::MapOutputSizes;
 use ember_planner::ids::{ExecutorId, QueryId, StageId, TaskAttempt};
+use ember_planner::session::EmberOptions;
 use ember_planner::shuffle::MapOutputLocation;
 use ember_planner::stage::StageGraph;
 use ember_protocol::proto::{CoordinatorMessage, MetricKind, OperatorMetrics};
@@ -98,6 +100,8 @@ pub(crate) struct TaskState {
     pub(crate) output: Option<MapOutputLocation>,
     pub(crate) rows: u64,
     pub(crate) bytes: u64,
+    /// Bytes of its committed output by output partition, for adaptive execution.
+    pub(crate) partition_bytes: Vec<u64>,
     /// Arrow bytes its shuffle readers read.
     pub(crate) shuffle_read_bytes: u64,
     pub(crate) spilled_bytes: u64,
@@ -125,7 +129,7 @@ pub(crate) struct FailedAttempt {
 }
 
 impl TaskState {
-    fn new(partition: u32) -> Self {
+    pub(crate) fn new(partition: u32) -> Self {
         Self {
             partition,
             attempt: 0,
@@ -138,6 +142,7 @@ impl TaskState {
             output: None,
             rows: 0,
             bytes: 0,
+            partition_bytes: vec![],
             shuffle_read_bytes: 0,
             spilled_bytes: 0,
             speculation_won: false,
@@ -171,6 +176,13 @@ pub(crate) struct StageState {
     pub(crate) finished_at: Option<SystemTime>,
     /// The plan's operators in pre-order, with metrics added up over succeeded tasks.
     pub(crate) operators: Vec<OperatorTotals>,
+    /// Whether adaptive execution has looked at the stage (it does once, before the first
+    /// task), and what it changed and why.
+    pub(crate) adapted: bool,
+    pub(crate) adaptive: Vec<String>,
+    /// Bumped each time its plan or its notes change after submission (it was re-planned, or
+    /// a stage it reads was), so the event log records the plan it runs.
+    pub(crate) plan_version: u32,
 }
 
 /// One operator of a stage's plan, its metrics added up over the stage's succeeded tasks.
@@ -256,6 +268,8 @@ pub(crate) struct Submission {
     pub(crate) graph: StageGraph,
     /// The session's settings that differ from the defaults; tasks run with them.
     pub(crate) settings: HashMap<String, String>,
+    /// How the session lets adaptive execution re-plan the query's stages.
+    pub(crate) adaptive: EmberOptions,
     pub(crate) results_tx: mpsc::UnboundedSender<ResultEvent>,
 }
 
@@ -268,6 +282,7 @@ pub(crate) struct QueryState {
     pub(crate) sql: String,
     pub(crate) graph: StageGraph,
     pub(crate) settings: HashMap<String, String>,
+    pub(crate) adaptive: EmberOptions,
     pub(crate) stages: Vec<StageState>,
     pub(crate) status: Status,
     pub(crate) error: Option<String>,
@@ -290,6 +305,7 @@ impl QueryState {
             sql,
             graph,
             settings,
+            adaptive,
             results_tx,
         } = submission;
         let stages = graph
@@ -307,6 +323,9 @@ impl QueryState {
                 started_at: None,
                 finished_at: None,
                 operators: vec![],
+                adapted: false,
+                adaptive: vec![],
+                plan_version: 0,
             })
             .collect();
         Self {
@@ -317,6 +336,7 @@ impl QueryState {
             sql,
             graph,
             settings,
+            adaptive,
             stages,
             status: Status::Queued,
             error: None,
@@ -345,6 +365,17 @@ impl QueryState {
             .iter()
             .filter_map(|t| t.output.clone())
             .collect()
+    }
+
+    /// The sizes of a stage's committed outputs, by map task and output partition.
+    pub(crate) fn map_output_sizes(&self, stage: StageId) -> MapOutputSizes {
+        MapOutputSizes {
+            bytes: self.stages[stage.0 as usize]
+                .tasks
+                .iter()
+                .map(|t| t.partition_bytes.clone())
+                .collect(),
+        }
     }
 
     pub(crate) fn is_result_stage(&self, stage: StageId) -> bool {

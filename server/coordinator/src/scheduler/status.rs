@@ -98,8 +98,20 @@ impl Scheduler {
         let Some(info) = self.executors.get(executor_id).map(|e| e.info.clone()) else {
             return;
         };
+        // Sized by the plan, not by the report.
+        let outputs = self.running[qi]
+            .graph
+            .stage(attempt.stage_id)
+            .num_output_partitions();
+        let mut partition_bytes = vec![0u64; outputs];
+        for p in &succeeded.partitions {
+            if let Some(bytes) = partition_bytes.get_mut(p.partition as usize) {
+                *bytes = bytes.saturating_add(p.num_bytes);
+            }
+        }
         let task = &mut self.running[qi].stages[attempt.stage_id.0 as usize].tasks
             [attempt.partition as usize];
+        task.partition_bytes = partition_bytes;
         // The other attempt of a speculated task lost the race.
         let loser = match which {
             Which::Primary => task.speculative.take().map(|s| (s.attempt, s.executor)),

@@ -7,12 +7,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::config::ConfigOptions;
+use datafusion::config::{ConfigOptions, ExtensionOptions};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
+use ember_planner::session::EmberOptions;
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -215,7 +216,7 @@ impl ClientSession {
         }
     }
 
-    /// Sets one DataFusion option (`datafusion.*`) back to the value the session started with.
+    /// Sets one DataFusion option (`datafusion.*`, or Ember's `ember.*`) back to the value the session started with.
     pub fn reset_option(&self, name: &str) {
         lock(&self.options_set).remove(name);
         let initial = &self.initial_options;
@@ -227,10 +228,12 @@ impl ClientSession {
                 options.execution.time_zone = initial.execution.time_zone.clone()
             }
             _ => {
+                // Entries of Ember's options (an extension) are listed without their prefix.
+                let key = name.strip_prefix("ember.").unwrap_or(name);
                 let value = initial
                     .entries()
                     .into_iter()
-                    .find(|e| e.key == name)
+                    .find(|e| e.key == key)
                     .and_then(|e| e.value);
                 if let Some(value) = value {
                     // The value was valid when the session started.
@@ -288,7 +291,7 @@ impl ClientSession {
             SessionCommand::Transaction(_) => true,
             SessionCommand::Set { name, .. } => is_datafusion_option(name),
             SessionCommand::Reset { name } => name.as_deref().is_none_or(is_datafusion_option),
-            SessionCommand::Show { .. } => false,
+            SessionCommand::Show { name } => name.starts_with("ember."),
         }
     }
 
@@ -314,6 +317,34 @@ impl ClientSession {
                 self.reset_options();
                 Ok(Some(Output::done(Command::Reset)))
             }
+            SessionCommand::Show { name } if name.starts_with("ember.") => {
+                // DataFusion's SHOW knows only its own options.
+                let key = &name["ember.".len()..];
+                let value = self
+                    .ctx
+                    .state()
+                    .config_options()
+                    .extensions
+                    .get::<EmberOptions>()
+                    .and_then(|options| {
+                        options
+                            .entries()
+                            .into_iter()
+                            .find(|e| e.key == key)
+                            .and_then(|e| e.value)
+                    })
+                    .ok_or_else(|| {
+                        Error::UndefinedObject(format!(
+                            "unrecognized configuration parameter \"{name}\""
+                        ))
+                    })?;
+                Ok(Some(Output::single_value(name, value)?))
+            }
+            SessionCommand::Reset { name: Some(name) } if name.starts_with("ember.") => {
+                // DataFusion resets only its own options, not an extension's.
+                self.reset_option(name);
+                Ok(Some(Output::done(Command::Reset)))
+            }
             SessionCommand::Reset { name: Some(name) } if is_datafusion_option(name) => {
                 // DataFusion resets its own options (to their defaults); the session forgets
                 // that it changed it.
@@ -331,8 +362,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Options DataFusion's session config holds: its own, and Ember's (`ember.`, an extension).
 fn is_datafusion_option(name: &str) -> bool {
-    name.starts_with("datafusion.")
+    name.starts_with("datafusion.") || name.starts_with("ember.")
 }
 
 /// Refuses a change of a server-level DataFusion option (`name` as DataFusion applies it).
@@ -398,6 +430,7 @@ fn session_may_set(name: &str) -> bool {
     ];
     SESSION_PREFIXES.iter().any(|p| name.starts_with(p))
         || name == "datafusion.catalog.default_schema"
+        || name.starts_with("ember.")
 }
 
 /// A duration setting as PostgreSQL and Ember read it: a number of milliseconds, or a number

@@ -282,13 +282,18 @@ impl ParsedStatement {
                 name: "timezone".into(),
                 values: vec![value_text(value)],
             },
-            SqlStatement::ShowVariable { variable } => SessionCommand::Show {
-                name: variable
-                    .iter()
-                    .map(ident_text)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            },
+            SqlStatement::ShowVariable { variable } => {
+                let words: Vec<String> = variable.iter().map(ident_text).collect();
+                // `SHOW ember.adaptive` comes as two identifiers; multi-word Postgres names
+                // (`SHOW TRANSACTION ISOLATION LEVEL`) keep their spaces.
+                let separator = match words.first() {
+                    Some(first) if words.len() == 2 && first.eq_ignore_ascii_case("ember") => ".",
+                    _ => " ",
+                };
+                SessionCommand::Show {
+                    name: words.join(separator),
+                }
+            }
             other => SessionCommand::Transaction(transaction_command(other)?),
         })
     }

@@ -162,8 +162,11 @@ pub struct Stage {
     pub input_stages: Vec<u32>,
     /// How its output is partitioned (`single` for one partition).
     pub output_partitioning: String,
-    /// Its tasks (one per partition).
+    /// Its tasks (one per partition, or per partition adaptive execution planned).
     pub num_tasks: u32,
+    /// What adaptive execution changed in it before its tasks started, and why (empty: it runs
+    /// as planned).
+    pub adaptive: Vec<String>,
     /// Tasks that have committed their output.
     pub tasks_succeeded: u32,
     /// Tasks running now.

@@ -72,6 +72,7 @@ pub(crate) fn stages_schema() -> SchemaRef {
         "output_partitioning": DataType::Utf8, "rows": DataType::UInt64, "bytes": DataType::UInt64,
         "started_at": ts_type(), "finished_at": ts_type(), "duration_ms": DataType::UInt64,
         "shuffle_read_bytes": DataType::UInt64, "spilled_bytes": DataType::UInt64,
+        "adaptive": DataType::Utf8,
     )
 }
 
@@ -170,6 +171,10 @@ pub(crate) fn stages_batch(queries: &[&QueryDetail]) -> RecordBatch {
             u64s(r.iter().map(|(_, s)| s.duration_ms)),
             u64s(r.iter().map(|(_, s)| Some(s.shuffle_read_bytes))),
             u64s(r.iter().map(|(_, s)| Some(s.spilled_bytes))),
+            strings(
+                r.iter()
+                    .map(|(_, s)| (!s.adaptive.is_empty()).then(|| s.adaptive.join("; "))),
+            ),
         ],
     )
 }

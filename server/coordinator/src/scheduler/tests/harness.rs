@@ -141,6 +141,7 @@ impl SchedulerTest {
             sql: "SELECT a FROM t".into(),
             graph,
             settings: HashMap::from([("datafusion.execution.batch_size".into(), "7".into())]),
+            adaptive: Default::default(),
             results_tx,
         }));
         query_id
