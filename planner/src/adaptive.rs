@@ -85,9 +85,10 @@ pub struct MapOutputSizes {
 }
 
 impl MapOutputSizes {
-    /// Bytes of output partition `p` over all map tasks.
+    /// Bytes of output partition `p` over all map tasks (sizes come from executors' reports:
+    /// sums saturate).
     fn partition(&self, p: usize) -> u64 {
-        self.bytes.iter().map(|m| m[p]).sum()
+        saturating_sum(self.bytes.iter().map(|m| m[p]))
     }
 }
 
@@ -135,6 +136,10 @@ pub fn adapt_stage(
         let Some(sizes) = sizes.get(&reader.stage_id()) else {
             return Ok(None);
         };
+        // An input without map tasks (an empty table) leaves nothing to re-plan by.
+        if reader.num_maps() == 0 {
+            return Ok(None);
+        }
         let complete = sizes.bytes.len() == reader.num_maps()
             && sizes.bytes.iter().all(|m| m.len() == num_tasks);
         if !complete {
@@ -151,7 +156,7 @@ pub fn adapt_stage(
         HashMap::new()
     };
     let totals: Vec<u64> = (0..num_tasks)
-        .map(|p| sides.iter().map(|s| s.partition(p)).sum())
+        .map(|p| saturating_sum(sides.iter().map(|s| s.partition(p))))
         .collect();
     let groups = if options.coalesce_partitions {
         coalesce(&totals, &splits, options, &mut notes)
@@ -303,7 +308,7 @@ fn skew_splits(
         join_type,
         JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
     );
-    let num_partitions = sides[0].bytes.first().map_or(0, |m| m.len());
+    let num_partitions = sides[0].bytes[0].len();
     let mut side_skew = |side: usize, splittable: bool| -> Vec<Option<Vec<Range<u32>>>> {
         let sizes: Vec<u64> = (0..num_partitions)
             .map(|p| sides[side].partition(p))
@@ -312,18 +317,14 @@ fn skew_splits(
         let threshold = options
             .skew_threshold_bytes
             .max((options.skew_factor * median as f64) as u64);
-        let skewed: Vec<bool> = sizes.iter().map(|&s| splittable && s > threshold).collect();
+        let skewed: Vec<bool> = sizes.iter().map(|&s| s > threshold).collect();
         let normal: Vec<u64> = sizes
             .iter()
             .zip(&skewed)
             .filter(|(_, skewed)| !**skewed)
             .map(|(s, _)| *s)
             .collect();
-        let mean = if normal.is_empty() {
-            0
-        } else {
-            normal.iter().sum::<u64>() / normal.len() as u64
-        };
+        let mean = saturating_sum(normal.iter().copied()) / normal.len().max(1) as u64;
         let target = options.advisory_partition_bytes.max(mean).max(1);
         (0..num_partitions)
             .map(|p| {
@@ -331,6 +332,8 @@ fn skew_splits(
                     return None;
                 }
                 let per_map: Vec<u64> = sides[side].bytes.iter().map(|m| m[p]).collect();
+                // Bounded: both sides split make the product of their slices.
+                let target = target.max(sizes[p] / MAX_SLICES);
                 let slices = slice_maps(&per_map, target);
                 let name = if side == left { "build" } else { "probe" };
                 let mut note = format!(
@@ -339,6 +342,14 @@ fn skew_splits(
                     bytes(sizes[p]),
                     bytes(median)
                 );
+                if !splittable {
+                    let _ = write!(
+                        note,
+                        "; not split: a {join_type} join needs all of this side's rows of a key in one task"
+                    );
+                    notes.push(note);
+                    return None;
+                }
                 if slices.len() > 1 {
                     let _ = write!(note, "; split into {} tasks", slices.len());
                 } else if per_map.iter().filter(|b| **b > 0).count() < 2 {
@@ -428,7 +439,7 @@ fn coalesce(
     options: &AdaptiveOptions,
     notes: &mut Vec<String>,
 ) -> Vec<Range<u32>> {
-    let total: u64 = totals.iter().sum();
+    let total = saturating_sum(totals.iter().copied());
     let parallelism = options.parallelism.max(1) as u64;
     let target = options
         .advisory_partition_bytes
@@ -444,8 +455,8 @@ fn coalesce(
             continue;
         }
         current = match current.take() {
-            Some((group, bytes)) if bytes + size <= target => {
-                Some((group.start..p + 1, bytes + size))
+            Some((group, bytes)) if bytes.saturating_add(size) <= target => {
+                Some((group.start..p + 1, bytes.saturating_add(size)))
             }
             Some((group, _)) => {
                 groups.push(group);
@@ -474,9 +485,9 @@ fn slice_maps(per_map: &[u64], target: u64) -> Vec<Range<u32>> {
     for (m, &size) in per_map.iter().enumerate() {
         let m = m as u32;
         match slices.last_mut() {
-            Some((range, bytes)) if *bytes + size <= target || *bytes == 0 => {
+            Some((range, bytes)) if bytes.saturating_add(size) <= target || *bytes == 0 => {
                 range.end = m + 1;
-                *bytes += size;
+                *bytes = bytes.saturating_add(size);
             }
             _ => slices.push((m..m + 1, size)),
         }
@@ -485,9 +496,16 @@ fn slice_maps(per_map: &[u64], target: u64) -> Vec<Range<u32>> {
         let (last, bytes) = slices.pop().expect("more than one");
         let (range, total) = slices.last_mut().expect("more than one");
         range.end = last.end;
-        *total += bytes;
+        *total = total.saturating_add(bytes);
     }
     slices.into_iter().map(|(r, _)| r).collect()
+}
+
+/// Most slices one side of a skewed partition is cut into.
+const MAX_SLICES: u64 = 64;
+
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
 }
 
 fn median(sizes: &[u64]) -> u64 {

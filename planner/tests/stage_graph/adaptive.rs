@@ -280,13 +280,28 @@ async fn the_preserved_side_of_an_outer_join_is_never_split() {
             )
         })
         .collect();
-    if let Some(adapted) = adapt_stage(stage, &all, &options(4)).expect("adapt") {
-        for reader in readers(&adapted.plan) {
-            for spec in reader.specs().unwrap_or_default() {
-                assert_eq!(spec.maps, 0..reader.num_maps() as u32, "{spec:?}");
-            }
+    let adapted = adapt_stage(stage, &all, &options(4))
+        .expect("adapt")
+        .expect("the skew is reported");
+    for reader in readers(&adapted.plan) {
+        for spec in reader.specs().unwrap_or_default() {
+            assert_eq!(spec.maps, 0..reader.num_maps() as u32, "{spec:?}");
         }
     }
+    let text = adapted.notes.join("\n");
+    assert_eq!(text.matches("not split: a Full join").count(), 2, "{text}");
+
+    // An empty input (no map tasks) leaves the stage as planned.
+    let empty: HashMap<StageId, MapOutputSizes> = stage
+        .inputs
+        .iter()
+        .map(|id| (*id, MapOutputSizes { bytes: vec![] }))
+        .collect();
+    assert!(
+        adapt_stage(stage, &empty, &options(4))
+            .expect("adapt")
+            .is_none()
+    );
 }
 
 #[tokio::test]

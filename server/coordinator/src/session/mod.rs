@@ -397,10 +397,19 @@ const SIZING_OPTIONS: [(&str, u64); 8] = [
     ),
 ];
 
-/// Refuses a value of a sizing option beyond its limit (values that do not parse are
-/// DataFusion's to refuse).
+/// Refuses a value of a sizing option beyond its limit, and a skew factor below 1 (values that
+/// do not parse are DataFusion's to refuse).
 pub(crate) fn check_size(name: &str, value: &str) -> Result<()> {
     let name = name.to_ascii_lowercase();
+    if name == "ember.adaptive_skew_factor" {
+        let factor = value.trim().trim_matches('\'').parse::<f64>();
+        if factor.is_ok_and(|f| f.is_nan() || f < 1.0) {
+            return Err(Error::InvalidSettingValue(format!(
+                "{name} must be at least 1, not {value}"
+            )));
+        }
+        return Ok(());
+    }
     let Some((_, limit)) = SIZING_OPTIONS.iter().find(|(option, _)| *option == name) else {
         return Ok(());
     };
