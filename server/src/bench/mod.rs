@@ -15,6 +15,7 @@ use crate::local::LocalCluster;
 use ember_coordinator::Output;
 use ember_coordinator::stopped;
 
+mod concurrency;
 mod tpcds;
 
 pub use tpcds::TABLES as TPCDS_TABLES;
@@ -40,6 +41,9 @@ pub enum BenchCommand {
     /// TPC-DS: the 99 queries (from a directory) on both engines, over data `tpcgen-cli`
     /// makes; times, ratios and whether the answers agree.
     Tpcds(tpcds::TpcdsArgs),
+    /// Concurrency: several clients running a TPC-H query mix at once for a while, on both
+    /// engines; queries per minute, every answer checked, and `SELECT 1` latency under load.
+    Concurrency(concurrency::ConcurrencyArgs),
     /// Metadata caches: the same short queries on a cluster with the configured caches and on
     /// one with every cache turned off, in one run on the same files.
     Cache {
@@ -65,6 +69,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
             return cache(scale, iterations, config_file).await;
         }
         BenchCommand::Tpcds(args) => return tpcds::run(args, config_file).await,
+        BenchCommand::Concurrency(args) => return concurrency::run(args, config_file).await,
     };
     let queries: Vec<usize> = match queries {
         Some(list) => list
