@@ -2,19 +2,18 @@
 //! single-node DataFusion and on a local Ember cluster over the same files: queries per minute,
 //! every answer checked, and the latency of `SELECT 1` under that load.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use ember_coordinator::engine::QueryEngine;
+use ember_coordinator::session::ClientSession;
 use ember_planner::tpch;
-use tokio::sync::watch;
 
-use super::{Answer, ms, run_datafusion, time_ember};
-use crate::local::LocalCluster;
-use ember_coordinator::stopped;
+use super::{Answer, BenchCluster, datafusion_context, ms, run_datafusion, time_ember};
 
 /// Arguments of `ember bench concurrency`.
 #[derive(Debug, Args)]
@@ -77,41 +76,25 @@ pub(super) async fn run(
         (1..=256).contains(&args.clients),
         "--clients must be between 1 and 256"
     );
-    let executors_flag = args.executors.to_string();
-    let scale_flag = args.scale.to_string();
-    let zero = "0".to_string();
-    let config = crate::layers::load_config(
-        config_file,
-        &[
-            ("local.executors", Some(&executors_flag)),
-            ("tpch.scale", Some(&scale_flag)),
-            ("coordinator.port", Some(&zero)),
-            ("coordinator.pg_port", Some(&zero)),
-            ("coordinator.flight_sql_port", Some(&zero)),
-            ("http.port", Some(&zero)),
-        ],
-    )?;
     eprintln!(
         "preparing TPC-H SF{} and a local cluster with {} executors",
         args.scale, args.executors
     );
-    let cluster = LocalCluster::start(&config).await?;
-    let engine = cluster.engine();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let running = tokio::spawn(cluster.run(stopped(stop_rx)));
-    engine
-        .wait_for_executors(args.executors, Duration::from_secs(30))
-        .await?;
+    let (config, cluster) = BenchCluster::start(
+        config_file,
+        &[
+            ("local.executors", Some(&args.executors.to_string())),
+            ("tpch.scale", Some(&args.scale.to_string())),
+        ],
+    )
+    .await?;
+    let engine = Arc::clone(&cluster.engine);
     let dir = std::fs::canonicalize(tpch::scale_dir(
         &config.coordinator.data_dir.join("tpch"),
         args.scale,
     ))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let datafusion = SessionContext::new_with_config(
-        SessionConfig::from_env()?
-            .with_target_partitions(cores)
-            .with_default_catalog_and_schema("ember", "tpch"),
-    );
+    let datafusion = datafusion_context("tpch")?;
     tpch::register(&datafusion, "tpch", &dir).await?;
 
     // The answers every run is checked against: DataFusion's, alone.
@@ -140,8 +123,14 @@ pub(super) async fn run(
         duration.as_secs(),
         args.executors
     );
-    let df = load_datafusion(&datafusion, &mix, args.clients, duration).await;
-    let ember = load_ember(&engine, &mix, args.clients, duration).await;
+    let df = load(
+        || DataFusionClient(datafusion.clone()),
+        &mix,
+        args.clients,
+        duration,
+    )
+    .await;
+    let ember = load(|| EmberClient::new(&engine), &mix, args.clients, duration).await;
     println!(
         "{:>10} {:>9} {:>9} {:>6} {:>7} {:>10} {:>10} {:>12} {:>12}",
         "engine",
@@ -172,9 +161,7 @@ pub(super) async fn run(
         "ember/datafusion queries per minute: {:.2}",
         ember.per_minute() / df.per_minute().max(1e-9)
     );
-    let _ = stop_tx.send(true);
-    running.await??;
-    Ok(())
+    cluster.stop().await
 }
 
 /// The mix's queries, their names and DataFusion's answers alone.
@@ -229,8 +216,48 @@ impl Shared {
     }
 }
 
-async fn load_datafusion(
-    ctx: &SessionContext,
+/// One client's connection to an engine.
+trait Client: Send + Sync + 'static {
+    /// Runs `sql`: the time it took and its answer.
+    fn run(&self, sql: &'static str) -> impl Future<Output = (Duration, Answer)> + Send;
+}
+
+/// A client of single-node DataFusion: the shared context.
+struct DataFusionClient(SessionContext);
+
+impl Client for DataFusionClient {
+    fn run(&self, sql: &'static str) -> impl Future<Output = (Duration, Answer)> + Send {
+        run_datafusion(&self.0, sql)
+    }
+}
+
+/// A client of Ember: a session of its own.
+struct EmberClient {
+    engine: Arc<QueryEngine>,
+    session: ClientSession,
+}
+
+impl EmberClient {
+    fn new(engine: &Arc<QueryEngine>) -> Self {
+        let session = engine.new_session();
+        session.set_current_schema("tpch");
+        Self {
+            engine: Arc::clone(engine),
+            session,
+        }
+    }
+}
+
+impl Client for EmberClient {
+    fn run(&self, sql: &'static str) -> impl Future<Output = (Duration, Answer)> + Send {
+        time_ember(&self.engine, &self.session, sql)
+    }
+}
+
+/// `clients` clients made by `connect`, each running the mix in turn from its own first query,
+/// for `duration`, while another sends `SELECT 1` every [`PROBE_EVERY`].
+async fn load<C: Client>(
+    connect: impl Fn() -> C,
     mix: &Mix,
     clients: usize,
     duration: Duration,
@@ -239,18 +266,19 @@ async fn load_datafusion(
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = vec![];
-    for client in 0..clients {
-        let (ctx, mix, shared, stop) = (
-            ctx.clone(),
+    for first in 0..clients {
+        let (client, mix, shared, stop) = (
+            connect(),
             Arc::clone(mix),
             Arc::clone(&shared),
             Arc::clone(&stop),
         );
         tasks.push(tokio::spawn(async move {
-            let mut next = client % mix.len();
+            let mut next = first % mix.len();
             while !stop.load(Ordering::Relaxed) {
                 let (name, sql, expected) = &mix[next];
-                let (took, answer) = run_datafusion(&ctx, sql).await;
+                let (took, answer) = client.run(sql).await;
+                // A query that ends after the time is up does not count.
                 if !stop.load(Ordering::Relaxed) {
                     shared.record(name, expected, &answer, took);
                 }
@@ -258,82 +286,21 @@ async fn load_datafusion(
             }
         }));
     }
-    let probes = probe(duration, |_| {
-        let ctx = ctx.clone();
-        async move { run_datafusion(&ctx, "SELECT 1").await.0 }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    for task in tasks {
-        let _ = task.await;
-    }
-    Arc::into_inner(shared)
-        .expect("the clients have ended")
-        .into_load(elapsed, probes)
-}
-
-async fn load_ember(
-    engine: &Arc<QueryEngine>,
-    mix: &Mix,
-    clients: usize,
-    duration: Duration,
-) -> Load {
-    let shared = Arc::new(Shared::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for client in 0..clients {
-        let (engine, mix, shared, stop) = (
-            Arc::clone(engine),
-            Arc::clone(mix),
-            Arc::clone(&shared),
-            Arc::clone(&stop),
-        );
-        tasks.push(tokio::spawn(async move {
-            let session = engine.new_session();
-            session.set_current_schema("tpch");
-            let mut next = client % mix.len();
-            while !stop.load(Ordering::Relaxed) {
-                let (name, sql, expected) = &mix[next];
-                let (took, answer) = time_ember(&engine, &session, sql).await;
-                if !stop.load(Ordering::Relaxed) {
-                    shared.record(name, expected, &answer, took);
-                }
-                next = (next + 1) % mix.len();
-            }
-        }));
-    }
-    let session = Arc::new(engine.new_session());
-    let probes = probe(duration, |_| {
-        let (engine, session) = (Arc::clone(engine), Arc::clone(&session));
-        async move { time_ember(&engine, &session, "SELECT 1").await.0 }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    for task in tasks {
-        let _ = task.await;
-    }
-    Arc::into_inner(shared)
-        .expect("the clients have ended")
-        .into_load(elapsed, probes)
-}
-
-/// Sends `SELECT 1` every [`PROBE_EVERY`] for `duration`: the time each took.
-async fn probe<F, Fut>(duration: Duration, select_one: F) -> Vec<Duration>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Duration>,
-{
-    let start = Instant::now();
+    let prober = connect();
     let mut probes = vec![];
     let mut tick = tokio::time::interval(PROBE_EVERY);
     while start.elapsed() < duration {
         tick.tick().await;
-        probes.push(select_one(probes.len()).await);
+        probes.push(prober.run("SELECT 1").await.0);
     }
-    probes
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Arc::into_inner(shared)
+        .expect("the clients have ended")
+        .into_load(elapsed, probes)
 }
 
 /// The `q`-quantile of sorted durations (zero when there are none).

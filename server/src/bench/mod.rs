@@ -2,6 +2,7 @@
 //! run on the same files, with per-query times and the ratio.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -12,8 +13,9 @@ use futures::TryStreamExt;
 use tokio::sync::watch;
 
 use crate::local::LocalCluster;
-use ember_coordinator::Output;
-use ember_coordinator::stopped;
+use ember_config::EmberConfig;
+use ember_coordinator::engine::QueryEngine;
+use ember_coordinator::{Output, stopped};
 
 mod concurrency;
 mod tpcds;
@@ -82,42 +84,22 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
         queries.iter().all(|q| (1..=22).contains(q)),
         "TPC-H queries are numbered 1 to 22"
     );
-    let executors_flag = executors.to_string();
-    let scale_flag = scale.to_string();
-    let zero = "0".to_string();
-    let config = crate::layers::load_config(
+    eprintln!("preparing TPC-H SF{scale} and a local cluster with {executors} executors");
+    let (config, cluster) = BenchCluster::start(
         config_file,
         &[
-            ("local.executors", Some(&executors_flag)),
-            ("tpch.scale", Some(&scale_flag)),
-            ("coordinator.port", Some(&zero)),
-            ("coordinator.pg_port", Some(&zero)),
-            ("coordinator.flight_sql_port", Some(&zero)),
-            ("http.port", Some(&zero)),
+            ("local.executors", Some(&executors.to_string())),
+            ("tpch.scale", Some(&scale.to_string())),
         ],
-    )?;
-    eprintln!("preparing TPC-H SF{scale} and a local cluster with {executors} executors");
-    let cluster = LocalCluster::start(&config).await?;
-    if let Some(addr) = cluster.http_addr {
-        eprintln!("web UI at http://{addr}/");
-    }
-    let engine = cluster.engine();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let running = tokio::spawn(cluster.run(stopped(stop_rx)));
-    engine
-        .wait_for_executors(executors, Duration::from_secs(30))
-        .await?;
-
+    )
+    .await?;
+    let engine = Arc::clone(&cluster.engine);
     let dir = std::fs::canonicalize(tpch::scale_dir(
         &config.coordinator.data_dir.join("tpch"),
         scale,
     ))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let datafusion = SessionContext::new_with_config(
-        SessionConfig::from_env()?
-            .with_target_partitions(cores)
-            .with_default_catalog_and_schema("ember", "tpch"),
-    );
+    let datafusion = datafusion_context("tpch")?;
     tpch::register(&datafusion, "tpch", &dir).await?;
     let session = engine.new_session();
     session.set_current_schema("tpch");
@@ -128,9 +110,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
         .map(|q| (format!("q{q}"), tpch::QUERIES[q - 1]))
         .collect();
     compare_engines(&datafusion, &engine, &session, &queries, iterations).await;
-    let _ = stop_tx.send(true);
-    running.await??;
-    Ok(())
+    cluster.stop().await
 }
 
 /// Queries whose time is mostly planning and opening files: listing, footers, statistics.
@@ -155,13 +135,7 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
     let zero = "0".to_string();
     let mut times: Vec<Vec<Duration>> = vec![];
     for cached in [true, false] {
-        let mut flags = vec![
-            ("tpch.scale", Some(&scale_flag)),
-            ("coordinator.port", Some(&zero)),
-            ("coordinator.pg_port", Some(&zero)),
-            ("coordinator.flight_sql_port", Some(&zero)),
-            ("http.port", Some(&zero)),
-        ];
+        let mut flags = vec![("tpch.scale", Some(&scale_flag))];
         if !cached {
             flags.extend([
                 ("cache.metadata_bytes", Some(&zero)),
@@ -169,14 +143,8 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
                 ("cache.statistics_bytes", Some(&zero)),
             ]);
         }
-        let config = crate::layers::load_config(config_file, &flags)?;
-        let cluster = LocalCluster::start(&config).await?;
-        let engine = cluster.engine();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let running = tokio::spawn(cluster.run(stopped(stop_rx)));
-        engine
-            .wait_for_executors(config.local.executors, Duration::from_secs(30))
-            .await?;
+        let (_, cluster) = BenchCluster::start(config_file, &flags).await?;
+        let engine = Arc::clone(&cluster.engine);
         let session = engine.new_session();
         session.set_current_schema("tpch");
         let mut per_query = vec![];
@@ -197,8 +165,7 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
             per_query.push(total / (iterations.max(2) - 1) as u32);
         }
         times.push(per_query);
-        let _ = stop_tx.send(true);
-        running.await??;
+        cluster.stop().await?;
     }
     println!(
         "TPC-H SF{scale}, mean of {} warm runs",
@@ -216,6 +183,68 @@ async fn cache(scale: f64, iterations: usize, config_file: Option<&PathBuf>) -> 
         );
     }
     Ok(())
+}
+
+/// A local cluster a benchmark runs on, its ports free ones.
+struct BenchCluster {
+    engine: Arc<QueryEngine>,
+    stop: watch::Sender<bool>,
+    running: tokio::task::JoinHandle<crate::Result<()>>,
+}
+
+impl BenchCluster {
+    /// Loads the configuration (`config_file`, then `flags`, then free ports), starts the
+    /// cluster and waits for its executors.
+    async fn start(
+        config_file: Option<&PathBuf>,
+        flags: &[(&str, Option<&String>)],
+    ) -> anyhow::Result<(EmberConfig, Self)> {
+        let zero = "0".to_string();
+        let mut flags = flags.to_vec();
+        flags.extend([
+            ("coordinator.port", Some(&zero)),
+            ("coordinator.pg_port", Some(&zero)),
+            ("coordinator.flight_sql_port", Some(&zero)),
+            ("http.port", Some(&zero)),
+        ]);
+        let config = crate::layers::load_config(config_file, &flags)?;
+        let cluster = LocalCluster::start(&config).await?;
+        if let Some(addr) = cluster.http_addr {
+            eprintln!("web UI at http://{addr}/");
+        }
+        let engine = cluster.engine();
+        let (stop, stop_rx) = watch::channel(false);
+        let running = tokio::spawn(cluster.run(stopped(stop_rx)));
+        engine
+            .wait_for_executors(config.local.executors, Duration::from_secs(30))
+            .await?;
+        Ok((
+            config,
+            Self {
+                engine,
+                stop,
+                running,
+            },
+        ))
+    }
+
+    /// Stops the cluster and waits until it has.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.running.await??;
+        Ok(())
+    }
+}
+
+/// Single-node DataFusion as the benchmarks run it: the machine's cores, DataFusion's own
+/// `DATAFUSION_*` settings, `schema` current.
+fn datafusion_context(schema: &str) -> anyhow::Result<SessionContext> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok(SessionContext::new_with_config(
+        SessionConfig::from_env()?
+            .with_target_partitions(cores)
+            .with_default_catalog_and_schema("ember", schema),
+    ))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -8,15 +8,11 @@
 //! the `ibis-framework` package carries in `ibis/backends/tests/tpc/queries/duckdb/ds`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use tokio::sync::watch;
+use datafusion::prelude::ParquetReadOptions;
 
-use super::{compare_engines, run_ember};
-use crate::local::LocalCluster;
-use ember_coordinator::stopped;
+use super::{BenchCluster, compare_engines, datafusion_context, run_ember};
 
 /// TPC-DS's tables (`tpcgen-cli` also writes `dbgen_version`, which no query reads).
 pub const TABLES: [&str; 24] = [
@@ -91,41 +87,28 @@ pub(super) async fn run(args: TpcdsArgs, config_file: Option<&PathBuf>) -> anyho
         data.display(),
         std::path::absolute(&base.coordinator.data_dir)?.display()
     );
-    let config = crate::layers::load_config(
-        config_file,
-        &[
-            ("local.executors", Some(&executors)),
-            ("tpch.scale", Some(&zero)),
-            ("coordinator.port", Some(&zero)),
-            ("coordinator.pg_port", Some(&zero)),
-            ("coordinator.flight_sql_port", Some(&zero)),
-            ("http.port", Some(&zero)),
-            ("storage.allowed_paths", Some(&allowed)),
-        ],
-    )?;
     eprintln!(
         "TPC-DS SF{} from {}; a local cluster with {} executors",
         args.scale,
         data.display(),
         args.executors
     );
-    let cluster = LocalCluster::start(&config).await?;
-    let engine = cluster.engine();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let running = tokio::spawn(cluster.run(stopped(stop_rx)));
-    engine
-        .wait_for_executors(args.executors, Duration::from_secs(30))
-        .await?;
+    let (_, cluster) = BenchCluster::start(
+        config_file,
+        &[
+            ("local.executors", Some(&executors)),
+            ("tpch.scale", Some(&zero)),
+            ("storage.allowed_paths", Some(&allowed)),
+        ],
+    )
+    .await?;
+    let engine = std::sync::Arc::clone(&cluster.engine);
     let session = engine.new_session();
     run_ember(&engine, &session, "create schema if not exists tpcds").await?;
     session.set_current_schema("tpcds");
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let datafusion = SessionContext::new_with_config(
-        SessionConfig::from_env()?
-            .with_target_partitions(cores)
-            .with_default_catalog_and_schema("ember", "tpcds"),
-    );
+    let datafusion = datafusion_context("tpcds")?;
     for table in TABLES {
         let path = data.join(format!("{table}.parquet"));
         let location = path.to_str().context("a data path that is not UTF-8")?;
@@ -152,8 +135,7 @@ pub(super) async fn run(args: TpcdsArgs, config_file: Option<&PathBuf>) -> anyho
         .map(|(number, sql)| (format!("q{number}"), sql.as_str()))
         .collect();
     compare_engines(&datafusion, &engine, &session, &queries, args.iterations).await;
-    let _ = stop_tx.send(true);
-    running.await??;
+    cluster.stop().await?;
     Ok(())
 }
 
