@@ -297,9 +297,16 @@ async fn history(table: &DeltaTable, limit: Option<usize>) -> Result<Vec<ArrayRe
     let mut blind = vec![];
     let mut metrics = vec![];
     let mut engines = vec![];
+    // The time of a commit is its log file's, as TIMESTAMP AS OF resolves it (Delta's rule
+    // without in-commit timestamps); the commit's own record when the file is not listed.
+    let snapshot = table.snapshot().ok();
     for (i, commit) in commits.iter().enumerate() {
-        versions.push(newest - i as i64);
-        timestamps.push(commit.timestamp);
+        let version = newest - i as i64;
+        versions.push(version);
+        let file_time = u64::try_from(version)
+            .ok()
+            .and_then(|v| snapshot.and_then(|s| s.version_timestamp(v)));
+        timestamps.push(file_time.or(commit.timestamp));
         users.push(commit.user_name.clone());
         operations.push(commit.operation.clone());
         parameters.push(commit.operation_parameters.as_ref().map(json));
