@@ -18,12 +18,14 @@ use super::{check_wiring, context, graph, locations};
 
 const MIB: u64 = 1 << 20;
 
-/// Joins are shuffled on both sides, whatever their size.
+/// Joins are shuffled on both sides, whatever their size, and even small files are split
+/// among map tasks.
 async fn shuffled_joins() -> SessionContext {
     let (ctx, _) = context(4).await;
     for set in [
         "set datafusion.optimizer.hash_join_single_partition_threshold = 0",
         "set datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+        "set datafusion.optimizer.repartition_file_min_size = 0",
     ] {
         ctx.sql(set).await.expect("set");
     }
@@ -158,9 +160,6 @@ async fn small_partitions_are_coalesced_into_fewer_tasks() {
 #[tokio::test]
 async fn a_skewed_partition_of_a_shuffled_join_is_split_by_map_ranges() {
     let ctx = shuffled_joins().await;
-    ctx.sql("set datafusion.optimizer.repartition_file_min_size = 0")
-        .await
-        .expect("set");
     let graph = graph(
         &ctx,
         "select count(*) from orders join lineitem on o_orderkey = l_orderkey",
@@ -259,9 +258,6 @@ async fn a_skewed_partition_of_a_shuffled_join_is_split_by_map_ranges() {
 #[tokio::test]
 async fn the_preserved_side_of_an_outer_join_is_never_split() {
     let ctx = shuffled_joins().await;
-    ctx.sql("set datafusion.optimizer.repartition_file_min_size = 0")
-        .await
-        .expect("set");
     let graph = graph(
         &ctx,
         "select count(*) from orders full join lineitem on o_orderkey = l_orderkey",
