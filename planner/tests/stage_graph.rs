@@ -240,25 +240,10 @@ async fn outer_joins_never_split_a_collected_build_side() {
 async fn task_fragments_round_trip_and_carry_only_their_files() {
     let (ctx, dir) = context(4).await;
     let graph = graph(&ctx, tpch::QUERIES[2]).await;
-    let mut locations: HashMap<StageId, Vec<MapOutputLocation>> = HashMap::new();
-    for stage in &graph.stages {
-        locations.insert(
-            stage.id,
-            (0..stage.num_tasks() as u32)
-                .map(|m| MapOutputLocation {
-                    map_partition: m,
-                    attempt: 0,
-                    executor_id: ExecutorId(format!("e{}", m % 2)),
-                    flight_address: "127.0.0.1:1".into(),
-                    host_key: String::new(),
-                    work_dir: PathBuf::new(),
-                })
-                .collect(),
-        );
-    }
     let task_ctx = ctx.task_ctx();
     let mut trimmed = 0;
     for stage in &graph.stages {
+        let locations = locations(&graph, stage);
         for partition in 0..stage.num_tasks() {
             let fragment = task_fragment(stage, partition, &locations).expect("fragment");
             let bytes = encode_plan(Arc::clone(&fragment)).expect("encode");
