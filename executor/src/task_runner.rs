@@ -13,6 +13,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::MetricValue;
 use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
+use ember_planner::dynamic_filters::{is_task_local, plan_task_filters};
 use ember_planner::ids::{ExecutorId, TaskAttempt};
 use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{
@@ -110,6 +111,11 @@ impl TaskRunner {
         let started = Instant::now();
         let plan = decode_plan(&launch.plan, &ctx)?;
         self.allowed_paths.check_plan(&plan)?;
+        let plan = plan_task_filters(
+            plan,
+            attempt.partition as usize,
+            ctx.session_config().options(),
+        )?;
         let decoded = started.elapsed();
         let batches: Vec<RecordBatch> = plan
             .execute(attempt.partition as usize, ctx)?
@@ -147,16 +153,41 @@ impl TaskRunner {
 }
 
 /// The metrics of each operator of a finished plan, in pre-order, summed over its partitions
-/// (DataFusion's `MetricsSet::aggregate_by_name`). Timestamps and ratios do not add up over
-/// tasks and are left out.
+/// (DataFusion's `MetricsSet::aggregate_by_name`); a pruning metric becomes two counts, what
+/// was pruned (its name) and what was not (`<name>_matched`). Timestamps and ratios do not add
+/// up over tasks and are left out.
 fn operator_metrics(plan: &dyn ExecutionPlan, depth: u32, out: &mut Vec<OperatorMetrics>) {
+    // The stage plan the coordinator shows has no task-local operators.
+    if is_task_local(plan) {
+        for child in plan.children() {
+            operator_metrics(child.as_ref(), depth, out);
+        }
+        return;
+    }
     let metrics = plan
         .metrics()
         .map(|m| m.aggregate_by_name())
         .into_iter()
         .flat_map(|set| set.iter().cloned().collect::<Vec<_>>())
-        .filter_map(|metric| {
+        .flat_map(|metric| {
             let value = metric.value();
+            let count = |name: String, value: usize| OperatorMetric {
+                name,
+                value: value as u64,
+                kind: MetricKind::Count as i32,
+            };
+            // What a scan's statistics and dynamic filters skipped (files, row groups, pages,
+            // rows) against what it still read.
+            if let MetricValue::PruningMetrics {
+                name,
+                pruning_metrics,
+            } = value
+            {
+                return vec![
+                    count(name.to_string(), pruning_metrics.pruned()),
+                    count(format!("{name}_matched"), pruning_metrics.matched()),
+                ];
+            }
             let kind = match value {
                 MetricValue::ElapsedCompute(_) | MetricValue::Time { .. } => MetricKind::TimeNanos,
                 MetricValue::CurrentMemoryUsage(_)
@@ -169,13 +200,13 @@ fn operator_metrics(plan: &dyn ExecutionPlan, depth: u32, out: &mut Vec<Operator
                 | MetricValue::OutputBatches(_)
                 | MetricValue::SpilledRows(_)
                 | MetricValue::Count { .. } => MetricKind::Count,
-                _ => return None,
+                _ => return vec![],
             };
-            Some(OperatorMetric {
+            vec![OperatorMetric {
                 name: value.name().to_string(),
                 value: value.as_usize() as u64,
                 kind: kind as i32,
-            })
+            }]
         })
         .collect();
     out.push(OperatorMetrics {

@@ -19,7 +19,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 /// Join types whose output depends on which build rows matched across all probe partitions.
-fn needs_global_build_state(join_type: &JoinType) -> bool {
+pub(crate) fn needs_global_build_state(join_type: &JoinType) -> bool {
     matches!(
         join_type,
         JoinType::Left

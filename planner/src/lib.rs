@@ -16,6 +16,7 @@
 pub mod adaptive;
 pub mod cache;
 pub mod codec;
+pub mod dynamic_filters;
 pub mod error;
 pub mod float_stats;
 pub mod functions;

@@ -1,7 +1,12 @@
 //! The DataFusion configuration every Ember planner and executor session starts from.
 
+use std::sync::Arc;
+
 use datafusion::common::config::ConfigExtension;
 use datafusion::common::extensions_options;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::SessionConfig;
 use ember_config::AdaptiveConfig;
 
@@ -22,12 +27,6 @@ pub fn distributed_config(target_partitions: usize) -> SessionConfig {
         // would become network shuffles that cost more than they give.
         .with_round_robin_repartition(false);
     let options = config.options_mut();
-    // Dynamic filters flow from a hash join to a scan at run time through shared memory; they
-    // cannot cross a stage boundary, so a probe-side scan would wait forever for them.
-    options.optimizer.enable_dynamic_filter_pushdown = false;
-    options.optimizer.enable_join_dynamic_filter_pushdown = false;
-    options.optimizer.enable_topk_dynamic_filter_pushdown = false;
-    options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     // A join side estimated this small is cheaper to send whole to every task (a broadcast
     // stage) than to shuffle both sides by key, which moves the large side through disk and
     // Flight: DataFusion's single-process default (1 MiB) shuffled all of lineitem in TPC-H q5
@@ -36,6 +35,28 @@ pub fn distributed_config(target_partitions: usize) -> SessionConfig {
     // large could broadcast a table that does not fit.
     options.optimizer.hash_join_single_partition_threshold = 32 << 20;
     config
+}
+
+/// The physical optimizer rule that plans dynamic filters, by its DataFusion name.
+const DYNAMIC_FILTER_RULE: &str = "FilterPushdown(Post)";
+
+/// The state distributed plans are made in: `config` and `runtime` with DataFusion's features
+/// and physical optimizer rules, save the one that plans dynamic filters. Those link operators
+/// at run time through shared memory and cannot cross a stage boundary: each executor plans
+/// them inside the task it runs (`dynamic_filters::plan_task_filters`), as the session's
+/// `datafusion.optimizer.enable_*dynamic_filter_pushdown` settings allow.
+pub fn distributed_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionState {
+    let rules = PhysicalOptimizer::new()
+        .rules
+        .into_iter()
+        .filter(|rule| rule.name() != DYNAMIC_FILTER_RULE)
+        .collect();
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rules(rules)
+        .build()
 }
 
 extensions_options! {
@@ -101,5 +122,25 @@ mod tests {
         let config = ember_config::EmberConfig::defaults();
         let from_config = EmberOptions::from_config(&config.adaptive).adaptive_options(4);
         assert_eq!(from_config, EmberOptions::default().adaptive_options(4));
+    }
+
+    #[test]
+    fn distributed_plans_leave_out_only_the_dynamic_filter_rule() {
+        let all = PhysicalOptimizer::new().rules;
+        let state = distributed_state(distributed_config(2), Arc::default());
+        let names: Vec<&str> = state
+            .physical_optimizers()
+            .iter()
+            .map(|r| r.name())
+            .collect();
+        assert_eq!(names.len() + 1, all.len(), "{names:?}");
+        assert!(!names.contains(&DYNAMIC_FILTER_RULE));
+        // The settings stay DataFusion's: executors read them.
+        assert!(
+            state
+                .config_options()
+                .optimizer
+                .enable_dynamic_filter_pushdown
+        );
     }
 }

@@ -8,7 +8,7 @@ use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::SessionContext;
 use ember_planner::codec::{decode_plan, encode_plan};
 use ember_planner::ids::{ExecutorId, QueryId, StageId};
-use ember_planner::session::distributed_config;
+use ember_planner::session::{distributed_config, distributed_state};
 use ember_planner::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec};
 use ember_planner::stage::{Stage, StageGraph, StageKind};
 use ember_planner::task::task_fragment;
@@ -16,6 +16,8 @@ use ember_planner::tpch;
 
 #[path = "stage_graph/adaptive.rs"]
 mod adaptive;
+#[path = "stage_graph/dynamic_filters.rs"]
+mod dynamic_filters;
 
 const SCALE: f64 = 0.01;
 
@@ -32,7 +34,10 @@ fn data_dir() -> PathBuf {
 
 async fn context(target_partitions: usize) -> (SessionContext, PathBuf) {
     let dir = data_dir();
-    let ctx = SessionContext::new_with_config(distributed_config(target_partitions));
+    let ctx = SessionContext::new_with_state(distributed_state(
+        distributed_config(target_partitions),
+        Arc::default(),
+    ));
     tpch::register(&ctx, "tpch", &dir).await.expect("register");
     ctx.state_ref()
         .write()

@@ -12,7 +12,9 @@ use ember_config::EmberConfig;
 use ember_planner::cache::CacheLimits;
 use ember_planner::float_stats::FloatSafeParquetFactory;
 use ember_planner::paths::AllowedPaths;
-use ember_planner::session::{DEFAULT_CATALOG, EmberOptions, distributed_config};
+use ember_planner::session::{
+    DEFAULT_CATALOG, EmberOptions, distributed_config, distributed_state,
+};
 use ember_planner::storage::{EmberObjectStores, S3Options};
 use ember_protocol::FlightShuffleFetcher;
 use ember_protocol::membership::ClusterCredentials;
@@ -74,7 +76,7 @@ impl Coordinator {
             .build_arc()?;
         let session_config = distributed_config(cores)
             .with_option_extension(EmberOptions::from_config(&config.adaptive));
-        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let ctx = SessionContext::new_with_state(distributed_state(session_config, runtime));
         if config.coordinator.filtered_joins_first {
             ctx.add_optimizer_rule(Arc::new(ember_planner::join_order::FilteredJoinsFirst));
         }
