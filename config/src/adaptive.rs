@@ -26,4 +26,8 @@ pub struct AdaptiveConfig {
     pub skew_factor: f64,
     /// ...and larger than this many bytes.
     pub skew_threshold_bytes: u64,
+    /// A stage a shuffled join reads as its probe side waits for the join's build side when
+    /// that side is filtered, and keeps only the rows whose keys it has when it wrote at most
+    /// this many bytes (0: never).
+    pub runtime_filter_bytes: u64,
 }

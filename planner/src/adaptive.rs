@@ -15,6 +15,10 @@
 //! rely on, or a result stage keep their tasks.
 //! A split also needs every operator between the join and the stage's writer to work row by
 //! row, so that no operator above the join needs all rows of a key in one task.
+//!
+//! A third rewrite changes operators: a stage a shuffled join reads as its probe side keeps
+//! only the rows whose keys the join's build side has, when that side proved small
+//! ([`crate::runtime_filter`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -33,6 +37,7 @@ use datafusion::physical_plan::union::{InterleaveExec, UnionExec};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 use crate::ids::StageId;
+use crate::runtime_filter::apply_runtime_filter;
 use crate::shuffle::{ReadMode, ReadSpec, ShuffleReaderExec, ShuffleWriterExec};
 use crate::stage::{Stage, StageKind};
 
@@ -59,6 +64,9 @@ pub struct AdaptiveOptions {
     pub skew_factor: f64,
     /// ...and larger than this.
     pub skew_threshold_bytes: u64,
+    /// A stage read as a shuffled join's probe side is filtered by the join's build side when
+    /// that side's stage wrote at most this many bytes (0: never).
+    pub runtime_filter_bytes: u64,
 }
 
 impl Default for AdaptiveOptions {
@@ -72,6 +80,7 @@ impl Default for AdaptiveOptions {
             parallelism: 1,
             skew_factor: 5.0,
             skew_threshold_bytes: 256 << 20,
+            runtime_filter_bytes: 16 << 20,
         }
     }
 }
@@ -106,6 +115,48 @@ pub struct AdaptedStage {
 /// it runs as planned with nothing to say (also when the sizes do not cover what it reads). A
 /// stage that keeps its plan may come back with notes (a skewed partition it could not split).
 pub fn adapt_stage(
+    stage: &Stage,
+    sizes: &HashMap<StageId, MapOutputSizes>,
+    options: &AdaptiveOptions,
+) -> Result<Option<AdaptedStage>> {
+    let adapted = adapt_partitions(stage, sizes, options)?;
+    if !options.enabled || stage.runtime_filters.is_empty() {
+        return Ok(adapted);
+    }
+    let (mut plan, mut notes) = match adapted {
+        Some(adapted) => (adapted.plan, adapted.notes),
+        None => (Arc::clone(&stage.plan), vec![]),
+    };
+    for filter in &stage.runtime_filters {
+        let Some(build) = sizes.get(&filter.build) else {
+            continue;
+        };
+        // A build stage without map tasks (an empty table) is no set to filter by.
+        if build.bytes.is_empty() {
+            continue;
+        }
+        let written = saturating_sum(build.bytes.iter().flatten().copied());
+        if written > options.runtime_filter_bytes {
+            notes.push(format!(
+                "no runtime filter: the build side (stage {}) wrote {}, over {}",
+                filter.build,
+                bytes(written),
+                bytes(options.runtime_filter_bytes)
+            ));
+            continue;
+        }
+        plan = apply_runtime_filter(&plan, filter, build.bytes.len())?;
+        notes.push(format!(
+            "runtime filter: rows kept only where the build side (stage {}, {}) has their keys",
+            filter.build,
+            bytes(written)
+        ));
+    }
+    Ok((!notes.is_empty()).then_some(AdaptedStage { plan, notes }))
+}
+
+/// The coalescing and skew splitting of `stage`'s shuffle partitions.
+fn adapt_partitions(
     stage: &Stage,
     sizes: &HashMap<StageId, MapOutputSizes>,
     options: &AdaptiveOptions,

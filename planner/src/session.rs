@@ -77,6 +77,8 @@ extensions_options! {
         pub adaptive_skew_factor: f64, default = 5.0
         /// ...and beyond this many bytes.
         pub adaptive_skew_threshold_bytes: u64, default = 256 << 20
+        /// A shuffled join's probe side is filtered by its build side up to this many bytes.
+        pub adaptive_runtime_filter_bytes: u64, default = 16 << 20
     }
 }
 
@@ -95,6 +97,7 @@ impl EmberOptions {
             adaptive_min_partition_bytes: adaptive.min_partition_bytes,
             adaptive_skew_factor: adaptive.skew_factor,
             adaptive_skew_threshold_bytes: adaptive.skew_threshold_bytes,
+            adaptive_runtime_filter_bytes: adaptive.runtime_filter_bytes,
         }
     }
 
@@ -109,6 +112,7 @@ impl EmberOptions {
             parallelism,
             skew_factor: self.adaptive_skew_factor,
             skew_threshold_bytes: self.adaptive_skew_threshold_bytes,
+            runtime_filter_bytes: self.adaptive_runtime_filter_bytes,
         }
     }
 }

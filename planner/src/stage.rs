@@ -33,6 +33,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 
 use crate::ids::{QueryId, StageId};
+use crate::runtime_filter::{RuntimeFilter, has_predicate, join_filter};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
 /// What a stage's output is for.
@@ -70,8 +71,12 @@ pub struct Stage {
     /// The fragment, rooted at its [`ShuffleWriterExec`]. Its [`ShuffleReaderExec`] leaves have no
     /// map locations yet; each task's copy gets them when the task is launched.
     pub plan: Arc<dyn ExecutionPlan>,
-    /// The stages whose outputs this one reads, in plan order.
+    /// The stages whose outputs this one reads, in plan order, then the build stages of its
+    /// runtime filters.
     pub inputs: Vec<StageId>,
+    /// Filters its output may take from the build side of the shuffled join that reads it,
+    /// once that side's stage has run (`runtime_filter`).
+    pub runtime_filters: Vec<RuntimeFilter>,
 }
 
 impl Stage {
@@ -112,6 +117,7 @@ impl StageGraph {
         };
         let root = cutter.cut(crate::joins::distribute_joins(plan)?)?;
         cutter.add_stage(root, None, StageKind::Result)?;
+        plan_runtime_filters(&mut cutter.stages)?;
         Ok(Self {
             query_id,
             stages: cutter.stages,
@@ -128,6 +134,15 @@ impl StageGraph {
         self.stages
             .last()
             .expect("a stage graph always has a result stage")
+    }
+
+    /// Drops every runtime filter, and the waits for build stages they added: for sessions
+    /// that turned them off.
+    pub fn drop_runtime_filters(&mut self) {
+        for stage in &mut self.stages {
+            let builds: Vec<StageId> = stage.runtime_filters.drain(..).map(|f| f.build).collect();
+            stage.inputs.retain(|input| !builds.contains(input));
+        }
     }
 
     /// The stages that read the output of `id`.
@@ -175,9 +190,19 @@ impl StageGraph {
                 Some(p) => format!("{p}"),
                 None => "single".to_string(),
             };
+            let filters = if stage.runtime_filters.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<String> = stage
+                    .runtime_filters
+                    .iter()
+                    .map(|f| f.build.to_string())
+                    .collect();
+                format!(" runtime_filters_from=[{}]", ids.join(", "))
+            };
             let _ = writeln!(
                 out,
-                "Stage {} [{}] tasks={} output={} inputs=[{}]",
+                "Stage {} [{}] tasks={} output={} inputs=[{}]{filters}",
                 stage.id,
                 stage.kind.as_str(),
                 stage.num_tasks(),
@@ -311,9 +336,46 @@ impl Cutter {
             kind,
             plan: Arc::new(writer),
             inputs,
+            runtime_filters: vec![],
         });
         Ok(id)
     }
+}
+
+/// Gives each stage that a shuffled join reads as its probe side a runtime filter from the
+/// join's build stage when that stage is filtered, and makes it wait for that stage. `stages`
+/// are in id order, every stage after its inputs; a build stage always precedes its probe
+/// stage (it is cut first), so the order stays one.
+fn plan_runtime_filters(stages: &mut [Stage]) -> Result<()> {
+    let mut found: Vec<(StageId, RuntimeFilter)> = vec![];
+    for stage in stages.iter() {
+        stage.plan.apply(|node| {
+            if let Some(join) = node.downcast_ref::<HashJoinExec>()
+                && let Some(filter) = join_filter(join)
+            {
+                found.push(filter);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    // In id order, every stage after its inputs: whether it or a stage it reads filters rows.
+    let mut filtered: Vec<bool> = Vec::with_capacity(stages.len());
+    for stage in stages.iter() {
+        let reads_filtered = stage.inputs.iter().any(|input| filtered[input.0 as usize]);
+        filtered.push(reads_filtered || has_predicate(&stage.plan)?);
+    }
+    for (probe, filter) in found {
+        if filter.build >= probe || !filtered[filter.build.0 as usize] {
+            continue;
+        }
+        let stage = &mut stages[probe.0 as usize];
+        if stage.kind != StageKind::Shuffle || stage.inputs.contains(&filter.build) {
+            continue;
+        }
+        stage.inputs.push(filter.build);
+        stage.runtime_filters.push(filter);
+    }
+    Ok(())
 }
 
 fn resort(ordering: LexOrdering, input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {

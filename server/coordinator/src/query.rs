@@ -108,7 +108,8 @@ impl QueryEngine {
             )?));
         }
         let query_id = QueryId::random();
-        let graph = StageGraph::try_new(query_id.clone(), physical)?;
+        let adaptive = ember_options(state.config_options());
+        let graph = stage_graph(query_id.clone(), physical, &adaptive)?;
         let result_stage = graph.result_stage();
         let schema = result_stage.writer().input().schema();
         let num_partitions = result_stage.num_tasks();
@@ -122,12 +123,7 @@ impl QueryEngine {
             sql: sql.to_string(),
             graph,
             settings: changed_settings(state.config_options()),
-            adaptive: state
-                .config_options()
-                .extensions
-                .get::<EmberOptions>()
-                .cloned()
-                .unwrap_or_default(),
+            adaptive,
             results_tx,
         }));
         Ok(StartedQuery::Distributed(ResultHandle::new(
@@ -175,8 +171,10 @@ impl QueryEngine {
         session: &ClientSession,
         plan: &LogicalPlan,
     ) -> Result<Output> {
-        let physical = session.ctx.state().create_physical_plan(plan).await?;
-        let graph = StageGraph::try_new(QueryId::random(), physical)?;
+        let state = session.ctx.state();
+        let physical = state.create_physical_plan(plan).await?;
+        let options = ember_options(state.config_options());
+        let graph = stage_graph(QueryId::random(), physical, &options)?;
         Ok(Output::Rows(explain_rows(vec![(
             "distributed_plan".into(),
             graph.display(),
@@ -192,17 +190,37 @@ impl QueryEngine {
         let LogicalPlan::Explain(explain) = &plan else {
             return Err(Error::NotSupported("not an EXPLAIN".into()));
         };
-        let physical = session
-            .ctx
-            .state()
-            .create_physical_plan(&explain.plan)
-            .await?;
-        let graph = StageGraph::try_new(QueryId::random(), physical)?;
+        let state = session.ctx.state();
+        let physical = state.create_physical_plan(&explain.plan).await?;
+        let options = ember_options(state.config_options());
+        let graph = stage_graph(QueryId::random(), physical, &options)?;
         let df = session.ctx.execute_logical_plan(plan).await?;
         let mut rows = collect_explain(df.collect().await?);
         rows.push(("distributed_plan".into(), graph.display()));
         Ok(Output::Rows(explain_rows(rows)))
     }
+}
+
+/// The session's `ember.*` settings.
+fn ember_options(options: &ConfigOptions) -> EmberOptions {
+    options
+        .extensions
+        .get::<EmberOptions>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `physical` cut into stages, without runtime filters where the session turned them off.
+fn stage_graph(
+    query_id: QueryId,
+    physical: Arc<dyn ExecutionPlan>,
+    options: &EmberOptions,
+) -> Result<StageGraph> {
+    let mut graph = StageGraph::try_new(query_id, physical)?;
+    if !options.adaptive || options.adaptive_runtime_filter_bytes == 0 {
+        graph.drop_runtime_filters();
+    }
+    Ok(graph)
 }
 
 /// Settings of this session that differ from DataFusion's defaults, shipped with every task.
