@@ -155,7 +155,8 @@ fn children_on_partition(plan: &dyn ExecutionPlan) -> Vec<bool> {
         child.output_partitioning().partition_count() == num_partitions
     };
     let children = plan.children();
-    let row_local = plan.downcast_ref::<ShuffleWriterExec>().is_some()
+    // Operators whose partition `p` is made of their input's partition `p` alone.
+    let partition_wise = plan.downcast_ref::<ShuffleWriterExec>().is_some()
         || plan.downcast_ref::<ProjectionExec>().is_some()
         || plan.downcast_ref::<FilterExec>().is_some()
         // Deprecated in DataFusion 55: matched by name.
@@ -166,7 +167,7 @@ fn children_on_partition(plan: &dyn ExecutionPlan) -> Vec<bool> {
         || plan.downcast_ref::<SortExec>().is_some()
         || plan.downcast_ref::<BoundedWindowAggExec>().is_some()
         || plan.downcast_ref::<WindowAggExec>().is_some();
-    if row_local {
+    if partition_wise {
         return children.into_iter().map(same_count).collect();
     }
     // Joins run their probe side (the right) at their own partition; a shuffled hash join
