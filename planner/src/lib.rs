@@ -24,6 +24,7 @@ pub mod ids;
 pub mod join_order;
 pub mod joins;
 pub mod paths;
+pub mod row_group_splits;
 pub mod runtime_filter;
 pub mod session;
 pub mod shuffle;

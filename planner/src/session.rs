@@ -79,6 +79,8 @@ extensions_options! {
         pub adaptive_skew_threshold_bytes: u64, default = 256 << 20
         /// A shuffled join's probe side is filtered by its build side up to this many bytes.
         pub adaptive_runtime_filter_bytes: u64, default = 16 << 20
+        /// Parquet scans are cut into tasks on row-group boundaries, about as many rows each.
+        pub row_group_splits: bool, default = true
     }
 }
 
@@ -98,6 +100,7 @@ impl EmberOptions {
             adaptive_skew_factor: adaptive.skew_factor,
             adaptive_skew_threshold_bytes: adaptive.skew_threshold_bytes,
             adaptive_runtime_filter_bytes: adaptive.runtime_filter_bytes,
+            ..Self::default()
         }
     }
 

@@ -18,6 +18,8 @@ use ember_planner::tpch;
 mod adaptive;
 #[path = "stage_graph/dynamic_filters.rs"]
 mod dynamic_filters;
+#[path = "stage_graph/row_group_splits.rs"]
+mod row_group_splits;
 #[path = "stage_graph/runtime_filter.rs"]
 mod runtime_filter;
 

@@ -13,10 +13,12 @@ use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use ember_planner::ids::QueryId;
+use ember_planner::row_group_splits::split_on_row_groups;
 use ember_planner::session::EmberOptions;
 use ember_planner::stage::StageGraph;
 use ember_planner::subquery::take_scalar_subqueries;
@@ -109,7 +111,7 @@ impl QueryEngine {
         }
         let query_id = QueryId::random();
         let adaptive = ember_options(state.config_options());
-        let graph = stage_graph(query_id.clone(), physical, &adaptive)?;
+        let graph = stage_graph(query_id.clone(), physical, &adaptive, &state).await?;
         let result_stage = graph.result_stage();
         let schema = result_stage.writer().input().schema();
         let num_partitions = result_stage.num_tasks();
@@ -174,7 +176,7 @@ impl QueryEngine {
         let state = session.ctx.state();
         let physical = state.create_physical_plan(plan).await?;
         let options = ember_options(state.config_options());
-        let graph = stage_graph(QueryId::random(), physical, &options)?;
+        let graph = stage_graph(QueryId::random(), physical, &options, &state).await?;
         Ok(Output::Rows(explain_rows(vec![(
             "distributed_plan".into(),
             graph.display(),
@@ -193,7 +195,7 @@ impl QueryEngine {
         let state = session.ctx.state();
         let physical = state.create_physical_plan(&explain.plan).await?;
         let options = ember_options(state.config_options());
-        let graph = stage_graph(QueryId::random(), physical, &options)?;
+        let graph = stage_graph(QueryId::random(), physical, &options, &state).await?;
         let df = session.ctx.execute_logical_plan(plan).await?;
         let mut rows = collect_explain(df.collect().await?);
         rows.push(("distributed_plan".into(), graph.display()));
@@ -210,12 +212,19 @@ fn ember_options(options: &ConfigOptions) -> EmberOptions {
         .unwrap_or_default()
 }
 
-/// `physical` cut into stages, without runtime filters where the session turned them off.
-fn stage_graph(
+/// `physical` cut into stages: its parquet scans cut on row-group boundaries unless the session
+/// turned that off, and without runtime filters where it turned those off.
+async fn stage_graph(
     query_id: QueryId,
     physical: Arc<dyn ExecutionPlan>,
     options: &EmberOptions,
+    state: &SessionState,
 ) -> Result<StageGraph> {
+    let physical = if options.row_group_splits {
+        split_on_row_groups(physical, state.runtime_env()).await?
+    } else {
+        physical
+    };
     let mut graph = StageGraph::try_new(query_id, physical)?;
     if !options.adaptive || options.adaptive_runtime_filter_bytes == 0 {
         graph.drop_runtime_filters();

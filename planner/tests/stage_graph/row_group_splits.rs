@@ -1,0 +1,147 @@
+//! Parquet scans re-cut on row-group boundaries: a file whose byte ranges put every row group in
+//! one task gets its rows shared out, and the answer stays the same.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, collect, displayable};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use ember_planner::codec::{decode_plan, encode_plan};
+use ember_planner::row_group_splits::split_on_row_groups;
+use ember_planner::session::{distributed_config, distributed_state};
+
+/// One file of four row groups: three small ones, then one holding most rows, so that its two
+/// byte ranges (cut at the middle of the file) both start before the large one.
+fn write_file(dir: &std::path::Path) {
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    let file = std::fs::File::create(dir.join("t.parquet")).expect("create");
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), None).expect("writer");
+    let mut next = 0;
+    for rows in [100, 100, 100, 700] {
+        let values = Int64Array::from_iter_values(next..next + rows);
+        next += rows;
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).unwrap();
+        writer.write(&batch).expect("write");
+        writer.flush().expect("end the row group");
+    }
+    writer.close().expect("close");
+}
+
+async fn plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+    let df = ctx.sql(sql).await.expect("plan");
+    df.create_physical_plan().await.expect("physical plan")
+}
+
+fn scan(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let mut found = None;
+    plan.apply(|node| {
+        if node.downcast_ref::<DataSourceExec>().is_some() {
+            found = Some(Arc::clone(node));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    found.expect("a scan")
+}
+
+/// Rows each partition of the scan reads, and the sum of `x` over all of them.
+async fn rows_per_partition(
+    ctx: &SessionContext,
+    scan: &Arc<dyn ExecutionPlan>,
+) -> (Vec<usize>, i64) {
+    let mut rows = vec![];
+    let mut sum = 0;
+    for partition in 0..scan.output_partitioning().partition_count() {
+        let stream = scan.execute(partition, ctx.task_ctx()).expect("execute");
+        let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await.unwrap();
+        rows.push(batches.iter().map(RecordBatch::num_rows).sum());
+        for batch in &batches {
+            let x = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            sum += x.values().iter().sum::<i64>();
+        }
+    }
+    (rows, sum)
+}
+
+async fn context(dir: &std::path::Path, order: bool) -> SessionContext {
+    let ctx =
+        SessionContext::new_with_state(distributed_state(distributed_config(2), Arc::default()));
+    // Executors run each partition alone, without siblings to steal files from.
+    for setting in [
+        "set datafusion.optimizer.repartition_file_min_size = 0",
+        "set datafusion.execution.enable_file_stream_work_stealing = false",
+    ] {
+        ctx.sql(setting).await.expect("set");
+    }
+    let mut options = ParquetReadOptions::default();
+    if order {
+        options =
+            options.file_sort_order(vec![vec![datafusion::prelude::col("x").sort(true, false)]]);
+    }
+    ctx.register_parquet("t", dir.to_str().unwrap(), options)
+        .await
+        .expect("register");
+    ctx
+}
+
+#[tokio::test]
+async fn a_file_cut_by_bytes_is_cut_again_by_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path());
+    let ctx = context(dir.path(), false).await;
+    let planned = plan(&ctx, "select x from t where x >= 0").await;
+    let before = rows_per_partition(&ctx, &scan(&planned)).await;
+    assert_eq!(
+        before,
+        (vec![1000, 0], 499_500),
+        "byte ranges: all row groups start in the first"
+    );
+
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    let after = rows_per_partition(&ctx, &scan(&split)).await;
+    assert_eq!(
+        after,
+        (vec![300, 700], 499_500),
+        "{}",
+        displayable(split.as_ref()).indent(true)
+    );
+    assert_eq!(
+        split.output_partitioning().partition_count(),
+        planned.output_partitioning().partition_count()
+    );
+
+    // The ranges travel to executors as they are.
+    let decoded = decode_plan(&encode_plan(Arc::clone(&split)).unwrap(), &ctx.task_ctx()).unwrap();
+    assert_eq!(rows_per_partition(&ctx, &scan(&decoded)).await, after);
+    let answer = collect(split, ctx.task_ctx()).await.unwrap();
+    assert_eq!(
+        answer.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        1000
+    );
+}
+
+#[tokio::test]
+async fn ordered_scans_stay_as_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path());
+    let ctx = context(dir.path(), true).await;
+    let planned = plan(&ctx, "select x from t where x >= 0").await;
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        displayable(split.as_ref()).indent(true).to_string(),
+        displayable(planned.as_ref()).indent(true).to_string()
+    );
+}
