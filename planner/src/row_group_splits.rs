@@ -8,9 +8,12 @@
 //! runs out of files steals its siblings'); a task on an executor has no siblings to steal from,
 //! so its stage lasts as long as its largest task. Before a query is cut into stages the
 //! coordinator reads the footers (through the session's metadata cache, which planning filled)
-//! and deals the whole row groups out again by their rows, largest first, each to the partition
-//! with the fewest so far, when that makes the largest partition smaller. Each partition reads
-//! its row groups in file order, consecutive ones of a file as one range.
+//! and deals the whole row groups out again by their rows (in runs of consecutive ones, or
+//! largest first to the partition with the fewest so far when that is over 1% better), when
+//! that makes the largest partition smaller. Each partition reads
+//! its row groups in file order, consecutive ones of a file as one range. A scan whose
+//! partitions only pass through partition-wise operators to an exchange gets no more partitions
+//! than row groups: its stage runs no task that reads nothing.
 //!
 //! Scans whose file groups mean something stay as planned: ordered scans (each group keeps its
 //! files' order), scans that declare an output partitioning, files carrying extensions (another
@@ -19,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::{FileRange, PartitionedFile};
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, ParquetSource};
@@ -28,6 +31,14 @@ use datafusion::error::Result;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use futures::StreamExt;
 
 /// Footers read at once while planning.
@@ -85,16 +96,49 @@ pub async fn split_on_row_groups(
         .filter_map(futures::future::ready)
         .collect()
         .await;
-    Ok(plan
-        .transform_up(|node| {
-            let Some(config) = splittable(&node).and_then(|c| resplit(c, &footers)) else {
-                return Ok(Transformed::no(node));
-            };
-            Ok(Transformed::yes(
-                DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>
-            ))
-        })?
-        .data)
+    rewrite(plan, &footers, false)
+}
+
+/// `node` with its scans re-cut. `flexible`: the operators between `node` and the exchange
+/// above it take any number of partitions and pass that number on, so a scan below may have
+/// fewer partitions than planned (and its stage fewer tasks).
+fn rewrite(
+    node: Arc<dyn ExecutionPlan>,
+    footers: &HashMap<FileKey, Vec<RowGroupSpan>>,
+    flexible: bool,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(config) = splittable(&node) {
+        return Ok(match resplit(config, footers, flexible) {
+            Some(config) => DataSourceExec::from_data_source(config),
+            None => node,
+        });
+    }
+    let below = is_exchange(&node) || (flexible && passes_partitions_on(&node));
+    let children = node
+        .children()
+        .into_iter()
+        .map(|child| rewrite(Arc::clone(child), footers, below))
+        .collect::<Result<Vec<_>>>()?;
+    replace_children_if_necessary(node, children)
+}
+
+/// Operators that read any number of input partitions.
+fn is_exchange(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.is::<RepartitionExec>()
+        || node.is::<CoalescePartitionsExec>()
+        || node.is::<SortPreservingMergeExec>()
+}
+
+/// Operators that work partition by partition on any number of partitions, with as many out.
+fn passes_partitions_on(node: &Arc<dyn ExecutionPlan>) -> bool {
+    if let Some(aggregate) = node.downcast_ref::<AggregateExec>() {
+        return *aggregate.mode() == AggregateMode::Partial;
+    }
+    if let Some(sort) = node.downcast_ref::<SortExec>() {
+        return sort.preserve_partitioning();
+    }
+    // CoalesceBatchesExec by name: DataFusion deprecated it but old plans still carry it.
+    node.is::<FilterExec>() || node.is::<ProjectionExec>() || node.name() == "CoalesceBatchesExec"
 }
 
 /// The scan of `node` when it reads parquet in groups that carry no meaning of their own.
@@ -160,12 +204,14 @@ impl Unit<'_> {
 }
 
 /// `config` with its row groups dealt out again, or `None` when a footer is missing or the new
-/// cut would not make the largest group smaller.
+/// cut would not make the largest group smaller. When the scan may have fewer partitions
+/// (`flexible`), it has no more than it has row groups: a task without one would read nothing.
 fn resplit(
     config: &FileScanConfig,
     footers: &HashMap<FileKey, Vec<RowGroupSpan>>,
+    flexible: bool,
 ) -> Option<FileScanConfig> {
-    let n = config.file_groups.len();
+    let planned = config.file_groups.len();
     let mut units = vec![];
     let mut largest_before = 0;
     for group in &config.file_groups {
@@ -182,7 +228,12 @@ fn resplit(
         largest_before = largest_before.max(group_rows);
     }
     let total: u64 = units.iter().map(Unit::rows).sum();
-    if units.len() < n || total == 0 {
+    let n = if flexible {
+        planned.min(units.len())
+    } else {
+        planned
+    };
+    if n == 0 || total == 0 {
         return None;
     }
     let targets = assign(&units.iter().map(Unit::rows).collect::<Vec<_>>(), n);
@@ -190,7 +241,7 @@ fn resplit(
     for (unit, &target) in units.iter().zip(&targets) {
         rows[target] += unit.rows();
     }
-    if rows.iter().max().copied().unwrap_or(0) >= largest_before {
+    if rows.iter().max().copied().unwrap_or(0) >= largest_before && n == planned {
         return None;
     }
     // Consecutive row groups of a file that land in the same group become one range.

@@ -17,11 +17,15 @@ use ember_planner::session::{distributed_config, distributed_state};
 /// One file of four row groups: three small ones, then one holding most rows, so that its two
 /// byte ranges (cut at the middle of the file) both start before the large one.
 fn write_file(dir: &std::path::Path) {
+    write_row_groups(dir, &[100, 100, 100, 700]);
+}
+
+fn write_row_groups(dir: &std::path::Path, row_groups: &[i64]) {
     let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
     let file = std::fs::File::create(dir.join("t.parquet")).expect("create");
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), None).expect("writer");
     let mut next = 0;
-    for rows in [100, 100, 100, 700] {
+    for &rows in row_groups {
         let values = Int64Array::from_iter_values(next..next + rows);
         next += rows;
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).unwrap();
@@ -73,8 +77,14 @@ async fn rows_per_partition(
 }
 
 async fn context(dir: &std::path::Path, order: bool) -> SessionContext {
-    let ctx =
-        SessionContext::new_with_state(distributed_state(distributed_config(2), Arc::default()));
+    context_with(dir, order, 2).await
+}
+
+async fn context_with(dir: &std::path::Path, order: bool, partitions: usize) -> SessionContext {
+    let ctx = SessionContext::new_with_state(distributed_state(
+        distributed_config(partitions),
+        Arc::default(),
+    ));
     // Executors run each partition alone, without siblings to steal files from.
     for setting in [
         "set datafusion.optimizer.repartition_file_min_size = 0",
@@ -144,4 +154,40 @@ async fn ordered_scans_stay_as_planned() {
         displayable(split.as_ref()).indent(true).to_string(),
         displayable(planned.as_ref()).indent(true).to_string()
     );
+}
+
+#[tokio::test]
+async fn below_an_exchange_a_scan_has_no_more_partitions_than_row_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    write_row_groups(dir.path(), &[1000]);
+    let ctx = context_with(dir.path(), false, 4).await;
+    // Partial aggregate and filter over the scan, then the exchange to the final aggregate.
+    let planned = plan(&ctx, "select count(*), sum(x) from t where x >= 10").await;
+    let before = rows_per_partition(&ctx, &scan(&planned)).await;
+    assert_eq!(before.0.iter().filter(|&&r| r > 0).count(), 1, "{before:?}");
+    assert_eq!(before.0.len(), 4);
+
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_per_partition(&ctx, &scan(&split)).await,
+        (vec![1000], 499_500)
+    );
+    let answer = datafusion::arrow::util::pretty::pretty_format_batches(
+        &collect(split, ctx.task_ctx()).await.unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    assert!(
+        answer.contains("| 990 ") && answer.contains("| 499455 "),
+        "{answer}"
+    );
+
+    // With no exchange above it, the scan keeps the partitions the plan was made with.
+    let planned = plan(&ctx, "select x from t where x >= 10").await;
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(split.output_partitioning().partition_count(), 4);
 }
