@@ -31,24 +31,32 @@ impl PendingSubquery {
     }
 }
 
-/// Removes every `ScalarSubqueryExec` from `plan` and returns its subqueries, innermost first:
-/// resolving them in order guarantees a subquery's own subqueries are known before it runs.
+/// The subqueries of one `ScalarSubqueryExec`.
+pub type SubqueryGroup = Vec<PendingSubquery>;
+
+/// Removes every `ScalarSubqueryExec` from `plan` and returns its subqueries, one group per
+/// `ScalarSubqueryExec`, innermost first. The subqueries of a group are independent of each
+/// other (DataFusion runs them at once); resolving the groups in order guarantees that values a
+/// later group's subqueries might read are known before they run.
 pub fn take_scalar_subqueries(
     plan: Arc<dyn ExecutionPlan>,
-) -> Result<(Arc<dyn ExecutionPlan>, Vec<PendingSubquery>)> {
+) -> Result<(Arc<dyn ExecutionPlan>, Vec<SubqueryGroup>)> {
     let mut pending = vec![];
     let plan = plan
         .transform_up(|node| {
             let Some(exec) = node.downcast_ref::<ScalarSubqueryExec>() else {
                 return Ok(Transformed::no(node));
             };
-            for link in exec.subqueries() {
-                pending.push(PendingSubquery {
-                    plan: Arc::clone(&link.plan),
-                    results: exec.results().clone(),
-                    index: link.index,
-                });
-            }
+            pending.push(
+                exec.subqueries()
+                    .iter()
+                    .map(|link| PendingSubquery {
+                        plan: Arc::clone(&link.plan),
+                        results: exec.results().clone(),
+                        index: link.index,
+                    })
+                    .collect(),
+            );
             Ok(Transformed::yes(Arc::clone(exec.input())))
         })?
         .data;

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::common::tree_node::TreeNode;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::SessionContext;
 use ember_planner::codec::{decode_plan, encode_plan};
@@ -11,6 +12,7 @@ use ember_planner::ids::{ExecutorId, QueryId, StageId};
 use ember_planner::session::{distributed_config, distributed_state};
 use ember_planner::shuffle::{MapOutputLocation, ReadMode, ShuffleReaderExec};
 use ember_planner::stage::{Stage, StageGraph, StageKind};
+use ember_planner::subquery::take_scalar_subqueries;
 use ember_planner::task::task_fragment;
 use ember_planner::tpch;
 
@@ -173,6 +175,36 @@ async fn all_tpch_queries_cut_into_consistent_graphs() {
     for sql in tpch::QUERIES {
         check_wiring(&graph(&ctx, sql).await);
     }
+}
+
+#[tokio::test]
+async fn scalar_subqueries_of_one_operator_come_as_one_group() {
+    let (ctx, _) = context(2).await;
+    let physical = ctx
+        .sql(
+            "select p_partkey from part where p_size > (select min(n_nationkey) from nation) \
+             and p_partkey < (select max(r_regionkey) * 1000 from region)",
+        )
+        .await
+        .expect("plan")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+    let (plan, groups) = take_scalar_subqueries(physical).expect("take");
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    assert_eq!(
+        sizes,
+        vec![2],
+        "{}",
+        displayable(plan.as_ref()).indent(true)
+    );
+    assert!(
+        !plan
+            .exists(|n| Ok(n.name() == "ScalarSubqueryExec"))
+            .unwrap(),
+        "{}",
+        displayable(plan.as_ref()).indent(true)
+    );
 }
 
 #[tokio::test]

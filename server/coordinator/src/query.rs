@@ -22,7 +22,7 @@ use ember_planner::row_group_splits::split_on_row_groups;
 use ember_planner::session::EmberOptions;
 use ember_planner::stage::StageGraph;
 use ember_planner::subquery::take_scalar_subqueries;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use crate::engine::QueryEngine;
@@ -32,6 +32,9 @@ use crate::results::ResultHandle;
 use crate::scheduler::{Event, Submission};
 use crate::session::ClientSession;
 use crate::statement::ParsedStatement;
+
+/// Scalar subqueries of one query that run at the same time.
+const CONCURRENT_SUBQUERIES: usize = 8;
 
 /// A query that has started: answered here, or by the result stage's tasks on the executors.
 pub enum StartedQuery {
@@ -95,10 +98,20 @@ impl QueryEngine {
         // Executors check the fragments they run; plans that run here are checked here.
         self.allowed_paths.check_plan(&physical)?;
         let (physical, subqueries) = take_scalar_subqueries(physical)?;
-        for subquery in subqueries {
-            let value =
-                Box::pin(self.scalar_value(session, sql, Arc::clone(&subquery.plan))).await?;
-            subquery.resolve(value)?;
+        for group in subqueries {
+            // A group's subqueries run at once, as DataFusion runs them; at most a few at a time
+            // so that a query of many does not crowd out every other.
+            futures::stream::iter(group)
+                .map(|subquery| async move {
+                    let value =
+                        Box::pin(self.scalar_value(session, sql, Arc::clone(&subquery.plan)))
+                            .await?;
+                    subquery.resolve(value)?;
+                    Ok::<_, Error>(())
+                })
+                .buffer_unordered(CONCURRENT_SUBQUERIES)
+                .try_collect::<()>()
+                .await?;
         }
         let state = session.ctx.state();
         if !distributes(&physical)? {
