@@ -277,6 +277,9 @@ pub struct CoordinatorConfig {
     /// Whether trees of inner joins are reordered to join relations with filters of their own
     /// first (the planner's `FilteredJoinsFirst`).
     pub filtered_joins_first: bool,
+    /// Whether parquet scans are cut into tasks on row-group boundaries, about as many rows each
+    /// (sessions: `ember.row_group_splits`).
+    pub row_group_splits: bool,
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.

@@ -8,7 +8,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::SessionConfig;
-use ember_config::AdaptiveConfig;
+use ember_config::EmberConfig;
 
 use crate::adaptive::AdaptiveOptions;
 
@@ -61,7 +61,7 @@ pub fn distributed_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> Ses
 
 extensions_options! {
     /// Ember's own session settings, `SET ember.<name>`: they steer the coordinator and are not
-    /// shipped to executors. Sessions start from the server's `[adaptive]` section.
+    /// shipped to executors. Sessions start from the server's settings (`from_config`).
     pub struct EmberOptions {
         /// Adaptive execution: stages re-planned from the exact sizes of their inputs.
         pub adaptive: bool, default = true
@@ -89,8 +89,9 @@ impl ConfigExtension for EmberOptions {
 }
 
 impl EmberOptions {
-    /// The settings of the server's `[adaptive]` section.
-    pub fn from_config(adaptive: &AdaptiveConfig) -> Self {
+    /// The server's settings: its `[adaptive]` section and `coordinator.row_group_splits`.
+    pub fn from_config(config: &EmberConfig) -> Self {
+        let adaptive = &config.adaptive;
         Self {
             adaptive: adaptive.enabled,
             adaptive_coalesce_partitions: adaptive.coalesce_partitions,
@@ -100,7 +101,7 @@ impl EmberOptions {
             adaptive_skew_factor: adaptive.skew_factor,
             adaptive_skew_threshold_bytes: adaptive.skew_threshold_bytes,
             adaptive_runtime_filter_bytes: adaptive.runtime_filter_bytes,
-            ..Self::default()
+            row_group_splits: config.coordinator.row_group_splits,
         }
     }
 
@@ -127,8 +128,13 @@ mod tests {
     #[test]
     fn session_defaults_are_the_servers_defaults() {
         let config = ember_config::EmberConfig::defaults();
-        let from_config = EmberOptions::from_config(&config.adaptive).adaptive_options(4);
-        assert_eq!(from_config, EmberOptions::default().adaptive_options(4));
+        let from_config = EmberOptions::from_config(&config);
+        let defaults = EmberOptions::default();
+        assert_eq!(
+            from_config.adaptive_options(4),
+            defaults.adaptive_options(4)
+        );
+        assert_eq!(from_config.row_group_splits, defaults.row_group_splits);
     }
 
     #[test]

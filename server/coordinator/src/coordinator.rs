@@ -74,8 +74,8 @@ impl Coordinator {
                 Arc::new(allowed_paths.clone()),
             )))
             .build_arc()?;
-        let session_config = distributed_config(cores)
-            .with_option_extension(EmberOptions::from_config(&config.adaptive));
+        let session_config =
+            distributed_config(cores).with_option_extension(EmberOptions::from_config(config));
         let ctx = SessionContext::new_with_state(distributed_state(session_config, runtime));
         if config.coordinator.filtered_joins_first {
             ctx.add_optimizer_rule(Arc::new(ember_planner::join_order::FilteredJoinsFirst));
