@@ -127,6 +127,9 @@ pub struct SchedulerConfig {
     pub speculation_quantile: f64,
     /// Minimum time, in milliseconds, a task must have run before it can be speculated.
     pub speculation_min_ms: u64,
+    /// Milliseconds after which a task of a stage with no more tasks than one executor has
+    /// slots is speculated without waiting for siblings (it may have none); 0: never.
+    pub speculation_task_duration_ms: u64,
     /// Queries running at once; further queries wait in a queue. 0 means no limit.
     pub max_running_queries: usize,
     /// Queries that may wait for a running slot; a query arriving at a full queue is refused

@@ -74,6 +74,8 @@ impl SchedulerConfig {
                 multiplier: s.speculation_multiplier,
                 quantile: s.speculation_quantile,
                 min_runtime: Duration::from_millis(s.speculation_min_ms),
+                task_duration: (s.speculation_task_duration_ms > 0)
+                    .then(|| Duration::from_millis(s.speculation_task_duration_ms)),
             }),
             max_running_queries: s.max_running_queries,
             max_queued_queries: s.max_queued_queries,
@@ -92,6 +94,9 @@ pub(crate) struct Speculation {
     pub(crate) multiplier: f64,
     pub(crate) quantile: f64,
     pub(crate) min_runtime: Duration,
+    /// Spark's `spark.speculation.task.duration.threshold`: a task of a stage with no more tasks
+    /// than one executor has slots is copied after running this long, siblings or not.
+    pub(crate) task_duration: Option<Duration>,
 }
 
 /// How busy the cluster is: what dynamic allocation scales by.

@@ -15,6 +15,13 @@ impl Scheduler {
         let Some(speculation) = self.config.speculation.clone() else {
             return;
         };
+        // Spark's measure of a small stage: no more tasks than one executor has slots.
+        let executor_slots = self
+            .executors
+            .values()
+            .map(|e| e.info.slots)
+            .max()
+            .unwrap_or(0);
         let mut candidates: Vec<(usize, StageId, usize, ExecutorId)> = vec![];
         for (qi, query) in self.running.iter().enumerate() {
             if query.status != Status::Running {
@@ -24,7 +31,8 @@ impl Scheduler {
                 if stage.status != Status::Running || query.is_result_stage(stage.id) {
                     continue;
                 }
-                let Some(threshold) = threshold(query, stage.id, &speculation) else {
+                let Some(threshold) = threshold(query, stage.id, &speculation, executor_slots)
+                else {
                     continue;
                 };
                 for (partition, task) in stage.tasks.iter().enumerate() {
@@ -57,11 +65,13 @@ impl Scheduler {
 }
 
 /// How long a task of `stage` may run before it is copied, once enough of its siblings finished:
-/// `multiplier` times their median duration, at least `min_runtime`.
+/// `multiplier` times their median duration, at least `min_runtime`. A stage of no more tasks
+/// than `executor_slots` waits for no siblings when `task_duration` is set.
 fn threshold(
     query: &QueryState,
     stage: StageId,
     speculation: &super::Speculation,
+    executor_slots: usize,
 ) -> Option<Duration> {
     let tasks = &query.stages[stage.0 as usize].tasks;
     let mut finished: Vec<u64> = tasks
@@ -69,9 +79,15 @@ fn threshold(
         .filter(|t| t.status == Status::Succeeded)
         .map(|t| t.elapsed_us)
         .collect();
-    let needed = ((speculation.quantile * tasks.len() as f64).floor() as usize).max(1);
-    if finished.len() < needed || finished.len() == tasks.len() {
+    if finished.len() == tasks.len() {
         return None;
+    }
+    let needed = ((speculation.quantile * tasks.len() as f64).floor() as usize).max(1);
+    if finished.len() < needed {
+        return speculation
+            .task_duration
+            .filter(|_| tasks.len() <= executor_slots)
+            .map(|d| d.max(speculation.min_runtime));
     }
     finished.sort_unstable();
     let median = Duration::from_micros(finished[finished.len() / 2]);

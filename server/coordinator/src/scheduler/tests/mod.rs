@@ -415,12 +415,54 @@ fn lost_executors_are_forgotten_after_the_retention() {
 }
 
 #[test]
+fn speculation_copies_a_lone_task_after_the_task_duration_threshold_only() {
+    for task_duration in [None, Some(Duration::from_millis(500))] {
+        let mut test = SchedulerTest::new(SchedulerConfig {
+            speculation: Some(Speculation {
+                multiplier: 1.5,
+                quantile: 0.5,
+                min_runtime: Duration::from_millis(10),
+                task_duration,
+            }),
+            ..config()
+        });
+        test.executor("a", 2);
+        test.executor("b", 2);
+        let query = test.submit(two_stage_graph(1, 1));
+        let (on_a, on_b) = (test.launched("a"), test.launched("b"));
+        let (task, other) = if on_a.len() == 1 {
+            (on_a[0].clone(), "b")
+        } else {
+            (on_b[0].clone(), "a")
+        };
+        let query_state = test
+            .scheduler
+            .running
+            .iter_mut()
+            .find(|q| q.id == query)
+            .expect("running");
+        // The stage's only task has run for a second: no sibling ever finishes to compare with.
+        query_state.stages[0].tasks[task.partition as usize].started_instant =
+            Some(Instant::now() - Duration::from_secs(1));
+        test.event(Event::Tick);
+        let copies = test.launched(other);
+        if task_duration.is_some() {
+            assert_eq!(copies.len(), 1, "a copy past the threshold");
+            assert_eq!(copies[0].partition, task.partition);
+        } else {
+            assert!(copies.is_empty(), "no threshold, no copy: {copies:?}");
+        }
+    }
+}
+
+#[test]
 fn speculation_copies_a_straggler_and_the_first_to_finish_wins() {
     let mut test = SchedulerTest::new(SchedulerConfig {
         speculation: Some(Speculation {
             multiplier: 1.5,
             quantile: 0.5,
             min_runtime: Duration::from_millis(10),
+            task_duration: None,
         }),
         ..config()
     });
