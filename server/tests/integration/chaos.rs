@@ -465,10 +465,15 @@ async fn executor_lost(monitor: &Client, port: u16) -> bool {
 async fn cancel_stops_tasks_and_removes_files(cluster: &ProcessCluster, monitor: &Client) {
     let client = connect(cluster.pg_port).await.expect("connect");
     let cancel = client.cancel_token();
-    // Shuffles both sides, then a long cross product of the shuffled data.
-    let sql = "select count(*) from (select l_orderkey k, count(*) c from tpch.lineitem \
-               group by l_orderkey) a, (select o_orderkey k from tpch.orders) b \
-               where a.k + b.k < 0";
+    // Shuffles both sides, then a long join of the shuffled data: each of the 100 keys matches
+    // about 6,000 build rows, so each probe batch takes a moment and the probe side is read
+    // batch by batch, which is where an abort takes effect. (A nested-loop join whose condition
+    // matches nothing loops over its whole probe input within one poll: its task stops only
+    // when that input is done, 8 to 36 s into such a query in a debug build.)
+    let sql = "select count(*) from \
+               (select l_suppkey % 100 k, l_orderkey o from tpch.lineitem group by 1, 2) a \
+               join (select l_suppkey % 100 k, l_partkey p from tpch.lineitem group by 1, 2) b \
+               on a.k = b.k";
     let running = tokio::spawn(async move { client.simple_query(sql).await });
     let deadline = Instant::now() + Duration::from_secs(60);
     let query_id = loop {
@@ -543,6 +548,9 @@ async fn speculation_overtakes_a_stalled_executor() {
     let env = [
         ("EMBER_SCHEDULER_SPECULATION", "true"),
         ("EMBER_SCHEDULER_SPECULATION_QUANTILE", "0.5"),
+        // At this scale every table is one row group, so scans run as one task each: nothing
+        // to compare with but the duration threshold.
+        ("EMBER_SCHEDULER_SPECULATION_TASK_DURATION_MS", "500"),
         ("EMBER_COORDINATOR_EXECUTOR_TIMEOUT_MS", "120000"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
