@@ -8,7 +8,7 @@ mod harness;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ember_planner::ids::{ExecutorId, TaskAttempt};
+use ember_planner::ids::{ExecutorId, QueryId, TaskAttempt};
 use ember_planner::sqlstate::{ErrorKind, SqlState};
 use ember_protocol::proto::{TaskId, TaskStatus, TaskSucceeded, coordinator_message, task_status};
 use ember_protocol::task_errors::TaskFailure;
@@ -414,20 +414,38 @@ fn lost_executors_are_forgotten_after_the_retention() {
     assert_eq!(ids, ["b"]);
 }
 
+/// Two executors of two slots, speculation on (half the stage finished, 1.5 times its median).
+fn speculating(task_duration: Option<Duration>) -> SchedulerTest {
+    let mut test = SchedulerTest::new(SchedulerConfig {
+        speculation: Some(Speculation {
+            multiplier: 1.5,
+            quantile: 0.5,
+            min_runtime: Duration::from_millis(10),
+            task_duration,
+        }),
+        ..config()
+    });
+    test.executor("a", 2);
+    test.executor("b", 2);
+    test
+}
+
+/// Makes the running task `partition` of the query's first stage a second old.
+fn started_a_second_ago(test: &mut SchedulerTest, query: &QueryId, partition: u32) {
+    let query_state = test
+        .scheduler
+        .running
+        .iter_mut()
+        .find(|q| &q.id == query)
+        .expect("running");
+    query_state.stages[0].tasks[partition as usize].started_instant =
+        Some(Instant::now() - Duration::from_secs(1));
+}
+
 #[test]
 fn speculation_copies_a_lone_task_after_the_task_duration_threshold_only() {
     for task_duration in [None, Some(Duration::from_millis(500))] {
-        let mut test = SchedulerTest::new(SchedulerConfig {
-            speculation: Some(Speculation {
-                multiplier: 1.5,
-                quantile: 0.5,
-                min_runtime: Duration::from_millis(10),
-                task_duration,
-            }),
-            ..config()
-        });
-        test.executor("a", 2);
-        test.executor("b", 2);
+        let mut test = speculating(task_duration);
         let query = test.submit(two_stage_graph(1, 1));
         let (on_a, on_b) = (test.launched("a"), test.launched("b"));
         let (task, other) = if on_a.len() == 1 {
@@ -435,15 +453,8 @@ fn speculation_copies_a_lone_task_after_the_task_duration_threshold_only() {
         } else {
             (on_b[0].clone(), "a")
         };
-        let query_state = test
-            .scheduler
-            .running
-            .iter_mut()
-            .find(|q| q.id == query)
-            .expect("running");
         // The stage's only task has run for a second: no sibling ever finishes to compare with.
-        query_state.stages[0].tasks[task.partition as usize].started_instant =
-            Some(Instant::now() - Duration::from_secs(1));
+        started_a_second_ago(&mut test, &query, task.partition);
         test.event(Event::Tick);
         let copies = test.launched(other);
         if task_duration.is_some() {
@@ -457,17 +468,7 @@ fn speculation_copies_a_lone_task_after_the_task_duration_threshold_only() {
 
 #[test]
 fn speculation_copies_a_straggler_and_the_first_to_finish_wins() {
-    let mut test = SchedulerTest::new(SchedulerConfig {
-        speculation: Some(Speculation {
-            multiplier: 1.5,
-            quantile: 0.5,
-            min_runtime: Duration::from_millis(10),
-            task_duration: None,
-        }),
-        ..config()
-    });
-    test.executor("a", 2);
-    test.executor("b", 2);
+    let mut test = speculating(None);
     let query = test.submit(two_stage_graph(3, 1));
     let (on_a, on_b) = (test.launched("a"), test.launched("b"));
     let (straggler, straggler_on, others) = if on_a.len() == 1 {
@@ -480,16 +481,7 @@ fn speculation_copies_a_straggler_and_the_first_to_finish_wins() {
         test.succeed(others_on, attempt);
     }
     // Two of three finished in about a millisecond; the third has run for a second.
-    {
-        let query_state = test
-            .scheduler
-            .running
-            .iter_mut()
-            .find(|q| q.id == query)
-            .expect("running");
-        query_state.stages[0].tasks[straggler.partition as usize].started_instant =
-            Some(Instant::now() - Duration::from_secs(1));
-    }
+    started_a_second_ago(&mut test, &query, straggler.partition);
     test.event(Event::Tick);
     let copies = test.launched(others_on);
     assert_eq!(copies.len(), 1, "a copy on the other executor");
