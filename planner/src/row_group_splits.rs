@@ -215,19 +215,22 @@ fn resplit(
     let mut units = vec![];
     let mut largest_before = 0;
     for group in &config.file_groups {
-        let mut group_rows = 0;
+        let mut group_rows = 0u64;
         for file in group.iter() {
             let spans = footers.get(&file_key(config, file))?;
             for (index, span) in spans.iter().enumerate() {
                 if file.range.as_ref().is_none_or(|r| r.contains(span.start)) {
-                    group_rows += span.rows;
+                    group_rows = group_rows.saturating_add(span.rows);
                     units.push(Unit { file, spans, index });
                 }
             }
         }
         largest_before = largest_before.max(group_rows);
     }
-    let total: u64 = units.iter().map(Unit::rows).sum();
+    // Row counts come from footers anyone may have written: sums saturate.
+    let total = units
+        .iter()
+        .fold(0u64, |sum, u| sum.saturating_add(u.rows()));
     let n = if flexible {
         planned.min(units.len())
     } else {
@@ -237,9 +240,9 @@ fn resplit(
         return None;
     }
     let targets = assign(&units.iter().map(Unit::rows).collect::<Vec<_>>(), n);
-    let mut rows = vec![0; n];
+    let mut rows = vec![0u64; n];
     for (unit, &target) in units.iter().zip(&targets) {
-        rows[target] += unit.rows();
+        rows[target] = rows[target].saturating_add(unit.rows());
     }
     if rows.iter().max().copied().unwrap_or(0) >= largest_before && n == planned {
         return None;
@@ -292,7 +295,7 @@ fn assign(rows: &[u64], n: usize) -> Vec<usize> {
 fn largest_task(rows: &[u64], tasks: &[usize], n: usize) -> u64 {
     let mut load = vec![0u64; n];
     for (&r, &t) in rows.iter().zip(tasks) {
-        load[t] += r;
+        load[t] = load[t].saturating_add(r);
     }
     load.into_iter().max().unwrap_or(0)
 }
@@ -322,7 +325,7 @@ fn largest_first(rows: &[u64], n: usize) -> Vec<usize> {
     let mut tasks = vec![0; rows.len()];
     for i in order {
         let task = (0..n).min_by_key(|&t| (load[t], t)).unwrap_or(0);
-        load[task] += rows[i];
+        load[task] = load[task].saturating_add(rows[i]);
         tasks[i] = task;
     }
     tasks
@@ -361,5 +364,8 @@ mod tests {
         assert_eq!(assign(&[1, 100, 1], 3), vec![0, 1, 2]);
         assert_eq!(assign(&[100, 1, 1, 1], 2), vec![0, 1, 1, 1]);
         assert_eq!(assign(&[0, 0], 2), vec![0, 0]);
+        // Row counts from a hostile footer saturate instead of overflowing.
+        let huge = assign(&[u64::MAX, u64::MAX, 1], 2);
+        assert_ne!(huge[0], huge[1]);
     }
 }
