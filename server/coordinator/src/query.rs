@@ -124,7 +124,7 @@ impl QueryEngine {
         }
         let query_id = QueryId::random();
         let adaptive = ember_options(state.config_options());
-        let graph = stage_graph(query_id.clone(), physical, &adaptive, &state).await?;
+        let graph = stage_graph(query_id.clone(), physical, &state).await?;
         let result_stage = graph.result_stage();
         let schema = result_stage.writer().input().schema();
         let num_partitions = result_stage.num_tasks();
@@ -188,8 +188,7 @@ impl QueryEngine {
     ) -> Result<Output> {
         let state = session.ctx.state();
         let physical = state.create_physical_plan(plan).await?;
-        let options = ember_options(state.config_options());
-        let graph = stage_graph(QueryId::random(), physical, &options, &state).await?;
+        let graph = stage_graph(QueryId::random(), physical, &state).await?;
         Ok(Output::Rows(explain_rows(vec![(
             "distributed_plan".into(),
             graph.display(),
@@ -207,8 +206,7 @@ impl QueryEngine {
         };
         let state = session.ctx.state();
         let physical = state.create_physical_plan(&explain.plan).await?;
-        let options = ember_options(state.config_options());
-        let graph = stage_graph(QueryId::random(), physical, &options, &state).await?;
+        let graph = stage_graph(QueryId::random(), physical, &state).await?;
         let df = session.ctx.execute_logical_plan(plan).await?;
         let mut rows = collect_explain(df.collect().await?);
         rows.push(("distributed_plan".into(), graph.display()));
@@ -230,9 +228,9 @@ fn ember_options(options: &ConfigOptions) -> EmberOptions {
 async fn stage_graph(
     query_id: QueryId,
     physical: Arc<dyn ExecutionPlan>,
-    options: &EmberOptions,
     state: &SessionState,
 ) -> Result<StageGraph> {
+    let options = ember_options(state.config_options());
     let physical = if options.row_group_splits {
         split_on_row_groups(physical, state.runtime_env()).await?
     } else {
