@@ -283,6 +283,10 @@ pub struct CoordinatorConfig {
     /// Whether parquet scans are cut into tasks on row-group boundaries, about as many rows each
     /// (sessions: `ember.row_group_splits`).
     pub row_group_splits: bool,
+    /// The most partitions a shuffle is given when the planner estimates that one per task slot
+    /// would not fit an eighth of a slot's memory each; 0: always one per slot (sessions:
+    /// `ember.max_shuffle_partitions`).
+    pub max_shuffle_partitions: usize,
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.

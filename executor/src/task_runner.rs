@@ -8,6 +8,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::MetricValue;
@@ -15,6 +16,7 @@ use datafusion::prelude::SessionConfig;
 use ember_planner::codec::decode_plan;
 use ember_planner::dynamic_filters::{is_task_local, plan_task_filters};
 use ember_planner::ids::{ExecutorId, TaskAttempt};
+use ember_planner::memory::PeakMemoryPool;
 use ember_planner::paths::AllowedPaths;
 use ember_planner::shuffle::{
     DiskBudget, LiveBlocks, PeerWorkDirs, ShuffleCompression, ShuffleEnv, ShuffleFetcher,
@@ -103,9 +105,18 @@ impl TaskRunner {
             peers: Arc::clone(&self.peers),
             compression: self.compression,
         }));
+        // The task's reservations pass through its own view of the executor's pool, which
+        // counts their peak.
+        let base = self.base.runtime_env();
+        let memory = Arc::new(PeakMemoryPool::new(Arc::clone(&base.memory_pool)));
+        let runtime = RuntimeEnv {
+            memory_pool: Arc::clone(&memory) as _,
+            ..RuntimeEnv::clone(base)
+        };
         let ctx = Arc::new(
             TaskContext::from(&self.base)
                 .with_session_config(config)
+                .with_runtime(Arc::new(runtime))
                 .with_task_id(attempt.to_string()),
         );
         let started = Instant::now();
@@ -148,6 +159,7 @@ impl TaskRunner {
             partitions,
             spilled_bytes,
             operators,
+            peak_memory_bytes: memory.peak() as u64,
         })
     }
 }

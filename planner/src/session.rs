@@ -81,6 +81,12 @@ extensions_options! {
         pub adaptive_runtime_filter_bytes: u64, default = 16 << 20
         /// Parquet scans are cut into tasks on row-group boundaries, about as many rows each.
         pub row_group_splits: bool, default = true
+        /// Shuffles get more partitions than task slots, up to this many, when one per slot
+        /// would carry more than `shuffle_partition_bytes` each (0: one per slot).
+        pub max_shuffle_partitions: usize, default = 200
+        /// Bytes a shuffle partition should carry at most, as the planner estimates them; 0:
+        /// an eighth of a task slot's memory (the coordinator fills it in), or no bound.
+        pub shuffle_partition_bytes: u64, default = 0
     }
 }
 
@@ -102,16 +108,24 @@ impl EmberOptions {
             adaptive_skew_threshold_bytes: adaptive.skew_threshold_bytes,
             adaptive_runtime_filter_bytes: adaptive.runtime_filter_bytes,
             row_group_splits: config.coordinator.row_group_splits,
+            max_shuffle_partitions: config.coordinator.max_shuffle_partitions,
+            shuffle_partition_bytes: 0,
         }
     }
 
-    /// How adaptive execution re-plans this session's queries on `parallelism` task slots.
+    /// How adaptive execution re-plans this session's queries on `parallelism` task slots. A
+    /// task reads no more than a shuffle partition should carry: coalescing partitions widened
+    /// to fit a slot's memory would undo the widening.
     pub fn adaptive_options(&self, parallelism: usize) -> AdaptiveOptions {
+        let advisory_partition_bytes = match self.shuffle_partition_bytes {
+            0 => self.adaptive_advisory_partition_bytes,
+            bound => self.adaptive_advisory_partition_bytes.min(bound),
+        };
         AdaptiveOptions {
             enabled: self.adaptive,
             coalesce_partitions: self.adaptive_coalesce_partitions,
             skew_join: self.adaptive_skew_join,
-            advisory_partition_bytes: self.adaptive_advisory_partition_bytes,
+            advisory_partition_bytes,
             min_partition_bytes: self.adaptive_min_partition_bytes,
             parallelism,
             skew_factor: self.adaptive_skew_factor,
@@ -135,6 +149,10 @@ mod tests {
             defaults.adaptive_options(4)
         );
         assert_eq!(from_config.row_group_splits, defaults.row_group_splits);
+        assert_eq!(
+            from_config.max_shuffle_partitions,
+            defaults.max_shuffle_partitions
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::planner::object_name_to_table_reference;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use ember_planner::paths::AllowedPaths;
-use ember_planner::session::DEFAULT_CATALOG;
+use ember_planner::session::{DEFAULT_CATALOG, EmberOptions};
 use ember_protocol::FlightShuffleFetcher;
 
 use crate::catalog::CatalogStore;
@@ -459,8 +459,9 @@ impl QueryEngine {
         }
     }
 
-    /// Plans for as many partitions as the cluster has slots, and broadcasts only join sides
-    /// that fit a slot's memory comfortably, unless the session chose.
+    /// Plans for as many partitions as the cluster has slots, broadcasts only join sides that
+    /// fit a slot's memory comfortably, and widens shuffles whose partitions would not, unless
+    /// the session chose.
     fn fit_partitions(&self, session: &ClientSession) {
         let slots = self.scheduler.total_slots();
         let state = session.ctx.state_ref();
@@ -477,6 +478,11 @@ impl QueryEngine {
                 0 => BROADCAST_BYTES,
                 memory => BROADCAST_BYTES.min(memory / 4),
             };
+        }
+        if !session.has_set("ember.shuffle_partition_bytes")
+            && let Some(ember) = options.extensions.get_mut::<EmberOptions>()
+        {
+            ember.shuffle_partition_bytes = (self.scheduler.slot_memory() / 8) as u64;
         }
     }
 }

@@ -20,6 +20,7 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use ember_planner::ids::QueryId;
 use ember_planner::row_group_splits::split_on_row_groups;
 use ember_planner::session::EmberOptions;
+use ember_planner::shuffle_partitions::fit_shuffle_partitions;
 use ember_planner::stage::StageGraph;
 use ember_planner::subquery::take_scalar_subqueries;
 use futures::{StreamExt, TryStreamExt};
@@ -231,6 +232,14 @@ async fn stage_graph(
     state: &SessionState,
 ) -> Result<StageGraph> {
     let options = ember_options(state.config_options());
+    let (physical, shuffle_partitions) = fit_shuffle_partitions(
+        physical,
+        options.shuffle_partition_bytes,
+        options.max_shuffle_partitions,
+    )?;
+    if let Some(partitions) = shuffle_partitions {
+        tracing::debug!(%query_id, partitions, "shuffles widened to fit a slot's memory");
+    }
     let physical = if options.row_group_splits {
         split_on_row_groups(physical, state.runtime_env()).await?
     } else {

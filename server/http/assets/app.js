@@ -291,7 +291,7 @@ class QueryView {
               <th data-sort="state">State</th><th data-sort="executor">Executor</th><th>Spec.</th>
               <th data-sort="duration" class="num">Duration</th><th data-sort="rows" class="num">Rows</th>
               <th data-sort="bytes" class="num">Written</th><th data-sort="read" class="num">Shuffle read</th>
-              <th data-sort="spill" class="num">Spill</th><th>Error</th>
+              <th data-sort="memory" class="num">Peak memory</th><th data-sort="spill" class="num">Spill</th><th>Error</th>
             </tr></thead>
             <tbody></tbody>
           </table>
@@ -578,6 +578,7 @@ class QueryView {
       rows: (r) => r.t.rows,
       bytes: (r) => r.t.bytes,
       read: (r) => r.t.shuffle_read_bytes,
+      memory: (r) => r.t.peak_memory_bytes,
       spill: (r) => r.t.spilled_bytes,
     }[this.sort.key];
     rows.sort((a, b) => {
@@ -593,6 +594,7 @@ class QueryView {
         <td class="mono">${esc(t.executor_id || "")}</td><td>${t.speculative ? "yes" : ""}</td>
         <td class="num">${esc(fmtMs(t.duration_ms))}</td><td class="num">${esc(fmtNum(t.rows))}</td>
         <td class="num">${esc(fmtBytes(t.bytes))}</td><td class="num">${esc(fmtBytes(t.shuffle_read_bytes))}</td>
+        <td class="num">${t.peak_memory_bytes ? esc(fmtBytes(t.peak_memory_bytes)) : ""}</td>
         <td class="num">${t.spilled_bytes ? esc(fmtBytes(t.spilled_bytes)) : ""}</td>
         <td class="err">${t.error ? `<b>${esc(t.sqlstate || "")}</b> ${esc(t.error)}` : ""}</td></tr>`;
     }).join("");

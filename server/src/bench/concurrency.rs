@@ -94,7 +94,7 @@ pub(super) async fn run(
         args.scale,
     ))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let datafusion = datafusion_context("tpch")?;
+    let datafusion = datafusion_context("tpch")?.ctx;
     tpch::register(&datafusion, "tpch", &dir).await?;
 
     // The answers every run is checked against: DataFusion's, alone.

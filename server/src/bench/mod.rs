@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::execution::memory_pool::UnboundedMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_planner::memory::PeakMemoryPool;
 use ember_planner::tpch;
 use futures::TryStreamExt;
 use tokio::sync::watch;
@@ -39,6 +42,10 @@ pub enum BenchCommand {
         /// Only these queries, comma-separated (default: all 22).
         #[arg(long)]
         queries: Option<String>,
+        /// Memory pool of each executor, in bytes or with a unit (2GiB); default as `ember
+        /// local` divides the machine's. Single-node DataFusion's stays unbounded.
+        #[arg(long)]
+        executor_memory: Option<String>,
     },
     /// TPC-DS: the 99 queries (from a directory) on both engines, over data `tpcgen-cli`
     /// makes; times, ratios and whether the answers agree.
@@ -60,13 +67,14 @@ pub enum BenchCommand {
 
 /// Runs a benchmark and prints its table.
 pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
-    let (scale, iterations, executors, queries) = match bench {
+    let (scale, iterations, executors, queries, executor_memory) = match bench {
         BenchCommand::Tpch {
             scale,
             iterations,
             executors,
             queries,
-        } => (scale, iterations, executors, queries),
+            executor_memory,
+        } => (scale, iterations, executors, queries, executor_memory),
         BenchCommand::Cache { scale, iterations } => {
             return cache(scale, iterations, config_file).await;
         }
@@ -90,6 +98,7 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
         &[
             ("local.executors", Some(&executors.to_string())),
             ("tpch.scale", Some(&scale.to_string())),
+            ("executor.memory", executor_memory.as_ref()),
         ],
     )
     .await?;
@@ -100,11 +109,15 @@ pub async fn run(bench: BenchCommand, config_file: Option<&PathBuf>) -> anyhow::
     ))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let datafusion = datafusion_context("tpch")?;
-    tpch::register(&datafusion, "tpch", &dir).await?;
+    tpch::register(&datafusion.ctx, "tpch", &dir).await?;
     let session = engine.new_session();
     session.set_current_schema("tpch");
 
-    println!("TPC-H SF{scale}, best of {iterations}, {executors} executors, {cores} cores");
+    let memory = match &executor_memory {
+        Some(memory) => format!(", executor memory {memory}"),
+        None => String::new(),
+    };
+    println!("TPC-H SF{scale}, best of {iterations}, {executors} executors{memory}, {cores} cores");
     let queries: Vec<(String, &str)> = queries
         .into_iter()
         .map(|q| (format!("q{q}"), tpch::QUERIES[q - 1]))
@@ -236,15 +249,54 @@ impl BenchCluster {
     }
 }
 
+/// Single-node DataFusion as the benchmarks run it, and the view of its (unbounded) memory
+/// pool that says what a query reserved at most.
+struct DataFusion {
+    ctx: SessionContext,
+    memory: Arc<PeakMemoryPool>,
+}
+
 /// Single-node DataFusion as the benchmarks run it: the machine's cores, DataFusion's own
 /// `DATAFUSION_*` settings, `schema` current.
-fn datafusion_context(schema: &str) -> anyhow::Result<SessionContext> {
+fn datafusion_context(schema: &str) -> anyhow::Result<DataFusion> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    Ok(SessionContext::new_with_config(
+    let memory = Arc::new(PeakMemoryPool::new(
+        Arc::new(UnboundedMemoryPool::default()),
+    ));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::clone(&memory) as _)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(
         SessionConfig::from_env()?
             .with_target_partitions(cores)
             .with_default_catalog_and_schema("ember", schema),
-    ))
+        runtime,
+    );
+    Ok(DataFusion { ctx, memory })
+}
+
+/// The most memory one task of the session's newest distributed query held at once (with one
+/// slot per executor, what its executor held for it at most); `None` if the query ran on the
+/// coordinator alone.
+async fn ember_peak_memory(
+    engine: &ember_coordinator::engine::QueryEngine,
+    session: &ember_coordinator::session::ClientSession,
+) -> Option<u64> {
+    let monitor = engine.monitor();
+    let queries = monitor.queries(session.user()).await.ok()?;
+    let newest = queries.iter().find(|q| q.session_id == session.id())?;
+    let detail = monitor
+        .query(session.user(), &newest.query_id)
+        .await
+        .ok()??;
+    detail.stages.iter().map(|s| s.peak_memory_bytes).max()
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(bytes) => format!("{:.1}", bytes as f64 / (1u64 << 20) as f64),
+        None => "-".into(),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -253,28 +305,41 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs each of `queries` (name, SQL) on single-node DataFusion and on Ember, best of
 /// `iterations` each, printing a line per query (times, ratio, rows, whether the answers
-/// agree), the totals over the queries whose answers agree, and how the others differ.
+/// agree, the most memory each engine's pool held for it: all of DataFusion's, Ember's largest
+/// task), the totals over the queries whose answers agree, and how the others differ.
 async fn compare_engines(
-    datafusion: &SessionContext,
+    datafusion: &DataFusion,
     engine: &ember_coordinator::engine::QueryEngine,
     session: &ember_coordinator::session::ClientSession,
     queries: &[(String, &str)],
     iterations: usize,
 ) {
     println!(
-        "{:>5} {:>14} {:>12} {:>7} {:>8} {:>7}",
-        "query", "datafusion_ms", "ember_ms", "ratio", "rows", "answer"
+        "{:>5} {:>14} {:>12} {:>7} {:>8} {:>7} {:>11} {:>13}",
+        "query",
+        "datafusion_ms",
+        "ember_ms",
+        "ratio",
+        "rows",
+        "answer",
+        "df_peak_mib",
+        "task_peak_mib"
     );
     let (mut total_df, mut total_ember) = (Duration::ZERO, Duration::ZERO);
     let mut differing = vec![];
     for (name, sql) in queries {
         let (mut best_df, mut best_ember) = (Duration::MAX, Duration::MAX);
         let mut answers = (Answer::Rows(vec![]), Answer::Rows(vec![]));
+        let (mut peak_df, mut peak_ember) = (0, None);
         for _ in 0..iterations.max(1) {
-            let (time, answer) = run_datafusion(datafusion, sql).await;
+            datafusion.memory.reset_peak();
+            let (time, answer) = run_datafusion(&datafusion.ctx, sql).await;
+            peak_df = peak_df.max(datafusion.memory.peak() as u64);
             best_df = best_df.min(time);
             answers.0 = answer;
             let (time, answer) = time_ember(engine, session, sql).await;
+            let peak = ember_peak_memory(engine, session).await;
+            peak_ember = peak_ember.max(peak);
             best_ember = best_ember.min(time);
             answers.1 = answer;
         }
@@ -287,13 +352,15 @@ async fn compare_engines(
             differing.push(format!("{name}: {}", ours.describe(&theirs)));
         }
         println!(
-            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8} {:>7}",
+            "{:>5} {:>14.1} {:>12.1} {:>7.2} {:>8} {:>7} {:>11} {:>13}",
             name,
             ms(best_df),
             ms(best_ember),
             ms(best_ember) / ms(best_df),
             ours.rows(),
-            verdict
+            verdict,
+            mib(Some(peak_df)),
+            mib(peak_ember),
         );
     }
     let note = match differing.is_empty() {

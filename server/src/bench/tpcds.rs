@@ -113,6 +113,7 @@ pub(super) async fn run(args: TpcdsArgs, config_file: Option<&PathBuf>) -> anyho
         let path = data.join(format!("{table}.parquet"));
         let location = path.to_str().context("a data path that is not UTF-8")?;
         datafusion
+            .ctx
             .register_parquet(table, location, ParquetReadOptions::default())
             .await?;
         run_ember(

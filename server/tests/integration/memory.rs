@@ -1,7 +1,8 @@
 //! Memory limits on real executor processes (TPC-H SF0.1, 24 MiB per executor): aggregations
 //! and sorts spill to the work dir and still return DataFusion's answers; a hash join whose build
-//! side cannot fit is run again with sort-merge joins; what cannot fit at all (an aggregation state
-//! that cannot spill) fails with SQLSTATE 53200, and the executors keep answering afterwards.
+//! side cannot fit is run again with sort-merge joins, unless its shuffles are given partitions
+//! that fit; what cannot fit at all (an aggregation state that cannot spill) fails with SQLSTATE
+//! 53200, and the executors keep answering afterwards.
 
 use std::time::Duration;
 
@@ -14,7 +15,13 @@ const SCALE: f64 = 0.1;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_memory_spills_and_refuses_what_cannot_fit() {
     let data = tpch_data_dir(SCALE);
-    let env = [("EMBER_EXECUTOR_MEMORY", "25165824")].map(|(k, v)| (k.to_string(), v.to_string()));
+    // One shuffle partition per slot, as on a cluster whose memory fits its data, so that the
+    // aggregation and the sort spill and the join falls back; widened shuffles are tried last.
+    let env = [
+        ("EMBER_EXECUTOR_MEMORY", "25165824"),
+        ("EMBER_COORDINATOR_MAX_SHUFFLE_PARTITIONS", "0"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
     let cluster = ProcessCluster::start_with_env(2, SCALE, &data, &env);
     let client = cluster.connect(2).await;
     let reference = datafusion_tpch(SCALE, &data).await;
@@ -69,6 +76,86 @@ async fn low_memory_spills_and_refuses_what_cannot_fit() {
             >= 2,
         "the aggregation and the sort spilled: {spilled:?}"
     );
+    // Each task's peak is what it held of its executor's pool at most: the spilling aggregation
+    // filled its share (megabytes), never more than the pool; its stage shows the largest.
+    let peaks = rows(
+        &client
+            .simple_query(
+                "select t.stage_id, max(t.peak_memory_bytes), max(s.peak_memory_bytes) \
+                 from system.tasks t join system.stages s \
+                   on s.query_id = t.query_id and s.stage_id = t.stage_id \
+                 where t.query_id = (select query_id from system.queries \
+                                     where sql ilike 'select l_comment, count(*)%') \
+                 group by t.stage_id order by t.stage_id",
+            )
+            .await
+            .expect("peak memory"),
+    );
+    let number = |cell: &Option<String>| cell.as_deref().unwrap_or("0").parse::<u64>().unwrap();
+    let largest = peaks.iter().map(|row| number(&row[1])).max().unwrap_or(0);
+    assert!(
+        largest > 1 << 20 && largest <= 25165824,
+        "the aggregation's tasks held megabytes, within the pool: {peaks:?}"
+    );
+    for row in &peaks {
+        assert_eq!(
+            number(&row[1]),
+            number(&row[2]),
+            "stage peak is its largest task's"
+        );
+    }
+
+    // With shuffles widened to fit an eighth of a slot's memory per partition, the join's build
+    // side fits: it runs once, as a hash join, on more partitions than slots.
+    let join =
+        "select count(*) as widened from lineitem a join lineitem b on a.l_comment = b.l_comment";
+    client
+        .simple_query("SET ember.max_shuffle_partitions = 64")
+        .await
+        .expect("set");
+    let answer = client.simple_query(join).await.expect("the widened join");
+    compare(
+        &rows(&answer),
+        &datafusion_rows(&reference, join).await,
+        false,
+    )
+    .unwrap_or_else(|diff| panic!("{join}: {diff}"));
+    let runs = rows(
+        &client
+            .simple_query(
+                "select q.status, max(s.output_partitioning) from system.queries q \
+                 join system.stages s on s.query_id = q.query_id \
+                 where q.sql ilike '%as widened%' and s.output_partitioning like 'Hash%' \
+                 group by q.query_id, q.status",
+            )
+            .await
+            .expect("system.queries"),
+    );
+    assert_eq!(runs.len(), 1, "one run, no fallback: {runs:?}");
+    assert_eq!(runs[0][0].as_deref(), Some("succeeded"), "{runs:?}");
+    let partitions: usize = runs[0][1]
+        .as_deref()
+        .and_then(|p| p.rsplit(", ").next())
+        .and_then(|n| n.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("a hash partitioning: {runs:?}"));
+    assert!((3..=64).contains(&partitions), "{runs:?}");
+    let explain = rows(
+        &client
+            .simple_query(&format!("explain {join}"))
+            .await
+            .expect("explain"),
+    );
+    assert!(
+        explain.iter().any(|r| r[1]
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!(", {partitions})"))),
+        "EXPLAIN shows the widened shuffles: {explain:?}"
+    );
+    client
+        .simple_query("RESET ember.max_shuffle_partitions")
+        .await
+        .expect("reset");
 
     // One group holding every comment four times over (~70 MB): an aggregation without GROUP BY
     // cannot spill its state.

@@ -268,6 +268,7 @@ fn planned_stage(plan: StagePlan) -> Stage {
         bytes: 0,
         shuffle_read_bytes: 0,
         spilled_bytes: 0,
+        peak_memory_bytes: 0,
         started_at: None,
         finished_at: None,
         duration_ms: None,
@@ -285,6 +286,7 @@ fn planned_stage(plan: StagePlan) -> Stage {
                 bytes: 0,
                 shuffle_read_bytes: 0,
                 spilled_bytes: 0,
+                peak_memory_bytes: 0,
                 started_at: None,
                 finished_at: None,
                 duration_ms: None,
@@ -309,6 +311,12 @@ fn recount(detail: &mut QueryDetail) {
         stage.bytes = stage.tasks.iter().map(|t| t.bytes).sum();
         stage.shuffle_read_bytes = stage.tasks.iter().map(|t| t.shuffle_read_bytes).sum();
         stage.spilled_bytes = stage.tasks.iter().map(|t| t.spilled_bytes).sum();
+        stage.peak_memory_bytes = stage
+            .tasks
+            .iter()
+            .map(|t| t.peak_memory_bytes)
+            .max()
+            .unwrap_or(0);
         stage.duration_ms = millis_between(
             system_time(stage.started_at),
             system_time(stage.finished_at),
@@ -391,6 +399,7 @@ mod tests {
             bytes: 100,
             shuffle_read_bytes: 0,
             spilled_bytes: 0,
+            peak_memory_bytes: 0,
             started_at: Some(at(started)),
             finished_at: finished.map(at),
             duration_ms: None,

@@ -464,6 +464,7 @@ mod tests {
                 bytes: 0,
                 shuffle_read_bytes: 0,
                 spilled_bytes: 0,
+                peak_memory_bytes: 0,
                 started_at: Some(Utc::now()),
                 finished_at: None,
                 duration_ms: None,

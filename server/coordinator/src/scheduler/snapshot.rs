@@ -287,6 +287,12 @@ fn stage(q: &QueryState, s: &StageState, request: &SnapshotRequest) -> Stage {
         bytes: s.tasks.iter().map(|t| t.bytes).sum(),
         shuffle_read_bytes: s.tasks.iter().map(|t| t.shuffle_read_bytes).sum(),
         spilled_bytes: s.tasks.iter().map(|t| t.spilled_bytes).sum(),
+        peak_memory_bytes: s
+            .tasks
+            .iter()
+            .map(|t| t.peak_memory_bytes)
+            .max()
+            .unwrap_or(0),
         started_at: s.started_at.map(time),
         finished_at: s.finished_at.map(time),
         duration_ms: millis_between(s.started_at, s.finished_at),
@@ -327,6 +333,7 @@ pub(super) fn task(t: &TaskState) -> Task {
         bytes: t.bytes,
         shuffle_read_bytes: t.shuffle_read_bytes,
         spilled_bytes: t.spilled_bytes,
+        peak_memory_bytes: t.peak_memory_bytes,
         started_at: t.started_at.map(time),
         finished_at: t.finished_at.map(time),
         duration_ms: millis_between(t.started_at, t.finished_at),

@@ -105,6 +105,8 @@ pub(crate) struct TaskState {
     /// Arrow bytes its shuffle readers read.
     pub(crate) shuffle_read_bytes: u64,
     pub(crate) spilled_bytes: u64,
+    /// The most memory its successful attempt held at once.
+    pub(crate) peak_memory_bytes: u64,
     /// The successful attempt was a speculative copy that beat the original.
     pub(crate) speculation_won: bool,
     pub(crate) started_at: Option<SystemTime>,
@@ -145,6 +147,7 @@ impl TaskState {
             partition_bytes: vec![],
             shuffle_read_bytes: 0,
             spilled_bytes: 0,
+            peak_memory_bytes: 0,
             speculation_won: false,
             started_at: None,
             started_instant: None,

@@ -132,6 +132,7 @@ impl Scheduler {
         task.rows = succeeded.partitions.iter().map(|p| p.num_rows).sum();
         task.bytes = succeeded.partitions.iter().map(|p| p.num_bytes).sum();
         task.spilled_bytes = succeeded.spilled_bytes;
+        task.peak_memory_bytes = succeeded.peak_memory_bytes;
         task.shuffle_read_bytes = succeeded
             .operators
             .iter()

@@ -378,10 +378,11 @@ pub(crate) fn check_settable(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// DataFusion options that size vectors, buffers or reservations on the coordinator and the
-/// executors, with the most a session may set them to.
-const SIZING_OPTIONS: [(&str, u64); 8] = [
+/// DataFusion's and Ember's options that size vectors, buffers, reservations or task counts on
+/// the coordinator and the executors, with the most a session may set them to.
+const SIZING_OPTIONS: [(&str, u64); 9] = [
     ("datafusion.execution.target_partitions", 1024),
+    ("ember.max_shuffle_partitions", 1024),
     ("datafusion.execution.batch_size", 1 << 20),
     ("datafusion.execution.planning_concurrency", 1024),
     ("datafusion.execution.meta_fetch_concurrency", 1024),
@@ -486,6 +487,7 @@ mod tests {
     fn settings_that_size_buffers_are_bounded() {
         assert!(check_size("datafusion.execution.batch_size", "8192").is_ok());
         assert!(check_size("datafusion.execution.target_partitions", "1024").is_ok());
+        assert!(check_size("ember.max_shuffle_partitions", "1025").is_err());
         let error = check_size("DATAFUSION.EXECUTION.TARGET_PARTITIONS", "1000000000")
             .expect_err("too many partitions");
         assert!(error.to_string().contains("limited to 1024"), "{error}");

@@ -179,6 +179,8 @@ pub struct Stage {
     pub shuffle_read_bytes: u64,
     /// Bytes its tasks' operators spilled to disk.
     pub spilled_bytes: u64,
+    /// The most memory one of its tasks held at once (the largest task's peak).
+    pub peak_memory_bytes: u64,
     /// When its first task was launched.
     pub started_at: Option<DateTime<Utc>>,
     /// When its last task committed.
@@ -229,6 +231,10 @@ pub struct Task {
     pub shuffle_read_bytes: u64,
     /// Bytes its operators spilled to disk.
     pub spilled_bytes: u64,
+    /// The most memory its operators held at once in its executor's pool (Spark's peak
+    /// execution memory).
+    #[serde(default)]
+    pub peak_memory_bytes: u64,
     /// When its latest attempt was launched.
     pub started_at: Option<DateTime<Utc>>,
     /// When it committed or failed.

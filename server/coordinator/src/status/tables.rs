@@ -72,7 +72,7 @@ pub(crate) fn stages_schema() -> SchemaRef {
         "output_partitioning": DataType::Utf8, "rows": DataType::UInt64, "bytes": DataType::UInt64,
         "started_at": ts_type(), "finished_at": ts_type(), "duration_ms": DataType::UInt64,
         "shuffle_read_bytes": DataType::UInt64, "spilled_bytes": DataType::UInt64,
-        "adaptive": DataType::Utf8,
+        "adaptive": DataType::Utf8, "peak_memory_bytes": DataType::UInt64,
     )
 }
 
@@ -84,6 +84,7 @@ pub(crate) fn tasks_schema() -> SchemaRef {
         "speculative": DataType::Boolean, "started_at": ts_type(),
         "finished_at": ts_type(), "duration_ms": DataType::UInt64, "error": DataType::Utf8,
         "shuffle_read_bytes": DataType::UInt64, "sqlstate": DataType::Utf8,
+        "peak_memory_bytes": DataType::UInt64,
     )
 }
 
@@ -175,6 +176,7 @@ pub(crate) fn stages_batch(queries: &[&QueryDetail]) -> RecordBatch {
                 r.iter()
                     .map(|(_, s)| (!s.adaptive.is_empty()).then(|| s.adaptive.join("; "))),
             ),
+            u64s(r.iter().map(|(_, s)| Some(s.peak_memory_bytes))),
         ],
     )
 }
@@ -212,6 +214,7 @@ pub(crate) fn tasks_batch(queries: &[&QueryDetail]) -> RecordBatch {
             strings(r.iter().map(|(_, _, t)| t.error.clone())),
             u64s(r.iter().map(|(_, _, t)| Some(t.shuffle_read_bytes))),
             strings(r.iter().map(|(_, _, t)| t.sqlstate.clone())),
+            u64s(r.iter().map(|(_, _, t)| Some(t.peak_memory_bytes))),
         ],
     )
 }

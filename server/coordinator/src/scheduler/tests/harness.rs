@@ -209,6 +209,7 @@ impl SchedulerTest {
             }],
             spilled_bytes: 0,
             operators: vec![],
+            peak_memory_bytes: 0,
         };
         self.report(name, attempt, task_status::Result::Succeeded(succeeded));
     }
