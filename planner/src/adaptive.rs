@@ -65,9 +65,20 @@ pub struct AdaptiveOptions {
     /// ...and larger than this.
     pub skew_threshold_bytes: u64,
     /// A stage read as a shuffled join's probe side is filtered by the join's build side when
-    /// that side's stage wrote at most this many bytes (0: never).
+    /// that side's stage wrote at most this many bytes (0: never)...
     pub runtime_filter_bytes: u64,
+    /// ...or at most this many, when it kept no more than [`SELECTIVE_BUILD`] of the rows of the
+    /// largest table it read (every probe task holds the build side: the coordinator bounds this
+    /// by a slot's memory).
+    pub selective_runtime_filter_bytes: u64,
 }
+
+/// The share of its largest table's rows a build side may keep and still be worth a runtime
+/// filter larger than `runtime_filter_bytes`: probing a large key set costs about what
+/// shuffling the probe rows it removes saves, so it must remove most of them (TPC-H SF30 q5's
+/// orders of one year, 15%, cut its `lineitem` shuffle from 8 GB; q21's orders of one status,
+/// 49%, made its stage slower).
+pub const SELECTIVE_BUILD: f64 = 0.25;
 
 impl Default for AdaptiveOptions {
     fn default() -> Self {
@@ -81,6 +92,7 @@ impl Default for AdaptiveOptions {
             skew_factor: 5.0,
             skew_threshold_bytes: 256 << 20,
             runtime_filter_bytes: 16 << 20,
+            selective_runtime_filter_bytes: 256 << 20,
         }
     }
 }
@@ -91,6 +103,8 @@ impl Default for AdaptiveOptions {
 pub struct MapOutputSizes {
     /// By map task, then by output partition.
     pub bytes: Vec<Vec<u64>>,
+    /// Rows written by all its map tasks.
+    pub rows: u64,
 }
 
 impl MapOutputSizes {
@@ -136,9 +150,20 @@ pub fn adapt_stage(
             continue;
         }
         let written = saturating_sum(build.bytes.iter().flatten().copied());
-        if written > options.runtime_filter_bytes {
+        // What the build side kept of the largest table it read.
+        let kept = filter
+            .build_source_rows
+            .filter(|rows| *rows > 0)
+            .map(|rows| build.rows as f64 / rows as f64);
+        let selective = kept.is_some_and(|kept| kept <= SELECTIVE_BUILD)
+            && written <= options.selective_runtime_filter_bytes;
+        let share = match kept {
+            Some(kept) => format!(", {:.0}% of its largest table's rows", kept * 100.0),
+            None => String::new(),
+        };
+        if written > options.runtime_filter_bytes && !selective {
             notes.push(format!(
-                "no runtime filter: the build side (stage {}) wrote {}, over {}",
+                "no runtime filter: the build side (stage {}) wrote {}{share}, over {}",
                 filter.build,
                 bytes(written),
                 bytes(options.runtime_filter_bytes)
@@ -147,7 +172,7 @@ pub fn adapt_stage(
         }
         plan = apply_runtime_filter(&plan, filter, build.bytes.len())?;
         notes.push(format!(
-            "runtime filter: rows kept only where the build side (stage {}, {}) has their keys",
+            "runtime filter: rows kept only where the build side (stage {}, {}{share}) has their keys",
             filter.build,
             bytes(written)
         ));

@@ -24,17 +24,17 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExprRef;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 
 use crate::ids::StageId;
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
@@ -52,6 +52,9 @@ pub struct RuntimeFilter {
     /// ...and over the filtered stage's output.
     probe_keys: Vec<PhysicalExprRef>,
     null_equality: NullEquality,
+    /// The rows of the largest table the build stage (or a stage it reads) scans, as the
+    /// planner knows them: what the build side's exact rows are a share of.
+    pub build_source_rows: Option<u64>,
 }
 
 /// The probe stage of a shuffled `join` and the filter its build stage offers it: only for
@@ -76,6 +79,7 @@ pub(crate) fn join_filter(join: &HashJoinExec) -> Option<(StageId, RuntimeFilter
             build_keys: join.on().iter().map(|(l, _)| Arc::clone(l)).collect(),
             probe_keys: join.on().iter().map(|(_, r)| Arc::clone(r)).collect(),
             null_equality: join.null_equality(),
+            build_source_rows: None,
         },
     ))
 }
@@ -90,6 +94,22 @@ pub(crate) fn has_predicate(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
                 .and_then(|s| s.data_source().downcast_ref::<FileScanConfig>())
                 .is_some_and(|config| config.file_source().filter().is_some()))
     })
+}
+
+/// The rows of the largest table `plan` scans (DataFusion's statistics: the footers' counts).
+pub(crate) fn largest_scan_rows(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<u64>> {
+    let statistics = StatisticsContext::new();
+    let mut largest = None;
+    plan.apply(|node| {
+        if node.is::<DataSourceExec>()
+            && let Ok(estimate) = statistics.compute(node.as_ref(), &StatisticsArgs::new())
+            && let Some(rows) = estimate.num_rows.get_value()
+        {
+            largest = largest.max(Some(*rows as u64));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(largest)
 }
 
 /// `plan` (a stage's) with the rows of its output whose keys the build stage (of

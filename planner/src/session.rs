@@ -131,7 +131,21 @@ impl EmberOptions {
             skew_factor: self.adaptive_skew_factor,
             skew_threshold_bytes: self.adaptive_skew_threshold_bytes,
             runtime_filter_bytes: self.adaptive_runtime_filter_bytes,
+            selective_runtime_filter_bytes: selective_runtime_filter_bytes(
+                self.adaptive_runtime_filter_bytes,
+                self.shuffle_partition_bytes,
+            ),
         }
+    }
+}
+
+/// A selective build side may be sixteen times `runtime_filter_bytes`, and no more than a
+/// shuffle partition should carry (each probe task holds all of it).
+fn selective_runtime_filter_bytes(runtime_filter_bytes: u64, partition_bytes: u64) -> u64 {
+    let bytes = runtime_filter_bytes.saturating_mul(16);
+    match partition_bytes {
+        0 => bytes,
+        bound => bytes.min(bound),
     }
 }
 

@@ -39,11 +39,8 @@ pub fn fit_shuffle_partitions(
         if let Some(exchange) = hash_exchange(node) {
             counts.push(exchange.partitioning().partition_count());
             // An estimate the planner cannot make counts as nothing.
-            if let Ok(estimate) =
-                statistics.compute(exchange.input().as_ref(), &StatisticsArgs::new())
-                && let Some(bytes) = estimate.total_byte_size.get_value()
-            {
-                largest = largest.max(*bytes as u64);
+            if let Some(bytes) = estimated_bytes(&statistics, exchange.input()) {
+                largest = largest.max(bytes);
             }
         } else if node.children().is_empty()
             && matches!(
@@ -86,6 +83,30 @@ pub fn fit_shuffle_partitions(
         })?
         .data;
     Ok((plan, Some(wanted)))
+}
+
+/// What `plan` outputs, as the planner estimates it, but no more than the tables it scans hold:
+/// estimates through joins can exceed anything the query reads (TPC-DS q77 at SF1 came out at
+/// gigabytes). `None` when either is unknown.
+fn estimated_bytes(statistics: &StatisticsContext, plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    let bytes = |node: &Arc<dyn ExecutionPlan>| {
+        let estimate = statistics
+            .compute(node.as_ref(), &StatisticsArgs::new())
+            .ok()?;
+        estimate.total_byte_size.get_value().map(|b| *b as u64)
+    };
+    let output = bytes(plan)?;
+    let mut scanned = Some(0u64);
+    plan.apply(|node| {
+        if node.children().is_empty() {
+            scanned = scanned
+                .zip(bytes(node))
+                .map(|(sum, b)| sum.saturating_add(b));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .ok()?;
+    Some(output.min(scanned?))
 }
 
 fn hash_exchange(node: &Arc<dyn ExecutionPlan>) -> Option<&RepartitionExec> {

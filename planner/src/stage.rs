@@ -33,7 +33,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 
 use crate::ids::{QueryId, StageId};
-use crate::runtime_filter::{RuntimeFilter, has_predicate, join_filter};
+use crate::runtime_filter::{RuntimeFilter, has_predicate, join_filter, largest_scan_rows};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
 /// What a stage's output is for.
@@ -360,11 +360,18 @@ fn plan_runtime_filters(stages: &mut [Stage]) -> Result<()> {
     }
     // In id order, every stage after its inputs: whether it or a stage it reads filters rows.
     let mut filtered: Vec<bool> = Vec::with_capacity(stages.len());
+    // ...and the rows of the largest table it or a stage it reads scans.
+    let mut source_rows: Vec<Option<u64>> = Vec::with_capacity(stages.len());
     for stage in stages.iter() {
         let reads_filtered = stage.inputs.iter().any(|input| filtered[input.0 as usize]);
         filtered.push(reads_filtered || has_predicate(&stage.plan)?);
+        let read = stage
+            .inputs
+            .iter()
+            .map(|input| source_rows[input.0 as usize]);
+        source_rows.push(read.fold(largest_scan_rows(&stage.plan)?, Ord::max));
     }
-    for (probe, filter) in found {
+    for (probe, mut filter) in found {
         if filter.build >= probe || !filtered[filter.build.0 as usize] {
             continue;
         }
@@ -372,6 +379,7 @@ fn plan_runtime_filters(stages: &mut [Stage]) -> Result<()> {
         if stage.kind != StageKind::Shuffle || stage.inputs.contains(&filter.build) {
             continue;
         }
+        filter.build_source_rows = source_rows[filter.build.0 as usize];
         stage.inputs.push(filter.build);
         stage.runtime_filters.push(filter);
     }

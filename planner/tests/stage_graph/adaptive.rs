@@ -89,6 +89,7 @@ fn sizes(stage: &Stage, bytes: impl Fn(usize, usize) -> u64) -> MapOutputSizes {
                     .collect()
             })
             .collect(),
+        rows: 0,
     }
 }
 
@@ -291,7 +292,7 @@ async fn the_preserved_side_of_an_outer_join_is_never_split() {
     let empty: HashMap<StageId, MapOutputSizes> = stage
         .inputs
         .iter()
-        .map(|id| (*id, MapOutputSizes { bytes: vec![] }))
+        .map(|id| (*id, MapOutputSizes::default()))
         .collect();
     assert!(
         adapt_stage(stage, &empty, &options(4))

@@ -43,6 +43,7 @@ fn filtered_stage(graph: &StageGraph) -> &Stage {
 fn sizes(stage: &Stage, bytes: u64) -> MapOutputSizes {
     MapOutputSizes {
         bytes: vec![vec![bytes; stage.num_output_partitions()]; stage.num_tasks()],
+        rows: 0,
     }
 }
 
@@ -138,21 +139,48 @@ async fn a_small_build_side_filters_the_probe_rows_before_the_shuffle() {
 }
 
 #[tokio::test]
-async fn a_large_build_side_leaves_the_probe_stage_as_planned() {
+async fn a_large_build_side_filters_only_when_it_kept_few_of_its_tables_rows() {
     let ctx = split_files().await;
     let graph = graph(&ctx, ANTI).await;
     let probe = filtered_stage(&graph);
-    let build = graph.stage(probe.runtime_filters[0].build);
-    let all: HashMap<_, _> = [(build.id, sizes(build, 100 * MIB))].into();
-    let adapted = adapt_stage(probe, &all, &AdaptiveOptions::default())
-        .expect("adapt")
-        .expect("a note");
+    let filter = &probe.runtime_filters[0];
+    // The build side scans `customer`: SF0.01's 1,500 rows.
+    assert_eq!(filter.build_source_rows, Some(1500));
+    let build = graph.stage(filter.build);
+    // `bytes` written in all, spread over its map tasks and partitions.
+    let cells = (build.num_tasks() * build.num_output_partitions()) as u64;
+    let adapt = |bytes: u64, rows: u64| {
+        let all: HashMap<_, _> = [(
+            build.id,
+            MapOutputSizes {
+                rows,
+                ..sizes(build, bytes / cells)
+            },
+        )]
+        .into();
+        adapt_stage(probe, &all, &AdaptiveOptions::default())
+            .expect("adapt")
+            .expect("a note")
+    };
+    // Most of its table, over `runtime_filter_bytes`: no filter.
+    let adapted = adapt(100 * MIB, 900);
     assert!(Arc::ptr_eq(&adapted.plan, &probe.plan));
     assert!(
-        adapted.notes[0].starts_with("no runtime filter"),
+        adapted.notes[0].starts_with("no runtime filter")
+            && adapted.notes[0].contains("60% of its largest table's rows"),
         "{:?}",
         adapted.notes
     );
+    // A tenth of it: the filter is worth its size, up to `selective_runtime_filter_bytes`.
+    let adapted = adapt(100 * MIB, 150);
+    assert!(
+        adapted.notes[0].starts_with("runtime filter:") && adapted.notes[0].contains("10%"),
+        "{:?}",
+        adapted.notes
+    );
+    assert_eq!(joins(&adapted.plan).len(), 1);
+    let adapted = adapt(300 * MIB, 150);
+    assert!(Arc::ptr_eq(&adapted.plan, &probe.plan));
 }
 
 #[tokio::test]

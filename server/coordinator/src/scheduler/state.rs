@@ -378,6 +378,10 @@ impl QueryState {
                 .iter()
                 .map(|t| t.partition_bytes.clone())
                 .collect(),
+            rows: self.stages[stage.0 as usize]
+                .tasks
+                .iter()
+                .fold(0u64, |sum, t| sum.saturating_add(t.rows)),
         }
     }
 
