@@ -14,10 +14,10 @@ pub fn load_config(
     if let Some(path) = file {
         builder = builder.file(path)?;
     }
-    builder = builder.env(std::env::vars())?;
+    builder = builder.env(std::env::vars().map(with_byte_units))?;
     for (key, value) in flags {
         if let Some(value) = value {
-            let value = if key.ends_with(".memory") {
+            let value = if key.ends_with("memory") {
                 parse_bytes(value)?.to_string()
             } else {
                 value.to_string()
@@ -26,6 +26,18 @@ pub fn load_config(
         }
     }
     Ok(builder.build()?)
+}
+
+/// An `EMBER_*_MEMORY` variable's size with a unit (`EMBER_EXECUTOR_MEMORY=2GiB`) as bytes, as
+/// the flags take them; anything else as it is (the configuration refuses what is not a size).
+fn with_byte_units((name, value): (String, String)) -> (String, String) {
+    if !(name.starts_with("EMBER_") && name.ends_with("_MEMORY")) {
+        return (name, value);
+    }
+    match parse_bytes(&value) {
+        Ok(bytes) => (name, bytes.to_string()),
+        Err(_) => (name, value),
+    }
 }
 
 /// `4GiB`, `512MB`, `1024` → bytes.
@@ -59,5 +71,31 @@ mod tests {
         assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
         assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
         assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn memory_variables_take_units() {
+        let var = |name: &str, value: &str| with_byte_units((name.into(), value.into())).1;
+        assert_eq!(
+            var("EMBER_EXECUTOR_MEMORY", "2GiB"),
+            (2u64 << 30).to_string()
+        );
+        assert_eq!(
+            var("EMBER_CLUSTER_MANAGER_EXECUTOR_MEMORY", "512MiB"),
+            (512u64 << 20).to_string()
+        );
+        assert_eq!(var("EMBER_EXECUTOR_MEMORY", "1024"), "1024");
+        // Not a size: left for the configuration to refuse by name.
+        assert_eq!(var("EMBER_EXECUTOR_MEMORY", "lots"), "lots");
+        assert_eq!(var("EMBER_EXECUTOR_SLOTS", "2GiB"), "2GiB");
+        let config = ember_config::ConfigBuilder::new()
+            .env([with_byte_units((
+                "EMBER_EXECUTOR_MEMORY".into(),
+                "2GiB".into(),
+            ))])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.executor.memory, 2 << 30);
     }
 }
