@@ -358,6 +358,9 @@ fn plan_runtime_filters(stages: &mut [Stage]) -> Result<()> {
             Ok(TreeNodeRecursion::Continue)
         })?;
     }
+    if found.is_empty() {
+        return Ok(());
+    }
     // In id order, every stage after its inputs: whether it or a stage it reads filters rows.
     let mut filtered: Vec<bool> = Vec::with_capacity(stages.len());
     // ...and the rows of the largest table it or a stage it reads scans.
