@@ -287,6 +287,11 @@ pub struct CoordinatorConfig {
     /// would not fit an eighth of a slot's memory each; 0: always one per slot (sessions:
     /// `ember.max_shuffle_partitions`).
     pub max_shuffle_partitions: usize,
+    /// The largest join side, in estimated bytes, sent whole to every task (a broadcast join)
+    /// rather than shuffled by key with the other side; lowered to a quarter of a task slot's
+    /// memory when that is less. 0: no side of known size is broadcast (sessions:
+    /// `datafusion.optimizer.hash_join_single_partition_threshold`).
+    pub broadcast_join_bytes: u64,
 }
 
 /// The `[executor]` section: an executor's Flight service, work dir and resource limits.

@@ -30,10 +30,13 @@ pub fn distributed_config(target_partitions: usize) -> SessionConfig {
     // A join side estimated this small is cheaper to send whole to every task (a broadcast
     // stage) than to shuffle both sides by key, which moves the large side through disk and
     // Flight: DataFusion's single-process default (1 MiB) shuffled all of lineitem in TPC-H q5
-    // and q7. The coordinator lowers it to a quarter of a task slot's memory; sessions can SET
-    // it. The row limit for sides of unknown size stays DataFusion's (128 Ki rows): a guess that
-    // large could broadcast a table that does not fit.
-    options.optimizer.hash_join_single_partition_threshold = 32 << 20;
+    // and q7. Every task builds its own hash table of the side, so a large one costs each task
+    // its build: TPC-DS q17 built all of catalog_sales (1.4 M rows, 23 MB) in every task at
+    // 32 MiB. The coordinator sets it from `coordinator.broadcast_join_bytes`, lowered to a
+    // quarter of a task slot's memory; sessions can SET it. The row limit for sides of unknown
+    // size stays DataFusion's (128 Ki rows): a guess that large could broadcast a table that
+    // does not fit.
+    options.optimizer.hash_join_single_partition_threshold = 16 << 20;
     config
 }
 

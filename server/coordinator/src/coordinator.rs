@@ -74,8 +74,13 @@ impl Coordinator {
                 Arc::new(allowed_paths.clone()),
             )))
             .build_arc()?;
-        let session_config =
+        let mut session_config =
             distributed_config(cores).with_option_extension(EmberOptions::from_config(config));
+        session_config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold =
+            usize::try_from(config.coordinator.broadcast_join_bytes).unwrap_or(usize::MAX);
         let ctx = SessionContext::new_with_state(distributed_state(session_config, runtime));
         if config.coordinator.filtered_joins_first {
             ctx.add_optimizer_rule(Arc::new(ember_planner::join_order::FilteredJoinsFirst));

@@ -473,11 +473,16 @@ impl QueryEngine {
         let threshold = "datafusion.optimizer.hash_join_single_partition_threshold";
         if !session.has_set(threshold) {
             // Every task builds its own hash table of a broadcast side.
-            let slot_memory = self.scheduler.slot_memory();
-            options.optimizer.hash_join_single_partition_threshold = match slot_memory {
-                0 => BROADCAST_BYTES,
-                memory => BROADCAST_BYTES.min(memory / 4),
-            };
+            let configured = self
+                .base_state
+                .config_options()
+                .optimizer
+                .hash_join_single_partition_threshold;
+            options.optimizer.hash_join_single_partition_threshold =
+                match self.scheduler.slot_memory() {
+                    0 => configured,
+                    memory => configured.min(memory / 4),
+                };
         }
         if !session.has_set("ember.shuffle_partition_bytes")
             && let Some(ember) = options.extensions.get_mut::<EmberOptions>()
@@ -494,10 +499,6 @@ fn syntax_tree(parsed: &ParsedStatement) -> Result<DFStatement> {
         .cloned()
         .ok_or_else(|| Error::NotSupported(format!("{} is not planned", parsed.sql())))
 }
-
-/// The largest join side (estimated bytes) sent whole to every task rather than shuffled, when
-/// executors' memory allows (see `ember_planner::session::distributed_config`).
-const BROADCAST_BYTES: usize = 32 << 20;
 
 /// A prepared statement the session does not have, in DataFusion's words.
 fn undefined_prepared(name: &str) -> Error {
