@@ -2,6 +2,8 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -9,16 +11,22 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::{MapOutputLocation, ShuffleBlock, ShuffleEnv, ShuffleError, read_local_block};
 use crate::ids::{QueryId, StageId};
 
 /// The shuffle reader's metric of the Arrow bytes it read from map outputs.
 pub const SHUFFLE_READ_BYTES: &str = "shuffle_read_bytes";
+
+/// The shuffle reader's metric of the time the operator above it waited for its next batch:
+/// opening, fetching and decoding map outputs, less what overlapped with the work above.
+pub(crate) const FETCH_WAIT_TIME: &str = "fetch_wait_time";
 
 /// Which map outputs one reader partition consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +374,8 @@ impl ExecutionPlan for ShuffleReaderExec {
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         // Arrow bytes of the batches read from map outputs (Spark's shuffle read).
         let bytes_read = MetricBuilder::new(&self.metrics).counter(SHUFFLE_READ_BYTES, partition);
+        // How long the operator above waited for batches (Spark's fetch wait time).
+        let wait = MetricBuilder::new(&self.metrics).subset_time(FETCH_WAIT_TIME, partition);
         let schema = Arc::clone(&self.schema);
         // The next block is opened while the current one is read.
         let stream = futures::stream::iter(blocks)
@@ -375,11 +385,16 @@ impl ExecutionPlan for ShuffleReaderExec {
                 async move { open_block(&env, &location, block, schema).await }
             })
             .buffered(2)
-            .try_flatten()
-            .inspect_ok(move |batch| {
-                output_rows.add(batch.num_rows());
-                bytes_read.add(batch.get_array_memory_size());
-            });
+            .try_flatten();
+        let stream = TimedStream {
+            inner: Box::pin(stream),
+            wait,
+            since: None,
+        }
+        .inspect_ok(move |batch| {
+            output_rows.add(batch.num_rows());
+            bytes_read.add(batch.get_array_memory_size());
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             stream,
@@ -437,6 +452,31 @@ fn display_specs(specs: &[ReadSpec], num_maps: usize) -> String {
         parts.push(format!("... {} more", specs.len() - SHOWN));
     }
     parts.join(" | ")
+}
+
+/// A stream that adds to `wait` the time from each poll for a batch to the poll that returns
+/// it (or the end), Pending polls in between included.
+struct TimedStream<S> {
+    inner: std::pin::Pin<Box<S>>,
+    wait: Time,
+    since: Option<Instant>,
+}
+
+impl<S: Stream> Stream for TimedStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let polled = self.inner.as_mut().poll_next(cx);
+        if polled.is_ready() {
+            self.wait.add_duration(since.elapsed());
+            self.since = None;
+        }
+        polled
+    }
 }
 
 /// Opens one block: from the local disk when this executor wrote it, else through the fetcher.
