@@ -113,7 +113,11 @@ impl FlightService for ShuffleFlightService {
                 block.query_id
             )));
         }
-        let batches = read_local_block(&path).map_err(|e| Status::internal(e.to_string()))?;
+        // A small block is read and decoded at once: off the runtime that serves RPCs.
+        let batches = tokio::task::spawn_blocking(move || read_local_block(&path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         let schema = batches.schema();
         let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let stream = FlightDataEncoderBuilder::new()

@@ -139,10 +139,17 @@ async fn next_from_channel<F: FnOnce()>(mut reader: LiveReader, on_end: F) -> Ne
         }
         Some(Err(error)) => Some((Err(error), None)),
         None => match reader.overflow.take() {
-            Some(Ok(path)) => match read_local_block(&path) {
-                Ok(file) => next_from_file(file, on_end).await,
-                Err(error) => Some((Err(error), None)),
-            },
+            Some(Ok(path)) => {
+                // A small file is read and decoded at once: on a blocking thread.
+                let opened = tokio::task::spawn_blocking(move || read_local_block(&path))
+                    .await
+                    .map_err(|e| DataFusionError::Execution(e.to_string()))
+                    .and_then(|opened| opened);
+                match opened {
+                    Ok(file) => next_from_file(file, on_end).await,
+                    Err(error) => Some((Err(error), None)),
+                }
+            }
             Some(Err(message)) => Some((Err(DataFusionError::Execution(message)), None)),
             None => Some((
                 Err(DataFusionError::Execution(
