@@ -11,7 +11,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use ember_planner::shuffle::{LiveBlocks, live_batches, read_local_block};
+use ember_planner::shuffle::{LiveBlocks, live_batches, read_local_block_off_runtime};
 use futures::{Stream, StreamExt, TryStreamExt};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -113,10 +113,8 @@ impl FlightService for ShuffleFlightService {
                 block.query_id
             )));
         }
-        // A small block is read and decoded at once: off the runtime that serves RPCs.
-        let batches = tokio::task::spawn_blocking(move || read_local_block(&path))
+        let batches = read_local_block_off_runtime(path)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         let schema = batches.schema();
         let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));

@@ -21,7 +21,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{ShuffleBlock, read_local_block};
+use super::{ShuffleBlock, read_local_block_off_runtime};
 use crate::ids::QueryId;
 
 /// Batches in flight per live block.
@@ -139,17 +139,10 @@ async fn next_from_channel<F: FnOnce()>(mut reader: LiveReader, on_end: F) -> Ne
         }
         Some(Err(error)) => Some((Err(error), None)),
         None => match reader.overflow.take() {
-            Some(Ok(path)) => {
-                // A small file is read and decoded at once: on a blocking thread.
-                let opened = tokio::task::spawn_blocking(move || read_local_block(&path))
-                    .await
-                    .map_err(|e| DataFusionError::Execution(e.to_string()))
-                    .and_then(|opened| opened);
-                match opened {
-                    Ok(file) => next_from_file(file, on_end).await,
-                    Err(error) => Some((Err(error), None)),
-                }
-            }
+            Some(Ok(path)) => match read_local_block_off_runtime(path).await {
+                Ok(file) => next_from_file(file, on_end).await,
+                Err(error) => Some((Err(error), None)),
+            },
             Some(Err(message)) => Some((Err(DataFusionError::Execution(message)), None)),
             None => Some((
                 Err(DataFusionError::Execution(

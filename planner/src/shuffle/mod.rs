@@ -387,6 +387,14 @@ pub fn read_local_block(path: &Path) -> Result<SendableRecordBatchStream> {
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rx)))
 }
 
+/// [`read_local_block`] on a blocking thread, for callers on a runtime that must not wait on a
+/// whole small file being read and decoded (Flight serving, result streams).
+pub async fn read_local_block_off_runtime(path: PathBuf) -> Result<SendableRecordBatchStream> {
+    tokio::task::spawn_blocking(move || read_local_block(&path))
+        .await
+        .map_err(|e| DataFusionError::Execution(e.to_string()))?
+}
+
 /// The schema and batches of a whole Arrow IPC file in `buffer`, decoded without copying (the
 /// batches' arrays point into it). A damaged file is an error: the footer's offsets are checked
 /// here, and Arrow's decoder, which panics on some damage (an unknown type, a buffer outside
