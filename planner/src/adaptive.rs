@@ -162,11 +162,20 @@ pub fn adapt_stage(
             None => String::new(),
         };
         if written > options.runtime_filter_bytes && !selective {
+            // A side that kept little of its table is refused only over the larger bound.
+            let (bound, which) = if kept.is_some_and(|kept| kept <= SELECTIVE_BUILD) {
+                (
+                    options.selective_runtime_filter_bytes,
+                    " (the bound for a side that kept at most a quarter)",
+                )
+            } else {
+                (options.runtime_filter_bytes, "")
+            };
             notes.push(format!(
-                "no runtime filter: the build side (stage {}) wrote {}{share}, over {}",
+                "no runtime filter: the build side (stage {}) wrote {}{share}, over {}{which}",
                 filter.build,
                 bytes(written),
-                bytes(options.runtime_filter_bytes)
+                bytes(bound)
             ));
             continue;
         }

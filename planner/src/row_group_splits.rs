@@ -10,10 +10,13 @@
 //! coordinator reads the footers (through the session's metadata cache, which planning filled)
 //! and deals the whole row groups out again by their rows (in runs of consecutive ones, or
 //! largest first to the partition with the fewest so far when that is over 1% better), when
-//! that makes the largest partition smaller. Each partition reads
+//! that makes the largest partition smaller. Row groups that the scan's predicate rules out by
+//! their statistics (as the reader will) count as empty: a filter on the column a file is
+//! stored in order of keeps a few neighbouring row groups, which a cut into runs by all rows
+//! would give to one task. Each partition reads
 //! its row groups in file order, consecutive ones of a file as one range. A scan whose
 //! partitions only pass through partition-wise operators to an exchange gets no more partitions
-//! than row groups: its stage runs no task that reads nothing.
+//! than row groups left to read (at least one): its stage runs no task that reads nothing.
 //!
 //! Scans whose file groups mean something stay as planned: ordered scans (each group keeps its
 //! files' order), scans that declare an output partitioning, files carrying extensions (another
@@ -24,17 +27,23 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::{FileRange, PartitionedFile};
+use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+use datafusion::datasource::physical_plan::parquet::{
+    ParquetAccessPlan, ParquetFileMetrics, RowGroupAccessPlanFilter,
+};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -53,6 +62,13 @@ type FileKey = (String, object_store::path::Path);
 struct RowGroupSpan {
     start: i64,
     rows: u64,
+}
+
+/// What the split needs of a file's footer: its row groups, and their statistics for the
+/// predicates of the scans that read the file.
+struct Footer {
+    spans: Vec<RowGroupSpan>,
+    metadata: Arc<ParquetMetaData>,
 }
 
 /// `plan` with every parquet scan that can be cut better re-cut on row-group boundaries.
@@ -77,7 +93,7 @@ pub async fn split_on_row_groups(
         return Ok(plan);
     }
     let cache = runtime.cache_manager.get_file_metadata_cache();
-    let footers: HashMap<FileKey, Vec<RowGroupSpan>> = futures::stream::iter(files)
+    let footers: HashMap<FileKey, Footer> = futures::stream::iter(files)
         .map(|(key, (url, file))| {
             let cache = Arc::clone(&cache);
             async move {
@@ -89,7 +105,8 @@ pub async fn split_on_row_groups(
                     .fetch_metadata()
                     .await
                     .ok()?;
-                Some((key, row_group_spans(&metadata)?))
+                let spans = row_group_spans(&metadata)?;
+                Some((key, Footer { spans, metadata }))
             }
         })
         .buffer_unordered(CONCURRENT_FOOTER_READS)
@@ -104,7 +121,7 @@ pub async fn split_on_row_groups(
 /// fewer partitions than planned (and its stage fewer tasks).
 fn rewrite(
     node: Arc<dyn ExecutionPlan>,
-    footers: &HashMap<FileKey, Vec<RowGroupSpan>>,
+    footers: &HashMap<FileKey, Footer>,
     flexible: bool,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     if let Some(config) = splittable(&node) {
@@ -195,54 +212,110 @@ struct Unit<'a> {
     file: &'a PartitionedFile,
     spans: &'a [RowGroupSpan],
     index: usize,
+    /// Rows the scan will read of it: none when its statistics rule the predicate out.
+    rows: u64,
 }
 
-impl Unit<'_> {
-    fn rows(&self) -> u64 {
-        self.spans[self.index].rows
+/// The test a scan's parquet reader puts each row group's statistics to before reading it
+/// (DataFusion's row-group pruning), made once per scan against the table's schema.
+struct Pruning {
+    predicate: Arc<PruningPredicate>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl Pruning {
+    /// `None` when the scan reads every row group: no predicate, pruning switched off, or one
+    /// that statistics cannot decide.
+    fn of(config: &FileScanConfig) -> Option<Self> {
+        let source = config.file_source().downcast_ref::<ParquetSource>()?;
+        if !source.table_parquet_options().global.pruning {
+            return None;
+        }
+        // As DataFusion shows a scan's pruning predicate: against the table's schema.
+        let schema = Arc::clone(config.file_source().table_schema().table_schema());
+        let predicate = PruningPredicateBuilder::new()
+            .with_file_schema(Arc::clone(&schema))
+            .with_max_in_list_size(source.max_in_list_size())
+            .build(source.filter()?)?;
+        Some(Self { predicate, schema })
+    }
+
+    /// For each of the file's row groups, whether its statistics leave a row of it possible.
+    /// Columns the file lacks or has no statistics for decide nothing (the group is read), and
+    /// statistics the pruning code cannot take (it runs on footers anyone may have written)
+    /// leave every group read: they only weigh the cut.
+    fn may_match(&self, metadata: &ParquetMetaData) -> Vec<bool> {
+        let groups = metadata.row_groups();
+        let prune = || {
+            let mut filter =
+                RowGroupAccessPlanFilter::new(ParquetAccessPlan::new_all(groups.len()));
+            let metrics = ParquetFileMetrics::new(0, "", &ExecutionPlanMetricsSet::new());
+            filter.prune_by_statistics(
+                &self.schema,
+                metadata.file_metadata().schema_descr(),
+                groups,
+                &self.predicate,
+                &metrics,
+            );
+            let plan = filter.build();
+            (0..groups.len()).map(|i| plan.should_scan(i)).collect()
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(prune))
+            .unwrap_or_else(|_| vec![true; groups.len()])
     }
 }
 
 /// `config` with its row groups dealt out again, or `None` when a footer is missing or the new
 /// cut would not make the largest group smaller. When the scan may have fewer partitions
-/// (`flexible`), it has no more than it has row groups: a task without one would read nothing.
+/// (`flexible`), it has no more than it has row groups left to read, and at least one: a task
+/// without one would read nothing.
 fn resplit(
     config: &FileScanConfig,
-    footers: &HashMap<FileKey, Vec<RowGroupSpan>>,
+    footers: &HashMap<FileKey, Footer>,
     flexible: bool,
 ) -> Option<FileScanConfig> {
     let planned = config.file_groups.len();
+    let pruning = Pruning::of(config);
     let mut units = vec![];
     let mut largest_before = 0;
     for group in &config.file_groups {
         let mut group_rows = 0u64;
         for file in group.iter() {
-            let spans = footers.get(&file_key(config, file))?;
-            for (index, span) in spans.iter().enumerate() {
+            let footer = footers.get(&file_key(config, file))?;
+            let may_match = pruning.as_ref().map(|p| p.may_match(&footer.metadata));
+            for (index, span) in footer.spans.iter().enumerate() {
                 if file.range.as_ref().is_none_or(|r| r.contains(span.start)) {
-                    group_rows = group_rows.saturating_add(span.rows);
-                    units.push(Unit { file, spans, index });
+                    let read = may_match
+                        .as_ref()
+                        .is_none_or(|m| m.get(index).copied().unwrap_or(true));
+                    let rows = if read { span.rows } else { 0 };
+                    group_rows = group_rows.saturating_add(rows);
+                    units.push(Unit {
+                        file,
+                        spans: &footer.spans,
+                        index,
+                        rows,
+                    });
                 }
             }
         }
         largest_before = largest_before.max(group_rows);
     }
     // Row counts come from footers anyone may have written: sums saturate.
-    let total = units
-        .iter()
-        .fold(0u64, |sum, u| sum.saturating_add(u.rows()));
+    let total = units.iter().fold(0u64, |sum, u| sum.saturating_add(u.rows));
     let n = if flexible {
-        planned.min(units.len())
+        let to_read = units.iter().filter(|u| u.rows > 0).count();
+        planned.min(to_read.max(1))
     } else {
         planned
     };
-    if n == 0 || total == 0 {
+    if units.is_empty() || (total == 0 && n == planned) {
         return None;
     }
-    let targets = assign(&units.iter().map(Unit::rows).collect::<Vec<_>>(), n);
+    let targets = assign(&units.iter().map(|u| u.rows).collect::<Vec<_>>(), n);
     let mut rows = vec![0u64; n];
     for (unit, &target) in units.iter().zip(&targets) {
-        rows[target] = rows[target].saturating_add(unit.rows());
+        rows[target] = rows[target].saturating_add(unit.rows);
     }
     if rows.iter().max().copied().unwrap_or(0) >= largest_before && n == planned {
         return None;

@@ -191,3 +191,58 @@ async fn below_an_exchange_a_scan_has_no_more_partitions_than_row_groups() {
         .unwrap();
     assert_eq!(split.output_partitioning().partition_count(), 4);
 }
+
+#[tokio::test]
+async fn row_groups_a_filter_rules_out_count_as_empty() {
+    // x ascends through six row groups: `x >= 400` leaves the last two, both in the second
+    // byte range; dealt out by all their rows they would stay together.
+    let dir = tempfile::tempdir().unwrap();
+    write_row_groups(dir.path(), &[100; 6]);
+    let ctx = context(dir.path(), false).await;
+    let planned = plan(&ctx, "select x from t where x >= 400").await;
+    assert_eq!(
+        rows_per_partition(&ctx, &scan(&planned)).await,
+        (vec![0, 200], 99_900)
+    );
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_per_partition(&ctx, &scan(&split)).await,
+        (vec![100, 100], 99_900),
+        "{}",
+        displayable(split.as_ref()).indent(true)
+    );
+    let answer = collect(split, ctx.task_ctx()).await.unwrap();
+    assert_eq!(answer.iter().map(RecordBatch::num_rows).sum::<usize>(), 200);
+
+    // Below an exchange, a scan left with one row group to read is one task.
+    let ctx = context_with(dir.path(), false, 4).await;
+    let planned = plan(&ctx, "select count(*), sum(x) from t where x >= 500").await;
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_per_partition(&ctx, &scan(&split)).await,
+        (vec![100], 54_950)
+    );
+    let answer = datafusion::arrow::util::pretty::pretty_format_batches(
+        &collect(split, ctx.task_ctx()).await.unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    assert!(
+        answer.contains("| 100 ") && answer.contains("| 54950 "),
+        "{answer}"
+    );
+
+    // With DataFusion's row-group pruning off, every row group counts by its rows.
+    ctx.sql("set datafusion.execution.parquet.pruning = false")
+        .await
+        .unwrap();
+    let planned = plan(&ctx, "select count(*), sum(x) from t where x >= 500").await;
+    let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(scan(&split).output_partitioning().partition_count(), 4);
+}

@@ -167,7 +167,8 @@ async fn a_large_build_side_filters_only_when_it_kept_few_of_its_tables_rows() {
     assert!(Arc::ptr_eq(&adapted.plan, &probe.plan));
     assert!(
         adapted.notes[0].starts_with("no runtime filter")
-            && adapted.notes[0].contains("60% of its largest table's rows"),
+            && adapted.notes[0].contains("60% of its largest table's rows, over 16.0 MiB")
+            && !adapted.notes[0].contains("quarter"),
         "{:?}",
         adapted.notes
     );
@@ -179,8 +180,17 @@ async fn a_large_build_side_filters_only_when_it_kept_few_of_its_tables_rows() {
         adapted.notes
     );
     assert_eq!(joins(&adapted.plan).len(), 1);
+    // Over the larger bound, the note names that bound.
     let adapted = adapt(300 * MIB, 150);
     assert!(Arc::ptr_eq(&adapted.plan, &probe.plan));
+    assert!(
+        adapted.notes[0].ends_with(
+            "10% of its largest table's rows, over 256.0 MiB \
+             (the bound for a side that kept at most a quarter)"
+        ),
+        "{:?}",
+        adapted.notes
+    );
 }
 
 #[tokio::test]
