@@ -8,6 +8,7 @@
 
 mod live;
 mod reader;
+mod seal;
 mod writer;
 
 use std::fmt;
@@ -398,7 +399,8 @@ pub async fn read_local_block_off_runtime(path: PathBuf) -> Result<SendableRecor
 /// The schema and batches of a whole Arrow IPC file in `buffer`, decoded without copying (the
 /// batches' arrays point into it). A damaged file is an error: the footer's offsets are checked
 /// here, and Arrow's decoder, which panics on some damage (an unknown type, a buffer outside
-/// its message), runs inside `catch_unwind`.
+/// its message), runs inside `catch_unwind`. A file its writer sealed ([`seal`]) is decoded
+/// without validating its arrays again.
 fn decode_file(buffer: Buffer) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         decode_file_unguarded(&buffer)
@@ -434,6 +436,12 @@ fn decode_file_unguarded(
     }
     let schema = Arc::new(fb_to_schema(ipc_schema));
     let mut decoder = FileDecoder::new(Arc::clone(&schema), footer.version());
+    if seal::sealed(buffer, &footer, &schema, footer_start)? {
+        // SAFETY: every byte the decoder reads is one the writer checksummed, or was compared
+        // with those (`seal::sealed`): the file is as a shuffle writer of this build wrote it,
+        // from arrays that were valid.
+        decoder = unsafe { decoder.with_skip_validation(true) };
+    }
     let block_data = |block: &Block| {
         let offset = usize::try_from(block.offset()).ok();
         let metadata = usize::try_from(block.metaDataLength()).ok();

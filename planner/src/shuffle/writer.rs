@@ -24,6 +24,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use tokio::sync::mpsc::error::SendTimeoutError;
 
+use super::seal::{Checksummed, finish_sealed};
 use super::{
     BudgetedFile, DiskBudget, LiveItem, LiveWriter, OVERFLOW_AFTER, Overflow, ShuffleBlock,
     ShuffleCompression, ShuffleEnv, map_attempt_dir,
@@ -387,7 +388,7 @@ pub(crate) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
 
 /// The overflow file of a live block, while it is written.
 struct OverflowFile {
-    writer: FileWriter<BufWriter<BudgetedFile>>,
+    writer: FileWriter<Checksummed<BufWriter<BudgetedFile>>>,
     path: PathBuf,
 }
 
@@ -421,7 +422,7 @@ impl MapOutput {
             budget: Arc::clone(&self.disk),
             query: self.block.query_id.clone(),
         };
-        let writer = FileWriter::try_new(BufWriter::new(file), schema)?;
+        let writer = FileWriter::try_new(Checksummed::new(BufWriter::new(file)), schema)?;
         Ok(OverflowFile { writer, path })
     }
 
@@ -431,7 +432,7 @@ impl MapOutput {
 
     /// Completes the file and hands it to the reader.
     fn finish_overflow(&self, mut file: OverflowFile, overflow: &Overflow) -> Result<()> {
-        file.writer.finish().map_err(DataFusionError::from)?;
+        finish_sealed(&mut file.writer).map_err(DataFusionError::from)?;
         overflow.complete(file.path);
         Ok(())
     }
@@ -458,7 +459,7 @@ impl MapOutput {
                 query: self.block.query_id.clone(),
             };
             let writer = FileWriter::try_new_with_options(
-                BufWriter::with_capacity(buffer, file),
+                Checksummed::new(BufWriter::with_capacity(buffer, file)),
                 &schema,
                 self.compression.write_options()?,
             )?;
@@ -483,7 +484,7 @@ impl MapOutput {
         let mut rows = Vec::with_capacity(files.len());
         let mut bytes = Vec::with_capacity(files.len());
         for (mut writer, tmp_path, final_path, num_rows) in files {
-            writer.finish()?;
+            finish_sealed(&mut writer)?;
             drop(writer);
             // A reader only ever sees complete files: the rename commits this output partition.
             std::fs::rename(&tmp_path, &final_path)?;
