@@ -81,6 +81,16 @@ async fn context(dir: &std::path::Path, order: bool) -> SessionContext {
 }
 
 async fn context_with(dir: &std::path::Path, order: bool, partitions: usize) -> SessionContext {
+    context_with_settings(dir, order, partitions, &[]).await
+}
+
+/// A context whose table is registered after `settings` (its reader options are fixed then).
+async fn context_with_settings(
+    dir: &std::path::Path,
+    order: bool,
+    partitions: usize,
+    settings: &[&str],
+) -> SessionContext {
     let ctx = SessionContext::new_with_state(distributed_state(
         distributed_config(partitions),
         Arc::default(),
@@ -89,7 +99,10 @@ async fn context_with(dir: &std::path::Path, order: bool, partitions: usize) -> 
     for setting in [
         "set datafusion.optimizer.repartition_file_min_size = 0",
         "set datafusion.execution.enable_file_stream_work_stealing = false",
-    ] {
+    ]
+    .iter()
+    .chain(settings)
+    {
         ctx.sql(setting).await.expect("set");
     }
     let mut options = ParquetReadOptions::default();
@@ -237,9 +250,13 @@ async fn row_groups_a_filter_rules_out_count_as_empty() {
     );
 
     // With DataFusion's row-group pruning off, every row group counts by its rows.
-    ctx.sql("set datafusion.execution.parquet.pruning = false")
-        .await
-        .unwrap();
+    let ctx = context_with_settings(
+        dir.path(),
+        false,
+        4,
+        &["set datafusion.execution.parquet.pruning = false"],
+    )
+    .await;
     let planned = plan(&ctx, "select count(*), sum(x) from t where x >= 500").await;
     let split = split_on_row_groups(Arc::clone(&planned), ctx.runtime_env().as_ref())
         .await
